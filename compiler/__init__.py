@@ -1,0 +1,1 @@
+"""Compiler: passes over the level graph and lowering to PyTorch modules."""

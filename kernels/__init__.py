@@ -1,0 +1,1 @@
+"""Memory-update kernels: loop references, chunk-parallel torch forms, Triton forms."""

@@ -1,0 +1,1 @@
+"""nestdsl: nested-learning architectures as declarative specs."""

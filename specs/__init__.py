@@ -1,0 +1,1 @@
+"""Shipped specs (package data)."""

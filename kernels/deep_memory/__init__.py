@@ -1,0 +1,89 @@
+"""Deep in-context memories (Titans LMM, Hope, Miras): MLP memories learned in context.
+
+``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
+delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
+chunk_size=16, momentum=None, output_final_state=False, backend='chunk')`` returns
+``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
+decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
+(logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
+initial momentum list (rule='momentum'); ``final_state = (weights, momentum or None)`` when
+``output_final_state`` else None. ``backend`` is 'chunk' (dual form) or 'naive' (per-token
+loop with autograd gradients). Semantics and derivations: README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .chunk import deep_memory_chunk
+from .naive import deep_memory_naive
+from .objectives import OBJECTIVES
+from .retention import RETENTIONS, visible_weights
+from .structure import (
+    ACTIVATIONS,
+    NORMS,
+    READS,
+    RULES,
+    MemoryStructure,
+    init_params,
+    initial_weights,
+    matrix_memory,
+    memory_forward,
+)
+
+_BACKENDS = {"chunk": deep_memory_chunk, "naive": deep_memory_naive}
+
+
+def deep_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    structure: MemoryStructure,
+    objective: str = "l2",
+    p: float = 3.0,
+    delta: float = 1.0,
+    rule: str = "gd",
+    retention: str = "l2",
+    q_norm: float = 4.0,
+    kl_scale: float = 1.0,
+    read: str = "write_then_read",
+    chunk_size: int = 16,
+    momentum: Sequence[torch.Tensor] | None = None,
+    output_final_state: bool = False,
+    backend: str = "chunk",
+) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
+    """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {tuple(_BACKENDS)}, got {backend!r}")
+    return _BACKENDS[backend](
+        q, k, v, theta, eta, alpha, weights,
+        structure=structure, objective=objective, p=p, delta=delta, rule=rule,
+        retention=retention, q_norm=q_norm, kl_scale=kl_scale, read=read,
+        chunk_size=chunk_size, momentum=momentum, output_final_state=output_final_state,
+    )  # fmt: skip
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "OBJECTIVES",
+    "READS",
+    "RETENTIONS",
+    "RULES",
+    "MemoryStructure",
+    "deep_memory",
+    "deep_memory_chunk",
+    "deep_memory_naive",
+    "init_params",
+    "initial_weights",
+    "matrix_memory",
+    "memory_forward",
+    "visible_weights",
+]

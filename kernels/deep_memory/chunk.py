@@ -1,0 +1,152 @@
+"""Deep in-context memory, chunk-parallel (dual) form.
+
+README.md §5. Per chunk of C tokens, with the visible weights ``W_{t0}`` at the chunk start:
+
+1. write pass: one batched forward of all C keys at ``W_{t0}`` and the closed-form
+   backward (structure.py, README eqs. B1-B4) give every layer's inputs ``a_{l,t}`` and local
+   errors ``delta_{l,t}``: the per-token gradients ``delta a^T`` (Nested Learning §4.1);
+2. every layer's rule is then a linear recurrence with scalar gates driven by these
+   rank-one terms (recurrence.py, eq. D1; dgd solves its drives with one triangular
+   solve, eq. D5), so the per-token weights never need to be formed:
+3. reads go layer by layer: layer l's per-token read input is the activation of layer
+   l-1's per-token read, and ``W_{l,t} r_t`` is a matmul of the dual form (eq. D2);
+4. the state at the chunk end (row C of eq. D1) starts the next chunk.
+
+kl / lq retention re-normalize only at chunk ends (Miras §5): inside a chunk they read the
+chunk-start visible weights, and write_then_read at a chunk's last token reads the new ones.
+Python loops run over chunks and layers, never over tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from .objectives import objective_grad
+from .recurrence import (
+    ChunkCoefficients,
+    apply_rows,
+    chunk_coefficients,
+    chunk_end,
+    dgd_drive,
+    read_rows,
+)
+from .retention import visible_weights
+from .structure import MemoryStructure, check_inputs, forward_layers, layer_errors, memory_forward
+
+
+def _dual_read(
+    coef: ChunkCoefficients,
+    rows: slice,
+    states: list[torch.Tensor],
+    moms: list[torch.Tensor | None],
+    inputs: list[torch.Tensor],
+    drives: list[torch.Tensor],
+    i: int,
+    r: torch.Tensor,
+) -> torch.Tensor:
+    """Layer i applied with its per-token weights: ``W_{i,t} r_t`` for the chosen rows."""
+    return apply_rows(coef, rows, states[i], moms[i], inputs[i], drives[i], r)
+
+
+def deep_memory_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    structure: MemoryStructure,
+    objective: str = "l2",
+    p: float = 3.0,
+    delta: float = 1.0,
+    rule: str = "gd",
+    retention: str = "l2",
+    q_norm: float = 4.0,
+    kl_scale: float = 1.0,
+    read: str = "write_then_read",
+    chunk_size: int = 16,
+    momentum: Sequence[torch.Tensor] | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
+    """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
+    check_inputs(
+        structure, q, k, v, (theta, eta, alpha), weights, momentum,
+        rule=rule, read=read, chunk_size=chunk_size, p=p,
+    )  # fmt: skip
+    B, T, H, _ = q.shape
+    C = chunk_size
+    N = -(-T // C)
+    pad = N * C - T
+
+    # Padded tokens have theta = 0, eta = 1, alpha = 0: no write, no decay. They change
+    # nothing before them, their outputs are dropped and the state leaves the last chunk at
+    # its last real token (momentum would otherwise keep adding S to W over the padding).
+    def chunked(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))  # [B, N*C, H, D]
+        return x.transpose(1, 2).reshape(B, H, N, C, x.shape[-1])  # [B, H, N, C, D]
+
+    def chunked_gate(x: torch.Tensor, fill: float) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, pad), value=fill)  # [B, N*C, H]
+        return x.transpose(1, 2).reshape(B, H, N, C)  # [B, H, N, C]
+
+    qc, kc, vc = chunked(q), chunked(k), chunked(v)
+    coef_all = chunk_coefficients(
+        chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0), rule
+    )  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
+
+    def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
+
+    state = list(weights)  # L x [B, H, out, in]
+    mom: list[torch.Tensor] | None = None
+    if rule == "momentum":
+        mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
+    per_token_read = retention == "l2" and read != "chunk_start"
+    outs = []
+    for n in range(N):
+        k_n, v_n, q_n = kc[:, :, n], vc[:, :, n], qc[:, :, n]  # [B, H, C, D]
+        coef = coef_all.chunk(n)
+        frozen = visible(state)  # W_{t0}
+
+        # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
+        y, cache = memory_forward(structure, frozen, k_n)
+        errors = layer_errors(structure, frozen, cache, objective_grad(y, v_n, objective, p, delta))
+        inputs = cache.inputs  # L x [B, H, C, in]
+        if rule == "dgd":  # 2. drives x_t = W_{t-1} a_t + delta_t (eq. D5)
+            drives = [
+                dgd_drive(coef, W, a, e) for W, a, e in zip(state, inputs, errors, strict=True)
+            ]
+        else:
+            drives = errors
+        moms = [None] * len(state) if mom is None else mom
+
+        # 3. reads.
+        if per_token_read:
+            apply = partial(_dual_read, coef, read_rows(read, C), state, moms, inputs, drives)
+            o_n, _ = forward_layers(structure, apply, q_n)  # [B, H, C, d_out]
+        else:
+            o_n, _ = memory_forward(structure, frozen, q_n)
+
+        # 4. state after the chunk's last real token.
+        row = C if n < N - 1 else C - pad
+        ends = [
+            chunk_end(coef, row, W, S, a, x)
+            for W, S, a, x in zip(state, moms, inputs, drives, strict=True)
+        ]
+        state = [W for W, _ in ends]
+        if mom is not None:
+            mom = [S for _, S in ends]
+
+        if not per_token_read and read == "write_then_read" and row == C:
+            # kl / lq: the last token of a full chunk sees the freshly normalized weights.
+            last, _ = memory_forward(structure, visible(state), q_n[..., -1:, :])
+            o_n = torch.cat([o_n[..., :-1, :], last], dim=-2)
+        outs.append(o_n)
+    o = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, d_out]
+    return o, ((state, mom) if output_final_state else None)

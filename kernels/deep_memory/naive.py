@@ -1,0 +1,106 @@
+"""Deep in-context memory, per-token loop with autograd gradients: the reference oracle.
+
+README.md §2-§4 one token at a time. At every chunk start the visible weights ``W_{t0}`` are
+frozen; each token's gradient of the objective (Miras eqs. 9-12) w.r.t. them comes from
+``torch.func.grad`` (generic autograd, independent of the closed-form backward of
+structure.py) and drives the rule of every layer:
+
+    gd        W_t = (1 - alpha_t) W_{t-1} - theta_t G_t
+    momentum  S_t = eta_t S_{t-1} - theta_t G_t,   W_t = (1 - alpha_t) W_{t-1} + S_t
+    dgd       W_t = W_{t-1} ((1 - alpha_t) I - theta_t a_t a_t^T) - theta_t G_t  (NL eq. 57/88)
+
+``W`` here is the layer state (logits for kl, ``A`` for lq). Reads follow README.md §4.
+Slow on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .objectives import objective_loss
+from .retention import visible_weights
+from .structure import MemoryStructure, check_inputs, memory_forward
+
+
+def deep_memory_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    structure: MemoryStructure,
+    objective: str = "l2",
+    p: float = 3.0,
+    delta: float = 1.0,
+    rule: str = "gd",
+    retention: str = "l2",
+    q_norm: float = 4.0,
+    kl_scale: float = 1.0,
+    read: str = "write_then_read",
+    chunk_size: int = 16,
+    momentum: Sequence[torch.Tensor] | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
+    """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
+    check_inputs(
+        structure, q, k, v, (theta, eta, alpha), weights, momentum,
+        rule=rule, read=read, chunk_size=chunk_size, p=p,
+    )  # fmt: skip
+    T = q.shape[1]
+    state = list(weights)  # L x [B, H, out, in]
+    mom = None
+    if rule == "momentum":
+        mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
+
+    def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
+
+    def read_out(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return memory_forward(structure, ws, x.unsqueeze(-2))[0].squeeze(-2)  # [B, H, d_out]
+
+    def token_loss(ws: list[torch.Tensor], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y, _ = memory_forward(structure, ws, x)
+        # Summing over (B, H) is harmless: every sequence and head has its own weights.
+        return objective_loss(y, target, objective, p, delta).sum()
+
+    outs = []
+    for t in range(T):
+        if t % chunk_size == 0:
+            frozen = visible(state)  # W_{t0}: every gradient of this chunk is taken here
+        k_t, v_t, q_t = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t]  # [B, H, 1, D]
+        grads = torch.func.grad(token_loss)(frozen, k_t, v_t)  # L x [B, H, out, in]
+        th = theta[:, t, :, None, None]  # [B, H, 1, 1]
+        keep = 1.0 - alpha[:, t, :, None, None]
+
+        if read == "read_then_write":
+            outs.append(read_out(state if retention == "l2" else frozen, q_t))
+
+        if rule == "dgd":
+            _, cache = memory_forward(structure, frozen, k_t)
+            new_state = []
+            for W, G, a in zip(state, grads, cache.inputs, strict=True):
+                eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+                a_col = a.transpose(-1, -2)  # [B, H, in, 1]
+                new_state.append(W @ (keep * eye - th * (a_col @ a)) - th * G)
+            state = new_state
+        elif rule == "momentum":
+            mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]
+            state = [keep * W + S for W, S in zip(state, mom, strict=True)]
+        else:
+            state = [keep * W - th * G for W, G in zip(state, grads, strict=True)]
+
+        if read == "write_then_read":
+            if retention == "l2":
+                outs.append(read_out(state, q_t))
+            else:  # visible weights move only at chunk ends (README §4)
+                at_boundary = (t + 1) % chunk_size == 0
+                outs.append(read_out(visible(state) if at_boundary else frozen, q_t))
+        elif read == "chunk_start":
+            outs.append(read_out(frozen, q_t))
+    o = torch.stack(outs, dim=1)  # [B, T, H, d_out]
+    return o, ((state, mom) if output_final_state else None)

@@ -1,0 +1,50 @@
+"""Attentional-bias objectives of a deep memory (Miras §3.1, eqs. 9-12; Titans eq. 12).
+
+For a token with memory output ``y = M(k)`` and target ``v`` (``e = y - v``):
+
+    l2     1/2 ||e||^2                                     dl/dy = e
+    dot    -<y, v>           (Hebbian; linear attention)     dl/dy = -v
+    lp     ||e||_p^p         (Miras "Moneta" bias, p > 1)    dl/dy = p sign(e) |e|^(p-1)
+    huber  sum_j H_delta(e_j)  (Miras "Yaad" bias)           dl/dy = clamp(e, -delta, delta)
+
+``objective_loss`` is used by the autograd oracle, ``objective_grad`` by the chunk form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("l2", "dot", "lp", "huber")
+
+
+def objective_loss(
+    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0, delta: float = 1.0
+) -> torch.Tensor:
+    """Per-token loss [..., C] of outputs y and targets v [..., C, d_out]."""
+    e = y - v
+    if objective == "l2":
+        return 0.5 * e.pow(2).sum(-1)
+    if objective == "dot":
+        return -(y * v).sum(-1)
+    if objective == "lp":
+        return e.abs().pow(p).sum(-1)
+    if objective == "huber":
+        return F.huber_loss(y, v, reduction="none", delta=delta).sum(-1)
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
+def objective_grad(
+    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0, delta: float = 1.0
+) -> torch.Tensor:
+    """dl/dy [..., C, d_out], written out so that it stays differentiable."""
+    if objective == "l2":
+        return y - v
+    if objective == "dot":
+        return -v
+    if objective == "lp":
+        e = y - v
+        return p * torch.sign(e) * e.abs().pow(p - 1.0)
+    if objective == "huber":
+        return (y - v).clamp(-delta, delta)
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

@@ -1,0 +1,94 @@
+"""Check `memories`: each optimization box is coherent (Miras §3's four design choices).
+
+- a `cache` is non-parametric: objective `softmax`, no rule, no retention, and vice versa;
+- objectives other than `task` learn from declared keys and values; `task` learns from the loss;
+- memories updated in context need a rule; frozen (`never`) memories take none;
+- a memory on the outer (`step`) level is an ordinary parameter: its objective is `task`;
+- `identity` initial states need a square memory; `polynomial` feature maps need a degree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from nestdsl.checks.context import CheckContext
+from nestdsl.errors import Diagnostic
+from nestdsl.spec.memory import (
+    CacheStructure,
+    IdentityInit,
+    MatrixStructure,
+    SoftmaxObjective,
+    TaskObjective,
+)
+
+
+def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
+    for name, m in ctx.spec.memories.items():
+        path = ("memories", name)
+        cache = isinstance(m.structure, CacheStructure)
+        softmax = isinstance(m.objective, SoftmaxObjective)
+        task = isinstance(m.objective, TaskObjective)
+        level = ctx.spec.levels.get(m.level)
+        every = level.every if level else None
+        if cache and not softmax:
+            yield ctx.error("objective-structure",
+                            f"a `cache` memory has no weights to fit `{m.objective.kind}`",
+                            path + ("objective",), "a cache is read by `softmax`")  # fmt: skip
+        if softmax and not cache:
+            yield ctx.error("objective-structure",
+                            f"objective `softmax` needs a `cache`, not a `{m.structure.kind}`",
+                            path + ("objective",),
+                            "use `structure: {kind: cache, ...}` for attention")  # fmt: skip
+        if cache:
+            for part in ("rule", "retention"):
+                if getattr(m, part) is not None:
+                    yield ctx.error("objective-structure",
+                                    f"a `cache` memory takes no `{part}`: it stores every pair",
+                                    path + (part,), f"remove `{part}`")  # fmt: skip
+            if every != 1 and isinstance(every, int):
+                yield ctx.error("objective-structure",
+                                f"a `cache` appends every token; its level must be `every: 1`, "
+                                f"not {every}", path + ("level",))  # fmt: skip
+        if not task and not cache or (cache and softmax):
+            for part in ("keys", "values"):
+                if getattr(m, part) is None:
+                    yield ctx.error("missing-key",
+                                    f"memory `{name}` ({m.objective.kind}) needs `{part}:`",
+                                    path, f"name the block tensor it learns {part} from",
+                                    key=True)  # fmt: skip
+        if task:
+            for part in ("keys", "values"):
+                if getattr(m, part) is not None:
+                    yield ctx.error("objective-structure",
+                                    f"objective `task` learns from the model loss, not `{part}`",
+                                    path + (part,), f"remove `{part}`")  # fmt: skip
+        if isinstance(every, int) and not cache and m.rule is None:
+            yield ctx.error("missing-key",
+                            f"memory `{name}` updates every {every} tokens but has no `rule`",
+                            path, "add e.g. `rule: {kind: gd, lr: 0.1}`", key=True)  # fmt: skip
+        if every == "never" and m.rule is not None:
+            yield ctx.error("objective-structure", f"memory `{name}` is frozen but has a rule",
+                            path + ("rule",), "remove `rule` or move it to a level that updates")  # fmt: skip
+        if every == "step" and not task:
+            yield ctx.error("objective-structure",
+                            f"memory `{name}` on the outer level is trained by the optimizer; "
+                            f"its objective must be `task`, not `{m.objective.kind}`",
+                            path + ("objective",))  # fmt: skip
+        if every == "step" and m.rule is not None:
+            yield ctx.error("objective-structure",
+                            f"memory `{name}` on the outer level is updated by its optimizer",
+                            path + ("rule",), "remove `rule`")  # fmt: skip
+        if isinstance(m.init, IdentityInit) and isinstance(m.structure, MatrixStructure):
+            if m.structure.key_dim != m.structure.value_dim:
+                yield ctx.error("objective-structure",
+                                "an identity initial state needs key_dim == value_dim",
+                                path + ("init",))  # fmt: skip
+        fm = m.feature_map
+        if fm is not None and (fm.kind == "polynomial") != (fm.degree is not None):
+            yield ctx.error("bad-value", "`degree` goes with (and only with) `polynomial`",
+                            path + ("feature_map",))  # fmt: skip
+        if fm is not None and not (isinstance(m.structure, MatrixStructure) or cache):
+            if fm.kind in ("polynomial",):
+                yield ctx.error("objective-structure",
+                                "a polynomial feature map changes the key size; use it with a "
+                                "`matrix` memory", path + ("feature_map",))  # fmt: skip

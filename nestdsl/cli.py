@@ -1,0 +1,53 @@
+"""The `nestdsl` command line: one subcommand per module in `nestdsl/commands/`.
+
+Every subcommand module exposes `HELP` (one line), `EXAMPLE` (a command line), `add_arguments(parser)`
+and `run(args) -> int`. User mistakes end as one-line messages and exit code 1, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nestdsl.errors import UserError
+
+COMMANDS = ["validate", "show", "schema", "train", "generate", "viz"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nestdsl",
+        description="Nested Learning architectures as declarative specs: check, show, compile, train.",
+        epilog="example: nestdsl validate hope  |  nestdsl train transformer --steps 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"nestdsl.commands.{name}")
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=f"example: {module.EXAMPLE}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except UserError as err:
+        print(f"nestdsl {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"nestdsl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `nestdsl` command line, one per module."""

@@ -1,0 +1,147 @@
+"""M3, the Multi-scale Momentum Muon optimizer of Nested Learning (Algorithm 1), as printed.
+
+For every parameter `theta` with gradient `g_t` at update `t`:
+
+    fast momentum   M1 += beta1 * g_t                               (every update)
+    slow momentum   M2 += beta3 * (sum of the f gradients of the previous block)
+                                                                    (every f updates)
+    second moment   V  += beta2 * g_t ** 2                          (every update)
+    O1 = NS_T(M1),  O2 = NS_T(M2)                                   (Newton-Schulz, T steps)
+    theta -= lr * (O1 + alpha * O2) / sqrt(V + eps)
+
+Choices made where the printed algorithm is silent or ambiguous:
+
+* Momenta and V are plain running sums, exactly as printed: there are no decay (EMA) factors,
+  so M1 and M2 grow without bound and V behaves like Adagrad's accumulator (the effective step
+  shrinks roughly like 1/sqrt(t)). beta1, beta2 and beta3 are therefore scales, not decays.
+* The paper's slow-momentum sum runs over i = (k-1)f .. kf, which is f + 1 gradients and
+  overlaps the next block's sum by one; here every gradient is counted exactly once: at the
+  first update of block k (updates kf .. kf+f-1, 0-based) M2 absorbs the f gradients of block
+  k-1. During block 0, M2 and O2 are zero.
+* O2 is computed once per block (when M2 changes) and cached, as in the algorithm.
+* Newton-Schulz runs on 2-D parameters only, on the matrix normalized by its Frobenius norm
+  (transposed so it is wide), with the quintic coefficients of Muon (3.4445, -4.7750, 2.0315)
+  by default or the cubic iteration X <- 1.5 X - 0.5 X X^T X (`ns_kind="cubic"`). Embedding
+  tables and output heads are 2-D too and are orthogonalized like any matrix (Muon practice
+  would leave them to AdamW; the algorithm does not distinguish them). Parameters that are not
+  matrices (biases, norm gains, tensors of 3+ dims) skip Newton-Schulz: O = M.
+* The element-wise division of an orthogonalized matrix by sqrt(V + eps) is as printed; it makes
+  the step size depend inversely on the gradient scale, so `lr` must be smaller than Muon's.
+* `weight_decay` (decoupled, as in AdamW) is an addition; it is 0 unless configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+QUINTIC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> torch.Tensor:
+    """Approximately orthogonalize a 2-D matrix (its polar factor U V^T) with `steps` iterations.
+
+    Computed in float32 whatever the parameter dtype, so results are reproducible on the CPU.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"Newton-Schulz needs a matrix, got shape {tuple(matrix.shape)}")
+    x = matrix.float()
+    x = x / (x.norm() + 1e-7)  # singular values in [0, 1], where the iteration converges
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T  # iterate on the wide orientation so X X^T is the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T
+        if kind == "quintic":
+            a, b, c = QUINTIC_COEFFICIENTS
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        elif kind == "cubic":
+            x = 1.5 * x - 0.5 * gram @ x
+        else:
+            raise ValueError(f"unknown Newton-Schulz kind {kind!r}: expected 'quintic' or 'cubic'")
+    if tall:
+        x = x.T
+    return x.to(matrix.dtype)
+
+
+class M3(torch.optim.Optimizer):
+    """Multi-scale Momentum Muon (Nested Learning, Algorithm 1); see the module docstring."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9),
+        alpha: float = 1.0,
+        frequency: int = 10,
+        ns_steps: int = 5,
+        ns_kind: str = "quintic",
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"lr must be non-negative, got {lr}")
+        if len(betas) != 3:
+            raise ValueError(f"M3 takes three betas (beta1, beta2, beta3), got {betas}")
+        if frequency < 1:
+            raise ValueError(f"frequency must be at least 1, got {frequency}")
+        if ns_steps < 0:
+            raise ValueError(f"ns_steps must be non-negative, got {ns_steps}")
+        if ns_kind not in ("quintic", "cubic"):
+            raise ValueError(f"ns_kind must be 'quintic' or 'cubic', got {ns_kind!r}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            alpha=alpha,
+            frequency=frequency,
+            ns_steps=ns_steps,
+            ns_kind=ns_kind,
+            eps=eps,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    def _orthogonalize(self, momentum: torch.Tensor, group: dict) -> torch.Tensor:
+        if momentum.ndim == 2:
+            return newton_schulz(momentum, group["ns_steps"], group["ns_kind"])
+        return momentum.clone()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2, beta3 = group["betas"]
+            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if grad.is_sparse:
+                    raise RuntimeError("M3 does not support sparse gradients")
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    for name in ("fast_momentum", "slow_momentum", "second_moment", "block_grad_sum"):
+                        state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["slow_direction"] = torch.zeros_like(param)
+                t = state["step"]
+                if t > 0 and t % group["frequency"] == 0:
+                    # First update of a new low-frequency block: fold in the previous block.
+                    state["slow_momentum"].add_(state["block_grad_sum"], alpha=beta3)
+                    state["block_grad_sum"].zero_()
+                    state["slow_direction"] = self._orthogonalize(state["slow_momentum"], group)
+                state["block_grad_sum"].add_(grad)
+                state["fast_momentum"].add_(grad, alpha=beta1)
+                state["second_moment"].addcmul_(grad, grad, value=beta2)
+                fast_direction = self._orthogonalize(state["fast_momentum"], group)
+                direction = fast_direction.add_(state["slow_direction"], alpha=alpha)
+                denominator = state["second_moment"].add(eps).sqrt_()
+                if group["weight_decay"]:
+                    param.mul_(1.0 - lr * group["weight_decay"])
+                param.addcdiv_(direction, denominator, value=-lr)
+                state["step"] = t + 1
+        return loss

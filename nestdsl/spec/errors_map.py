@@ -1,0 +1,208 @@
+"""Pydantic validation errors, rewritten as diagnostics at the YAML position they concern."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel, ValidationError
+
+from nestdsl.errors import Diagnostic
+from nestdsl.spec.loader import SourceMap
+from nestdsl.spec.schema import Spec
+
+
+def diagnostics_from(err: ValidationError, data: Any, source: SourceMap) -> list[Diagnostic]:
+    grouped: dict[tuple, list[dict]] = {}
+    for e in err.errors(include_url=False):
+        path = _data_path(e["loc"], data)
+        grouped.setdefault((path, e["type"] == "extra_forbidden" and e["loc"][-1]), []).append(e)
+    out = []
+    for (path, _), errors in grouped.items():
+        out.append(_diagnostic(path, errors, source))
+    return sorted(out, key=lambda d: (d.pos.line, d.pos.col) if d.pos else (0, 0))
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """Drop the parts of a pydantic `loc` that are union tags, not keys of the data."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and part == "in_" and "in" in node:
+            path.append("in")
+            node = node["in"]
+    return tuple(path)
+
+
+def _diagnostic(path: tuple, errors: list[dict], source: SourceMap) -> Diagnostic:
+    e = errors[0]
+    kind = e["type"]
+    where = ".".join(str(p) for p in path) or "(top level)"
+    if kind == "extra_forbidden":
+        key = e["loc"][-1]
+        allowed = _allowed_keys(e["loc"][:-1])
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else None
+        if not close and allowed:
+            hint = "allowed keys here: " + ", ".join(allowed)
+        return Diagnostic(
+            "unknown-key", f"unknown key `{key}`", source.find(path + (key,), key=True), hint
+        )
+    if kind == "missing":
+        key = e["loc"][-1]
+        key = "in" if key == "in_" else key
+        return Diagnostic(
+            "missing-key",
+            f"`{where}` needs the key `{key}`",
+            source.find(path),
+            _field_description(e["loc"]),
+        )
+    if kind == "union_tag_invalid":
+        ctx = e.get("ctx", {})
+        return Diagnostic(
+            "unknown-kind",
+            f"`{ctx.get('tag')}` is not a known {ctx.get('discriminator', 'kind').strip(chr(39))}"
+            f" at `{where}`",
+            source.find(path + (ctx.get("discriminator", "").strip("'"),)),
+            _did_you_mean(ctx.get("tag"), ctx.get("expected_tags", "")),
+        )
+    if kind == "union_tag_not_found":
+        disc = e.get("ctx", {}).get("discriminator", "'kind'").strip("'")
+        return Diagnostic(
+            "missing-key",
+            f"`{where}` needs `{disc}:` to say which kind it is",
+            source.find(path),
+            _field_description(e["loc"]),
+        )
+    if kind == "literal_error":
+        expected = e.get("ctx", {}).get("expected", "")
+        return Diagnostic(
+            "bad-value",
+            f"`{e['input']}` is not allowed at `{where}`",
+            source.find(path),
+            _did_you_mean(e["input"], expected),
+        )
+    if len({x["type"] for x in errors}) > 1:  # an untagged union: no member matched
+        forms = list(dict.fromkeys(_FORMS.get(x["type"], _short(x)) for x in errors))
+        return Diagnostic(
+            "bad-value",
+            f"`{_show(e['input'])}` at `{where}` is not " + _either(forms),
+            source.find(path),
+            _field_description(e["loc"]),
+        )
+    return Diagnostic("bad-value", f"`{where}`: {_short(e)}", source.find(path))
+
+
+_FORMS = {
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "string_type": "a name",
+    "string_pattern_mismatch": "a name",
+    "model_type": "a `{kind: ...}` mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _either(forms: list[str]) -> str:
+    return forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+
+
+def _short(e: dict) -> str:
+    msg = e["msg"]
+    return msg[0].lower() + msg[1:] if msg else e["type"]
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _did_you_mean(value: Any, expected: str) -> str | None:
+    options = [o.strip().strip("'") for o in str(expected).replace(" or ", ",").split(",")]
+    options = [o for o in options if o]
+    close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+    listed = "expected one of: " + ", ".join(options) if options else None
+    if close:
+        return f"did you mean `{close[0]}`? ({listed})"
+    return listed
+
+
+# ---------------------------------------------------------------- walking the schema by `loc`
+
+
+def _walk(loc: tuple) -> tuple[Any, Any]:
+    """Follow a pydantic loc through the schema; returns (annotation, field info) reached."""
+    annotation: Any = Spec
+    info = None
+    for part in loc:
+        annotation = _unwrap(annotation)
+        model = _as_model(annotation)
+        if model is not None:
+            name = "in_" if part in ("in", "in_") else part
+            field = model.model_fields.get(name)
+            if field is None:
+                return None, None
+            annotation, info = field.annotation, field
+            continue
+        origin = typing.get_origin(annotation)
+        if origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif origin in (list, tuple):
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            annotation = _member(annotation, part)
+            if annotation is None:
+                return None, None
+        else:
+            return None, None
+    return annotation, info
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _member(union: Any, tag: Any) -> Any:
+    for member in typing.get_args(union):
+        model = _as_model(_unwrap(member))
+        if model is None:
+            continue
+        if model.__name__ == tag:
+            return model
+        for disc in ("kind", "op"):
+            field = model.model_fields.get(disc)
+            if field is not None and tag in typing.get_args(field.annotation):
+                return model
+    return None
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    annotation, _ = _walk(loc)
+    model = _as_model(_unwrap(annotation)) if annotation is not None else None
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _field_description(loc: tuple) -> str | None:
+    _, info = _walk(loc)
+    return info.description if info is not None else None

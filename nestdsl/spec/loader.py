@@ -1,0 +1,247 @@
+"""Safe YAML loading with a source map: every key and value keeps its `file:line:col`.
+
+Only plain YAML data is accepted: no Python tags, no custom constructors, so a spec can never run
+code. Hostile input is bounded: file size, nesting depth, alias expansion, duplicate keys (an error,
+not last-wins), binary junk and empty documents all end as diagnostics, never as exceptions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from nestdsl.errors import Diagnostic, Position, SpecError
+
+MAX_BYTES = 1 << 20  # a spec is a page of YAML; a megabyte is already absurd
+MAX_DEPTH = 64
+MAX_NODES = 100_000  # bounds alias ("billion laughs") expansion
+
+Path = tuple[Any, ...]
+
+# YAML 1.1 reads `3e-4` as a string; researchers write learning rates that way.
+_FLOAT_NO_DOT = re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: `1e-3` is a float; only true/false are booleans.
+
+    (YAML 1.1 turns a node named `on`, `no` or `y` into a boolean: a trap in a wiring graph.)
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _FLOAT_NO_DOT, list("-+0123456789")
+)
+
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+
+
+@dataclass
+class SourceMap:
+    """Positions of every value (by data path) and every mapping key (by the path it opens)."""
+
+    file: str
+    values: dict[Path, Position] = field(default_factory=dict)
+    keys: dict[Path, Position] = field(default_factory=dict)
+
+    def find(self, path: Path, *, key: bool = False) -> Position | None:
+        """The position of `path`, or of its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        for n in range(len(path), -1, -1):
+            pos = table.get(tuple(path[:n])) or self.values.get(tuple(path[:n]))
+            if pos is not None:
+                return pos
+        return None
+
+
+@dataclass
+class LoadedYaml:
+    data: Any
+    source: SourceMap
+    text: str
+
+
+def _pos(file: str, mark: Any) -> Position:
+    return Position(file, mark.line + 1, mark.column + 1)
+
+
+class _Converter:
+    """Turns a composed node tree into plain Python data while recording positions."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.source = SourceMap(file)
+        self.errors: list[Diagnostic] = []
+        self.nodes = 0
+        self._scalars = _Loader("")
+
+    def convert(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Abort(
+                Diagnostic(
+                    "too-large",
+                    f"document expands to more than {MAX_NODES} values (alias bomb?)",
+                    _pos(self.file, node.start_mark),
+                    "write the values out; specs are small",
+                )
+            )
+        if depth > MAX_DEPTH:
+            raise _Abort(
+                Diagnostic(
+                    "too-deep",
+                    f"nesting deeper than {MAX_DEPTH} levels",
+                    _pos(self.file, node.start_mark),
+                )
+            )
+        self.source.values[path] = _pos(self.file, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.errors.append(
+                    Diagnostic(
+                        "yaml-merge",
+                        "merge keys (`<<:`) are not supported in specs",
+                        _pos(self.file, key_node.start_mark),
+                        "write the keys out explicitly",
+                    )
+                )
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.errors.append(
+                    Diagnostic(
+                        "bad-key",
+                        "mapping keys must be plain scalars",
+                        _pos(self.file, key_node.start_mark),
+                    )
+                )
+                continue
+            key = self._scalar(key_node)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                key = str(key)
+            key_pos = _pos(self.file, key_node.start_mark)
+            if key in out:
+                first = self.source.keys.get(path + (key,))
+                self.errors.append(
+                    Diagnostic(
+                        "duplicate-key",
+                        f"key {key!r} appears twice"
+                        + (f" (first at line {first.line})" if first else ""),
+                        key_pos,
+                        "YAML would silently keep the last one; remove one of them",
+                    )
+                )
+                continue
+            self.source.keys[path + (key,)] = key_pos
+            out[key] = self.convert(value_node, path + (key,), depth + 1)
+        return out
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            self.errors.append(
+                Diagnostic(
+                    "yaml-tag",
+                    f"tag {node.tag!r} is not allowed in a spec",
+                    _pos(self.file, node.start_mark),
+                    "specs hold plain data only: strings, numbers, booleans, lists, mappings",
+                )
+            )
+            return None
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as err:
+            self.errors.append(
+                Diagnostic("yaml-value", str(err), _pos(self.file, node.start_mark))
+            )
+            return None
+
+
+class _Abort(Exception):
+    def __init__(self, diagnostic: Diagnostic):
+        self.diagnostic = diagnostic
+
+
+def load_yaml(text: str | bytes, file: str = "<spec>") -> LoadedYaml:
+    """Parse spec text into data + source map, or raise `SpecError` with positions."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_BYTES:
+            raise SpecError([_too_big(file, len(text))])
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SpecError(
+                [
+                    Diagnostic(
+                        "not-text",
+                        f"the file is not UTF-8 text (byte {err.start})",
+                        Position(file, 1, 1),
+                        "is this really a YAML spec?",
+                    )
+                ]
+            ) from None
+    if len(text) > MAX_BYTES:
+        raise SpecError([_too_big(file, len(text))])
+    if not text.strip():
+        raise SpecError(
+            [Diagnostic("empty", "the spec is empty", Position(file, 1, 1), "start with `nestdsl: 1`")]
+        )
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        pos = _pos(file, mark) if mark else Position(file, 1, 1)
+        problem = err.problem or err.context or "invalid YAML"
+        raise SpecError([Diagnostic("yaml-syntax", problem, pos)]) from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        message = f"character {err.character!r} is not allowed in YAML ({err.reason})"
+        raise SpecError([Diagnostic("yaml-syntax", message, Position(file, line, col))]) from None
+    except yaml.YAMLError as err:
+        message = str(err).splitlines()[0]
+        raise SpecError([Diagnostic("yaml-syntax", message, Position(file, 1, 1))]) from None
+    except RecursionError:
+        raise SpecError(
+            [Diagnostic("too-deep", "the document is nested too deeply", Position(file, 1, 1))]
+        ) from None
+    if node is None:
+        raise SpecError(
+            [Diagnostic("empty", "the spec is empty", Position(file, 1, 1), "start with `nestdsl: 1`")]
+        )
+    converter = _Converter(file)
+    try:
+        data = converter.convert(node, (), 0)
+    except _Abort as abort:
+        raise SpecError([abort.diagnostic]) from None
+    if converter.errors:
+        raise SpecError(converter.errors)
+    return LoadedYaml(data, converter.source, text)
+
+
+def _too_big(file: str, n: int) -> Diagnostic:
+    return Diagnostic(
+        "too-large", f"the spec is {n} bytes; the limit is {MAX_BYTES}", Position(file, 1, 1)
+    )

@@ -1,0 +1,262 @@
+"""Associative memories: the optimization boxes of Nested Learning (Definition 1; Miras §3).
+
+A memory is `M* = argmin_M L(M(k); v)` solved online by an update rule on its level's clock.
+Each choice the papers make is a `kind:`: the structure (matrix, MLP, cache), the objective
+(attentional bias), the rule, the retention, the feature map, the initial state and resets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, model_validator
+
+from nestdsl.spec.common import Dim, Name, Node, Param, shorthand
+
+# ---------------------------------------------------------------- structure
+
+
+class MatrixStructure(Node):
+    """A linear memory per head: `M(k) = W k` (linear attention, DeltaNet, Titans-linear)."""
+
+    kind: Literal["matrix"]
+    heads: Dim = 1
+    key_dim: Dim
+    value_dim: Dim
+
+
+class MLPStructure(Node):
+    """A deep memory per head: `M(x) = x + N(W_L σ(… σ(W_1 x)))` (Titans LMM, Hope eq. 89)."""
+
+    kind: Literal["mlp"]
+    heads: Dim = 1
+    dim: Dim
+    depth: PositiveInt = 2
+    expansion: PositiveFloat = 4.0
+    residual: bool = True
+    activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu"
+    norm: Literal["none", "layernorm"] = "none"
+
+
+class GatedMLPStructure(Node):
+    """A gated deep memory: `M(x) = x + W_1 (σ(W_2 x) ⊙ W_3 x)` (Atlas++, eq. 43)."""
+
+    kind: Literal["gated_mlp"]
+    heads: Dim = 1
+    dim: Dim
+    expansion: PositiveFloat = 4.0
+    residual: bool = True
+    activation: Literal["gelu", "silu", "relu", "tanh"] = "silu"
+
+
+class CacheStructure(Node):
+    """A non-parametric memory that keeps every (k, v) pair: softmax attention (NL eq. 62-63)."""
+
+    kind: Literal["cache"]
+    heads: Dim = 1
+    key_dim: Dim
+    value_dim: Dim
+    window: PositiveInt | None = Field(None, description="sliding window length; none = full")
+
+
+Structure = Annotated[
+    MatrixStructure | MLPStructure | GatedMLPStructure | CacheStructure,
+    Field(discriminator="kind"),
+]
+
+# ---------------------------------------------------------------- objective (attentional bias)
+
+
+class DotObjective(Node):
+    """`L = -<M(k), v>`: Hebbian memories, linear attention (NL eq. 14-18)."""
+
+    kind: Literal["dot"]
+
+
+class L2Objective(Node):
+    """`L = 1/2 ||M(k) - v||^2`: the delta rule, Titans (Titans eq. 12)."""
+
+    kind: Literal["l2"]
+
+
+class LpObjective(Node):
+    """`L = ||M(k) - v||_p^p` (Miras eq. 10-11; Moneta uses p = 3)."""
+
+    kind: Literal["lp"]
+    p: float = Field(gt=1.0)
+
+
+class HuberObjective(Node):
+    """Huber loss with threshold delta, elementwise (Miras eq. 16; Yaad)."""
+
+    kind: Literal["huber"]
+    delta: Param = 1.0
+
+
+class TaskObjective(Node):
+    """The model's own loss through backprop: the continuum memory system (NL eq. 71)."""
+
+    kind: Literal["task"]
+
+
+class SoftmaxObjective(Node):
+    """The Nadaraya-Watson solution of an l2 regression: softmax attention on a cache (eq. 62)."""
+
+    kind: Literal["softmax"]
+
+
+Objective = Annotated[
+    DotObjective | L2Objective | LpObjective | HuberObjective | TaskObjective | SoftmaxObjective,
+    Field(discriminator="kind"),
+    BeforeValidator(shorthand),
+]
+
+# ---------------------------------------------------------------- update rule
+
+
+class GDRule(Node):
+    """`M_t = M_{t-1} - lr_t ∇L` (one gradient step per token; NL eq. 19)."""
+
+    kind: Literal["gd"]
+    lr: Param = 1.0
+
+
+class MomentumRule(Node):
+    """`S_t = momentum_t S_{t-1} - lr_t ∇L; M_t = M_{t-1} + S_t` (Titans eq. 10)."""
+
+    kind: Literal["momentum"]
+    lr: Param
+    momentum: Param
+
+
+class DGDRule(Node):
+    """Delta gradient descent: `M_t = M_{t-1}(I - lr_t k k^T) - lr_t ∇L` (NL eq. 57, 88)."""
+
+    kind: Literal["dgd"]
+    lr: Param
+
+
+class MuonRule(Node):
+    """Momentum orthogonalized by Newton-Schulz: `M_t = M_{t-1} - lr NS_k(S_t)` (Atlas eq. 32)."""
+
+    kind: Literal["muon"]
+    lr: Param
+    momentum: Param
+    ns_steps: PositiveInt = 5
+
+
+Rule = Annotated[GDRule | MomentumRule | DGDRule | MuonRule, Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- retention
+
+
+class L2Retention(Node):
+    """Weight decay: the state is scaled by `1 - forget_t`, or by `exp(log_decay_t)`."""
+
+    kind: Literal["l2"]
+    forget: Param | None = Field(None, description="forget gate in [0, 1] (Titans α_t)")
+    log_decay: Param | None = Field(None, description="log of the decay factor, <= 0 (GDN g_t)")
+
+    @model_validator(mode="after")
+    def _one_gate(self) -> L2Retention:
+        if (self.forget is None) == (self.log_decay is None):
+            raise ValueError("give exactly one of `forget` or `log_decay`")
+        return self
+
+
+class KLRetention(Node):
+    """KL retention: `W_t = c softmax(α_t log W_{t-1} - η_t ∇L)` (Miras eq. 27; Memora)."""
+
+    kind: Literal["kl"]
+    forget: Param = 0.0
+    scale: PositiveFloat = 1.0
+
+
+class LqRetention(Node):
+    """l_q normalization: `W_t = A_t / ||A_t||_q^{q-2}` (Miras eq. 24-25; Moneta)."""
+
+    kind: Literal["lq"]
+    q: float = Field(4.0, ge=2.0)
+    forget: Param = 0.0
+
+
+Retention = Annotated[L2Retention | KLRetention | LqRetention, Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- feature map, init, reset
+
+
+class FeatureMap(Node):
+    """φ applied to keys and queries before the memory sees them (ATLAS §3)."""
+
+    kind: Literal["identity", "relu", "elu1", "softmax", "polynomial"]
+    degree: PositiveInt | None = Field(None, description="for `polynomial` only")
+
+
+class ZerosInit(Node):
+    kind: Literal["zeros"]
+
+
+class IdentityInit(Node):
+    """Start as the identity map (matrix memories with key_dim = value_dim)."""
+
+    kind: Literal["identity"]
+
+
+class LearnedInit(Node):
+    """The initial state is a parameter of a slower level (meta-learned; NL eq. 28)."""
+
+    kind: Literal["learned"]
+    by: Name | None = Field(None, description="the owning level; default: the outermost")
+
+
+Init = Annotated[
+    ZerosInit | IdentityInit | LearnedInit, Field(discriminator="kind"), BeforeValidator(shorthand)
+]
+
+
+class SequenceReset(Node):
+    """Back to the initial state at every new sequence (the usual training setting)."""
+
+    kind: Literal["sequence"]
+
+
+class NeverReset(Node):
+    """Never reset: continual learning across sequences."""
+
+    kind: Literal["never"]
+
+
+class LevelReset(Node):
+    """Reset at every chunk boundary of a slower level (nested CMS, NL eq. 72)."""
+
+    kind: Literal["level"]
+    level: Name
+
+
+Reset = Annotated[
+    SequenceReset | NeverReset | LevelReset, Field(discriminator="kind"), BeforeValidator(shorthand)
+]
+
+# ---------------------------------------------------------------- the memory
+
+
+class Memory(Node):
+    """One optimization box: structure, level, context flow, objective, rule, retention."""
+
+    structure: Structure
+    level: Name = Field(description="the level whose clock updates this memory")
+    keys: Name | None = Field(None, description="block tensor the memory learns keys from")
+    values: Name | None = Field(None, description="block tensor the memory learns values from")
+    objective: Objective
+    rule: Rule | None = None
+    retention: Retention | None = None
+    feature_map: Annotated[FeatureMap | None, BeforeValidator(shorthand)] = Field(
+        None, description="φ on keys and queries"
+    )
+    write: Literal["differentiable", "stop_gradient"] = Field(
+        "differentiable",
+        description="whether the outer level backpropagates through this memory's writes",
+    )
+    init: Init = Field(default_factory=lambda: ZerosInit(kind="zeros"))
+    reset: Reset = Field(default_factory=lambda: SequenceReset(kind="sequence"))
+    description: str | None = None

@@ -1,0 +1,136 @@
+"""The front of the pipeline: text -> safe YAML -> schema -> level graph -> checks.
+
+`check_text` is the whole of `nestdsl validate` for one spec: it returns a `CheckedSpec` or raises
+one `SpecError` holding every diagnostic, each at its `file:line:col`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from nestdsl.checks import CHECKS, CheckContext
+from nestdsl.errors import Diagnostic, Position, SpecError
+from nestdsl.graph.build import build_graph
+from nestdsl.spec.errors_map import diagnostics_from
+from nestdsl.spec.loader import SourceMap, load_yaml
+from nestdsl.spec.schema import Spec
+from nestdsl.spec.shipped import read_spec
+
+
+@dataclass
+class CheckedSpec:
+    """A spec that passed every check, with what later stages need."""
+
+    spec: Spec
+    source: SourceMap
+    graph: nx.MultiDiGraph
+    shapes: dict[tuple[str, str], tuple[int, ...]]
+    text: str
+    file: str
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def source_text(self) -> str:
+        return self.text
+
+    def outer_level(self) -> str:
+        """The trained `every: step` level (the first, when blocks name several)."""
+        return next(n for n, lv in self.spec.levels.items() if lv.optimizer is not None)
+
+    def outer_optimizer(self) -> dict[str, Any]:
+        optimizer = self.spec.levels[self.outer_level()].optimizer
+        return optimizer.model_dump(mode="json")
+
+def load(name_or_path: str | Path, overrides: list[str] | None = None) -> CheckedSpec:
+    """Read a shipped spec by name or a spec file by path, apply `--set` overrides, check it."""
+    raw, file = read_spec(name_or_path)
+    return check_text(raw, file, overrides or [])
+
+def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = ()) -> CheckedSpec:
+    loaded = load_yaml(text, file)
+    data, source = loaded.data, loaded.source
+    if overrides:
+        data = _apply_overrides(data, source, overrides)
+    if not isinstance(data, dict):
+        raise SpecError([Diagnostic("not-a-mapping", "a spec is a mapping of keys",
+                                    Position(file, 1, 1), "start with `nestdsl: 1`")])  # fmt: skip
+    if data.get("nestdsl", 1) != 1 and data.get("nestdsl") is not None:
+        raise SpecError([Diagnostic("version", f"spec version {data['nestdsl']!r} is not supported",
+                                    source.find(("nestdsl",)), "this nestdsl reads `nestdsl: 1`")])  # fmt: skip
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(diagnostics_from(err, data, source)) from None
+    graph = build_graph(spec, source)
+    ctx = CheckContext(spec, source, graph)
+    found: list[Diagnostic] = []
+    for name, check in CHECKS.items():
+        try:
+            found.extend(check(ctx))
+        except Exception as err:  # a bug in a check must still end as a report, not a crash
+            found.append(Diagnostic("internal", f"check `{name}` failed: {err!r}; this is a bug "
+                                    "in nestdsl, please report it", Position(file, 1, 1)))  # fmt: skip
+    found = _dedupe(found)
+    if any(d.severity == "error" for d in found):
+        # Warnings about unused parts mostly echo the errors (a dangling name orphans its
+        # inputs); show them once the errors are fixed.
+        raise SpecError([d for d in found if d.severity == "error"])
+    text_str = loaded.text
+    return CheckedSpec(spec, source, graph, ctx.shapes, text_str, file, found)
+
+def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
+    unique = list(dict.fromkeys(found))
+    return sorted(unique, key=lambda d: (d.severity != "error", d.pos.line if d.pos else 0,
+                                         d.pos.col if d.pos else 0))  # fmt: skip
+
+def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
+    """`dims.d_model=128` sets one value; its diagnostics cite the `--set` flag."""
+    data = copy.deepcopy(data)
+    errors = []
+    for i, item in enumerate(overrides):
+        pos = Position("--set", i + 1, 1)
+        key, sep, raw = item.partition("=")
+        parts = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        if not sep or not key.strip() or any(p == "" for p in parts):
+            errors.append(Diagnostic("bad-override", f"`{item}` is not KEY=VALUE",
+                                     pos, "e.g. --set dims.d_model=128"))  # fmt: skip
+            continue
+        try:
+            value = load_yaml(raw or "''", "--set").data if raw.strip() else ""
+        except SpecError:
+            value = raw
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else (
+                node[part] if isinstance(node, list) and isinstance(part, int)
+                and part < len(node) else None)  # fmt: skip
+            if not isinstance(child, (dict, list)):
+                where = ".".join(map(str, parts[: depth + 1]))
+                errors.append(Diagnostic("bad-override", f"`{where}` is not a mapping in the spec",
+                                         pos, "overrides set values that exist in the spec"))  # fmt: skip
+                node = None
+                break
+            node = child
+        if node is None:
+            continue
+        last = parts[-1]
+        if isinstance(node, list):
+            if not isinstance(last, int) or last >= len(node):
+                errors.append(Diagnostic("bad-override", f"no item {last} in `{key}`", pos))
+                continue
+        node[last] = value
+        source.values[tuple(parts)] = pos
+        source.keys[tuple(parts)] = pos
+    if errors:
+        raise SpecError(errors)
+    return data

@@ -1,0 +1,138 @@
+"""Training metrics: the `metrics.jsonl` log and the `loss.png` plot of a run.
+
+metrics.jsonl holds one JSON object per line:
+
+    {"kind": "train", "step": 10, "loss": 2.91, "bpb": 4.20, "lr": 0.0003, "grad_norm": 0.8,
+     "tokens_per_s": 5120.0, "elapsed_s": 3.1}
+    {"kind": "val", "step": 100, "loss": 2.55, "bpb": 3.68}
+
+`step` counts completed optimizer updates; a train record's loss is the mean over the updates
+since the previous train record. Losses are in nats per byte; `bpb` (bits per byte) is
+loss / ln 2, since every token is one byte.
+
+On resume the log is cut back to the records up to the checkpoint's step, so the finished log
+of an interrupted-and-resumed run has the same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from nestdsl.errors import UserError
+from nestdsl.train.checkpoint import write_file_atomically
+
+
+def bits_per_byte(loss_nats: float) -> float:
+    """Cross-entropy in nats per byte converted to bits per byte."""
+    return loss_nats / math.log(2)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl; a torn last line (from a crash) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl; does nothing when disabled (non-main DDP ranks)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.records: list[dict] = read_metrics(self.path) if enabled else []
+        self._handle = None
+
+    def _open(self):
+        if self._handle is None:
+            self._handle = open(self.path, "a", encoding="utf-8")
+        return self._handle
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        try:
+            handle = self._open()
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def sync(self) -> None:
+        """Make the records written so far durable (called before each checkpoint)."""
+        if self._handle is not None:
+            try:
+                os.fsync(self._handle.fileno())
+            except OSError as err:
+                raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only the records up to `step` (resume from the checkpoint at that step)."""
+        if not self.enabled:
+            return
+        self.close()
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        try:
+            write_file_atomically(self.path, text.encode())
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def last(self, kind: str) -> dict | None:
+        for record in reversed(self.records):
+            if record.get("kind") == kind:
+                return record
+        return None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Write a PNG of train and validation loss against step (matplotlib, Agg, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["step"], r["loss"]) for r in records if r.get("kind") == "val"]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    if train:
+        axes.plot(*zip(*train, strict=True), label="train", color="tab:blue", linewidth=1.2)
+    if val:
+        axes.plot(*zip(*val, strict=True), label="validation", color="tab:orange", marker="o", markersize=3)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per byte)")
+    # A second scale in bits per byte, the unit byte-level results are usually quoted in.
+    axes.secondary_yaxis("right", functions=(bits_per_byte, lambda b: b * math.log(2))).set_ylabel(
+        "bits per byte"
+    )
+    axes.grid(alpha=0.3)
+    if train or val:
+        axes.legend()
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    try:
+        write_file_atomically(Path(path), buffer.getvalue())
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None

@@ -1,1 +1,22 @@
-"""nestdsl: nested-learning architectures as declarative specs."""
+"""nestdsl: Nested Learning architectures as declarative specs, compiled to PyTorch.
+
+    spec = nestdsl.load("hope")          # a shipped name or a YAML path; checked
+    model = nestdsl.compile(spec)        # a torch.nn.Module: model(tokens, state) -> (logits, state)
+"""
+
+from nestdsl.errors import Diagnostic, Position, SpecError, UserError
+from nestdsl.spec.shipped import shipped_names
+from nestdsl.spec.validate import CheckedSpec, check_text, load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckedSpec",
+    "Diagnostic",
+    "Position",
+    "SpecError",
+    "UserError",
+    "check_text",
+    "load",
+    "shipped_names",
+]

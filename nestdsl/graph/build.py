@@ -97,7 +97,7 @@ def build_graph(spec: Spec, source: SourceMap) -> nx.MultiDiGraph:
 
     g.add_node("op:embed", kind="op", name="embed", block=None, spec=spec.embed,
                src=at(("embed",)))  # fmt: skip
-    for index, block in enumerate(spec.blocks):
+    for index in range(len(spec.blocks)):
         _add_block(g, spec, index, at)
     g.add_node("op:head", kind="op", name="head", block=None, spec=spec.head,
                src=at(("head",)) or at(("blocks",)))  # fmt: skip

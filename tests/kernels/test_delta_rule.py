@@ -71,22 +71,30 @@ def test_chunk_matches_naive_outputs_and_grads(gated, dtype, B, T, H, K, V, C):
         assert_close(f"gated_delta_rule d{name}", g_ref[name].to(dtype), g_got[name], rtol)
 
 
+# float32 gets a tolerance 50x tighter than RTOL here: with in-chunk log decays that are
+# formed as differences of cumulative sums, cancellation gives errors ~ eps * |G| ~ 1e-5.
+STRONG_DECAY_RTOL = {torch.float64: 1e-10, torch.float32: 2e-6}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-def test_strong_decay_stays_finite_and_exact(dtype):
-    # Cumulative log decay reaches -64 * 40 inside a chunk: any exp of a positive
-    # difference of cumulative decays would overflow to inf and poison the result.
-    B, T, H, K, V = 1, 100, 3, 8, 16
+def test_strong_decay_stays_finite_and_accurate(dtype):
+    # Half of the tokens decay by up to exp(-40), the others barely, so cumulative log decays
+    # reach ~ -600 inside a chunk of 64 while some long-range terms survive. Any exp of a
+    # positive exponent would overflow to inf and poison the result.
+    B, T, H, K, V = 1, 130, 3, 8, 16
     inputs, up = make_inputs(B, T, H, K, V, seed=11)
-    inputs["g"] = -40.0 * torch.rand(B, T, H, dtype=torch.float64, generator=torch.Generator())
+    u = torch.rand(B, T, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    inputs["g"] = -40.0 * u * (u > 0.5) - 1e-3 * u
     ref_in, got_in = leaves(inputs, torch.float64), leaves(inputs, dtype)
     o_ref, s_ref = run(ref_in, backend="naive")
     o, s = run(got_in, chunk_size=64, backend="chunk")
-    assert_close("strong decay o", o_ref.to(dtype), o, RTOL[dtype])
-    assert_close("strong decay state", s_ref.to(dtype), s, RTOL[dtype])
+    rtol = STRONG_DECAY_RTOL[dtype]
+    assert_close("strong decay o", o_ref.to(dtype), o, rtol)
+    assert_close("strong decay state", s_ref.to(dtype), s, rtol)
     g_ref = grads(o_ref, up["o"], ref_in, s_ref, up["state"])
     g_got = grads(o, up["o"].to(dtype), got_in, s, up["state"].to(dtype))
     for name in inputs:
-        assert_close(f"strong decay d{name}", g_ref[name].to(dtype), g_got[name], RTOL[dtype])
+        assert_close(f"strong decay d{name}", g_ref[name].to(dtype), g_got[name], rtol)
 
 
 @pytest.mark.parametrize("backend", ["naive", "chunk"])

@@ -1,0 +1,56 @@
+"""`nestdsl show SPEC`: the levels of a spec from the fastest to the slowest."""
+
+from __future__ import annotations
+
+from nestdsl.graph.params import count_by_level
+from nestdsl.spec.validate import load
+
+HELP = "print a spec's levels ordered by update frequency, with members and parameter counts"
+EXAMPLE = "nestdsl show hope"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="shipped spec name or YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a spec value, e.g. dims.d_model=64")  # fmt: skip
+
+
+def level_rows(checked) -> list[tuple[str, str, str, str]]:
+    """(level, period, members, parameters) from the fastest level to the slowest."""
+    from nestdsl.checks.levels import slowness
+
+    spec = checked.spec
+    counts = count_by_level(checked)
+    rows = []
+    for name, level in sorted(spec.levels.items(), key=lambda kv: slowness(kv[1].every)):
+        members = [m for m, mem in spec.memories.items() if mem.level == name]
+        owned = [f"init({m})" for m, mem in spec.memories.items()
+                 if getattr(mem.init, "by", None) == name]  # fmt: skip
+        if name == checked.outer_level():
+            owned = ["embed", "blocks", "head"] + [
+                f"init({m})" for m, mem in spec.memories.items()
+                if mem.init.kind == "learned" and mem.init.by in (None, name)
+            ]  # fmt: skip
+        if isinstance(level.every, int):
+            period = f"{level.every} token" + ("s" if level.every != 1 else "")
+        else:
+            period = level.every
+        rows.append((name, period, ", ".join(members + owned) or "-", f"{counts[name]:,}"))
+    return rows
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
+    return "\n".join([fmt.format(*header), line, *(fmt.format(*r) for r in rows)])
+
+
+def run(args) -> int:
+    checked = load(args.spec, args.overrides)
+    print(f"{checked.spec.name} ({checked.file})")
+    if checked.spec.description:
+        print(checked.spec.description)
+    print()
+    print(table(level_rows(checked), ("level", "every", "members", "parameters")))
+    return 0

@@ -10,6 +10,14 @@ from nestdsl.spec.validate import CheckedSpec, check_text, load
 
 __version__ = "0.1.0"
 
+
+def compile(checked):  # noqa: A001 - the public name of the design
+    """A checked spec (from `load`) as a `torch.nn.Module`: `model(tokens, state)`."""
+    from nestdsl.compiler import compile as _compile  # torch loads only when compiling
+
+    return _compile(checked)
+
+
 __all__ = [
     "CheckedSpec",
     "Diagnostic",
@@ -17,6 +25,7 @@ __all__ = [
     "SpecError",
     "UserError",
     "check_text",
+    "compile",
     "load",
     "shipped_names",
 ]

@@ -63,11 +63,26 @@ def deep_memory(
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {tuple(_BACKENDS)}, got {backend!r}")
     return _BACKENDS[backend](
-        q, k, v, theta, eta, alpha, weights,
-        structure=structure, objective=objective, p=p, delta=delta, rule=rule,
-        retention=retention, q_norm=q_norm, kl_scale=kl_scale, read=read,
-        chunk_size=chunk_size, momentum=momentum, output_final_state=output_final_state,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        theta,
+        eta,
+        alpha,
+        weights,
+        structure=structure,
+        objective=objective,
+        p=p,
+        delta=delta,
+        rule=rule,
+        retention=retention,
+        q_norm=q_norm,
+        kl_scale=kl_scale,
+        read=read,
+        chunk_size=chunk_size,
+        momentum=momentum,
+        output_final_state=output_final_state,
+    )
 
 
 __all__ = [

@@ -76,9 +76,20 @@ def deep_memory_chunk(
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
     check_inputs(
-        structure, q, k, v, (theta, eta, alpha), weights, momentum,
-        rule=rule, read=read, chunk_size=chunk_size, p=p,
-    )  # fmt: skip
+        structure,
+        q,
+        k,
+        v,
+        (theta, eta, alpha),
+        weights,
+        momentum,
+        rule=rule,
+        read=read,
+        objective=objective,
+        retention=retention,
+        chunk_size=chunk_size,
+        p=p,
+    )
     B, T, H, _ = q.shape
     C = chunk_size
     N = -(-T // C)

@@ -48,9 +48,20 @@ def deep_memory_naive(
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
     check_inputs(
-        structure, q, k, v, (theta, eta, alpha), weights, momentum,
-        rule=rule, read=read, chunk_size=chunk_size, p=p,
-    )  # fmt: skip
+        structure,
+        q,
+        k,
+        v,
+        (theta, eta, alpha),
+        weights,
+        momentum,
+        rule=rule,
+        read=read,
+        objective=objective,
+        retention=retention,
+        chunk_size=chunk_size,
+        p=p,
+    )
     T = q.shape[1]
     state = list(weights)  # L x [B, H, out, in]
     mom = None

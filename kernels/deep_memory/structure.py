@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .objectives import OBJECTIVES
+from .retention import RETENTIONS
+
 ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 NORMS = ("layernorm", "none")
 LN_EPS = 1e-5
@@ -244,6 +247,8 @@ def check_inputs(
     *,
     rule: str,
     read: str,
+    objective: str,
+    retention: str,
     chunk_size: int,
     p: float,
 ) -> None:
@@ -272,6 +277,10 @@ def check_inputs(
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if retention not in RETENTIONS:
+        raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
     if momentum is not None and rule != "momentum":
         raise ValueError(f"an initial momentum is only used by rule='momentum', got {rule!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

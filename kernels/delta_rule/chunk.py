@@ -1,10 +1,12 @@
 """Gated delta rule, chunk-parallel PyTorch form (WY representation / UT transform).
 
-Implements README.md eq. (4)-(9). Per chunk of C tokens, with the in-chunk cumulative log
-decay ``G``: the strictly lower-triangular system ``(I + A) [U0 | W] = [diag(b) V | diag(b e^G) K]``
-with ``A = tril(diag(b) (K K^T ⊙ e^{G_t - G_i}), -1)`` is solved for all chunks at once
+The chunk algorithm of Yang et al. (NeurIPS 2024, *Parallelizing Linear Transformers with the
+Delta Rule over Sequence Length*) with the decay of Gated DeltaNet, README.md eq. (4)-(11).
+Per chunk of C tokens, with the in-chunk cumulative log decay ``G``, the unit lower-triangular
+system ``(I + A) [U0 | W] = [diag(b) V | diag(b e^G) K]`` with
+``A = tril(diag(b) (K K^T ⊙ e^{G_t - G_i}), -1)`` is solved for all chunks at once
 (``torch.linalg.solve_triangular``); the only sequential part is the chunk-to-chunk state
-recurrence ``S_next = M S + D``, a loop over chunks, not over tokens.
+recurrence ``S_next = M S + D`` (eq. 11), a loop over chunks, not over tokens.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def gated_delta_rule_chunk(
     X = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
     U0, W = X.split([V, K], dim=-1)  # [B, H, N, C, V], [B, H, N, C, K]
 
-    # With the chunk's start state S: U = U0 - W S, O = q_inter S + qk U,
-    # S_next = chunk_decay S + k_out^T U. Regrouped so that only S is sequential.
+    # README eq. (10)-(11): everything that does not depend on the chunk's start state is
+    # batched over chunks, so the loop below is one small matmul per chunk.
     k_out_t = k_out.transpose(-1, -2)  # [B, H, N, K, C]
     q_eff = q_inter - qk @ W  # [B, H, N, C, K]
     o_intra = qk @ U0  # [B, H, N, C, V]

@@ -1,6 +1,7 @@
 """Gated delta rule, per-token loop: the reference oracle.
 
-Implements README.md eq. (1)-(3) one token at a time:
+Implements the gated delta rule of Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025), in the
+[K, V] state layout, README.md eq. (1)-(3), one token at a time:
 ``S <- exp(g_t) S``; ``S <- S + beta_t k_t (v_t - S^T k_t)^T``; ``o_t = scale * S^T q_t``.
 ``g=None`` is the plain delta rule (no decay). Slow on purpose.
 """

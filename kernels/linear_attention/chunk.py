@@ -1,6 +1,6 @@
 """Linear attention, chunk-parallel PyTorch form.
 
-Implements README.md eq. (3)-(5): inside a chunk ``O = Q S_prev + (Q K^T ⊙ M) V`` with the
+Causal linear attention (Katharopoulos et al., 2020) evaluated by README.md eq. (3)-(5): inside a chunk ``O = Q S_prev + (Q K^T ⊙ M) V`` with the
 inclusive causal mask ``M``; across chunks ``S_next = S_prev + K^T V``. The chunk states are
 an exclusive prefix sum of the per-chunk ``K^T V``, so there is no Python loop at all.
 """

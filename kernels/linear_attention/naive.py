@@ -1,6 +1,7 @@
 """Linear attention, per-token loop: the reference oracle.
 
-Implements the recurrence of README.md eq. (1)-(2) one token at a time:
+Implements causal linear attention (Katharopoulos et al., 2020, *Transformers are RNNs*, identity
+feature map), README.md eq. (1)-(2), one token at a time:
 ``S_t = S_{t-1} + k_t v_t^T`` and ``o_t = scale * S_t^T q_t`` (write, then read).
 Slow on purpose; it is what every other backend is tested against.
 """

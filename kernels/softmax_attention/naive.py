@@ -1,6 +1,7 @@
 """Causal softmax attention as a cache memory, per-token loop: the reference oracle.
 
-Implements README.md eq. (1)-(3): the memory is the list of past (key, value) pairs; token
+Standard causal (optionally sliding-window) softmax attention (Vaswani et al., 2017), README.md
+eq. (1)-(3): the memory is the list of past (key, value) pairs; token
 at global position p reads ``softmax(scale * q_p K_{lo..p}^T) V_{lo..p}`` with ``lo = 0``
 (no window) or ``lo = max(0, p - window + 1)``. Slow on purpose.
 """

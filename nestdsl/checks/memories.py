@@ -83,6 +83,14 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                 yield ctx.error("objective-structure",
                                 "an identity initial state needs key_dim == value_dim",
                                 path + ("init",))  # fmt: skip
+        retention = m.retention
+        if getattr(retention, "mode", None) == "local" and (every != 1 or m.rule is None
+                                                           or m.rule.kind != "gd"):  # fmt: skip
+            yield ctx.error("objective-structure",
+                            "local retention (decay, then a gradient step at the decayed state) "
+                            "is defined for `gd` updated every token",
+                            path + ("retention", "mode"),
+                            "use `mode: global` (weight decay, Titans) for chunked or other rules")  # fmt: skip
         fm = m.feature_map
         if fm is not None and (fm.kind == "polynomial") != (fm.degree is not None):
             yield ctx.error("bad-value", "`degree` goes with (and only with) `polynomial`",

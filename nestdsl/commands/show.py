@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nestdsl.errors import UserError
 from nestdsl.graph.params import count_by_level
 from nestdsl.spec.validate import load
 
@@ -11,6 +12,9 @@ EXAMPLE = "nestdsl show hope"
 
 def add_arguments(parser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="shipped spec name or YAML path")
+    parser.add_argument("--after", metavar="PASS",
+                        help="print the compiler's plan after PASS (resolve_dims, expand_blocks, "
+                        "schedule_levels, pick_kernels)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a spec value, e.g. dims.d_model=64")  # fmt: skip
 
@@ -48,6 +52,13 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 def run(args) -> int:
     checked = load(args.spec, args.overrides)
+    if args.after:
+        from nestdsl.compiler import PASSES, run_passes
+
+        if args.after not in PASSES:
+            raise UserError(f"unknown pass `{args.after}`; passes: {', '.join(PASSES)}")
+        print(run_passes(checked, until=args.after).describe())
+        return 0
     print(f"{checked.spec.name} ({checked.file})")
     if checked.spec.description:
         print(checked.spec.description)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 # A name of a dim, level, memory or block tensor.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 # A size: an integer, a name from `dims:`, or an arithmetic expression of both ("4 * d_model").
+# (Strict: YAML `true` is a boolean, never the size 1.)
 Dim = Annotated[
-    int | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_ +\-*/()]+$")],
+    StrictInt | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_ +\-*/()]+$")],
     Field(description="an integer, a name from `dims`, or an expression like `4 * d_model`"),
 ]
 

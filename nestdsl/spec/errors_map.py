@@ -56,14 +56,37 @@ def _diagnostic(path: tuple, errors: list[dict], source: SourceMap) -> Diagnosti
         return Diagnostic(
             "unknown-key", f"unknown key `{key}`", source.find(path + (key,), key=True), hint
         )
-    if kind == "missing":
-        key = e["loc"][-1]
-        key = "in" if key == "in_" else key
+    if e["loc"] and e["loc"][-1] == "[key]":  # a mapping key that is not a valid name
+        return Diagnostic(
+            "bad-value",
+            f"key `{_show(path[-1] if path else e['input'])}` is not a valid name",
+            source.find(path, key=True),
+            _NAME_RULE,
+        )
+    if kind == "invalid_key":
+        return Diagnostic(
+            "bad-value",
+            f"key `{_show(e['loc'][-1])}` is not a valid name",
+            source.find(path, key=True),
+            _NAME_RULE,
+        )
+    if kind == "missing" and all(x["type"] == "missing" for x in errors):
+        keys = list(dict.fromkeys(x["loc"][-1] for x in errors))
+        if isinstance(keys[0], int):  # a tuple given too few items
+            return Diagnostic(
+                "bad-value",
+                f"`{where}` has too few items: item {keys[0] + 1} is missing",
+                source.find(path),
+                _field_description(e["loc"][:-1]),
+            )
+        keys = ["in" if k == "in_" else k for k in keys]
+        owner = "the spec" if not path else f"`{where}`"
+        listed = ", ".join(f"`{k}`" for k in keys)
         return Diagnostic(
             "missing-key",
-            f"`{where}` needs the key `{key}`",
-            source.find(path),
-            _field_description(e["loc"]),
+            f"{owner} needs the key{'s' if len(keys) > 1 else ''} {listed}",
+            source.find(path, key=True),
+            _field_description(e["loc"]) if len(keys) == 1 else None,
         )
     if kind == "union_tag_invalid":
         ctx = e.get("ctx", {})
@@ -79,10 +102,10 @@ def _diagnostic(path: tuple, errors: list[dict], source: SourceMap) -> Diagnosti
         return Diagnostic(
             "missing-key",
             f"`{where}` needs `{disc}:` to say which kind it is",
-            source.find(path),
+            source.find(path, key=True),
             _field_description(e["loc"]),
         )
-    if kind == "literal_error":
+    if kind == "literal_error" and len(errors) == 1:
         expected = e.get("ctx", {}).get("expected", "")
         return Diagnostic(
             "bad-value",
@@ -91,17 +114,91 @@ def _diagnostic(path: tuple, errors: list[dict], source: SourceMap) -> Diagnosti
             _did_you_mean(e["input"], expected),
         )
     if len({x["type"] for x in errors}) > 1:  # an untagged union: no member matched
-        forms = list(dict.fromkeys(_FORMS.get(x["type"], _short(x)) for x in errors))
+        forms = list(dict.fromkeys(f for x in errors for f in _forms(x)))
         return Diagnostic(
             "bad-value",
             f"`{_show(e['input'])}` at `{where}` is not " + _either(forms),
             source.find(path),
             _field_description(e["loc"]),
         )
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return Diagnostic(
+            "bad-value",
+            f"`{where}` must be a mapping (`key: value` lines or `{{...}}`), "
+            f"not {_describe(e['input'])}",
+            source.find(path),
+            _field_description(e["loc"]),
+        )
+    if kind == "list_type":
+        return Diagnostic(
+            "bad-value",
+            f"`{where}` must be a list (`- item` lines or `[...]`), not {_describe(e['input'])}",
+            source.find(path),
+            _field_description(e["loc"]),
+        )
+    if kind == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == _NAME_PATTERN:
+        return Diagnostic(
+            "bad-value",
+            f"`{_show(e['input'])}` at `{where}` is not a valid name",
+            source.find(path),
+            _NAME_RULE,
+        )
+    if kind in _SINGLE_FORMS:
+        return Diagnostic(
+            "bad-value",
+            f"`{_show(e['input'])}` at `{where}` is not {_SINGLE_FORMS[kind]}",
+            source.find(path),
+            _field_description(e["loc"]),
+        )
     return Diagnostic("bad-value", f"`{where}`: {_short(e)}", source.find(path))
 
 
+# A value of the wrong type where only one type fits.
+_SINGLE_FORMS = {
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "`true` or `false`",
+    "bool_parsing": "`true` or `false`",
+}
+
+
+_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME_RULE = "names are letters, digits and `_`, and do not start with a digit"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string `{_show(value)}`"
+    if isinstance(value, list):
+        return f"a list `{_show(value)}`"
+    if isinstance(value, bool):
+        return f"the boolean `{str(value).lower()}`"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "an empty value"
+    return f"`{_show(value)}`"
+
+
+def _forms(e: dict) -> list[str]:
+    """What one member of an untagged union would have accepted, in a few words."""
+    if e["type"] == "literal_error":
+        expected = str(e.get("ctx", {}).get("expected", ""))
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
+        return [f"`{o}`" for o in options if o]
+    if e["type"] == "greater_than":
+        return [f"a number greater than {e.get('ctx', {}).get('gt')}"]
+    return [_FORMS.get(e["type"], _short(e))]
+
+
 _FORMS = {
+    "int_from_float": "an integer",
+    "finite_number": "a finite number",
     "float_type": "a number",
     "float_parsing": "a number",
     "int_type": "an integer",
@@ -119,11 +216,14 @@ def _either(forms: list[str]) -> str:
 
 
 def _short(e: dict) -> str:
-    msg = e["msg"]
+    msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
     return msg[0].lower() + msg[1:] if msg else e["type"]
 
 
 def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML (`true`, not `True`)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
 

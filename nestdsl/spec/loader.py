@@ -43,6 +43,7 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", _FLOAT_NO_DOT, list("-+0123456789")
 )
 
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -111,6 +112,10 @@ class _Converter:
                 )
             )
         self.source.values[path] = _pos(self.file, node.start_mark)
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:
+            # `!!python/object/apply:os.system [...]`, `!!set {...}`: tags on collections too
+            self.errors.append(_tag_error(self.file, node))
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -161,14 +166,7 @@ class _Converter:
 
     def _scalar(self, node: yaml.Node) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            self.errors.append(
-                Diagnostic(
-                    "yaml-tag",
-                    f"tag {node.tag!r} is not allowed in a spec",
-                    _pos(self.file, node.start_mark),
-                    "specs hold plain data only: strings, numbers, booleans, lists, mappings",
-                )
-            )
+            self.errors.append(_tag_error(self.file, node))
             return None
         try:
             return self._scalars.construct_object(node, deep=True)
@@ -177,6 +175,15 @@ class _Converter:
                 Diagnostic("yaml-value", str(err), _pos(self.file, node.start_mark))
             )
             return None
+
+
+def _tag_error(file: str, node: yaml.Node) -> Diagnostic:
+    return Diagnostic(
+        "yaml-tag",
+        f"tag {node.tag!r} is not allowed in a spec",
+        _pos(file, node.start_mark),
+        "specs hold plain data only: strings, numbers, booleans, lists, mappings",
+    )
 
 
 class _Abort(Exception):
@@ -192,12 +199,14 @@ def load_yaml(text: str | bytes, file: str = "<spec>") -> LoadedYaml:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
+            line = text.count(b"\n", 0, err.start) + 1
+            col = err.start - (text.rfind(b"\n", 0, err.start) + 1) + 1
             raise SpecError(
                 [
                     Diagnostic(
                         "not-text",
-                        f"the file is not UTF-8 text (byte {err.start})",
-                        Position(file, 1, 1),
+                        f"the file is not UTF-8 text (byte {err.start} is {text[err.start]:#04x})",
+                        Position(file, line, col),
                         "is this really a YAML spec?",
                     )
                 ]
@@ -211,14 +220,12 @@ def load_yaml(text: str | bytes, file: str = "<spec>") -> LoadedYaml:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        pos = _pos(file, mark) if mark else Position(file, 1, 1)
-        problem = err.problem or err.context or "invalid YAML"
-        raise SpecError([Diagnostic("yaml-syntax", problem, pos)]) from None
+        raise SpecError([_syntax_error(file, err)]) from None
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
         col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
-        message = f"character {err.character!r} is not allowed in YAML ({err.reason})"
+        char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
+        message = f"character {char} is not allowed in YAML ({err.reason})"
         raise SpecError([Diagnostic("yaml-syntax", message, Position(file, line, col))]) from None
     except yaml.YAMLError as err:
         message = str(err).splitlines()[0]
@@ -245,3 +252,33 @@ def _too_big(file: str, n: int) -> Diagnostic:
     return Diagnostic(
         "too-large", f"the spec is {n} bytes; the limit is {MAX_BYTES}", Position(file, 1, 1)
     )
+
+
+def _syntax_error(file: str, err: yaml.MarkedYAMLError) -> Diagnostic:
+    """PyYAML's parser errors, said in the user's terms and placed where the mistake is."""
+    mark = err.problem_mark or err.context_mark
+    pos = _pos(file, mark) if mark else Position(file, 1, 1)
+    problem = err.problem or err.context or "invalid YAML"
+    context, cmark = err.context or "", err.context_mark
+    opened = f"line {cmark.line + 1}" if cmark else "above"
+    if "quoted scalar" in context and cmark:
+        return Diagnostic("yaml-syntax", "unterminated string: this quote is never closed",
+                          _pos(file, cmark), "close the string with the same quote")  # fmt: skip
+    if "'\\t'" in problem:
+        return Diagnostic("yaml-syntax", "a tab character cannot indent YAML", pos,
+                          "indent with spaces")  # fmt: skip
+    if "another document" in problem:
+        return Diagnostic("yaml-syntax", "a spec is one YAML document, but a second one starts "
+                          "here", pos, "remove the `---` line and what follows, or split the file")  # fmt: skip
+    if context.startswith("while parsing a flow") and cmark:
+        bracket = "[" if "sequence" in context else "{"
+        return Diagnostic("yaml-syntax", f"{problem} (in the `{bracket}` opened at {opened}, "
+                          f"column {cmark.column + 1})", pos, "is a closing bracket or a comma "
+                          "missing?")  # fmt: skip
+    if problem.startswith("expected <block end>"):
+        return Diagnostic("yaml-syntax", "bad indentation: this line does not line up with the "
+                          f"block that starts at {opened}", pos,
+                          "keys of one mapping (items of one list) start in the same column")  # fmt: skip
+    if context and cmark:
+        problem = f"{problem} ({context} at {opened})"
+    return Diagnostic("yaml-syntax", problem, pos)

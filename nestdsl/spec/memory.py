@@ -32,7 +32,7 @@ class MLPStructure(Node):
     heads: Dim = 1
     dim: Dim
     depth: PositiveInt = 2
-    expansion: PositiveFloat = 4.0
+    expansion: PositiveInt = 4
     residual: bool = True
     activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu"
     norm: Literal["none", "layernorm"] = "none"
@@ -44,7 +44,7 @@ class GatedMLPStructure(Node):
     kind: Literal["gated_mlp"]
     heads: Dim = 1
     dim: Dim
-    expansion: PositiveFloat = 4.0
+    expansion: PositiveInt = 4
     residual: bool = True
     activation: Literal["gelu", "silu", "relu", "tanh"] = "silu"
 
@@ -151,9 +151,15 @@ Rule = Annotated[GDRule | MomentumRule | DGDRule | MuonRule, Field(discriminator
 
 
 class L2Retention(Node):
-    """Weight decay: the state is scaled by `1 - forget_t`, or by `exp(log_decay_t)`."""
+    """Decay: the state is scaled by `r_t = 1 - forget_t`, or by `r_t = exp(log_decay_t)`.
+
+    `global` (Titans eq. 13, Miras's global retention): `M_t = r_t M_{t-1} + update`, the update's
+    gradient taken at the undecayed chunk-start state. `local` (Gated DeltaNet; Miras's local
+    retention `||M - r_t M_{t-1}||^2`): decay first, then the gradient step at the decayed state.
+    """
 
     kind: Literal["l2"]
+    mode: Literal["global", "local"] = "global"
     forget: Param | None = Field(None, description="forget gate in [0, 1] (Titans α_t)")
     log_decay: Param | None = Field(None, description="log of the decay factor, <= 0 (GDN g_t)")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, StrictInt
 
 from nestdsl.spec.common import Dim, Name, Node
 from nestdsl.spec.memory import Memory
@@ -57,7 +57,7 @@ Optimizer = Annotated[AdamW | M3 | DeltaMomentum, Field(discriminator="kind")]
 class Level(Node):
     """A clock: in-context every N tokens, the outer optimizer step, or never (frozen)."""
 
-    every: PositiveInt | Literal["step", "never"]
+    every: Annotated[StrictInt, Field(gt=0)] | Literal["step", "never"]  # `true` is not 1
     optimizer: Optimizer | None = Field(None, description="only for `every: step` levels")
     description: str | None = None
 
@@ -98,7 +98,7 @@ class Spec(Node):
     nestdsl: Literal[1] = Field(description="the spec-language version")
     name: Name | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
     description: str | None = None
-    dims: dict[Name, int] = Field(default_factory=dict)
+    dims: dict[Name, StrictInt] = Field(default_factory=dict)
     levels: dict[Name, Level] = Field(min_length=1)
     memories: dict[Name, Memory] = Field(default_factory=dict)
     embed: Embed

@@ -7,6 +7,7 @@ one `SpecError` holding every diagnostic, each at its `file:line:col`.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
     if not isinstance(data, dict):
         raise SpecError([Diagnostic("not-a-mapping", "a spec is a mapping of keys",
                                     Position(file, 1, 1), "start with `nestdsl: 1`")])  # fmt: skip
-    if data.get("nestdsl", 1) != 1 and data.get("nestdsl") is not None:
-        raise SpecError([Diagnostic("version", f"spec version {data['nestdsl']!r} is not supported",
+    version = data.get("nestdsl")
+    if version is not None and (type(version) is not int or version != 1):  # `true` == 1 too
+        raise SpecError([Diagnostic("version", f"spec version {json.dumps(version, default=str)} is not supported",
                                     source.find(("nestdsl",)), "this nestdsl reads `nestdsl: 1`")])  # fmt: skip
     try:
         spec = Spec.model_validate(data)
@@ -100,7 +102,7 @@ def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
     for i, item in enumerate(overrides):
         pos = Position("--set", i + 1, 1)
         key, sep, raw = item.partition("=")
-        parts = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        parts = [int(p) if p.isascii() and p.isdigit() else p for p in key.strip().split(".")]
         if not sep or not key.strip() or any(p == "" for p in parts):
             errors.append(Diagnostic("bad-override", f"`{item}` is not KEY=VALUE",
                                      pos, "e.g. --set dims.d_model=128"))  # fmt: skip
@@ -116,7 +118,8 @@ def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
                 and part < len(node) else None)  # fmt: skip
             if not isinstance(child, (dict, list)):
                 where = ".".join(map(str, parts[: depth + 1]))
-                errors.append(Diagnostic("bad-override", f"`{where}` is not a mapping in the spec",
+                what = "is not in the spec" if child is None else "is not a mapping in the spec"
+                errors.append(Diagnostic("bad-override", f"`{where}` {what}",
                                          pos, "overrides set values that exist in the spec"))  # fmt: skip
                 node = None
                 break
@@ -124,11 +127,18 @@ def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
         if node is None:
             continue
         last = parts[-1]
+        if not isinstance(node, (dict, list)):
+            errors.append(Diagnostic("bad-override", "the spec is not a mapping", pos))
+            continue
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
                 errors.append(Diagnostic("bad-override", f"no item {last} in `{key}`", pos))
                 continue
         node[last] = value
+        # The new value and all it holds come from the flag, not from the file.
+        for table in (source.values, source.keys):
+            for stale in [p for p in table if p[: len(parts)] == tuple(parts)]:
+                del table[stale]
         source.values[tuple(parts)] = pos
         source.keys[tuple(parts)] = pos
     if errors:

@@ -22,23 +22,27 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The torch device for `--device` (auto, cpu, cuda or cuda:N); UserError if unusable."""
     name = (name or "auto").strip().lower()
+    unknown = f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N"
+    index: int | None = None
+    if name.startswith("cuda:"):
+        suffix = name.split(":", 1)[1]
+        if not suffix.isdigit():
+            raise UserError(unknown)
+        index = int(suffix)
+    elif name not in DEVICE_CHOICES:
+        raise UserError(unknown)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        try:
-            index = int(name.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-        if not 0 <= index < torch.cuda.device_count():
-            raise UserError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
-        return torch.device("cuda", index)
-    raise UserError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    count = torch.cuda.device_count()
+    if index is None:
+        return torch.device("cuda", local_rank % count)  # under torchrun: one GPU per local rank
+    if index >= count:
+        raise UserError(f"device {name!r} does not exist: {count} GPU(s) visible")
+    return torch.device("cuda", index)
 
 
 @dataclass

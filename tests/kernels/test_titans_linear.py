@@ -36,10 +36,17 @@ def run(fn, inputs, dtype, chunk_size, seed=1):
     """Outputs, final states and gradients of a fixed random functional of all three."""
     leaves = {n: x.detach().to(dtype).requires_grad_() for n, x in inputs.items()}
     o, (M, S) = fn(
-        leaves["q"], leaves["k"], leaves["v"], leaves["theta"], leaves["eta"], leaves["alpha"],
-        chunk_size=chunk_size, initial_state=leaves["initial_state"],
-        initial_momentum=leaves["initial_momentum"], output_final_state=True,
-    )  # fmt: skip
+        leaves["q"],
+        leaves["k"],
+        leaves["v"],
+        leaves["theta"],
+        leaves["eta"],
+        leaves["alpha"],
+        chunk_size=chunk_size,
+        initial_state=leaves["initial_state"],
+        initial_momentum=leaves["initial_momentum"],
+        output_final_state=True,
+    )
     gen = torch.Generator().manual_seed(seed)
     ups = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype) for x in (o, M, S)]
     loss = sum((x * u).sum() for x, u in zip((o, M, S), ups, strict=True))
@@ -115,9 +122,12 @@ def test_streaming_equals_one_call():
         *(x[:, :24] for x in args), chunk_size=8, output_final_state=True, **kw
     )
     o2, (M2, S2) = titans_linear(
-        *(x[:, 24:] for x in args), chunk_size=8, initial_state=M1, initial_momentum=S1,
+        *(x[:, 24:] for x in args),
+        chunk_size=8,
+        initial_state=M1,
+        initial_momentum=S1,
         output_final_state=True,
-    )  # fmt: skip
+    )
     assert_close("streamed o", o, torch.cat([o1, o2], dim=1), 1e-12)
     assert_close("streamed M", M, M2, 1e-12)
     assert_close("streamed S", S, S2, 1e-12)

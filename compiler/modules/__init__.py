@@ -1,0 +1,1 @@
+"""The module library the compiler lowers specs into."""

@@ -1,0 +1,47 @@
+"""Step sizes and gates of a memory, from their source: constant, learned, or a block tensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nestdsl.graph.build import memory_params
+from nestdsl.spec.common import Learned
+
+
+class Gates(nn.Module):
+    """Resolves `lr`, `momentum`, `forget`, `log_decay`, `delta` to `[B, T, H]` tensors."""
+
+    def __init__(self, memory, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.sources = {}
+        self.learned = nn.ParameterDict()
+        for p in memory_params(memory):
+            self.sources[p.role] = p.value
+            if isinstance(p.value, Learned):
+                n = heads if p.value.per == "head" else 1
+                self.learned[p.role] = nn.Parameter(torch.full((n,), float(p.value.init)))
+
+    def has(self, role: str) -> bool:
+        return role in self.sources
+
+    def get(self, role: str, env: dict, like: torch.Tensor, default: float | None = None):
+        """The gate as `[B, T, H]` (like's batch and time), or `default` filled, or None."""
+        B, T = like.shape[:2]
+        source = self.sources.get(role)
+        if source is None:
+            return None if default is None else like.new_full((B, T, self.heads), default)
+        if isinstance(source, Learned):
+            return self.learned[role].to(like.dtype).expand(B, T, self.heads)
+        if isinstance(source, str):
+            g = env[source]
+            return g.unsqueeze(-1).expand(B, T, self.heads) if g.dim() == 2 else g
+        return like.new_full((B, T, self.heads), float(source))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{r}={_show(s)}" for r, s in self.sources.items())
+
+
+def _show(source) -> str:
+    return f"learned({source.init})" if isinstance(source, Learned) else str(source)

@@ -1,0 +1,128 @@
+"""What every memory module shares: head axes, feature maps, stop-gradient writes, resets.
+
+A memory module runs one span of tokens: it learns from the span's keys, values and gates and
+answers the span's reads, carrying its state in the stream. Subclasses implement `_span` for
+one kernel; this base splits spans at reset boundaries (`reset: {kind: level}`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nestdsl.compiler.modules.gates import Gates
+from nestdsl.compiler.modules.ops import Stream
+from nestdsl.compiler.plan import MemoryPlan
+
+
+def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:
+    """φ on keys and queries (ATLAS §3): elementwise maps, or a polynomial expansion."""
+    if kind in (None, "identity"):
+        return x
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "elu1":
+        return F.elu(x) + 1.0
+    if kind == "softmax":
+        return x.softmax(dim=-1)
+    terms, power = [x], x
+    for i in range(2, degree + 1):  # x^{⊗i} / sqrt(i!): the Taylor terms of exp(q·k)
+        power = (power.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
+        terms.append(power / math.sqrt(math.factorial(i)))
+    return torch.cat(terms, dim=-1)
+
+
+def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
+    if kind == "polynomial":
+        return sum(d**i for i in range(1, degree + 1))
+    return d
+
+
+class MemoryModule(nn.Module):
+    """Base: subclasses implement `init_state(B, like)` and `_span(...)`."""
+
+    def __init__(self, plan: MemoryPlan):
+        super().__init__()
+        self.plan = plan
+        self.key = plan.name
+        mem = plan.memory
+        self.fm = mem.feature_map.kind if mem.feature_map else None
+        self.degree = mem.feature_map.degree if mem.feature_map else None
+        self.heads = plan.heads
+        self.gates = Gates(mem, plan.heads)
+        self.stop_gradient = mem.write == "stop_gradient"
+
+    # ---------------------------------------------------------------- helpers for subclasses
+
+    def heads_first(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """`[B, T, d]` (one head, head axis omitted) or `[B, T, H, d]` -> `[B, T, H, d]`."""
+        return x.unsqueeze(2) if x.dim() == 3 else x
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        return feature_map(self.fm, self.degree, x)
+
+    def write_inputs(self, env: dict, like: torch.Tensor):
+        """Keys and values `[B, T, H, d]` from the block, detached for stop-gradient writes."""
+        mem = self.plan.memory
+        k = self.phi(self.heads_first(env[mem.keys], self.plan.key_dim))
+        v = self.heads_first(env[mem.values], self.plan.value_dim)
+        if self.stop_gradient:
+            k, v = k.detach(), v.detach()
+        return k, v
+
+    def gate(self, role: str, env: dict, like: torch.Tensor, default: float | None = None):
+        g = self.gates.get(role, env, like, default)
+        return g.detach() if g is not None and self.stop_gradient else g
+
+    # ---------------------------------------------------------------- running a span
+
+    def run(self, env: dict, reads: list[tuple[torch.Tensor, str]], stream: Stream, T: int):
+        """Learn from this span and answer `reads` (query, order); outputs keep query layout."""
+        queries = [(self.phi(self.heads_first(q, self.plan.key_dim)), order, q.dim() == 3)
+                   for q, order in reads]  # fmt: skip
+        every = self.plan.reset_every
+        if not every:
+            outs = self._span(env, [(q, o) for q, o, _ in queries], stream, 0, T)
+        else:
+            pieces = []
+            start = 0
+            while start < T:
+                to_boundary = every - (stream.pos + start) % every
+                end = min(T, start + to_boundary)
+                if (stream.pos + start) % every == 0 and (stream.pos + start) > 0:
+                    self.reset(stream)
+                sub_env = {n: t[:, start:end] if _is_seq(t, T) else t for n, t in env.items()}
+                sub_q = [(q[:, start:end], o) for q, o, _ in queries]
+                pieces.append(self._span(sub_env, sub_q, stream, start, end - start))
+                start = end
+            outs = [torch.cat([p[i] for p in pieces], dim=1) for i in range(len(queries))]
+        return [o.squeeze(2) if squeeze else o for o, (_, _, squeeze) in zip(outs, queries)]
+
+    def reset(self, stream: Stream) -> None:
+        """Forget the carried state: the next span starts from the initial state."""
+        for key in [*stream.state, *stream.new_state]:
+            if key.startswith(self.key + "."):
+                stream.new_state[key] = None
+
+    def state_of(self, stream: Stream, name: str):
+        """The latest value of one of this memory's state tensors, or None."""
+        key = f"{self.key}.{name}"
+        if key in stream.new_state:
+            return stream.new_state[key]
+        return stream.state.get(key)
+
+    def _span(self, env, queries, stream: Stream, offset: int, T: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        m = self.plan
+        return (f"{m.memory.structure.kind}, {m.heads} heads, {m.key_dim}->{m.value_dim}, "
+                f"objective={m.memory.objective.kind}, level={m.level} (every {m.every}), "
+                f"kernel={m.kernel}")  # fmt: skip
+
+
+def _is_seq(t: torch.Tensor, T: int) -> bool:
+    return t.dim() >= 2 and t.shape[1] == T

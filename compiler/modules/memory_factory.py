@@ -1,0 +1,22 @@
+"""The memory module for a memory instance, by the kernel `pick_kernels` chose."""
+
+from __future__ import annotations
+
+from nestdsl.compiler.modules.memory_kernels import CacheMemory, MatrixMemory
+from nestdsl.compiler.plan import MemoryPlan
+
+_MODULES = {
+    "softmax_attention": CacheMemory,
+    "linear_attention": MatrixMemory,
+    "delta_rule": MatrixMemory,
+    "gated_delta_rule": MatrixMemory,
+}
+
+
+def build_memory(plan: MemoryPlan):
+    module = _MODULES.get(plan.kernel)
+    if module is None:
+        raise NotImplementedError(
+            f"memory `{plan.name}` needs the `{plan.kernel}` kernel, which is not lowered yet"
+        )
+    return module(plan)

@@ -1,0 +1,96 @@
+"""Memories that run on the matrix-memory kernels: softmax caches and per-token matrix memories.
+
+- `cache` + `softmax` is causal (optionally windowed) attention (NL eq. 62-63);
+- matrix + `dot` + `gd` is linear attention (NL eq. 14-18), + `l2` is the delta rule, and
+  with local decay the gated delta rule (reference §6). Reads use the state after the token's
+  write (`write_then_read`) or before it (`read_then_write`, equal to `chunk_start` here since
+  the chunk is one token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.kernels import api
+from nestdsl.spec.memory import IdentityInit, LearnedInit
+
+
+class CacheMemory(MemoryModule):
+    """Keeps every (k, v) pair (or the last `window`), read by softmax."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.window = plan.memory.structure.window
+
+    def _span(self, env, queries, stream, offset, T):
+        k, v = self.write_inputs(env, None)
+        past_k, past_v = self.state_of(stream, "k"), self.state_of(stream, "v")
+        cache = None if past_k is None else (past_k, past_v)
+        outs = []
+        for q, order in queries:
+            o, new = api.softmax_attention(q, k, v, window=self.window, initial_state=cache,
+                                           output_final_state=True)  # fmt: skip
+            if order != "write_then_read":
+                raise NotImplementedError("a cache is read after its write")
+            outs.append(o)
+        stream.put(f"{self.key}.k", new[0])
+        stream.put(f"{self.key}.v", new[1])
+        return outs
+
+
+class MatrixMemory(MemoryModule):
+    """A `[H, K, V]` state per sequence, updated every token by a matrix-memory kernel."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        k_dim = mapped_dim(self.fm, self.degree, plan.key_dim)
+        init = plan.memory.init
+        if isinstance(init, LearnedInit):
+            self.initial = nn.Parameter(torch.zeros(plan.heads, k_dim, plan.value_dim))
+        else:
+            eye = torch.eye(k_dim, plan.value_dim) if isinstance(init, IdentityInit) else None
+            start = torch.zeros(plan.heads, k_dim, plan.value_dim) if eye is None else eye.expand(
+                plan.heads, -1, -1).clone()  # fmt: skip
+            self.register_buffer("initial", start, persistent=False)
+
+    def _state(self, stream, like):
+        S = self.state_of(stream, "S")
+        if S is None:
+            S = self.initial.to(like.dtype).unsqueeze(0).expand(like.shape[0], -1, -1, -1)
+        return S
+
+    def _kernel(self, q, k, v, env, S0):
+        kind = self.plan.kernel
+        if kind == "linear_attention":
+            lr = self.gate("lr", env, k, 1.0)
+            return api.linear_attention(q, k, v * lr.unsqueeze(-1), scale=1.0, initial_state=S0,
+                                        output_final_state=True)  # fmt: skip
+        beta = self.gate("lr", env, k, 1.0)
+        if kind == "delta_rule":
+            return api.delta_rule(q, k, v, beta, scale=1.0, initial_state=S0,
+                                  output_final_state=True)  # fmt: skip
+        g = self.gate("log_decay", env, k)
+        if g is None:
+            g = torch.log1p(-self.gate("forget", env, k).clamp(max=1 - 1e-6))
+        return api.gated_delta_rule(q, k, v, beta, g, scale=1.0, initial_state=S0,
+                                    output_final_state=True)  # fmt: skip
+
+    def _span(self, env, queries, stream, offset, T):
+        k, v = self.write_inputs(env, None)
+        S0 = self._state(stream, k)
+        outs, final = [], None
+        for q, order in queries:
+            if order == "write_then_read":
+                o, final = self._kernel(q, k, v, env, S0)
+            else:  # o_t = S_{t-1} q_t: the write-then-read answer to q_{t+1}, shifted by one
+                first = torch.einsum("bhkv,bhk->bhv", S0, q[:, 0]).unsqueeze(1)
+                shifted = torch.cat([q[:, 1:], q[:, :1]], dim=1)
+                o, final = self._kernel(shifted, k, v, env, S0)
+                o = torch.cat([first, o[:, :-1]], dim=1)
+            outs.append(o)
+        if final is None:
+            _, final = self._kernel(k[:, :1].expand_as(k), k, v, env, S0)
+        stream.put(f"{self.key}.S", final)
+        return outs

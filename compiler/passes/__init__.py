@@ -1,0 +1,16 @@
+"""The compiler's passes, one per file, run in this order by `nestdsl.compiler.compile`."""
+
+from nestdsl.compiler.passes.expand_blocks import expand_blocks
+from nestdsl.compiler.passes.lower import lower
+from nestdsl.compiler.passes.pick_kernels import pick_kernels
+from nestdsl.compiler.passes.resolve_dims import resolve_dims
+from nestdsl.compiler.passes.schedule_levels import schedule_levels
+
+PASSES = {
+    "resolve_dims": resolve_dims,
+    "expand_blocks": expand_blocks,
+    "schedule_levels": schedule_levels,
+    "pick_kernels": pick_kernels,
+}
+
+__all__ = ["PASSES", "lower"]

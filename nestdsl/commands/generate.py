@@ -1,0 +1,44 @@
+"""`nestdsl generate RUN_DIR --prompt TEXT`: sample text from a trained run's latest checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nestdsl.train.generate import generate_from_run
+
+HELP = "sample text from a trained run, one byte at a time, carrying the in-context state"
+EXAMPLE = 'nestdsl generate runs/transformer --prompt "ROMEO:" --tokens 300 --temperature 0.8'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by nestdsl train")
+    parser.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: empty)")
+    parser.add_argument("--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, metavar="T", help="sampling temperature, 0 = greedy (default 0.8)"
+    )
+    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest bytes")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+    parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def run(args: argparse.Namespace) -> int:
+    text = generate_from_run(
+        args.run_dir,
+        args.prompt,
+        tokens=args.tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        device=args.device,
+    )
+    # Bytes, so a terminal without UTF-8 does not turn a replacement character into a crash.
+    out = getattr(sys.stdout, "buffer", None)
+    if out is not None:
+        sys.stdout.flush()
+        out.write(text.encode("utf-8", errors="replace") + b"\n")
+        out.flush()
+    else:
+        print(text)
+    return 0

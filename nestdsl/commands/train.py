@@ -1,0 +1,113 @@
+"""`nestdsl train SPEC`: train a spec on bytes of text, with checkpoints, metrics and a loss plot.
+
+Flags left out keep their defaults on a new run and the run's saved values on `--resume`
+(which refuses changes that would alter the run's trajectory). Under
+`torchrun --nproc_per_node N -m nestdsl train ...` every process runs this command; rank 0
+alone writes files and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nestdsl.train.config import TrainConfig, resume_config, spec_source
+from nestdsl.train.distributed import DEVICE_CHOICES
+from nestdsl.train.loop import TrainingInterrupted, train
+
+HELP = "train a spec as a byte-level language model (Shakespeare by default), with checkpoints"
+EXAMPLE = "nestdsl train transformer --steps 300 --out runs/transformer"
+
+# (flag destination, TrainConfig field) for every setting the command line can give.
+SETTINGS = {
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "seq_len": "seq_len",
+    "lr": "lr",
+    "warmup": "warmup_steps",
+    "grad_clip": "grad_clip",
+    "eval_every": "eval_every",
+    "ckpt_every": "ckpt_every",
+    "keep_checkpoints": "keep_checkpoints",
+    "seed": "seed",
+    "device": "device",
+    "carry_state": "carry_state",
+    "data": "data",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("spec", metavar="SPEC", help="a shipped spec name (e.g. hope) or a spec file")
+    parser.add_argument("--data", metavar="FILE", help="text file to train on (.gz ok); default: Shakespeare")
+    parser.add_argument("--steps", type=int, metavar="N", help=f"optimizer updates (default {defaults.steps})")
+    parser.add_argument(
+        "--batch-size", type=int, metavar="B", help=f"global batch, split over processes (default {defaults.batch_size})"
+    )
+    parser.add_argument("--seq-len", type=int, metavar="T", help=f"bytes per row (default {defaults.seq_len})")
+    parser.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: the spec's)")
+    parser.add_argument("--warmup", type=int, metavar="N", help="warmup updates (default: steps/10, at most 100)")
+    parser.add_argument(
+        "--grad-clip", type=float, metavar="X", help=f"max gradient norm, 0 = off (default {defaults.grad_clip})"
+    )
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<spec name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--device", metavar="D", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    parser.add_argument("--seed", type=int, metavar="S", help=f"random seed (default {defaults.seed})")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set dims.d_model=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, metavar="N", help=f"validate every N updates (default {defaults.eval_every})"
+    )
+    parser.add_argument(
+        "--ckpt-every", type=int, metavar="N", help=f"checkpoint every N updates (default {defaults.ckpt_every})"
+    )
+    parser.add_argument(
+        "--keep-checkpoints", type=int, metavar="N", help=f"checkpoints kept (default {defaults.keep_checkpoints})"
+    )
+    parser.add_argument(
+        "--carry-state",
+        action="store_true",
+        default=None,
+        help="read the text as streams and carry in-context memory from step to step",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _given_settings(args: argparse.Namespace) -> dict:
+    given = {field: getattr(args, flag) for flag, field in SETTINGS.items() if getattr(args, flag) is not None}
+    if "data" in given:
+        # Absolute, so a resumed run finds the same file from any working directory.
+        given["data"] = str(Path(given["data"]).expanduser().resolve())
+    return given
+
+
+def _format_loss(loss: float | None, bpb: float | None) -> str:
+    return "n/a" if loss is None else f"{loss:.4f} ({bpb:.4f} bits/byte)"
+
+
+def run(args: argparse.Namespace) -> int:
+    source = spec_source(args.spec, args.set)
+    out = Path(args.out) if args.out else Path("runs") / source.name.replace("/", "_")
+    given = _given_settings(args)
+    config = resume_config(out, given) if args.resume else TrainConfig(**given)
+    try:
+        result = train(source, config, out, resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as interrupted:
+        print(f"nestdsl train: {interrupted}", file=sys.stderr)
+        return 130
+    if result.is_main:
+        print(f"run folder:  {result.run_dir}")
+        print(f"loss plot:   {result.plot}")
+        print(f"checkpoint:  {result.checkpoint}")
+        print(
+            f"final loss:  train {_format_loss(result.train_loss, result.train_bpb)}, "
+            f"validation {_format_loss(result.val_loss, result.val_bpb)}"
+        )
+    return 0

@@ -1,0 +1,21 @@
+"""Training compiled nestdsl models: the loop, its settings, checkpoints, metrics and sampling."""
+
+from nestdsl.train.config import ModelSource, RunFolder, TrainConfig, resume_config, spec_source
+from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
+from nestdsl.train.loop import TrainingInterrupted, TrainResult, train
+from nestdsl.train.metrics import bits_per_byte
+
+__all__ = [
+    "ModelSource",
+    "RunFolder",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "bits_per_byte",
+    "generate_bytes",
+    "generate_from_run",
+    "load_run_model",
+    "resume_config",
+    "spec_source",
+    "train",
+]

@@ -1,0 +1,395 @@
+"""The training loop: byte-level language modelling of a compiled model, resumable exactly.
+
+`train(source, config, out_dir)` trains `source.build()` on a byte corpus with the spec's outer
+optimizer, a warmup-cosine schedule and gradient clipping; evaluates on held-out text; logs to
+metrics.jsonl and loss.png; and checkpoints atomically. It runs unchanged as one process or as
+one rank of a torchrun job (DistributedDataParallel; rank 0 alone writes files).
+
+Why a resumed run repeats an uninterrupted one exactly (on the CPU): batches are a pure function
+of the step, the schedule is a pure function of the step, and a checkpoint restores weights,
+optimizer state, every random generator, the carried in-context memory and the loss-averaging
+window bit for bit. Evaluation consumes no randomness.
+
+The model contract: `logits, state = model(tokens, state=None)` with tokens `[B, T]` int64,
+logits `[B, T, 256]`, `state` a flat dict of tensors (in-context memories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nestdsl.data.batches import ByteBatches
+from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
+from nestdsl.errors import UserError
+from nestdsl.optim import build_optimizer, optimizer_settings
+from nestdsl.train import distributed
+from nestdsl.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    remove_leftovers,
+    restore_rng,
+    save_checkpoint,
+)
+from nestdsl.train.config import ModelSource, RunFolder, TrainConfig
+from nestdsl.train.metrics import MetricsLog, bits_per_byte, plot_losses
+from nestdsl.train.schedule import WarmupCosine
+
+VOCAB = 256
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C during training; nothing half-written was left, the message says how to resume."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    plot: Path
+    checkpoint: Path | None
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    is_main: bool = True
+
+    @property
+    def train_bpb(self) -> float | None:
+        return None if self.train_loss is None else bits_per_byte(self.train_loss)
+
+    @property
+    def val_bpb(self) -> float | None:
+        return None if self.val_loss is None else bits_per_byte(self.val_loss)
+
+
+def train(
+    source: ModelSource,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    corpus: bytes | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `source` with `config`, writing the run folder `out_dir`; see the module docstring.
+
+    `corpus` overrides `config.data` (tests pass small texts). Under torchrun every rank calls
+    this; the returned result is complete on every rank. Raises UserError for user-caused
+    problems and TrainingInterrupted on Ctrl-C.
+    """
+    context = distributed.setup(config.device)
+    try:
+        return _Trainer(source, config, Path(out_dir), context, resume, corpus, progress).run()
+    finally:
+        distributed.teardown(context)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+
+def language_model_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in nats per byte, computed in float32 whatever the autocast dtype."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+
+
+class _Trainer:
+    def __init__(self, source, config, out_dir, context, resume, corpus, progress) -> None:
+        self.source: ModelSource = source
+        self.context: distributed.ProcessContext = context
+        self.folder = RunFolder(out_dir)
+        self.resume = resume
+        self.progress = progress and context.is_main
+        text = corpus if corpus is not None else load_corpus(config.data)
+        self.split = split_corpus(text, config.val_fraction)
+        settings = optimizer_settings(source.optimizer)
+        self.config: TrainConfig = config.resolved(settings["lr"])
+        settings["lr"] = self.config.lr
+        self.optimizer_config = settings
+        self.schedule = WarmupCosine(
+            self.config.lr, self.config.warmup_steps, self.config.steps, self.config.min_lr_ratio
+        )
+        self.record = {
+            "data": {"name": config.data or "shakespeare", "sha256": corpus_fingerprint(text), "bytes": len(text)},
+            "optimizer": settings,
+            "schedule": self.schedule.as_dict(),
+            "world_size": context.world_size,
+        }
+        self.device = context.device
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            if self.device.type == "cuda"
+            else contextlib.nullcontext
+        )
+        # Loop counters that a checkpoint must restore for the log to continue identically.
+        self.window_loss_sum = 0.0
+        self.window_steps = 0
+        self.last_train_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.memory: dict[str, torch.Tensor] | None = None
+        self.last_checkpoint: Path | None = None
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def _on_main(self, action) -> None:
+        """Run `action` (file writing) on rank 0 only; every rank stops if it fails."""
+        error: BaseException | None = None
+        if self.context.is_main:
+            try:
+                action()
+            except Exception as err:  # noqa: BLE001 - re-raised below after telling the other ranks
+                error = err
+        if not self.context.all_ok(error is None):
+            if error is not None:
+                raise error
+            raise UserError("stopped because rank 0 failed (see its message)")
+
+    def _prepare_folder(self) -> None:
+        def prepare() -> None:
+            if self.resume:
+                self.folder.check_resume(self.source, self.config, self.record)
+                remove_leftovers(self.folder.checkpoints)
+                self.folder.update_config(self.source, self.config, self.record)
+            else:
+                self.folder.start(self.source, self.config, self.record)
+
+        self._on_main(prepare)
+
+    def _build(self) -> None:
+        seed_everything(self.config.seed)
+        model = self.source.build()
+        if not isinstance(model, torch.nn.Module):
+            raise UserError(f"building {self.source.name!r} gave {type(model).__name__}, not a torch module")
+        self.model = model.to(self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model.named_parameters(), self.optimizer_config)
+        if self.context.rank > 0:
+            # Ranks share the initial weights but should not share dropout masks.
+            seed_everything(self.config.seed + 7919 * self.context.rank)
+
+    def _restore(self) -> None:
+        path = self.folder.latest_checkpoint()
+        if path is None:
+            raise UserError(f"nothing to resume: {self.folder.root} has no checkpoint")
+        loaded = load_checkpoint(path, self.model, self.optimizer)
+        spec = loaded.meta.get("spec", {})
+        if spec.get("sha256") != self.source.spec_sha256:
+            raise UserError(
+                f"checkpoint {path} was written for spec {spec.get('name')!r} with other text "
+                f"or overrides than {self.source.name!r}"
+            )
+        loop = loaded.meta["loop"]
+        self.step = loaded.step
+        self.window_loss_sum = loop["window_loss_sum"]
+        self.window_steps = loop["window_steps"]
+        self.last_train_loss = loop["last_train_loss"]
+        self.last_val_loss = loop["last_val_loss"]
+        self.last_checkpoint = path
+        rank = self.context.rank
+        if len(loaded.rng_states) == self.context.world_size:
+            restore_rng(loaded.rng_states[rank])
+        else:  # another number of processes: data is still identical, dropout masks are not
+            seed_everything(self.config.seed + 7919 * rank + loaded.step)
+        if loaded.memory_states is not None and self.config.carry_state:
+            self.memory = {k: v.to(self.device) for k, v in loaded.memory_states[rank].items()}
+        self._say(f"resuming {self.folder.root} from step {loaded.step}")
+
+    # ------------------------------------------------------------------ one update, one evaluation
+
+    def _train_step(self, model, batches: ByteBatches, step: int) -> tuple[float, float | None]:
+        lr = self.schedule.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = batches.batch(step)
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        carried = None if batch.fresh_state or not self.config.carry_state else self.memory
+        with self.autocast():
+            logits, state = model(inputs, state=carried)
+        loss = language_model_loss(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if self.config.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+        self.optimizer.step()
+        if self.config.carry_state:
+            # Truncated backpropagation through time: the next step starts from this state.
+            self.memory = {k: v.detach() for k, v in state.items()}
+        # Every rank has the same number of rows, so the mean of rank means is the global mean.
+        mean_loss = self.context.all_reduce_sum([loss.item()])[0] / self.context.world_size
+        return mean_loss, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self, batches: ByteBatches) -> float:
+        """Mean validation loss over the same fixed batches every time, fresh memories each."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for index in range(self.config.eval_batches):
+            batch = batches.batch(index)
+            with self.autocast():
+                logits, _ = self.model(batch.inputs.to(self.device), state=None)
+            total += language_model_loss(logits, batch.targets.to(self.device), reduction="sum").item()
+            count += batch.targets.numel()
+        self.model.train()
+        total, count = self.context.all_reduce_sum([total, float(count)])
+        return total / count
+
+    # ------------------------------------------------------------------ checkpoints and logs
+
+    def _checkpoint(self, step: int) -> None:
+        rng_states = self.context.gather_to_main(capture_rng())
+        memory = None
+        if self.config.carry_state:
+            own = {k: v.detach().cpu() for k, v in (self.memory or {}).items()}
+            memory = self.context.gather_to_main(own)
+        extra = {
+            "spec": self.source.identity(),
+            "loop": {
+                "window_loss_sum": self.window_loss_sum,
+                "window_steps": self.window_steps,
+                "last_train_loss": self.last_train_loss,
+                "last_val_loss": self.last_val_loss,
+            },
+            "data": {"next_step": step, "carry_state": self.config.carry_state, **self.record["data"]},
+            "schedule": self.schedule.as_dict(),
+        }
+
+        def write() -> None:
+            self.metrics.sync()
+            self.last_checkpoint = save_checkpoint(
+                self.folder.checkpoints,
+                step=step,
+                model=self.model,
+                optimizer=self.optimizer,
+                rng_states=rng_states,
+                memory_states=memory,
+                extra=extra,
+                keep=self.config.keep_checkpoints,
+            )
+
+        self._on_main(write)
+        if not self.context.is_main:
+            self.last_checkpoint = self.folder.checkpoints / f"step-{step:08d}"
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> TrainResult:
+        self._prepare_folder()
+        self._build()
+        if self.resume:
+            self._restore()
+        cfg, context = self.config, self.context
+        self.metrics = MetricsLog(self.folder.metrics, enabled=context.is_main)
+        if self.resume:
+            self._on_main(lambda: self.metrics.truncate_after(self.step))
+        common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank)
+        train_batches = ByteBatches(
+            self.split.train, split="train", world_size=context.world_size, contiguous=cfg.carry_state, **common
+        )
+        val_batches = ByteBatches(self.split.validation, split="val", world_size=context.world_size, **common)
+        model = self.model
+        if context.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.step >= cfg.steps:
+            self._say(f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue")
+            self.last_val_loss = self.evaluate(val_batches)
+            return self._result()
+
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc=self.source.name, unit="step",
+            disable=not self.progress, dynamic_ncols=True, file=sys.stderr,
+        )
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        first_step = self.step
+        started = window_started = time.perf_counter()
+        try:
+            if self.step == 0:
+                self.last_val_loss = self.evaluate(val_batches)
+                loss0 = self.last_val_loss
+                self._on_main(lambda: self.metrics.append(self._val_record(0, loss0)))
+            for step in range(self.step, cfg.steps):
+                loss, grad_norm = self._train_step(model, train_batches, step)
+                if not math.isfinite(loss):
+                    raise UserError(f"the loss became {loss} at step {step + 1}; try a smaller --lr")
+                self.step = done = step + 1
+                self.window_loss_sum += loss
+                self.window_steps += 1
+                now = time.perf_counter()
+                bar.update(1)
+                session_rate = tokens_per_step * (done - first_step) / max(now - started, 1e-9)
+                bar.set_postfix_str(f"loss {loss:.3f}, {session_rate:,.0f} tok/s", refresh=False)
+                records = []
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    mean = self.window_loss_sum / self.window_steps
+                    tokens_per_s = self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
+                    records.append({
+                        "kind": "train", "step": done, "loss": mean, "bpb": bits_per_byte(mean),
+                        "lr": self.schedule.lr_at(step), "grad_norm": grad_norm,
+                        "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(now - started, 3),
+                    })
+                    self.last_train_loss = mean
+                    self.window_loss_sum, self.window_steps = 0.0, 0
+                    window_started = now
+                evaluated = done % cfg.eval_every == 0 or done == cfg.steps
+                if evaluated:
+                    self.last_val_loss = self.evaluate(val_batches)
+                    records.append(self._val_record(done, self.last_val_loss))
+                if records:
+                    self._on_main(lambda records=records, plot=evaluated: self._write_logs(records, plot))
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    self._checkpoint(done)
+        except KeyboardInterrupt:
+            bar.close()
+            raise TrainingInterrupted(self._interrupted_message()) from None
+        finally:
+            bar.close()
+            self.metrics.close()
+        return self._result()
+
+    def _val_record(self, step: int, loss: float) -> dict:
+        return {"kind": "val", "step": step, "loss": loss, "bpb": bits_per_byte(loss)}
+
+    def _write_logs(self, records: list[dict], plot: bool) -> None:
+        for record in records:
+            self.metrics.append(record)
+        if plot:
+            plot_losses(self.metrics.records, self.folder.plot, title=self.source.name)
+
+    def _interrupted_message(self) -> str:
+        if self.last_checkpoint is None:
+            return f"interrupted at step {self.step} before any checkpoint was written; rerun to start again"
+        return (
+            f"interrupted at step {self.step}; the last checkpoint is {self.last_checkpoint}; "
+            "rerun the same command with --resume to continue from it"
+        )
+
+    def _result(self) -> TrainResult:
+        return TrainResult(
+            run_dir=self.folder.root,
+            plot=self.folder.plot,
+            checkpoint=self.last_checkpoint,
+            step=self.step,
+            train_loss=self.last_train_loss,
+            val_loss=self.last_val_loss,
+            is_main=self.context.is_main,
+        )

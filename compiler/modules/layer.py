@@ -1,10 +1,17 @@
 """One layer: a block's ops run in dependency order, its memories learning and answering reads.
 
-Execution order is the per-step data flow, plus one rule: all reads of a memory are answered
-together, after the tensors it learns from (keys, values, gates) and all its queries exist.
+Execution follows the per-step data flow, with these rules:
+- a memory learns from a span and answers its reads together, once its keys, values, gates
+  and queries exist (a joint step);
+- a read whose answer feeds the memory's own writes (Titans MAC retrieval, Hope's
+  self-generated values) is answered from the state at the start of the segment (a feedback
+  read), and the layer then runs in sequential segments (`LayerPlan.segment`);
+- ops under a `with_prefix` run on the prefixed region's time axis (prefix.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import networkx as nx
 import torch
@@ -21,8 +28,10 @@ from nestdsl.compiler.modules.ops import (
     Stream,
     unary,
 )
+from nestdsl.compiler.modules.prefix import Region
 from nestdsl.compiler.passes.schedule_levels import write_sources
 from nestdsl.spec import ops as spec_ops
+from nestdsl.spec.dims import evaluate
 from nestdsl.spec.ops import UNARY, Read, inputs_of
 
 
@@ -31,18 +40,24 @@ class Layer(nn.Module):
         super().__init__()
         self.name = layer.name
         self.block = layer.block
-        self.input = layer.block.input
-        self.out = layer.block.out
+        self.input, self.out = layer.block.input, layer.block.out
+        self.segment = layer.segment
         self.modules_ = nn.ModuleDict()
         self.in_ndim: dict[str, int] = {}
+        self.persistent = nn.ParameterDict()
         for name, op in layer.block.nodes.items():
             module = self._module(plan, layer, name, op)
             if module is not None:
                 self.modules_[name] = module
-        self.memories = nn.ModuleDict(
-            {decl: build_memory(m) for decl, m in layer.memories.items()}
-        )
-        self.order = self._order()
+        self.memories = nn.ModuleDict({d: build_memory(m) for d, m in layer.memories.items()})
+        self.axis = self._axes()
+        self.regions = {n: self._region(plan, n, op) for n, op in layer.block.nodes.items()
+                        if isinstance(op, spec_ops.WithPrefix)}  # fmt: skip
+        for decl, memory in self.memories.items():
+            memory.in_region = self._memory_axis(decl) is not None
+        self.steps = self._steps()
+
+    # ---------------------------------------------------------------- construction
 
     def _module(self, plan, layer, name, op):
         key = f"{layer.name}.{name}"
@@ -59,48 +74,114 @@ class Layer(nn.Module):
             return Rope(plan.shape(layer, name)[-1], op.base)
         if isinstance(op, spec_ops.Aggregate):
             return Aggregate(len(op.in_), op.mode)
-        if isinstance(op, (spec_ops.Persistent, spec_ops.WithPrefix, spec_ops.DropPrefix)):
-            raise NotImplementedError(f"op `{op.op}` is not lowered yet")
+        if isinstance(op, spec_ops.Persistent):
+            n, d = evaluate(op.tokens, plan.dims), evaluate(op.dim, plan.dims)
+            self.persistent[name] = nn.Parameter(torch.randn(n, d) / math.sqrt(d))
         return None
 
-    def _order(self) -> list[str]:
+    def _region(self, plan, name, op) -> Region:
+        persistent = [p for p in op.prefix if p in self.persistent]
+        n_persistent = sum(self.persistent[p].shape[0] for p in persistent)
+        segment = plan.spec.levels[op.segment].every if op.segment else None
+        return Region(n_persistent, len(op.prefix) - len(persistent), segment)
+
+    def _axes(self) -> dict[str, str | None]:
+        """Each tensor's time axis: None (the sequence) or the `with_prefix` node it lives under."""
         nodes = self.block.nodes
+        axis: dict[str, str | None] = {self.input: None}
+        for name in nx.topological_sort(self._input_graph()):
+            op = nodes.get(name)
+            if op is None:
+                continue
+            if isinstance(op, spec_ops.WithPrefix):
+                axis[name] = name
+            elif isinstance(op, spec_ops.DropPrefix):
+                axis[name] = None
+            else:
+                ins = [axis.get(i) for i in inputs_of(op) if i not in self.persistent]
+                axis[name] = ins[0] if ins else None
+                if len(set(ins)) > 1:
+                    raise ValueError(f"`{name}` mixes tensors of different time axes "
+                                     "(inside and outside a `with_prefix`)")  # fmt: skip
+        return axis
+
+    def _memory_axis(self, decl: str):
+        reads = [n for n, op in self.block.nodes.items()
+                 if isinstance(op, Read) and op.memory == decl]  # fmt: skip
+        return self.axis.get(reads[0]) if reads else None
+
+    def _input_graph(self) -> nx.DiGraph:
         g = nx.DiGraph()
-        g.add_nodes_from(nodes)
-        for name, op in nodes.items():
-            for src in inputs_of(op):
-                if src in nodes:
-                    g.add_edge(src, name)
-        for decl in self.memories:
+        g.add_nodes_from(self.block.nodes)
+        for name, op in self.block.nodes.items():
+            g.add_edges_from((s, name) for s in inputs_of(op) if s in self.block.nodes)
+        return g
+
+    def _steps(self) -> list[tuple[str, str]]:
+        """("op", node) / ("feedback", read node) / ("memory", decl) in an executable order."""
+        nodes = self.block.nodes
+        g = self._input_graph()
+        producer = {n: ("op", n) for n, op in nodes.items() if not isinstance(op, Read)}
+        self.joint: dict[str, list[str]] = {}
+        needs: dict[str, list[str]] = {}
+        for decl, memory in self.memories.items():
+            writes = [s for s in write_sources(memory.plan.memory) if s in nodes]
             reads = [n for n, op in nodes.items() if isinstance(op, Read) and op.memory == decl]
-            needs = [*write_sources(self.memories[decl].plan.memory)]
-            needs += [nodes[r].query for r in reads]
-            for r in reads:
-                g.add_edges_from((s, r) for s in needs if s in nodes and s != r)
-        return list(nx.lexicographical_topological_sort(g, key=list(nodes).index))
+            feedback = [r for r in reads if any(nx.has_path(g, r, w) for w in writes)]
+            self.joint[decl] = [r for r in reads if r not in feedback]
+            producer.update({r: ("feedback", r) for r in feedback})
+            producer.update({r: ("memory", decl) for r in self.joint[decl]})
+            needs[decl] = writes + [nodes[r].query for r in self.joint[decl]]
+        order = nx.DiGraph()
+        order.add_nodes_from(producer.values())
+        order.add_nodes_from(("memory", d) for d in self.memories)
+        edges = [(src, name) for name, op in nodes.items() for src in inputs_of(op)]
+        edges += [(src, decl) for decl, srcs in needs.items() for src in srcs]
+        for src, dst in edges:
+            a = producer.get(src)
+            b = producer.get(dst, ("memory", dst) if dst in self.memories else None)
+            if a is not None and b is not None and a != b:
+                order.add_edge(a, b)
+        index = {n: i for i, n in enumerate(nodes)}
+        return list(nx.lexicographical_topological_sort(
+            order, key=lambda s: (index.get(s[1], -1), s[0])))  # fmt: skip
+
+    # ---------------------------------------------------------------- running
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
-        env = {self.input: x}
+        if not self.segment:
+            return self._piece(x, stream, stream.pos)
+        base, T, outs, start = stream.pos, x.shape[1], [], 0
+        while start < T:
+            end = min(T, start + self.segment - (base + start) % self.segment)
+            outs.append(self._piece(x[:, start:end], stream, base + start))
+            start = end
+        stream.pos = base
+        return torch.cat(outs, dim=1)
+
+    def _piece(self, x: torch.Tensor, stream: Stream, base_pos: int) -> torch.Tensor:
+        env = {self.input: x, **dict(self.persistent.items())}
+        stream.base_pos = base_pos
         T = x.shape[1]
-        nodes = self.block.nodes
-        for name in self.order:
-            if name in env:
-                continue
-            op = nodes[name]
-            if isinstance(op, Read):
-                self._read_all(op.memory, env, stream, T)
+        for kind, name in self.steps:
+            axis = self.axis.get(name) if kind != "memory" else self._memory_axis(name)
+            stream.pos = self.regions[axis].position(base_pos) if axis else base_pos
+            if kind == "op":
+                env[name] = self._run_op(name, self.block.nodes[name], env, stream, T)
+            elif kind == "feedback":
+                op = self.block.nodes[name]
+                env[name] = self.memories[op.memory].read_state(env[op.query], op.order, stream)
             else:
-                env[name] = self._apply(name, op, env, stream)
+                names = self.joint[name]
+                reads = [(env[self.block.nodes[n].query], self.block.nodes[n].order)
+                         for n in names]  # fmt: skip
+                length = env[self.block.nodes[names[0]].query].shape[1] if names else None
+                outs = self.memories[name].run(env, reads, stream, length)
+                env.update(zip(names, outs))
+        stream.pos = base_pos
         return env[self.out]
 
-    def _read_all(self, decl: str, env: dict, stream: Stream, T: int) -> None:
-        names = [n for n, op in self.block.nodes.items()
-                 if isinstance(op, Read) and op.memory == decl]  # fmt: skip
-        reads = [(env[self.block.nodes[n].query], self.block.nodes[n].order) for n in names]
-        outs = self.memories[decl].run(env, reads, stream, T)
-        env.update(zip(names, outs))
-
-    def _apply(self, name: str, op, env: dict, stream: Stream) -> torch.Tensor:
+    def _run_op(self, name: str, op, env: dict, stream: Stream, T: int) -> torch.Tensor:
         ins = [env[i] for i in inputs_of(op)]
         module = self.modules_[name] if name in self.modules_ else None
         if isinstance(op, spec_ops.Linear):
@@ -122,4 +203,13 @@ class Layer(nn.Module):
             return a * b
         if isinstance(op, spec_ops.Add):
             return sum(ins[1:], ins[0])
+        if isinstance(op, spec_ops.Persistent):
+            return self.persistent[name]
+        if isinstance(op, spec_ops.WithPrefix):
+            region = self.regions[name]
+            persistent = [env[p] for p in op.prefix if p in self.persistent]
+            per_token = [env[p] for p in op.prefix if p not in self.persistent]
+            return region.build(ins[0], persistent, per_token, stream.base_pos)
+        if isinstance(op, spec_ops.DropPrefix):
+            return self.regions[op.of].drop(ins[0], stream.base_pos, T)
         raise NotImplementedError(f"op `{op.op}` has no lowering (this is a bug in nestdsl)")

@@ -79,11 +79,21 @@ class MemoryModule(nn.Module):
 
     # ---------------------------------------------------------------- running a span
 
-    def run(self, env: dict, reads: list[tuple[torch.Tensor, str]], stream: Stream, T: int):
+    in_region = False  # set by the layer: reads live on a `with_prefix` region's time axis
+
+    def run(self, env: dict, reads: list[tuple[torch.Tensor, str]], stream: Stream,
+            T: int | None = None):  # fmt: skip
         """Learn from this span and answer `reads` (query, order); outputs keep query layout."""
         queries = [(self.phi(self.heads_first(q, self.plan.key_dim)), order, q.dim() == 3)
                    for q, order in reads]  # fmt: skip
+        mem = self.plan.memory
+        source = mem.keys or (reads[0][0] if reads else None)
+        T = T if T is not None else env[source].shape[1]
         every = self.plan.reset_every
+        if every and self.in_region:  # region spans never cross a segment: reset at the start
+            if stream.base_pos % every == 0 and stream.base_pos > 0:
+                self.reset(stream)
+            every = None
         if not every:
             outs = self._span(env, [(q, o) for q, o, _ in queries], stream, 0, T)
         else:
@@ -101,6 +111,15 @@ class MemoryModule(nn.Module):
             outs = [torch.cat([p[i] for p in pieces], dim=1) for i in range(len(queries))]
         return [o.squeeze(2) if squeeze else o for o, (_, _, squeeze) in zip(outs, queries)]
 
+    def read_state(self, query: torch.Tensor, order: str, stream: Stream) -> torch.Tensor:
+        """Answer a read from the state carried in (a feedback read: no write of this span)."""
+        q = self.phi(self.heads_first(query, self.plan.key_dim))
+        out = self._read_state(q, order, stream)
+        return out.squeeze(2) if query.dim() == 3 else out
+
+    def _read_state(self, q, order, stream):
+        raise NotImplementedError(f"memory `{self.key}` cannot be read before its write")
+
     def reset(self, stream: Stream) -> None:
         """Forget the carried state: the next span starts from the initial state."""
         for key in [*stream.state, *stream.new_state]:
@@ -109,10 +128,7 @@ class MemoryModule(nn.Module):
 
     def state_of(self, stream: Stream, name: str):
         """The latest value of one of this memory's state tensors, or None."""
-        key = f"{self.key}.{name}"
-        if key in stream.new_state:
-            return stream.new_state[key]
-        return stream.state.get(key)
+        return stream.get(f"{self.key}.{name}")
 
     def _span(self, env, queries, stream: Stream, offset: int, T: int) -> list[torch.Tensor]:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nestdsl.compiler.modules.memory_deep import DeepMemory, StaticMemory, TaskMemory
 from nestdsl.compiler.modules.memory_kernels import CacheMemory, MatrixMemory
 from nestdsl.compiler.plan import MemoryPlan
 
@@ -10,6 +11,10 @@ _MODULES = {
     "linear_attention": MatrixMemory,
     "delta_rule": MatrixMemory,
     "gated_delta_rule": MatrixMemory,
+    "titans_linear": DeepMemory,
+    "deep_memory": DeepMemory,
+    "task_memory": TaskMemory,
+    "static": StaticMemory,
 }
 
 

@@ -77,6 +77,9 @@ class MatrixMemory(MemoryModule):
         return api.gated_delta_rule(q, k, v, beta, g, scale=1.0, initial_state=S0,
                                     output_final_state=True)  # fmt: skip
 
+    def _read_state(self, q, order, stream):
+        return torch.einsum("bhkv,bthk->bthv", self._state(stream, q), q)
+
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env, None)
         S0 = self._state(stream, k)

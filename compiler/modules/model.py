@@ -3,15 +3,25 @@
 The state is a flat `dict[str, Tensor]` holding every in-context memory (and the short
 convolutions' last inputs) plus `pos`, the number of tokens seen; feeding a sequence in pieces
 and carrying the state gives the same logits as feeding it whole.
+
+Memories that learn from the task loss (CMS, NL eq. 71) need that loss while the sequence
+runs: the model then runs in windows of `task_window` tokens, and after each window takes the
+gradient of the window's next-token loss (targets inside the window) by those memories'
+weights. A call that ends inside a window keeps the window's tokens and the state at its start,
+and the next call replays them, so streaming stays exact.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nestdsl.compiler.modules.layer import Layer
+from nestdsl.compiler.modules.memory_deep import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
+
+REPLAY = "replay."
 
 
 class CompiledModel(nn.Module):
@@ -19,17 +29,18 @@ class CompiledModel(nn.Module):
         super().__init__()
         self.spec_name = plan.spec.name
         self.vocab, self.d_model = plan.vocab, plan.d_model
+        self.task_window = plan.task_window
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
         head = plan.spec.head
-        self.norm = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}.get(head.norm, nn.Identity)(
-            plan.d_model
-        ) if head.norm != "none" else nn.Identity()  # fmt: skip
+        norms = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+        self.norm = norms[head.norm](plan.d_model) if head.norm in norms else nn.Identity()
         self.tied = head.tied
         if not self.tied:
             self.head = nn.Linear(plan.d_model, plan.vocab, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
+        self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
 
     def forward(self, tokens: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
         """tokens `[B, T]` int64 -> logits `[B, T, vocab]` and the state after the last token."""
@@ -37,6 +48,13 @@ class CompiledModel(nn.Module):
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         state = dict(state or {})
         pos = int(state.pop("pos", torch.tensor(0)).item())
+        if not self.task_window:
+            logits, state, _ = self._span(tokens, state, pos)
+            state["pos"] = torch.tensor(pos + tokens.shape[1])
+            return logits, state
+        return self._windows(tokens, state, pos)
+
+    def _span(self, tokens, state, pos):
         stream = Stream(pos, state)
         x = self.embed(tokens)  # [B, T, D]
         for layer in self.layers:
@@ -45,5 +63,62 @@ class CompiledModel(nn.Module):
         logits = x @ self.embed.weight.T if self.tied else self.head(x)  # [B, T, V]
         new_state = {**state, **stream.new_state}
         new_state = {k: v for k, v in new_state.items() if v is not None}
-        new_state["pos"] = torch.tensor(pos + tokens.shape[1])
-        return logits, new_state
+        return logits, new_state, stream
+
+    def _windows(self, tokens, state, pos):
+        W = self.task_window
+        grad_mode = torch.is_grad_enabled()
+        replayed = state.pop(REPLAY + "tokens", None)
+        if replayed is not None:  # the last call ended inside a window: redo it from its start
+            snapshot = {k[len(REPLAY):]: v for k, v in state.items() if k.startswith(REPLAY)}
+            state, tokens = snapshot, torch.cat([replayed, tokens], dim=1)
+            pos -= replayed.shape[1]
+            skip = replayed.shape[1]
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith(REPLAY)}
+            skip = 0
+        outs = []
+        start = 0
+        T = tokens.shape[1]
+        with torch.enable_grad():
+            while start < T:
+                end = min(T, start + W - (pos + start) % W)
+                piece = tokens[:, start:end]
+                before = state
+                logits, state, stream = self._span(piece, state, pos + start)
+                if (pos + end) % W == 0:
+                    self._learn(piece, logits, stream, pos + end, grad_mode)
+                    state = {**state, **stream.new_state}
+                    state = {k: v for k, v in state.items() if v is not None}
+                else:
+                    state = {**state, **{REPLAY + k: v for k, v in before.items()},
+                             REPLAY + "tokens": piece}  # fmt: skip
+                outs.append(logits)
+                start = end
+        logits = torch.cat(outs, dim=1)[:, skip:]
+        state["pos"] = torch.tensor(pos + T)
+        if not grad_mode:
+            logits = logits.detach()
+            state = {k: v.detach() for k, v in state.items()}
+        return logits, state
+
+    def _learn(self, piece, logits, stream, end: int, grad_mode: bool) -> None:
+        """The window's task-loss gradient, handed to each task memory (NL eq. 71)."""
+        used = [(key, w) for key, ws in stream.task_weights.items() for w in ws]
+        if piece.shape[1] > 1:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                   piece[:, 1:].flatten(), reduction="sum")  # fmt: skip
+            second_order = grad_mode and any(
+                not self.task_memories[k].stop_gradient for k in stream.task_weights
+            )
+            grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=second_order,
+                                        allow_unused=True)  # fmt: skip
+        else:
+            grads = [None] * len(used)
+        for key, ws in stream.task_weights.items():
+            memory = self.task_memories[key]
+            mine = [g for (k, _), g in zip(used, grads) if k == key]
+            mine = [torch.zeros_like(w) if g is None else g for g, w in zip(mine, ws)]
+            if memory.stop_gradient or not grad_mode:
+                mine = [g.detach() for g in mine]
+            memory.learn(mine, stream, end)

@@ -22,8 +22,15 @@ class Stream:
     pos: int  # tokens of this sequence seen before this call
     state: dict[str, torch.Tensor]  # carried in (read-only)
     new_state: dict[str, torch.Tensor] = field(default_factory=dict)  # carried out
+    # Weights of task-loss memories used in this span (the model differentiates the loss by them).
+    task_weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    base_pos: int = 0  # position on the sequence's own axis (pos may be a prefixed region's)
 
     def get(self, key: str) -> torch.Tensor | None:
+        """The latest value: written earlier in this call, else carried in (None if reset)."""
+        if key in self.new_state:
+            return self.new_state[key]
         return self.state.get(key)
 
     def put(self, key: str, value: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ import networkx as nx
 from nestdsl.compiler.plan import LayerPlan, Plan
 from nestdsl.graph.build import memory_params
 from nestdsl.spec.memory import LevelReset, TaskObjective
-from nestdsl.spec.ops import Read, inputs_of
+from nestdsl.spec.ops import Read, WithPrefix, inputs_of
 
 
 def schedule_levels(plan: Plan) -> Plan:
@@ -48,7 +48,8 @@ def write_sources(memory) -> list[str]:
 
 
 def _segment(plan: Plan, layer: LayerPlan) -> int | None:
-    """Segment length if some memory's writes depend on its own reads within the layer."""
+    """Segment length if some memory's writes depend on its own reads within the layer, or
+    the layer prefixes each segment (Titans MAC)."""
     nodes = layer.block.nodes
     g = nx.DiGraph()
     for name, op in nodes.items():
@@ -57,6 +58,9 @@ def _segment(plan: Plan, layer: LayerPlan) -> int | None:
             if src in nodes:
                 g.add_edge(src, name)
     segment = 0
+    for op in nodes.values():  # a segmented prefix starts a new region every segment
+        if isinstance(op, WithPrefix) and op.segment:
+            segment = gcd(segment, plan.spec.levels[op.segment].every)
     for name, op in nodes.items():
         if not isinstance(op, Read) or op.order == "write_then_read":
             continue

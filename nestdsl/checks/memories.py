@@ -64,7 +64,8 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                                     path + (part,), f"remove `{part}`")  # fmt: skip
         if isinstance(every, int) and not cache and m.rule is None:
             yield ctx.error("missing-key",
-                            f"memory `{name}` updates every {every} tokens but has no `rule`",
+                            f"memory `{name}` updates every "
+                            f"{'token' if every == 1 else f'{every} tokens'} but has no `rule`",
                             path, "add e.g. `rule: {kind: gd, lr: 0.1}`", key=True)  # fmt: skip
         if every == "never" and m.rule is not None:
             yield ctx.error("objective-structure", f"memory `{name}` is frozen but has a rule",

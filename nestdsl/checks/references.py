@@ -53,7 +53,8 @@ def check_references(ctx: CheckContext) -> Iterator[Diagnostic]:
                 target = block.nodes.get(op.of)
                 if not isinstance(target, WithPrefix):
                     yield ctx.error("dangling-ref", f"`of: {op.of}` must name a `with_prefix` node",
-                                    path + ("of",), _hint(op.of, block.nodes))  # fmt: skip
+                                    path + ("of",), _hint(op.of, [n for n, o in block.nodes.items()
+                                                                  if isinstance(o, WithPrefix)]))  # fmt: skip
     for name, memory in spec.memories.items():
         path = ("memories", name)
         if memory.level not in spec.levels:

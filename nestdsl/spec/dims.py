@@ -49,7 +49,8 @@ def _eval(node: ast.AST, dims: dict[str, int], expr: str) -> int | float:
         if node.id not in dims:
             close = difflib.get_close_matches(node.id, list(dims), n=1)
             hint = f"did you mean `{close[0]}`?" if close else "declare it under `dims:`"
-            raise DimError(f"unknown dim `{node.id}` in `{expr}`", hint)
+            where = "" if expr.strip() == node.id else f" in `{expr}`"
+            raise DimError(f"unknown dim `{node.id}`{where}", hint)
         return dims[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
         left, right = _eval(node.left, dims, expr), _eval(node.right, dims, expr)

@@ -95,11 +95,13 @@ class _Converter:
     def convert(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
+            # An expanded alias carries its anchor's position; the top-level key that is
+            # being expanded says better where the document blows up.
             raise _Abort(
                 Diagnostic(
                     "too-large",
                     f"document expands to more than {MAX_NODES} values (alias bomb?)",
-                    _pos(self.file, node.start_mark),
+                    self.source.keys.get(path[:1]) or _pos(self.file, node.start_mark),
                     "write the values out; specs are small",
                 )
             )

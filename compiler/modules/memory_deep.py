@@ -1,0 +1,236 @@
+"""Parametric memories updated by gradients: deep (MLP) and chunked matrix memories, CMS blocks
+that learn from the task loss, and memories whose weights only the outer level trains.
+
+Chunk semantics (Titans §3.2, Hope eqs. 90-91): every gradient inside a chunk is taken at the
+chunk-start state. A span that starts inside a chunk replays the chunk's earlier tokens from
+the chunk-start state (kept in the stream), so a sequence fed in pieces, split anywhere,
+computes exactly what one pass computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.kernels.deep_memory import (
+    MemoryStructure,
+    deep_memory,
+    init_params,
+    memory_forward,
+    visible_weights,
+)
+from nestdsl.kernels.titans_linear import titans_linear
+from nestdsl.spec.memory import (
+    GatedMLPStructure,
+    HuberObjective,
+    IdentityInit,
+    KLRetention,
+    L2Retention,
+    LearnedInit,
+    LpObjective,
+    LqRetention,
+    MatrixStructure,
+    MLPStructure,
+    ZerosInit,
+)
+
+
+def structure_of(plan, key_dim: int) -> MemoryStructure:
+    st = plan.memory.structure
+    if isinstance(st, MatrixStructure):
+        return MemoryStructure(key_dim, plan.value_dim, depth=1, activation="identity",
+                               residual=False)  # fmt: skip
+    if isinstance(st, GatedMLPStructure):
+        return MemoryStructure(key_dim, key_dim, depth=2, expansion=st.expansion,
+                               activation=st.activation, residual=st.residual, gated=True)  # fmt: skip
+    assert isinstance(st, MLPStructure)
+    return MemoryStructure(key_dim, key_dim, depth=st.depth, expansion=st.expansion,
+                           activation=st.activation, residual=st.residual, norm=st.norm)  # fmt: skip
+
+
+class WeightsMemory(MemoryModule):
+    """A memory with per-head weight matrices `[H, out, in]`: its initial (or only) state."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.structure = structure_of(plan, mapped_dim(self.fm, self.degree, plan.key_dim))
+        init = plan.memory.init
+        if isinstance(init, ZerosInit):
+            start = [torch.zeros(plan.heads, o, i) for o, i in self.structure.shapes()]
+        elif isinstance(init, IdentityInit):
+            start = [torch.eye(o, i).expand(plan.heads, o, i).clone()
+                     for o, i in self.structure.shapes()]  # fmt: skip
+        else:
+            start = init_params(self.structure, plan.heads)
+        learned = isinstance(init, LearnedInit) or not isinstance(plan.every, int)
+        frozen = plan.every == "never"
+        self.initial = nn.ParameterList(
+            nn.Parameter(w, requires_grad=learned and not frozen) for w in start
+        )
+
+    def initial_weights(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        return [w.to(like.dtype).unsqueeze(0).expand(batch, *w.shape) for w in self.initial]
+
+    def apply(self, weights, q: torch.Tensor) -> torch.Tensor:
+        """M(q) with fixed weights: q `[B, T, H, d]` -> `[B, T, H, d_out]`."""
+        y, _ = memory_forward(self.structure, weights, q.transpose(1, 2))
+        return y.transpose(1, 2)
+
+    def visible(self, weights):
+        return weights
+
+    def _read_state(self, q, order, stream):
+        name = "anchor_W" if order == "chunk_start" and stream.pos % self.plan.chunk else "W"
+        W = self._load(stream, name) or self.initial_weights(q.shape[0], q)
+        return self.apply(self.visible(W), q)
+
+    def _load(self, stream, name):
+        if self.state_of(stream, f"{name}.0") is None:
+            return None
+        return [self.state_of(stream, f"{name}.{i}") for i in range(len(self.initial))]
+
+    def _store(self, stream, name, tensors) -> None:
+        if tensors is None:
+            return
+        for i, t in enumerate(tensors):
+            stream.put(f"{self.key}.{name}.{i}", t)
+
+
+class StaticMemory(WeightsMemory):
+    """A memory on an `every: step` (or `never`) level: an MLP whose weights the outer
+    optimizer trains (or nothing changes); a CMS with one frozen level is an FFN (NL §7.1)."""
+
+    def _span(self, env, queries, stream, offset, T):
+        return [self.apply(list(self.initial), q) for q, _ in queries]
+
+
+class DeepMemory(WeightsMemory):
+    """A memory learned in context by gradient steps on its objective (Titans, Hope, Miras)."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        mem = plan.memory
+        self.rule = mem.rule.kind
+        ret = mem.retention
+        self.retention = {KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2")
+        self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0
+        self.kl_scale = ret.scale if isinstance(ret, KLRetention) else 1.0
+        obj = mem.objective
+        self.objective = obj.kind
+        self.p = obj.p if isinstance(obj, LpObjective) else 3.0
+        self.delta = obj.delta if isinstance(obj, HuberObjective) else 1.0
+        if not isinstance(self.delta, float):
+            raise NotImplementedError(
+                f"memory `{plan.name}`: a data-dependent or learned huber delta is not lowered yet"
+            )
+        self.chunk = plan.chunk
+
+    def _gates(self, env, like):
+        theta = self.gate("lr", env, like, 1.0)
+        eta = self.gate("momentum", env, like, 0.0)
+        forget = self.gate("forget", env, like)
+        if forget is None:
+            log_decay = self.gate("log_decay", env, like)
+            forget = like.new_zeros(theta.shape) if log_decay is None else -torch.expm1(log_decay)
+        return theta, eta, forget
+
+    def _run(self, q, k, v, gates, weights, momentum, order):
+        theta, eta, alpha = gates
+        if self.plan.kernel == "titans_linear":
+            S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
+            M0 = None if momentum is None else momentum[0].transpose(-1, -2)
+            o, (S, M) = titans_linear(q, k, v, theta, eta, alpha, chunk_size=self.chunk,
+                                      scale=1.0, initial_state=S0, initial_momentum=M0,
+                                      output_final_state=True)  # fmt: skip
+            return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
+        return deep_memory(q, k, v, theta, eta, alpha, weights, structure=self.structure,
+                           objective=self.objective, p=self.p, delta=self.delta, rule=self.rule,
+                           retention=self.retention, q_norm=self.q_norm,
+                           kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
+                           momentum=momentum, output_final_state=True)  # fmt: skip
+
+    def _span(self, env, queries, stream, offset, T):
+        k, v = self.write_inputs(env, None)
+        gates = self._gates(env, k)
+        B = k.shape[0]
+        pos = stream.pos + offset
+        r = pos % self.chunk  # tokens of the current chunk already seen: replay them
+        W = self._load(stream, "anchor_W" if r else "W") or self.initial_weights(B, k)
+        S = self._load(stream, "anchor_S" if r else "S")
+        if self.rule == "momentum" and S is None:
+            S = [torch.zeros_like(w) for w in W]
+        if r:
+            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", "theta", "eta", "alpha")]
+            k = torch.cat([past[0], k], 1)
+            v = torch.cat([past[1], v], 1)
+            gates = tuple(torch.cat([p, g], 1) for p, g in zip(past[2:], gates))
+        n_all = k.shape[1]
+        cut = n_all - (pos + T) % self.chunk  # end of the last complete chunk
+        outs, end_state = [], None
+        for q, order in queries:
+            q = torch.cat([q.new_zeros(B, r, *q.shape[2:]), q], 1) if r else q
+            o, end_state = self._run(q, k, v, gates, W, S, order)
+            outs.append(o[:, r:])
+        if end_state is None:
+            _, end_state = self._run(k, k, v, gates, W, S, "write_then_read")
+        self._store(stream, "W", end_state[0])
+        self._store(stream, "S", end_state[1])
+        # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
+        # far, for the next call to replay.
+        tail = {"k": k, "v": v, "theta": gates[0], "eta": gates[1], "alpha": gates[2]}
+        if cut < n_all:
+            anchor = (W, S)
+            if cut > 0:
+                sub = tuple(g[:, :cut] for g in gates)
+                _, anchor = self._run(k[:, :cut], k[:, :cut], v[:, :cut], sub, W, S,
+                                      "write_then_read")  # fmt: skip
+            self._store(stream, "anchor_W", anchor[0])
+            self._store(stream, "anchor_S", anchor[1])
+            for name, t in tail.items():
+                stream.put(f"{self.key}.tail.{name}", t[:, cut:])
+        else:
+            for name in tail:
+                stream.put(f"{self.key}.tail.{name}", None)
+        return outs
+
+    def visible(self, weights):
+        return [visible_weights(w, self.retention, self.q_norm, self.kl_scale) for w in weights]
+
+
+class TaskMemory(WeightsMemory):
+    """A continuum-memory block (NL §7.1, eq. 71): weights constant inside a chunk, changed at
+    each chunk boundary by `-lr` times the summed task-loss gradient of the chunk's tokens.
+
+    The model computes that gradient window by window (`CompiledModel`) and hands it to `learn`.
+    """
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        if isinstance(self.gates.sources.get("lr"), str):
+            raise NotImplementedError(
+                f"memory `{plan.name}`: a task-loss memory takes a constant or learned `lr`"
+            )
+
+    def _span(self, env, queries, stream, offset, T):
+        like = queries[0][0] if queries else next(iter(env.values()))
+        W = self._load(stream, "W") or self.initial_weights(like.shape[0], like)
+        if not all(w.requires_grad for w in W):  # the inner gradient needs a graph to W
+            W = [w.detach().requires_grad_() for w in W]
+        stream.task_weights[self.key] = W
+        self._store(stream, "W", W)
+        return [self.apply(W, q) for q, _ in queries]
+
+    def learn(self, grads: list[torch.Tensor], stream, end: int) -> None:
+        """Accumulate one window's gradient; apply the sum at this memory's chunk boundary."""
+        W = stream.task_weights[self.key]
+        acc = self._load(stream, "G")
+        acc = grads if acc is None else [a + g for a, g in zip(acc, grads)]
+        if end % self.plan.chunk:
+            self._store(stream, "G", acc)
+            return
+        lr = self.gates.get("lr", {}, W[0].unsqueeze(1), 1.0)[:, 0]  # [B, H]
+        lr = lr[..., None, None]
+        self._store(stream, "W", [w - lr * a for w, a in zip(W, acc)])
+        for i in range(len(W)):
+            stream.put(f"{self.key}.G.{i}", None)

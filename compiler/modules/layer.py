@@ -39,16 +39,17 @@ class Layer(nn.Module):
     def __init__(self, plan, layer):
         super().__init__()
         self.name = layer.name
+        self.block_name = layer.block_name
         self.block = layer.block
         self.input, self.out = layer.block.input, layer.block.out
         self.segment = layer.segment
-        self.modules_ = nn.ModuleDict()
+        self.ops = nn.ModuleDict()
         self.in_ndim: dict[str, int] = {}
         self.persistent = nn.ParameterDict()
         for name, op in layer.block.nodes.items():
             module = self._module(plan, layer, name, op)
             if module is not None:
-                self.modules_[name] = module
+                self.ops[name] = module
         self.memories = nn.ModuleDict({d: build_memory(m) for d, m in layer.memories.items()})
         self.axis = self._axes()
         self.regions = {n: self._region(plan, n, op) for n, op in layer.block.nodes.items()
@@ -146,6 +147,10 @@ class Layer(nn.Module):
         return list(nx.lexicographical_topological_sort(
             order, key=lambda s: (index.get(s[1], -1), s[0])))  # fmt: skip
 
+    def extra_repr(self) -> str:
+        seg = f", sequential every {self.segment} tokens" if self.segment else ""
+        return f"{self.name}: block `{self.block_name}`{seg}"
+
     # ---------------------------------------------------------------- running
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
@@ -183,7 +188,7 @@ class Layer(nn.Module):
 
     def _run_op(self, name: str, op, env: dict, stream: Stream, T: int) -> torch.Tensor:
         ins = [env[i] for i in inputs_of(op)]
-        module = self.modules_[name] if name in self.modules_ else None
+        module = self.ops[name] if name in self.ops else None
         if isinstance(op, spec_ops.Linear):
             return module(ins[0], self.in_ndim[name], stream)
         if isinstance(module, (ShortConv, Rope)):

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
 from nestdsl.kernels import api
@@ -29,9 +32,12 @@ class CacheMemory(MemoryModule):
         past_k, past_v = self.state_of(stream, "k"), self.state_of(stream, "v")
         cache = None if past_k is None else (past_k, past_v)
         outs = []
+        # The fused CPU attention has no double backward; second-order training needs the math one.
+        backend = sdpa_kernel(SDPBackend.MATH) if stream.second_order else contextlib.nullcontext()
         for q, order in queries:
-            o, new = api.softmax_attention(q, k, v, window=self.window, initial_state=cache,
-                                           output_final_state=True)  # fmt: skip
+            with backend:
+                o, new = api.softmax_attention(q, k, v, window=self.window, initial_state=cache,
+                                               output_final_state=True)  # fmt: skip
             if order != "write_then_read":
                 raise NotImplementedError("a cache is read after its write")
             outs.append(o)

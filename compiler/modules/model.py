@@ -54,8 +54,8 @@ class CompiledModel(nn.Module):
             return logits, state
         return self._windows(tokens, state, pos)
 
-    def _span(self, tokens, state, pos):
-        stream = Stream(pos, state)
+    def _span(self, tokens, state, pos, second_order: bool = False):
+        stream = Stream(pos, state, second_order=second_order)
         x = self.embed(tokens)  # [B, T, D]
         for layer in self.layers:
             x = layer(x, stream)
@@ -80,12 +80,13 @@ class CompiledModel(nn.Module):
         outs = []
         start = 0
         T = tokens.shape[1]
+        second_order = grad_mode and any(not m.stop_gradient for m in self.task_memories.values())
         with torch.enable_grad():
             while start < T:
                 end = min(T, start + W - (pos + start) % W)
                 piece = tokens[:, start:end]
                 before = state
-                logits, state, stream = self._span(piece, state, pos + start)
+                logits, state, stream = self._span(piece, state, pos + start, second_order)
                 if (pos + end) % W == 0:
                     self._learn(piece, logits, stream, pos + end, grad_mode)
                     state = {**state, **stream.new_state}
@@ -106,12 +107,15 @@ class CompiledModel(nn.Module):
         """The window's task-loss gradient, handed to each task memory (NL eq. 71)."""
         used = [(key, w) for key, ws in stream.task_weights.items() for w in ws]
         if piece.shape[1] > 1:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                   piece[:, 1:].flatten(), reduction="sum")  # fmt: skip
-            second_order = grad_mode and any(
+            scores = logits[:, :-1].flatten(0, 1)
+            if scores.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
+                scores = scores.float()
+            loss = F.cross_entropy(scores, piece[:, 1:].flatten(), reduction="sum")
+            second_order = stream.second_order and any(
                 not self.task_memories[k].stop_gradient for k in stream.task_weights
             )
             grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=second_order,
+                                        retain_graph=True,
                                         allow_unused=True)  # fmt: skip
         else:
             grads = [None] * len(used)

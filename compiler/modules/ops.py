@@ -24,6 +24,8 @@ class Stream:
     new_state: dict[str, torch.Tensor] = field(default_factory=dict)  # carried out
     # Weights of task-loss memories used in this span (the model differentiates the loss by them).
     task_weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    # True when the outer loss will be differentiated through inner gradients (second order).
+    second_order: bool = False
 
     base_pos: int = 0  # position on the sequence's own axis (pos may be a prefixed region's)
 
@@ -97,18 +99,19 @@ class Linear(nn.Module):
         self.out_shape = tuple(out_shape)
         self.proj = nn.Linear(math.prod(in_shape), math.prod(out_shape), bias=bias)
         self.then = list(then)
-        self.post = nn.ModuleDict()
+        post = {}
         for i, name in enumerate(then):
             if name == "short_conv":
-                self.post[str(i)] = ShortConv(self.out_shape, 4, f"{key}.conv{i}")
+                post[str(i)] = ShortConv(self.out_shape, 4, f"{key}.conv{i}")
             elif name == "rmsnorm":
-                self.post[str(i)] = RMSNorm(self.out_shape[-1])
+                post[str(i)] = RMSNorm(self.out_shape[-1])
+        self.post = nn.ModuleDict(post) if post else None
 
     def forward(self, x: torch.Tensor, in_ndim: int, stream: Stream) -> torch.Tensor:
         lead = x.shape[: x.dim() - in_ndim]
         y = self.proj(x.reshape(*lead, -1)).reshape(*lead, *self.out_shape)
         for i, name in enumerate(self.then):
-            module = self.post[str(i)] if str(i) in self.post else None
+            module = self.post[str(i)] if self.post is not None and str(i) in self.post else None
             if isinstance(module, ShortConv):
                 y = module(y, stream)
             elif module is not None:

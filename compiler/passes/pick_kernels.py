@@ -42,7 +42,7 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
         return "static", f"weights trained by the `{m.level}` level, not in context"
     if isinstance(obj, TaskObjective):
         return "task_memory", "learns from the model loss at chunk boundaries (CMS)"
-    matrix = isinstance(st, MatrixStructure) and mem.feature_map is None
+    matrix = isinstance(st, MatrixStructure)  # feature maps apply before any kernel
     per_token = m.chunk == 1 and orders <= {"write_then_read", "read_then_write", "chunk_start"}
     if matrix and per_token and isinstance(rule, GDRule) and ret is None:
         if isinstance(obj, DotObjective):

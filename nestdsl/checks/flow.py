@@ -33,7 +33,7 @@ def step_graph(ctx: CheckContext, block) -> nx.DiGraph:
             sources = [memory.keys, memory.values]
             sources += [p.value for p in memory_params(memory) if isinstance(p.value, str)]
             for src in sources:
-                if src in block.nodes:
+                if src in block.nodes:  # src == name is a read feeding its own write
                     g.add_edge(src, name, why=f"write of `{op.memory}`")
     return g
 
@@ -44,7 +44,7 @@ def check_flow(ctx: CheckContext) -> Iterator[Diagnostic]:
         seen: set[frozenset] = set()
         for cycle in nx.simple_cycles(g):
             key = frozenset(cycle)
-            if key in seen or len(cycle) < 2:
+            if key in seen:
                 continue
             seen.add(key)
             start = min(cycle, key=list(block.nodes).index)

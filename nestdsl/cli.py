@@ -12,7 +12,7 @@ import sys
 
 from nestdsl.errors import UserError
 
-COMMANDS = ["validate", "show", "schema"]
+COMMANDS = ["validate", "show", "schema", "train", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

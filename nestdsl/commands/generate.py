@@ -13,14 +13,28 @@ EXAMPLE = 'nestdsl generate runs/transformer --prompt "ROMEO:" --tokens 300 --te
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by nestdsl train")
-    parser.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: empty)")
-    parser.add_argument("--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, metavar="T", help="sampling temperature, 0 = greedy (default 0.8)"
+        "--prompt", default="", metavar="TEXT", help="text to continue (default: empty)"
     )
-    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest bytes")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        metavar="T",
+        help="sampling temperature, 0 = greedy (default 0.8)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest bytes"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
+    )
+    parser.add_argument(
+        "--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

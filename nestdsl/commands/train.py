@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nestdsl.train.config import TrainConfig, resume_config, spec_source
+from nestdsl.train.config import TrainConfig, TrainingInterrupted, resume_config, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
-from nestdsl.train.loop import TrainingInterrupted, train
+from nestdsl.train.loop import train
 
 HELP = "train a spec as a byte-level language model (Shakespeare by default), with checkpoints"
 EXAMPLE = "nestdsl train transformer --steps 300 --out runs/transformer"
@@ -39,22 +39,46 @@ SETTINGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    parser.add_argument("spec", metavar="SPEC", help="a shipped spec name (e.g. hope) or a spec file")
-    parser.add_argument("--data", metavar="FILE", help="text file to train on (.gz ok); default: Shakespeare")
-    parser.add_argument("--steps", type=int, metavar="N", help=f"optimizer updates (default {defaults.steps})")
     parser.add_argument(
-        "--batch-size", type=int, metavar="B", help=f"global batch, split over processes (default {defaults.batch_size})"
+        "spec", metavar="SPEC", help="a shipped spec name (e.g. hope) or a spec file"
     )
-    parser.add_argument("--seq-len", type=int, metavar="T", help=f"bytes per row (default {defaults.seq_len})")
-    parser.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: the spec's)")
-    parser.add_argument("--warmup", type=int, metavar="N", help="warmup updates (default: steps/10, at most 100)")
     parser.add_argument(
-        "--grad-clip", type=float, metavar="X", help=f"max gradient norm, 0 = off (default {defaults.grad_clip})"
+        "--data", metavar="FILE", help="text file to train on (.gz ok); default: Shakespeare"
+    )
+    parser.add_argument(
+        "--steps", type=int, metavar="N", help=f"optimizer updates (default {defaults.steps})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help=f"global batch, split over processes (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--seq-len", type=int, metavar="T", help=f"bytes per row (default {defaults.seq_len})"
+    )
+    parser.add_argument(
+        "--lr", type=float, metavar="LR", help="peak learning rate (default: the spec's)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, metavar="N", help="warmup updates (default: steps/10, at most 100)"
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        metavar="X",
+        help=f"max gradient norm, 0 = off (default {defaults.grad_clip})",
     )
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<spec name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
-    parser.add_argument("--device", metavar="D", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
-    parser.add_argument("--seed", type=int, metavar="S", help=f"random seed (default {defaults.seed})")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
+    )
+    parser.add_argument(
+        "--device", metavar="D", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)"
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="S", help=f"random seed (default {defaults.seed})"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -63,13 +87,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a spec value, e.g. --set dims.d_model=128 (repeatable)",
     )
     parser.add_argument(
-        "--eval-every", type=int, metavar="N", help=f"validate every N updates (default {defaults.eval_every})"
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help=f"validate every N updates (default {defaults.eval_every})",
     )
     parser.add_argument(
-        "--ckpt-every", type=int, metavar="N", help=f"checkpoint every N updates (default {defaults.ckpt_every})"
+        "--ckpt-every",
+        type=int,
+        metavar="N",
+        help=f"checkpoint every N updates (default {defaults.ckpt_every})",
     )
     parser.add_argument(
-        "--keep-checkpoints", type=int, metavar="N", help=f"checkpoints kept (default {defaults.keep_checkpoints})"
+        "--keep-checkpoints",
+        type=int,
+        metavar="N",
+        help=f"checkpoints kept (default {defaults.keep_checkpoints})",
     )
     parser.add_argument(
         "--carry-state",
@@ -81,7 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _given_settings(args: argparse.Namespace) -> dict:
-    given = {field: getattr(args, flag) for flag, field in SETTINGS.items() if getattr(args, flag) is not None}
+    given = {
+        field: getattr(args, flag)
+        for flag, field in SETTINGS.items()
+        if getattr(args, flag) is not None
+    }
     if "data" in given:
         # Absolute, so a resumed run finds the same file from any working directory.
         given["data"] = str(Path(given["data"]).expanduser().resolve())

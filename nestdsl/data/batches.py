@@ -67,7 +67,9 @@ class ByteBatches:
         contiguous: bool = False,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
-            raise UserError(f"batch size and sequence length must be positive, got {batch_size} and {seq_len}")
+            raise UserError(
+                f"batch size and sequence length must be positive, got {batch_size} and {seq_len}"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if batch_size % world_size:

@@ -2,7 +2,7 @@
 
 `build_optimizer(params, config)` takes the dict a spec's `outer_optimizer()` returns, e.g.
 `{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}` or
-`{"kind": "m3", "lr": 1e-3, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 10}`.
+`{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}`.
 Weight decay applies to parameters with two or more dimensions only: decaying biases and norm
 gains pulls them towards zero for no benefit, so they go in a group without decay.
 """
@@ -17,16 +17,18 @@ from nestdsl.errors import UserError
 from nestdsl.optim.m3 import M3, newton_schulz
 
 # Accepted keys per optimizer kind, with defaults ("kind" itself is always accepted).
-ADAMW_DEFAULTS = {"lr": 3e-4, "weight_decay": 0.0, "betas": (0.9, 0.95), "eps": 1e-8}
-M3_DEFAULTS = {
-    "lr": 1e-3,
+ADAMW_DEFAULTS = {"lr": 3e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
+M3_DEFAULTS = {  # the spec schema's defaults, so a config dict from a spec and from code agree
+    "lr": 3e-4,
     "weight_decay": 0.0,
     "betas": (0.9, 0.999, 0.9),
     "alpha": 1.0,
-    "frequency": 10,
+    "frequency": 8,
     "ns_steps": 5,
     "ns_kind": "quintic",
     "eps": 1e-8,
+    "momentum_decay": 1.0,
+    "variance_decay": 1.0,
 }
 KIND_DEFAULTS = {"adamw": ADAMW_DEFAULTS, "m3": M3_DEFAULTS}
 
@@ -34,8 +36,15 @@ KIND_DEFAULTS = {"adamw": ADAMW_DEFAULTS, "m3": M3_DEFAULTS}
 def _settings(config: dict) -> tuple[str, dict]:
     """The optimizer kind and its full settings (defaults filled in); UserError on unknown keys."""
     kind = str(config.get("kind", "adamw")).lower()
+    if kind == "delta_momentum":
+        # The spec language accepts it (NL eqs. 48-49), the trainer does not implement it yet.
+        raise UserError(
+            "the outer optimizer 'delta_momentum' is not supported by training yet; use adamw or m3"
+        )
     if kind not in KIND_DEFAULTS:
-        raise UserError(f"unknown optimizer kind {kind!r}: expected one of {', '.join(KIND_DEFAULTS)}")
+        raise UserError(
+            f"unknown optimizer kind {kind!r}: expected one of {', '.join(KIND_DEFAULTS)}"
+        )
     defaults = KIND_DEFAULTS[kind]
     settings = dict(defaults)
     for key, value in config.items():
@@ -85,7 +94,10 @@ def build_optimizer(params: Iterable, config: dict) -> torch.optim.Optimizer:
 def optimizer_settings(config: dict) -> dict:
     """The effective settings (defaults filled in) as a JSON-friendly dict, for config.json."""
     kind, settings = _settings(config)
-    return {"kind": kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+    return {
+        "kind": kind,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+    }
 
 
 __all__ = ["M3", "build_optimizer", "newton_schulz", "optimizer_settings"]

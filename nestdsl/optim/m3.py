@@ -28,6 +28,11 @@ Choices made where the printed algorithm is silent or ambiguous:
 * The element-wise division of an orthogonalized matrix by sqrt(V + eps) is as printed; it makes
   the step size depend inversely on the gradient scale, so `lr` must be smaller than Muon's.
 * `weight_decay` (decoupled, as in AdamW) is an addition; it is 0 unless configured.
+* Also additions, off by default: `momentum_decay` d multiplies M1 and M2 before each of their
+  updates (M <- d M + beta g) and `variance_decay` does the same for V. With the defaults
+  (1.0) the algorithm is exactly as printed. As printed, the undamped momentum sums make M3 a
+  frictionless heavy ball: on a quadratic the loss falls at first, then oscillates; decays
+  below 1 (e.g. 0.9 and 0.999) damp it into an Adam-like method that converges.
 """
 
 from __future__ import annotations
@@ -71,14 +76,16 @@ class M3(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         betas: tuple[float, float, float] = (0.9, 0.999, 0.9),
         alpha: float = 1.0,
-        frequency: int = 10,
+        frequency: int = 8,
         ns_steps: int = 5,
         ns_kind: str = "quintic",
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        momentum_decay: float = 1.0,
+        variance_decay: float = 1.0,
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
@@ -90,6 +97,9 @@ class M3(torch.optim.Optimizer):
             raise ValueError(f"ns_steps must be non-negative, got {ns_steps}")
         if ns_kind not in ("quintic", "cubic"):
             raise ValueError(f"ns_kind must be 'quintic' or 'cubic', got {ns_kind!r}")
+        for name, decay in (("momentum_decay", momentum_decay), ("variance_decay", variance_decay)):
+            if not 0.0 <= decay <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {decay}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -99,6 +109,8 @@ class M3(torch.optim.Optimizer):
             ns_kind=ns_kind,
             eps=eps,
             weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            variance_decay=variance_decay,
         )
         super().__init__(params, defaults)
 
@@ -116,6 +128,7 @@ class M3(torch.optim.Optimizer):
         for group in self.param_groups:
             beta1, beta2, beta3 = group["betas"]
             lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+            momentum_decay, variance_decay = group["momentum_decay"], group["variance_decay"]
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -125,18 +138,25 @@ class M3(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
-                    for name in ("fast_momentum", "slow_momentum", "second_moment", "block_grad_sum"):
+                    for name in (
+                        "fast_momentum",
+                        "slow_momentum",
+                        "second_moment",
+                        "block_grad_sum",
+                    ):
                         state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["slow_direction"] = torch.zeros_like(param)
                 t = state["step"]
                 if t > 0 and t % group["frequency"] == 0:
                     # First update of a new low-frequency block: fold in the previous block.
-                    state["slow_momentum"].add_(state["block_grad_sum"], alpha=beta3)
+                    state["slow_momentum"].mul_(momentum_decay).add_(
+                        state["block_grad_sum"], alpha=beta3
+                    )
                     state["block_grad_sum"].zero_()
                     state["slow_direction"] = self._orthogonalize(state["slow_momentum"], group)
                 state["block_grad_sum"].add_(grad)
-                state["fast_momentum"].add_(grad, alpha=beta1)
-                state["second_moment"].addcmul_(grad, grad, value=beta2)
+                state["fast_momentum"].mul_(momentum_decay).add_(grad, alpha=beta1)
+                state["second_moment"].mul_(variance_decay).addcmul_(grad, grad, value=beta2)
                 fast_direction = self._orthogonalize(state["fast_momentum"], group)
                 direction = fast_direction.add_(state["slow_direction"], alpha=alpha)
                 denominator = state["second_moment"].add(eps).sqrt_()

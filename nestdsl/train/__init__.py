@@ -1,8 +1,16 @@
 """Training compiled nestdsl models: the loop, its settings, checkpoints, metrics and sampling."""
 
-from nestdsl.train.config import ModelSource, RunFolder, TrainConfig, resume_config, spec_source
+from nestdsl.train.config import (
+    ModelSource,
+    RunFolder,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainResult,
+    resume_config,
+    spec_source,
+)
 from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
-from nestdsl.train.loop import TrainingInterrupted, TrainResult, train
+from nestdsl.train.loop import train
 from nestdsl.train.metrics import bits_per_byte
 
 __all__ = [

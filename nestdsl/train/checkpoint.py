@@ -21,10 +21,10 @@ by the next save. Files are checked against their SHA-256 when loaded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 from dataclasses import dataclass
@@ -97,7 +97,13 @@ def model_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict
     seen: dict[tuple, str] = {}
     for name, tensor in model.state_dict().items():
         if tensor.numel():
-            identity = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            identity = (
+                tensor.device,
+                tensor.data_ptr(),
+                tensor.dtype,
+                tuple(tensor.shape),
+                tensor.stride(),
+            )
             if identity in seen:
                 aliases[name] = seen[identity]
                 continue
@@ -112,35 +118,6 @@ def parameter_table(model: torch.nn.Module) -> dict[str, dict]:
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         for name, t in model.state_dict().items()
     }
-
-
-def capture_rng() -> dict:
-    """This process's random generator states: tensors for torch, JSON values for the rest."""
-    state: dict = {"torch": torch.get_rng_state(), "python": _jsonable(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        state["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-    except ImportError:  # numpy is optional for training; nothing to restore without it
-        pass
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def _jsonable(value):
@@ -160,7 +137,11 @@ def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
             else:
                 scalars.setdefault(str(index), {})[key] = value
     groups = [{k: _jsonable(v) for k, v in group.items()} for group in state_dict["param_groups"]]
-    return tensors, {"class": type(optimizer).__name__, "param_groups": groups, "scalar_state": scalars}
+    return tensors, {
+        "class": type(optimizer).__name__,
+        "param_groups": groups,
+        "scalar_state": scalars,
+    }
 
 
 def _optimizer_state_dict(tensors: dict[str, torch.Tensor], info: dict) -> dict:
@@ -173,7 +154,12 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     groups = []
     for group in info["param_groups"]:
         # JSON has no tuples; optimizers expect e.g. betas as a tuple.
-        groups.append({k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in group.items()})
+        groups.append(
+            {
+                k: (tuple(v) if isinstance(v, list) and k != "params" else v)
+                for k, v in group.items()
+            }
+        )
     return {"state": state, "param_groups": groups}
 
 
@@ -244,6 +230,10 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     previous = latest_checkpoint(root) if root.exists() else None
+    if previous == final:
+        # The same step again (a resume never re-saves its own step, but be safe): the state is
+        # the one already saved, and replacing the live checkpoint in place is not atomic.
+        return final
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_leftovers(root)
@@ -259,8 +249,14 @@ def save_checkpoint(
         write_file_atomically(root / LATEST, final.name.encode())
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"the last good checkpoint ({previous.name}) is intact" if previous else "no earlier checkpoint exists"
-        reason = "no space left on device" if err.errno == 28 else (err.strerror or str(err))
+        kept = (
+            f"the last good checkpoint ({previous.name}) is intact"
+            if previous
+            else "no earlier checkpoint exists"
+        )
+        reason = (
+            "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        )
         raise CheckpointWriteError(
             f"could not write checkpoint {final} ({reason}); {kept}; fix this and rerun with --resume"
         ) from None
@@ -310,7 +306,9 @@ def latest_checkpoint(root: Path) -> Path | None:
         except (OSError, UnicodeDecodeError):
             name = ""
         if not STEP_DIR.match(name):
-            raise UserError(f"checkpoint pointer {pointer} is corrupt (it should name a step-NNNNNNNN folder)")
+            raise UserError(
+                f"checkpoint pointer {pointer} is corrupt (it should name a step-NNNNNNNN folder)"
+            )
         if not (root / name).is_dir():
             raise UserError(f"checkpoint pointer {pointer} names {name}, which does not exist")
         return root / name
@@ -331,9 +329,13 @@ def _read_verified(path: Path, name: str, expected_sha: str | None) -> bytes:
     try:
         data = (path / name).read_bytes()
     except OSError as err:
-        raise UserError(f"checkpoint {path} is corrupt: cannot read {name} ({err.strerror or err})") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt: cannot read {name} ({err.strerror or err})"
+        ) from None
     if expected_sha is not None and _sha256(data) != expected_sha:
-        raise UserError(f"checkpoint {path} is corrupt: {name} does not match its recorded checksum")
+        raise UserError(
+            f"checkpoint {path} is corrupt: {name} does not match its recorded checksum"
+        )
     return data
 
 
@@ -341,7 +343,9 @@ def _parse_safetensors(path: Path, name: str, data: bytes) -> dict[str, torch.Te
     try:
         return load_safetensors(data)
     except Exception as err:  # safetensors raises its own error types for bad headers
-        raise UserError(f"checkpoint {path} is corrupt: {name} is not valid safetensors ({err})") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt: {name} is not valid safetensors ({err})"
+        ) from None
 
 
 def read_meta(path: Path) -> dict:
@@ -370,7 +374,9 @@ def check_parameters(path: Path, saved: dict[str, dict], model: torch.nn.Module)
             )
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"checkpoint {path} does not fit this model: {'; '.join(problems[:3])}{more}")
+        raise UserError(
+            f"checkpoint {path} does not fit this model: {'; '.join(problems[:3])}{more}"
+        )
 
 
 def load_checkpoint(
@@ -393,7 +399,9 @@ def load_checkpoint(
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not fit this model: {str(err).splitlines()[0]}") from None
+        raise UserError(
+            f"checkpoint {path} does not fit this model: {str(err).splitlines()[0]}"
+        ) from None
     if optimizer is not None:
         info = meta["optimizer"]
         if info["class"] != type(optimizer).__name__:
@@ -409,7 +417,9 @@ def load_checkpoint(
     rng_states = []
     for rank, extra in enumerate(meta.get("rng", [])):
         cuda = [rng_tensors[rank][k] for k in sorted(rng_tensors[rank]) if k.startswith("cuda/")]
-        rng_states.append({"torch": rng_tensors[rank]["torch"], **({"cuda": cuda} if cuda else {}), **extra})
+        rng_states.append(
+            {"torch": rng_tensors[rank]["torch"], **({"cuda": cuda} if cuda else {}), **extra}
+        )
     memory = None
     if meta.get("memory_state"):
         memory = _unranked(tensors("memory.safetensors"), world_size)

@@ -5,6 +5,7 @@
 * `ModelSource` is what gets trained: a spec's name, text, overrides and outer optimizer, and a
   function building a fresh model. `spec_source()` makes one with `nestdsl.load` and
   `nestdsl.compile`; tests build one around a toy model.
+* `TrainResult` is what a finished run reports; `TrainingInterrupted` is how Ctrl-C ends one.
 * `RunFolder` owns `RUN/spec.yaml` and `RUN/config.json`: it refuses to overwrite a run that has
   checkpoints, and on `--resume` checks that spec, data and settings still match the run's.
 """
@@ -22,9 +23,12 @@ import torch
 
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import latest_checkpoint, step_dirs, write_file_atomically
+from nestdsl.train.metrics import bits_per_byte
 from nestdsl.train.schedule import default_warmup
 
 CONFIG_FORMAT = "nestdsl-run-1"
+# Everything a run folder may contain (and so may be replaced when a new run starts there).
+RUN_FILES = {"spec.yaml", "config.json", "metrics.jsonl", "loss.png", "checkpoints"}
 
 # Settings a resumed run may change: they do not alter the trajectory of the weights (steps
 # only re-stretches the cosine decay from the resumed step on).
@@ -52,16 +56,28 @@ class TrainConfig:
     data: str | None = None  # corpus file; None: the embedded Shakespeare
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "ckpt_every", "log_every")
+        positive = (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "eval_batches",
+            "ckpt_every",
+            "log_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise UserError(f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup_steps}")
+            raise UserError(
+                f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup_steps}"
+            )
         if self.grad_clip < 0:
             raise UserError(f"--grad-clip must be non-negative, got {self.grad_clip}")
 
@@ -70,7 +86,9 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             lr=self.lr if self.lr is not None else float(spec_lr),
-            warmup_steps=self.warmup_steps if self.warmup_steps is not None else default_warmup(self.steps),
+            warmup_steps=self.warmup_steps
+            if self.warmup_steps is not None
+            else default_warmup(self.steps),
         )
 
     def as_dict(self) -> dict:
@@ -84,7 +102,9 @@ class TrainConfig:
 
 def flag_name(setting: str) -> str:
     """The command-line flag of a TrainConfig field, for messages."""
-    return {"warmup_steps": "--warmup", "data": "--data"}.get(setting, "--" + setting.replace("_", "-"))
+    return {"warmup_steps": "--warmup", "data": "--data"}.get(
+        setting, "--" + setting.replace("_", "-")
+    )
 
 
 @dataclass
@@ -109,6 +129,8 @@ def spec_source(name_or_path: str, overrides: list[str] | None = None) -> ModelS
     """A ModelSource for a shipped spec name or a spec file, via nestdsl.load / nestdsl.compile."""
     import nestdsl
 
+    if not (hasattr(nestdsl, "load") and hasattr(nestdsl, "compile")):
+        raise UserError("this nestdsl build has no spec compiler (nestdsl.load / nestdsl.compile)")
     spec = nestdsl.load(name_or_path, overrides=list(overrides) if overrides else None)
     return ModelSource(
         name=spec.name,
@@ -136,11 +158,19 @@ class RunFolder:
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.checkpoints)
 
+    def _is_run_config(self) -> bool:
+        try:
+            return json.loads(self.config.read_text()).get("format") == CONFIG_FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def read_config(self) -> dict:
         try:
             saved = json.loads(self.config.read_text())
         except FileNotFoundError:
-            raise UserError(f"{self.root} is not a run folder: {self.config.name} is missing") from None
+            raise UserError(
+                f"{self.root} is not a run folder: {self.config.name} is missing"
+            ) from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{self.config} is unreadable or corrupt ({err})") from None
         if not isinstance(saved, dict) or saved.get("format") != CONFIG_FORMAT:
@@ -154,15 +184,36 @@ class RunFolder:
                 f"{self.root} already holds a run with checkpoints; "
                 "pass --resume to continue it or --out to start a new run elsewhere"
             )
+        if self.root.is_dir():
+            # Never scribble over a folder that is not a run (e.g. --out . in a project).
+            strangers = sorted(
+                p.name
+                for p in self.root.iterdir()
+                if p.name not in RUN_FILES and ".tmp-" not in p.name
+            )
+            if strangers or (self.config.exists() and not self._is_run_config()):
+                shown = ", ".join(strangers[:3]) or self.config.name
+                raise UserError(
+                    f"{self.root} is not empty and not a run folder (it holds {shown}); choose another --out"
+                )
+        elif self.root.exists():
+            raise UserError(f"{self.root} exists and is not a folder; choose another --out")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in (self.metrics, self.plot):
                 stale.unlink(missing_ok=True)
             write_file_atomically(self.spec, source.spec_text.encode())
-            body = {"format": CONFIG_FORMAT, "spec": source.identity(), "train": config.as_dict(), **record}
+            body = {
+                "format": CONFIG_FORMAT,
+                "spec": source.identity(),
+                "train": config.as_dict(),
+                **record,
+            }
             write_file_atomically(self.config, json.dumps(body, indent=1).encode())
         except OSError as err:
-            raise UserError(f"cannot write the run folder {self.root}: {err.strerror or err}") from None
+            raise UserError(
+                f"cannot write the run folder {self.root}: {err.strerror or err}"
+            ) from None
 
     def check_resume(self, source: ModelSource, config: TrainConfig, record: dict) -> dict:
         """Check that resuming here with `source`, `config` and `record` continues the same run."""
@@ -170,7 +221,9 @@ class RunFolder:
             raise UserError(f"nothing to resume: {self.root} does not exist")
         saved = self.read_config()
         if self.latest_checkpoint() is None:
-            raise UserError(f"nothing to resume: {self.root} has no checkpoint yet; start it again without --resume")
+            raise UserError(
+                f"nothing to resume: {self.root} has no checkpoint yet; start it again without --resume"
+            )
         spec = saved["spec"]
         if spec["name"] != source.name:
             raise UserError(
@@ -184,7 +237,9 @@ class RunFolder:
             )
         if spec["overrides"] != list(source.overrides):
             shown = " ".join(spec["overrides"]) or "none"
-            raise UserError(f"{self.root} was started with --set overrides {shown}; resume with the same ones")
+            raise UserError(
+                f"{self.root} was started with --set overrides {shown}; resume with the same ones"
+            )
         data_now, data_then = record.get("data", {}), saved.get("data", {})
         if data_then.get("sha256") != data_now.get("sha256"):
             raise UserError(
@@ -209,7 +264,12 @@ class RunFolder:
 
     def update_config(self, source: ModelSource, config: TrainConfig, record: dict) -> None:
         """Rewrite config.json after a resume changed one of the changeable settings."""
-        body = {"format": CONFIG_FORMAT, "spec": source.identity(), "train": config.as_dict(), **record}
+        body = {
+            "format": CONFIG_FORMAT,
+            "spec": source.identity(),
+            "train": config.as_dict(),
+            **record,
+        }
         try:
             write_file_atomically(self.config, json.dumps(body, indent=1).encode())
         except OSError as err:
@@ -236,3 +296,26 @@ def resume_config(run_dir: str | Path, given: dict) -> TrainConfig:
             )
         saved[name] = value
     return TrainConfig.from_dict(saved)
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C during training; nothing half-written was left, the message says how to resume."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    plot: Path
+    checkpoint: Path | None
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    is_main: bool = True
+
+    @property
+    def train_bpb(self) -> float | None:
+        return None if self.train_loss is None else bits_per_byte(self.train_loss)
+
+    @property
+    def val_bpb(self) -> float | None:
+        return None if self.val_loss is None else bits_per_byte(self.val_loss)

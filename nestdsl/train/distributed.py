@@ -1,4 +1,4 @@
-"""Where a training process runs: its device and, under torchrun, its place in the process group.
+"""Where a training process runs: its device, its place in the process group, its random state.
 
 `torchrun --nproc_per_node N -m nestdsl train ...` starts N processes with the environment
 variables RANK, WORLD_SIZE and LOCAL_RANK set; `setup` detects them and joins the process group
@@ -8,7 +8,9 @@ below is a no-op, so the training loop has one code path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +103,9 @@ def launched_by_torchrun() -> bool:
 def setup(device_name: str) -> ProcessContext:
     """Resolve the device and, under torchrun, join (or reuse) the process group."""
     if not launched_by_torchrun():
-        return ProcessContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device_name))
+        return ProcessContext(
+            rank=0, world_size=1, local_rank=0, device=resolve_device(device_name)
+        )
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -122,3 +126,48 @@ def setup(device_name: str) -> ProcessContext:
 def teardown(context: ProcessContext) -> None:
     if context.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- random generators
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, python `random` and numpy (when installed) in this process."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+
+def capture_rng() -> dict:
+    """This process's random generator states: tensors for torch, JSON values for the rest."""
+    state: dict = {
+        "torch": torch.get_rng_state(),
+        "python": [list(v) if isinstance(v, tuple) else v for v in random.getstate()],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        state["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    except ImportError:  # numpy is optional for training; nothing to restore without it
+        pass
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

@@ -58,7 +58,9 @@ def generate_bytes(
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else contextlib.nullcontext
     )
     context = prompt or EMPTY_PROMPT
     tokens = torch.tensor([list(context)], dtype=torch.long, device=device)
@@ -68,12 +70,16 @@ def generate_bytes(
     with autocast():
         logits, state = model(tokens, state=None)
     while True:
-        byte = pick_next_byte(logits[0, -1], temperature=temperature, top_k=top_k, generator=generator)
+        byte = pick_next_byte(
+            logits[0, -1], temperature=temperature, top_k=top_k, generator=generator
+        )
         written.append(byte)
         if len(written) == max_new_bytes:
             return bytes(written)
         with autocast():
-            logits, state = model(torch.tensor([[byte]], dtype=torch.long, device=device), state=state)
+            logits, state = model(
+                torch.tensor([[byte]], dtype=torch.long, device=device), state=state
+            )
 
 
 def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -108,6 +114,12 @@ def generate_from_run(
     model = load_run_model(run_dir, torch_device)
     prompt_bytes = prompt.encode("utf-8")
     new = generate_bytes(
-        model, prompt_bytes, tokens, temperature=temperature, top_k=top_k, seed=seed, device=torch_device
+        model,
+        prompt_bytes,
+        tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        device=torch_device,
     )
     return (prompt_bytes + new).decode("utf-8", errors="replace")

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nestdsl.data.batches import ByteBatches
@@ -33,41 +30,23 @@ from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
 from nestdsl.errors import UserError
 from nestdsl.optim import build_optimizer, optimizer_settings
 from nestdsl.train import distributed
-from nestdsl.train.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    remove_leftovers,
-    restore_rng,
-    save_checkpoint,
+from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
+from nestdsl.train.config import (
+    ModelSource,
+    RunFolder,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainResult,
 )
-from nestdsl.train.config import ModelSource, RunFolder, TrainConfig
-from nestdsl.train.metrics import MetricsLog, bits_per_byte, plot_losses
+from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
+from nestdsl.train.metrics import (
+    MetricsLog,
+    bits_per_byte,
+    call_model,
+    language_model_loss,
+    plot_losses,
+)
 from nestdsl.train.schedule import WarmupCosine
-
-VOCAB = 256
-
-
-class TrainingInterrupted(UserError):
-    """Ctrl-C during training; nothing half-written was left, the message says how to resume."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    plot: Path
-    checkpoint: Path | None
-    step: int
-    train_loss: float | None
-    val_loss: float | None
-    is_main: bool = True
-
-    @property
-    def train_bpb(self) -> float | None:
-        return None if self.train_loss is None else bits_per_byte(self.train_loss)
-
-    @property
-    def val_bpb(self) -> float | None:
-        return None if self.val_loss is None else bits_per_byte(self.val_loss)
 
 
 def train(
@@ -92,20 +71,6 @@ def train(
         distributed.teardown(context)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    with contextlib.suppress(ImportError):
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-
-
-def language_model_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in nats per byte, computed in float32 whatever the autocast dtype."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
-
-
 class _Trainer:
     def __init__(self, source, config, out_dir, context, resume, corpus, progress) -> None:
         self.source: ModelSource = source
@@ -123,7 +88,11 @@ class _Trainer:
             self.config.lr, self.config.warmup_steps, self.config.steps, self.config.min_lr_ratio
         )
         self.record = {
-            "data": {"name": config.data or "shakespeare", "sha256": corpus_fingerprint(text), "bytes": len(text)},
+            "data": {
+                "name": config.data or "shakespeare",
+                "sha256": corpus_fingerprint(text),
+                "bytes": len(text),
+            },
             "optimizer": settings,
             "schedule": self.schedule.as_dict(),
             "world_size": context.world_size,
@@ -173,7 +142,9 @@ class _Trainer:
         seed_everything(self.config.seed)
         model = self.source.build()
         if not isinstance(model, torch.nn.Module):
-            raise UserError(f"building {self.source.name!r} gave {type(model).__name__}, not a torch module")
+            raise UserError(
+                f"building {self.source.name!r} gave {type(model).__name__}, not a torch module"
+            )
         self.model = model.to(self.device)
         self.model.train()
         self.optimizer = build_optimizer(self.model.named_parameters(), self.optimizer_config)
@@ -187,10 +158,10 @@ class _Trainer:
             raise UserError(f"nothing to resume: {self.folder.root} has no checkpoint")
         loaded = load_checkpoint(path, self.model, self.optimizer)
         spec = loaded.meta.get("spec", {})
-        if spec.get("sha256") != self.source.spec_sha256:
+        if spec != self.source.identity():
             raise UserError(
                 f"checkpoint {path} was written for spec {spec.get('name')!r} with other text "
-                f"or overrides than {self.source.name!r}"
+                f"or overrides than the spec {self.source.name!r} given now"
             )
         loop = loaded.meta["loop"]
         self.step = loaded.step
@@ -219,13 +190,15 @@ class _Trainer:
         targets = batch.targets.to(self.device, non_blocking=True)
         carried = None if batch.fresh_state or not self.config.carry_state else self.memory
         with self.autocast():
-            logits, state = model(inputs, state=carried)
+            logits, state = call_model(model, inputs, carried)
         loss = language_model_loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
         if self.config.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            )
         self.optimizer.step()
         if self.config.carry_state:
             # Truncated backpropagation through time: the next step starts from this state.
@@ -242,8 +215,10 @@ class _Trainer:
         for index in range(self.config.eval_batches):
             batch = batches.batch(index)
             with self.autocast():
-                logits, _ = self.model(batch.inputs.to(self.device), state=None)
-            total += language_model_loss(logits, batch.targets.to(self.device), reduction="sum").item()
+                logits, _ = call_model(self.model, batch.inputs.to(self.device), None)
+            total += language_model_loss(
+                logits, batch.targets.to(self.device), reduction="sum"
+            ).item()
             count += batch.targets.numel()
         self.model.train()
         total, count = self.context.all_reduce_sum([total, float(count)])
@@ -265,7 +240,11 @@ class _Trainer:
                 "last_train_loss": self.last_train_loss,
                 "last_val_loss": self.last_val_loss,
             },
-            "data": {"next_step": step, "carry_state": self.config.carry_state, **self.record["data"]},
+            "data": {
+                "next_step": step,
+                "carry_state": self.config.carry_state,
+                **self.record["data"],
+            },
             "schedule": self.schedule.as_dict(),
         }
 
@@ -301,23 +280,38 @@ class _Trainer:
         self.metrics = MetricsLog(self.folder.metrics, enabled=context.is_main)
         if self.resume:
             self._on_main(lambda: self.metrics.truncate_after(self.step))
-        common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank)
-        train_batches = ByteBatches(
-            self.split.train, split="train", world_size=context.world_size, contiguous=cfg.carry_state, **common
+        common = dict(
+            batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank
         )
-        val_batches = ByteBatches(self.split.validation, split="val", world_size=context.world_size, **common)
+        train_batches = ByteBatches(
+            self.split.train,
+            split="train",
+            world_size=context.world_size,
+            contiguous=cfg.carry_state,
+            **common,
+        )
+        val_batches = ByteBatches(
+            self.split.validation, split="val", world_size=context.world_size, **common
+        )
         model = self.model
         if context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if self.step >= cfg.steps:
-            self._say(f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue")
+            self._say(
+                f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue"
+            )
             self.last_val_loss = self.evaluate(val_batches)
             return self._result()
 
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc=self.source.name, unit="step",
-            disable=not self.progress, dynamic_ncols=True, file=sys.stderr,
+            total=cfg.steps,
+            initial=self.step,
+            desc=self.source.name,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
         )
         tokens_per_step = cfg.batch_size * cfg.seq_len
         first_step = self.step
@@ -330,7 +324,9 @@ class _Trainer:
             for step in range(self.step, cfg.steps):
                 loss, grad_norm = self._train_step(model, train_batches, step)
                 if not math.isfinite(loss):
-                    raise UserError(f"the loss became {loss} at step {step + 1}; try a smaller --lr")
+                    raise UserError(
+                        f"the loss became {loss} at step {step + 1}; try a smaller --lr"
+                    )
                 self.step = done = step + 1
                 self.window_loss_sum += loss
                 self.window_steps += 1
@@ -341,12 +337,21 @@ class _Trainer:
                 records = []
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     mean = self.window_loss_sum / self.window_steps
-                    tokens_per_s = self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
-                    records.append({
-                        "kind": "train", "step": done, "loss": mean, "bpb": bits_per_byte(mean),
-                        "lr": self.schedule.lr_at(step), "grad_norm": grad_norm,
-                        "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(now - started, 3),
-                    })
+                    tokens_per_s = (
+                        self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
+                    )
+                    records.append(
+                        {
+                            "kind": "train",
+                            "step": done,
+                            "loss": mean,
+                            "bpb": bits_per_byte(mean),
+                            "lr": self.schedule.lr_at(step),
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": round(tokens_per_s, 1),
+                            "elapsed_s": round(now - started, 3),
+                        }
+                    )
                     self.last_train_loss = mean
                     self.window_loss_sum, self.window_steps = 0.0, 0
                     window_started = now
@@ -355,7 +360,9 @@ class _Trainer:
                     self.last_val_loss = self.evaluate(val_batches)
                     records.append(self._val_record(done, self.last_val_loss))
                 if records:
-                    self._on_main(lambda records=records, plot=evaluated: self._write_logs(records, plot))
+                    self._on_main(
+                        lambda records=records, plot=evaluated: self._write_logs(records, plot)
+                    )
                 if done % cfg.ckpt_every == 0 or done == cfg.steps:
                     self._checkpoint(done)
         except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Training metrics: the `metrics.jsonl` log and the `loss.png` plot of a run.
+"""Training metrics: how the loss is measured, the `metrics.jsonl` log and the `loss.png` plot.
 
 metrics.jsonl holds one JSON object per line:
 
@@ -22,13 +22,43 @@ import math
 import os
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import write_file_atomically
+
+VOCAB = 256  # byte-level models
 
 
 def bits_per_byte(loss_nats: float) -> float:
     """Cross-entropy in nats per byte converted to bits per byte."""
     return loss_nats / math.log(2)
+
+
+def language_model_loss(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy in nats per byte, computed in float32 whatever the autocast dtype."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction
+    )
+
+
+def call_model(model, tokens: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    """`model(tokens, state=state)`, checked against the contract so a bad model fails clearly."""
+    output = model(tokens, state=state)
+    if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict)):
+        raise UserError(
+            f"the model returned {type(output).__name__}; the contract is (logits, state dict)"
+        )
+    logits, state = output
+    expected = (*tokens.shape, VOCAB)
+    if tuple(logits.shape) != expected:
+        raise UserError(
+            f"the model returned logits of shape {tuple(logits.shape)}, expected {expected}"
+        )
+    return logits, state
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -117,7 +147,13 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
     if train:
         axes.plot(*zip(*train, strict=True), label="train", color="tab:blue", linewidth=1.2)
     if val:
-        axes.plot(*zip(*val, strict=True), label="validation", color="tab:orange", marker="o", markersize=3)
+        axes.plot(
+            *zip(*val, strict=True),
+            label="validation",
+            color="tab:orange",
+            marker="o",
+            markersize=3,
+        )
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per byte)")
     # A second scale in bits per byte, the unit byte-level results are usually quoted in.

@@ -29,7 +29,9 @@ class WarmupCosine:
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be at least 1, got {self.total_steps}")
         if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError(f"warmup_steps must be in [0, {self.total_steps}], got {self.warmup_steps}")
+            raise ValueError(
+                f"warmup_steps must be in [0, {self.total_steps}], got {self.warmup_steps}"
+            )
         if not 0.0 <= self.min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in [0, 1], got {self.min_ratio}")
 

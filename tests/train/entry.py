@@ -31,7 +31,10 @@ def kill_in_checkpoint(step: int) -> None:
     original = checkpoint._write_file
 
     def write(path: Path, data: bytes) -> None:
-        if path.parent.name.startswith(f".tmp-step-{step:08d}") and path.name == "optimizer.safetensors":
+        if (
+            path.parent.name.startswith(f".tmp-step-{step:08d}")
+            and path.name == "optimizer.safetensors"
+        ):
             os.kill(os.getpid(), signal.SIGKILL)
         original(path, data)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+import nestdsl.train.checkpoint as checkpoint
+from nestdsl.data.batches import ByteBatches
 from nestdsl.train import TrainConfig
 from nestdsl.train.metrics import read_metrics
 
@@ -48,3 +50,30 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Make the next run raise KeyboardInterrupt when it asks for the training batch of `step`."""
+    original = ByteBatches.batch
+
+    def batch(self, s):
+        if self.split == "train" and s == step:
+            raise KeyboardInterrupt
+        return original(self, s)
+
+    monkeypatch.setattr(ByteBatches, "batch", batch)
+
+
+def fail_writing(monkeypatch, step: int, error: BaseException) -> None:
+    """Raise `error` when checkpoint `step` writes its optimizer file (weights already written)."""
+    original = checkpoint._write_file
+
+    def write(path: Path, data: bytes) -> None:
+        if (
+            path.parent.name.startswith(f".tmp-step-{step:08d}")
+            and path.name == "optimizer.safetensors"
+        ):
+            raise error
+        original(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_tensors, comparable_metrics, final_weights, tiny_config
+from helpers import (
+    assert_same_tensors,
+    comparable_metrics,
+    fail_writing,
+    final_weights,
+    tiny_config,
+)
 from toymodel import ToyRecurrentLM, toy_source
 
 import nestdsl.train.checkpoint as checkpoint
@@ -24,20 +30,9 @@ from nestdsl.train.checkpoint import (
     save_checkpoint,
     step_dirs,
 )
+from nestdsl.train.distributed import capture_rng
 
 HERE = Path(__file__).parent
-
-
-def fail_writing(monkeypatch, step: int, error: BaseException) -> None:
-    """Raise `error` when checkpoint `step` writes its optimizer file (weights already written)."""
-    original = checkpoint._write_file
-
-    def write(path: Path, data: bytes) -> None:
-        if path.parent.name.startswith(f".tmp-step-{step:08d}") and path.name == "optimizer.safetensors":
-            raise error
-        original(path, data)
-
-    monkeypatch.setattr(checkpoint, "_write_file", write)
 
 
 def test_disk_full_mid_write_keeps_last_good_checkpoint(tmp_path, monkeypatch, corpus):
@@ -49,7 +44,11 @@ def test_disk_full_mid_write_keeps_last_good_checkpoint(tmp_path, monkeypatch, c
             train(toy_source(), config, run, corpus=corpus, progress=False)
     message = str(caught.value)
     assert "\n" not in message
-    assert "no space left on device" in message and "step-00000004" in message and "--resume" in message
+    assert (
+        "no space left on device" in message
+        and "step-00000004" in message
+        and "--resume" in message
+    )
     assert latest_checkpoint(run / "checkpoints").name == "step-00000004"
     assert not list((run / "checkpoints").glob(".tmp-*"))  # nothing half-written left behind
 
@@ -63,7 +62,9 @@ def test_interrupt_mid_write_leaves_nothing_half_written(tmp_path, monkeypatch, 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         fail_writing(patch, 8, KeyboardInterrupt())
-        with pytest.raises(UserError, match="interrupted at step 8; the last checkpoint is .*step-00000004"):
+        with pytest.raises(
+            UserError, match="interrupted at step 8; the last checkpoint is .*step-00000004"
+        ):
             train(toy_source(), tiny_config(), run, corpus=corpus, progress=False)
     assert [p.name for p in step_dirs(run / "checkpoints")] == ["step-00000004"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
@@ -72,7 +73,9 @@ def test_interrupt_mid_write_leaves_nothing_half_written(tmp_path, monkeypatch, 
 def test_sigkill_mid_write_then_resume(tmp_path, corpus_file):
     run = tmp_path / "run"
     command = [sys.executable, str(HERE / "entry.py"), str(run), "--data", str(corpus_file)]
-    killed = subprocess.run(command + ["--kill-in-checkpoint", "8"], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        command + ["--kill-in-checkpoint", "8"], capture_output=True, text=True, timeout=120
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     checkpoints = run / "checkpoints"
     assert latest_checkpoint(checkpoints).name == "step-00000004"
@@ -99,8 +102,17 @@ def test_corrupt_weights_are_detected(finished_run, corpus):
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="corrupt: model.safetensors does not match its recorded checksum"):
-        train(toy_source(), tiny_config(steps=8), finished_run, resume=True, corpus=corpus, progress=False)
+    with pytest.raises(
+        UserError, match="corrupt: model.safetensors does not match its recorded checksum"
+    ):
+        train(
+            toy_source(),
+            tiny_config(steps=8),
+            finished_run,
+            resume=True,
+            corpus=corpus,
+            progress=False,
+        )
 
 
 def test_corrupt_meta_and_pointer_are_detected(finished_run):
@@ -120,7 +132,9 @@ def test_truncated_safetensors_is_detected(finished_run):
     step = finished_run / "checkpoints" / "step-00000004"
     meta = json.loads((step / "meta.json").read_text())
     (step / "rng.safetensors").write_bytes(b"\x10\x00")
-    meta["files"]["rng.safetensors"] = checkpoint._sha256(b"\x10\x00")  # a consistent-looking torn file
+    meta["files"]["rng.safetensors"] = checkpoint._sha256(
+        b"\x10\x00"
+    )  # a consistent-looking torn file
     (step / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="rng.safetensors is not valid safetensors"):
         load_checkpoint(step, ToyRecurrentLM(16))
@@ -128,7 +142,10 @@ def test_truncated_safetensors_is_detected(finished_run):
 
 def test_checkpoint_of_other_shapes_names_the_difference(finished_run):
     step = finished_run / "checkpoints" / "step-00000004"
-    with pytest.raises(UserError, match=r"embed.weight has shape \[256, 16\] float32 in the checkpoint, \[256, 32\]"):
+    with pytest.raises(
+        UserError,
+        match=r"embed.weight has shape \[256, 16\] float32 in the checkpoint, \[256, 32\]",
+    ):
         load_checkpoint(step, ToyRecurrentLM(32))
 
 
@@ -140,7 +157,9 @@ def test_checkpoint_of_another_spec_is_refused(finished_run, corpus):
     renamed = toy_source()
     renamed.name = "hope"
     with pytest.raises(UserError, match="trained from spec 'toy', not 'hope'"):
-        train(renamed, tiny_config(steps=8), finished_run, resume=True, corpus=corpus, progress=False)
+        train(
+            renamed, tiny_config(steps=8), finished_run, resume=True, corpus=corpus, progress=False
+        )
 
 
 def test_keeps_the_last_n_and_tied_weights_round_trip(tmp_path):
@@ -150,13 +169,23 @@ def test_keeps_the_last_n_and_tied_weights_round_trip(tmp_path):
     model(torch.zeros(1, 3, dtype=torch.long))[0].sum().backward()
     optimizer.step()
     root = tmp_path / "checkpoints"
-    rng = [checkpoint.capture_rng()]
+    rng = [capture_rng()]
     for step in (1, 2, 3, 4):
-        save_checkpoint(root, step=step, model=model, optimizer=optimizer, rng_states=rng,
-                        memory_states=None, extra={}, keep=2)
+        save_checkpoint(
+            root,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            rng_states=rng,
+            memory_states=None,
+            extra={},
+            keep=2,
+        )
     assert [p.name for p in step_dirs(root)] == ["step-00000003", "step-00000004"]
     restored = ToyRecurrentLM(8)
     restored.head.weight = restored.embed.weight
-    loaded = load_checkpoint(latest_checkpoint(root), restored, torch.optim.AdamW(restored.parameters()))
+    loaded = load_checkpoint(
+        latest_checkpoint(root), restored, torch.optim.AdamW(restored.parameters())
+    )
     assert loaded.step == 4 and loaded.meta["aliases"] == {"head.weight": "embed.weight"}
     assert_same_tensors(restored.state_dict(), model.state_dict())

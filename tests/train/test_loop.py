@@ -21,7 +21,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_run_folder_metrics_and_plot(tmp_path, corpus):
     result = train(toy_source(), tiny_config(), tmp_path / "run", corpus=corpus, progress=False)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"spec.yaml", "config.json", "metrics.jsonl", "loss.png", "checkpoints"}
+    assert {p.name for p in run.iterdir()} == {
+        "spec.yaml",
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoints",
+    }
     assert (run / "spec.yaml").read_text() == toy_source().spec_text
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["steps"] == 12 and config["optimizer"]["kind"] == "adamw"
@@ -54,7 +60,9 @@ def test_plot_of_empty_log_is_still_a_png(tmp_path):
 
 def test_m3_and_carried_state_train(tmp_path, corpus):
     source = toy_source(optimizer={"kind": "m3", "lr": 1e-3, "frequency": 4})
-    result = train(source, tiny_config(carry_state=True), tmp_path / "run", corpus=corpus, progress=False)
+    result = train(
+        source, tiny_config(carry_state=True), tmp_path / "run", corpus=corpus, progress=False
+    )
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert result.val_loss < records[0]["loss"]
     assert (result.checkpoint / "memory.safetensors").exists()
@@ -79,25 +87,74 @@ def test_unknown_device(device, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda(tmp_path, corpus):
     with pytest.raises(UserError, match="CUDA is not available; use --device cpu"):
-        train(toy_source(), tiny_config(device="cuda"), tmp_path / "run", corpus=corpus, progress=False)
+        train(
+            toy_source(),
+            tiny_config(device="cuda"),
+            tmp_path / "run",
+            corpus=corpus,
+            progress=False,
+        )
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_file(tmp_path):
     with pytest.raises(UserError, match="data file .*nope.txt does not exist"):
-        train(toy_source(), tiny_config(data=str(tmp_path / "nope.txt")), tmp_path / "run", progress=False)
+        train(
+            toy_source(),
+            tiny_config(data=str(tmp_path / "nope.txt")),
+            tmp_path / "run",
+            progress=False,
+        )
 
 
 def test_bad_settings_are_user_errors(tmp_path, corpus):
     with pytest.raises(UserError, match="--steps must be at least 1"):
         tiny_config(steps=0)
     with pytest.raises(UserError, match="optimizer 'adamw' has no setting 'momentum'"):
-        train(toy_source(optimizer={"kind": "adamw", "momentum": 0.9}), tiny_config(), tmp_path / "r", corpus=corpus)
+        train(
+            toy_source(optimizer={"kind": "adamw", "momentum": 0.9}),
+            tiny_config(),
+            tmp_path / "r",
+            corpus=corpus,
+        )
     with pytest.raises(UserError, match="fewer than seq_len"):
-        train(toy_source(), tiny_config(seq_len=4000), tmp_path / "r2", corpus=corpus[:20000], progress=False)
+        train(
+            toy_source(),
+            tiny_config(seq_len=4000),
+            tmp_path / "r2",
+            corpus=corpus[:20000],
+            progress=False,
+        )
 
 
 def test_diverging_loss_stops_with_a_message(tmp_path, corpus):
     source = toy_source(optimizer={"kind": "adamw", "lr": 1e30})
     with pytest.raises(UserError, match="the loss became nan at step .*smaller --lr"):
         train(source, tiny_config(grad_clip=0.0), tmp_path / "run", corpus=corpus, progress=False)
+
+
+def test_refuses_to_start_in_a_folder_that_is_not_a_run(tmp_path, corpus):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and not a run folder .*notes.txt"):
+        train(toy_source(), tiny_config(), tmp_path / "project", corpus=corpus, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"unrelated": true}')
+    with pytest.raises(UserError, match="not a run folder"):
+        train(toy_source(), tiny_config(), tmp_path / "other", corpus=corpus, progress=False)
+    assert (tmp_path / "other" / "config.json").read_text() == '{"unrelated": true}'
+
+
+def test_a_model_breaking_the_contract_is_named(tmp_path, corpus):
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(256, 256)
+
+        def forward(self, tokens, state=None):
+            return self.embed(tokens)
+
+    source = toy_source()
+    source.build = LogitsOnly
+    with pytest.raises(UserError, match="the contract is \\(logits, state dict\\)"):
+        train(source, tiny_config(), tmp_path / "run2", corpus=corpus, progress=False)

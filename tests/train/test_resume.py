@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from helpers import assert_same_tensors, comparable_metrics, final_weights, tiny_config
+from helpers import (
+    assert_same_tensors,
+    comparable_metrics,
+    final_weights,
+    interrupt_at,
+    tiny_config,
+)
 from safetensors.torch import load_file
 from toymodel import toy_source
 
-from nestdsl.data.batches import ByteBatches
 from nestdsl.errors import UserError
 from nestdsl.train import TrainingInterrupted, train
 from nestdsl.train.checkpoint import step_dirs
-
-
-def interrupt_at(monkeypatch, step: int) -> None:
-    """Make the next run raise KeyboardInterrupt when it asks for the training batch of `step`."""
-    original = ByteBatches.batch
-
-    def batch(self, s):
-        if self.split == "train" and s == step:
-            raise KeyboardInterrupt
-        return original(self, s)
-
-    monkeypatch.setattr(ByteBatches, "batch", batch)
 
 
 @pytest.mark.parametrize(
@@ -54,40 +47,80 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, corpus, mode):
     assert_same_tensors(final_weights(tmp_path / "pieces"), final_weights(tmp_path / "whole"))
     latest = resumed.checkpoint
     assert_same_tensors(
-        load_file(latest / "optimizer.safetensors"), load_file(whole.checkpoint / "optimizer.safetensors")
+        load_file(latest / "optimizer.safetensors"),
+        load_file(whole.checkpoint / "optimizer.safetensors"),
     )
     if config.carry_state:
-        assert_same_tensors(load_file(latest / "memory.safetensors"), load_file(whole.checkpoint / "memory.safetensors"))
+        assert_same_tensors(
+            load_file(latest / "memory.safetensors"),
+            load_file(whole.checkpoint / "memory.safetensors"),
+        )
     assert (resumed.train_loss, resumed.val_loss) == (whole.train_loss, whole.val_loss)
 
 
 def test_resume_finished_run_is_a_no_op(tmp_path, corpus):
     config = tiny_config(steps=4)
     first = train(toy_source(), config, tmp_path / "run", corpus=corpus, progress=False)
-    again = train(toy_source(), config, tmp_path / "run", resume=True, corpus=corpus, progress=False)
+    before = comparable_metrics(tmp_path / "run")
+    again = train(
+        toy_source(), config, tmp_path / "run", resume=True, corpus=corpus, progress=False
+    )
     assert again.step == first.step == 4
     assert again.val_loss == first.val_loss
-    assert len(comparable_metrics(tmp_path / "run")) == len(comparable_metrics(tmp_path / "run"))
+    assert comparable_metrics(tmp_path / "run") == before
+    assert [p.name for p in step_dirs(tmp_path / "run" / "checkpoints")] == ["step-00000004"]
 
 
 def test_resume_can_extend_steps(tmp_path, corpus):
     train(toy_source(), tiny_config(steps=4), tmp_path / "run", corpus=corpus, progress=False)
-    longer = train(toy_source(), tiny_config(steps=8), tmp_path / "run", resume=True, corpus=corpus, progress=False)
+    longer = train(
+        toy_source(),
+        tiny_config(steps=8),
+        tmp_path / "run",
+        resume=True,
+        corpus=corpus,
+        progress=False,
+    )
     assert longer.step == 8
-    assert [r["step"] for r in comparable_metrics(tmp_path / "run") if r["kind"] == "val"] == [0, 4, 8]
+    assert [r["step"] for r in comparable_metrics(tmp_path / "run") if r["kind"] == "val"] == [
+        0,
+        4,
+        8,
+    ]
 
 
 def test_resume_refuses_changed_settings(tmp_path, corpus):
     train(toy_source(), tiny_config(steps=4), tmp_path / "run", corpus=corpus, progress=False)
     with pytest.raises(UserError, match="--seq-len 16, now 8"):
-        train(toy_source(), tiny_config(steps=4, seq_len=8), tmp_path / "run", resume=True, corpus=corpus, progress=False)
+        train(
+            toy_source(),
+            tiny_config(steps=4, seq_len=8),
+            tmp_path / "run",
+            resume=True,
+            corpus=corpus,
+            progress=False,
+        )
     with pytest.raises(UserError, match="training data differs"):
-        train(toy_source(), tiny_config(steps=4), tmp_path / "run", resume=True, corpus=corpus[:-1], progress=False)
+        train(
+            toy_source(),
+            tiny_config(steps=4),
+            tmp_path / "run",
+            resume=True,
+            corpus=corpus[:-1],
+            progress=False,
+        )
 
 
 def test_resume_without_a_run_says_so(tmp_path, corpus):
     with pytest.raises(UserError, match="nothing to resume"):
-        train(toy_source(), tiny_config(), tmp_path / "absent", resume=True, corpus=corpus, progress=False)
+        train(
+            toy_source(),
+            tiny_config(),
+            tmp_path / "absent",
+            resume=True,
+            corpus=corpus,
+            progress=False,
+        )
 
 
 def test_new_run_refuses_to_overwrite_checkpoints(tmp_path, corpus):

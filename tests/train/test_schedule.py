@@ -29,7 +29,9 @@ def test_cosine_decays_to_the_floor():
 
 def test_no_warmup_and_all_warmup():
     assert WarmupCosine(1.0, 0, 10, 0.0).lr_at(0) == pytest.approx(1.0)
-    assert WarmupCosine(1.0, 0, 10, 0.0).lr_at(5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert WarmupCosine(1.0, 0, 10, 0.0).lr_at(5) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 2))
+    )
     assert WarmupCosine(1.0, 10, 10).lr_at(9) == pytest.approx(1.0)
 
 

@@ -33,7 +33,9 @@ class ToyRecurrentLM(nn.Module):
         self.embed = nn.Embedding(VOCAB, d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.norm = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model)
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, VOCAB)
 
@@ -56,12 +58,15 @@ class ToyRecurrentLM(nn.Module):
         return self.head(x), {"memory": memory, "seen": seen + length}
 
 
-def toy_source(d_model: int = 16, optimizer: dict | None = None, dropout: float = 0.0) -> ModelSource:
+def toy_source(
+    d_model: int = 16, optimizer: dict | None = None, dropout: float = 0.0
+) -> ModelSource:
     return ModelSource(
         name="toy",
         spec_text=f"name: toy\nd_model: {d_model}\n",
         build=lambda: ToyRecurrentLM(d_model, dropout=dropout),
-        optimizer=optimizer or {"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+        optimizer=optimizer
+        or {"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]},
     )
 
 
@@ -73,7 +78,9 @@ class FakeSpec:
     name: str
     source_text: str
     d_model: int
-    optimizer: dict = field(default_factory=lambda: {"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1})
+    optimizer: dict = field(
+        default_factory=lambda: {"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1}
+    )
 
     def outer_optimizer(self) -> dict:
         return dict(self.optimizer)

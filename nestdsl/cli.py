@@ -12,7 +12,7 @@ import sys
 
 from nestdsl.errors import UserError
 
-COMMANDS = ["validate", "show", "schema", "train", "generate"]
+COMMANDS = ["validate", "show", "schema", "train", "generate", "viz"]
 
 
 def build_parser() -> argparse.ArgumentParser:

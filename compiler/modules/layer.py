@@ -208,6 +208,8 @@ class Layer(nn.Module):
             return a * b
         if isinstance(op, spec_ops.Add):
             return sum(ins[1:], ins[0])
+        if isinstance(op, spec_ops.Scale):
+            return ins[0] * op.by
         if isinstance(op, spec_ops.Persistent):
             return self.persistent[name]
         if isinstance(op, spec_ops.WithPrefix):

@@ -87,6 +87,8 @@ def build_graph(spec: Spec, source: SourceMap) -> nx.MultiDiGraph:
         if memory.level in spec.levels:
             g.add_edge(memory_id(name), level_id(memory.level), key="member", type="member")
         init_by = getattr(memory.init, "by", None)
+        if memory.init.kind == "learned" and init_by is None:
+            init_by = _outermost(spec)
         if init_by in spec.levels:
             g.add_edge(level_id(init_by), memory_id(name), key="nesting", type="nesting",
                        role="init")  # fmt: skip
@@ -136,10 +138,10 @@ def _add_block(g: nx.MultiDiGraph, spec: Spec, index: int, at) -> None:
         for role, tensor in flows:
             edge_type = "context" if role in ("keys", "values") else "gate"
             if g.has_node(tensor_id(bname, tensor)):
-                g.add_edge(tensor_id(bname, tensor), memory_id(mem_name), key=edge_type,
+                g.add_edge(tensor_id(bname, tensor), memory_id(mem_name), key=f"{edge_type}:{role}",
                            type=edge_type, role=role, block=bname)  # fmt: skip
                 for producer in _producing_memories(g, spec, bname, tensor):
-                    g.add_edge(memory_id(producer), memory_id(mem_name), key="generation",
+                    g.add_edge(memory_id(producer), memory_id(mem_name), key=f"generation:{role}",
                                type="generation", role=role)  # fmt: skip
 
 

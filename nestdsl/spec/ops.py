@@ -29,7 +29,7 @@ class Linear(Node):
 
     op: Literal["linear"]
     in_: Name = Field(alias="in")
-    out: Dim | list[Dim]
+    out: Dim | Annotated[list[Dim], Field(min_length=1)]  # `[]` would be a shapeless tensor
     bias: bool = False
     then: list[PostOp] = Field(default_factory=list, description="post-ops applied in order")
 
@@ -46,6 +46,14 @@ class Unary(Node):
 
     op: Literal[UNARY]  # type: ignore[valid-type]
     in_: Name = Field(alias="in")
+
+
+class Scale(Node):
+    """Multiply by a constant: caps a gate, e.g. an inner step size `0.02 * sigmoid(...)`."""
+
+    op: Literal["scale"]
+    in_: Name = Field(alias="in")
+    by: float
 
 
 class ShortConv(Node):
@@ -127,8 +135,8 @@ class Aggregate(Node):
 
 
 Op = Annotated[
-    Linear | Norm | Unary | ShortConv | Mul | Add | Read | Rope | Persistent | WithPrefix
-    | DropPrefix | Aggregate,
+    Linear | Norm | Unary | Scale | ShortConv | Mul | Add | Read | Rope | Persistent
+    | WithPrefix | DropPrefix | Aggregate,
     Field(discriminator="op"),
 ]
 

@@ -19,8 +19,14 @@ def _hint(name: str, options) -> str | None:
 def check_references(ctx: CheckContext) -> Iterator[Diagnostic]:
     spec = ctx.spec
     used_memories: set[str] = set()
-    for index, _, block in ctx.blocks():
+    block_names: dict[str, int] = {}
+    for index, bname, block in ctx.blocks():
         base = ("blocks", index)
+        if bname in block_names:  # shapes and graph nodes are keyed by block name
+            yield ctx.error("duplicate-name", f"block {index} has the same name `{bname}` as "
+                            f"block {block_names[bname]}", base + ("name",),
+                            "give each block its own `name:`")  # fmt: skip
+        block_names.setdefault(bname, index)
         tensors = {block.input, *block.nodes}
         if block.input in block.nodes:
             yield ctx.error("duplicate-name", f"node `{block.input}` shadows the block input",

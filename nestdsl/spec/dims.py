@@ -15,6 +15,9 @@ _OPS = {
 }
 
 
+MAX_EXPR = 200
+
+
 class DimError(ValueError):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -28,11 +31,17 @@ def evaluate(expr: int | str, dims: dict[str, int]) -> int:
     if isinstance(expr, int):
         value = expr
     else:
+        if len(expr) > MAX_EXPR:  # bounds the parser's and the evaluator's recursion
+            raise DimError(f"the size expression `{expr[:24]}...` is {len(expr)} characters long",
+                           f"size expressions are at most {MAX_EXPR} characters")  # fmt: skip
         try:
             tree = ast.parse(expr.strip(), mode="eval")
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             raise DimError(f"`{expr}` is not a size expression") from None
-        value = _eval(tree.body, dims, expr)
+        try:
+            value = _eval(tree.body, dims, expr)
+        except (RecursionError, OverflowError):
+            raise DimError(f"`{expr}` is too large or too deeply nested to be a size") from None
     if isinstance(value, float):
         if not value.is_integer():
             raise DimError(f"`{expr}` is {value}, not a whole number", "use `//` or other dims")

@@ -191,6 +191,9 @@ def _forms(e: dict) -> list[str]:
         expected = str(e.get("ctx", {}).get("expected", ""))
         options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
         return [f"`{o}`" for o in options if o]
+    if e["type"] == "too_short":
+        n = e.get("ctx", {}).get("min_length", 1)
+        return [f"a list of at least {n} item{'s' if n != 1 else ''}"]
     if e["type"] == "greater_than":
         return [f"a number greater than {e.get('ctx', {}).get('gt')}"]
     return [_FORMS.get(e["type"], _short(e))]

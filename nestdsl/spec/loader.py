@@ -240,6 +240,7 @@ def load_yaml(text: str | bytes, file: str = "<spec>") -> LoadedYaml:
         raise SpecError(
             [Diagnostic("empty", "the spec is empty", Position(file, 1, 1), "start with `nestdsl: 1`")]
         )
+    _check_expansion(node, file)
     converter = _Converter(file)
     try:
         data = converter.convert(node, (), 0)
@@ -248,6 +249,41 @@ def load_yaml(text: str | bytes, file: str = "<spec>") -> LoadedYaml:
     if converter.errors:
         raise SpecError(converter.errors)
     return LoadedYaml(data, converter.source, text)
+
+
+def _check_expansion(root: yaml.Node, file: str) -> None:
+    """Refuse an alias bomb before converting it: count values, sharing counts of aliased nodes.
+
+    (The converter counts too, but only after building most of the expansion.)
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_DEPTH or isinstance(node, yaml.ScalarNode):
+            n = 1  # too deep: the converter reports it
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        else:
+            n = 1 + sum(size(item, depth + 1) for item in node.value)
+        sizes[id(node)] = n = min(n, MAX_NODES + 1)
+        return n
+
+    if size(root, 0) <= MAX_NODES:
+        return
+    where, total = root, 1  # blame the top-level entry that crosses the limit
+    entries = root.value if isinstance(root, (yaml.MappingNode, yaml.SequenceNode)) else []
+    for entry in entries:
+        key, value = entry if isinstance(entry, tuple) else (entry, entry)
+        total += size(value, 1) + (size(key, 1) if key is not value else 0)
+        if total > MAX_NODES:
+            where = key
+            break
+    raise SpecError([Diagnostic(
+        "too-large", f"document expands to more than {MAX_NODES} values (alias bomb?)",
+        _pos(file, where.start_mark), "write the values out; specs are small",
+    )])  # fmt: skip
 
 
 def _too_big(file: str, n: int) -> Diagnostic:

@@ -16,9 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel
 
-from nestdsl.commands.schema import json_schema
+from nestdsl.commands.schema import json_schema, model_classes
 from nestdsl.spec import common
 from nestdsl.spec.schema import VERSION, Spec
 
@@ -48,7 +48,7 @@ class _Writer:
     def __init__(self, schema: dict):
         self.schema = schema
         self.defs: dict[str, dict] = schema.get("$defs", {})
-        self.classes = _model_classes(Spec)
+        self.classes = model_classes(Spec)
         self.done: set[str] = set()
         self.unions: dict[tuple, str] = {}  # variant mapping -> section title
         self.written: set[tuple] = set()
@@ -103,7 +103,8 @@ class _Writer:
             "- **param** (step sizes and gates): a constant number, "
             "`{kind: learned, init: ...}` (see [Learned](#learned)), or the name of a block "
             "tensor (a data-dependent value).",
-            "- A key marked *shorthand* accepts `NAME` for `{kind: NAME}` (`objective: l2`).",
+            "- Where a type lists bare kinds before the variants, `NAME` is short for "
+            "`{kind: NAME}` (`objective: l2`, `init: zeros`).",
             "- YAML 1.2 scalars: only `true`/`false` are booleans (`on` and `no` are names), "
             "and `3e-4` is a number.",
             "",
@@ -178,8 +179,6 @@ class _Writer:
             description = prop.get("description")
             if description in _GENERIC:
                 description = None
-            if field is not None and _is_shorthand(field):
-                description = ((description + "; ") if description else "") + "*shorthand*"
             self.out.append(
                 f"| `{key}` | {_cell(self._type(prop))} | {_cell(default)} | "
                 f"{_cell(description or '')} |"
@@ -261,31 +260,8 @@ def _walk(node: Any):
         yield from _walk(sub)
 
 
-def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
-    found: dict[str, type[BaseModel]] = {}
-
-    def visit(annotation: Any) -> None:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            if annotation.__name__ in found:
-                return
-            found[annotation.__name__] = annotation
-            for field in annotation.model_fields.values():
-                visit(field.annotation)
-            return
-        for arg in typing.get_args(annotation):
-            visit(arg)
-
-    visit(root)
-    return found
-
-
 def _fields_by_alias(cls: type[BaseModel]) -> dict[str, Any]:
     return {(f.alias or name): f for name, f in cls.model_fields.items()}
-
-
-def _is_shorthand(field: Any) -> bool:
-    return any(isinstance(m, BeforeValidator) and m.func is common.shorthand
-               for m in field.metadata)  # fmt: skip
 
 
 def _default(field: Any, prop: dict) -> str:

@@ -37,17 +37,26 @@ def cpu_name() -> str:
     return "unknown"
 
 
-def timed(fn: Callable[[], object], reps: int) -> float:
-    """Best wall time in seconds over ``reps`` runs (after one warm-up when reps > 1); the
-    minimum is the least disturbed by other load on a shared machine."""
-    if reps > 1:
-        fn()
-    times = []
-    for _ in range(reps):
+def race(
+    chunk: Callable[[], object], loop: Callable[[], object], rounds: int
+) -> tuple[float, float]:
+    """Best wall times (s) of the two forms, measured in alternation.
+
+    Shared CPUs can slow down by an order of magnitude for seconds at a time; alternating
+    the two forms exposes both to the same conditions, and the minimum over the rounds is
+    the least disturbed estimate. The chunk form is timed 3x per round (it is fast).
+    """
+    chunk()  # warm-up: allocator, first-call dispatch
+    best_chunk = best_loop = float("inf")
+    for _ in range(rounds):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        loop()
+        best_loop = min(best_loop, time.perf_counter() - start)
+        for _ in range(3):
+            start = time.perf_counter()
+            chunk()
+            best_chunk = min(best_chunk, time.perf_counter() - start)
+    return best_chunk, best_loop
 
 
 def make_inputs(T: int, H: int, D: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -93,7 +102,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
-        "--reps", type=int, default=3, help="loop timings (chunk: 3x as many); 1 = single run"
+        "--reps", type=int, default=3, help="timing rounds (loop once, chunk 3x per round)"
     )
     args = parser.parse_args()
     if args.threads:
@@ -111,8 +120,7 @@ def main() -> None:
         for T in lengths:
             x = make_inputs(T, H, D)
             with torch.no_grad():
-                tc = timed(partial(chunk_fn, x), reps=args.reps * 3)
-                tl = timed(partial(loop_fn, x), reps=args.reps)
+                tc, tl = race(partial(chunk_fn, x), partial(loop_fn, x), args.reps)
             chunk_t[T] = tc
             print(
                 f"| {name} | {T} | {tc * 1e3:.1f} | {T / tc:,.0f} | {tl * 1e3:.1f} | "

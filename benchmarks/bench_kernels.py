@@ -3,8 +3,8 @@
 For ``linear_attention`` and ``gated_delta_rule`` (with decay), backends ``chunk`` and
 ``naive``, at B=1, H=4, K=V=64, float32, chunk size 64, T in {512, 2048, 8192}, it reports:
 
-* ``fwd ms``: forward time under ``torch.no_grad()`` (inference), median of the repetitions;
-* ``fwd+bwd ms``: forward with autograd plus ``o.backward(do)``, median of the repetitions;
+* ``fwd ms``: forward time under ``torch.no_grad()`` (inference), best of the repetitions;
+* ``fwd+bwd ms``: forward with autograd plus ``o.backward(do)``, best of the repetitions;
 * ``tok/s``: B * T / time, for each of the two;
 * ``peak RSS MB``: growth of the process's peak resident set size (``ru_maxrss``) during one
   forward+backward, in a fresh subprocess per configuration after a small warm-up call.
@@ -15,10 +15,13 @@ For ``linear_attention`` and ``gated_delta_rule`` (with decay), backends ``chunk
 * ``speedup``: naive time / chunk time at the same T.
 
 Repetitions are time-budgeted (``--budget`` seconds per measurement, at least one, at most
-20), so the slow loop at T = 8192 is timed with few repetitions. ``--quick`` runs a tiny
-configuration (for CI / smoke tests). Usage::
+20), so the slow loop at T = 8192 is timed with few repetitions; the minimum is reported
+because contention from other processes only ever adds time. Torch runs with ``--threads``
+intra-op threads (default 1): on a shared 2-core machine, a 2-thread OpenMP team stalls at
+every barrier whenever another process holds a core, which inflated small-op timings 10-100x
+in trial runs. ``--quick`` runs a tiny configuration (for CI / smoke tests). Usage::
 
-    python benchmarks/bench_kernels.py [--quick] [--budget SECONDS]
+    python benchmarks/bench_kernels.py [--quick] [--budget SECONDS] [--threads N]
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -66,14 +68,14 @@ def fwd_bwd(op, args, do, backend, chunk_size):
 
 
 def timed(fn, budget: float) -> tuple[float, int]:
-    """Median wall time of ``fn()`` in seconds, repeating until ``budget`` s are spent."""
+    """Best wall time of ``fn()`` in seconds, repeating until ``budget`` s are spent."""
     times = []
     start = time.perf_counter()
     while not times or (time.perf_counter() - start < budget and len(times) < 20):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+    return min(times), len(times)
 
 
 def saved_bytes(op, args, backend, chunk_size) -> int:
@@ -90,8 +92,9 @@ def saved_bytes(op, args, backend, chunk_size) -> int:
     return sum(storages.values())
 
 
-def child(op: str, backend: str, T: int, B: int, H: int, K: int, V: int, C: int, budget: float):
+def child(op, backend, T, B, H, K, V, C, budget: float, threads: int):
     """Measure one configuration; runs in its own process so that ru_maxrss is its own."""
+    torch.set_num_threads(threads)
     warm_args, warm_do = make_inputs(op, B, min(T, 2 * C), H, K, V, seed=1)
     fwd_bwd(op, warm_args, warm_do, backend, C)  # library initialisation, thread pools
     args, do = make_inputs(op, B, T, H, K, V)
@@ -176,13 +179,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny configuration")
     parser.add_argument("--budget", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--child", nargs=9, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--child", nargs=10, help=argparse.SUPPRESS)
     a = parser.parse_args()
 
     if a.child:
         op, backend, *sizes, budget = a.child
-        T, B, H, K, V, C = (int(x) for x in sizes)
-        print(json.dumps(child(op, backend, T, B, H, K, V, C, float(budget))))
+        T, B, H, K, V, C, threads = (int(x) for x in sizes)
+        print(json.dumps(child(op, backend, T, B, H, K, V, C, float(budget), threads)))
         return
 
     if a.quick:
@@ -199,7 +203,7 @@ def main() -> None:
         for T in Ts:
             for backend in BACKENDS:
                 cmd = [sys.executable, __file__, "--child", op, backend]
-                cmd += [str(x) for x in (T, B, H, K, V, C, budget)]
+                cmd += [str(x) for x in (T, B, H, K, V, C, a.threads, budget)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
@@ -213,11 +217,12 @@ def main() -> None:
 
     print(
         f"Machine: {cpu_name()}, torch {torch.__version__}, "
-        f"{rows[0]['threads']} threads, Python {platform.python_version()}"
+        f"{os.cpu_count()} cores, {rows[0]['threads']} torch thread(s), "
+        f"Python {platform.python_version()}"
     )
     print(
         f"Config: B={B}, H={H}, K={K}, V={V}, float32, chunk_size={C}, "
-        f"timing budget {budget:g} s per measurement (median)\n"
+        f"timing budget {budget:g} s per measurement (best of the repetitions)\n"
     )
     print(table(rows, B))
     print()

@@ -23,7 +23,6 @@ from nestdsl.kernels.deep_memory import (
 from nestdsl.kernels.titans_linear import titans_linear
 from nestdsl.spec.memory import (
     GatedMLPStructure,
-    HuberObjective,
     IdentityInit,
     KLRetention,
     L2Retention,
@@ -119,24 +118,22 @@ class DeepMemory(WeightsMemory):
         obj = mem.objective
         self.objective = obj.kind
         self.p = obj.p if isinstance(obj, LpObjective) else 3.0
-        self.delta = obj.delta if isinstance(obj, HuberObjective) else 1.0
-        if not isinstance(self.delta, float):
-            raise NotImplementedError(
-                f"memory `{plan.name}`: a data-dependent or learned huber delta is not lowered yet"
-            )
         self.chunk = plan.chunk
 
+    GATES = ("theta", "eta", "alpha", "delta")
+
     def _gates(self, env, like):
+        """Per-token `[B, T, H]` step size, momentum, forget gate and Huber threshold."""
         theta = self.gate("lr", env, like, 1.0)
         eta = self.gate("momentum", env, like, 0.0)
         forget = self.gate("forget", env, like)
         if forget is None:
             log_decay = self.gate("log_decay", env, like)
             forget = like.new_zeros(theta.shape) if log_decay is None else -torch.expm1(log_decay)
-        return theta, eta, forget
+        return theta, eta, forget, self.gate("delta", env, like, 1.0)
 
     def _run(self, q, k, v, gates, weights, momentum, order):
-        theta, eta, alpha = gates
+        theta, eta, alpha, delta = gates
         if self.plan.kernel == "titans_linear":
             S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
             M0 = None if momentum is None else momentum[0].transpose(-1, -2)
@@ -145,7 +142,7 @@ class DeepMemory(WeightsMemory):
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
         return deep_memory(q, k, v, theta, eta, alpha, weights, structure=self.structure,
-                           objective=self.objective, p=self.p, delta=self.delta, rule=self.rule,
+                           objective=self.objective, p=self.p, delta=delta, rule=self.rule,
                            retention=self.retention, q_norm=self.q_norm,
                            kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
                            momentum=momentum, output_final_state=True)  # fmt: skip
@@ -161,7 +158,7 @@ class DeepMemory(WeightsMemory):
         if self.rule == "momentum" and S is None:
             S = [torch.zeros_like(w) for w in W]
         if r:
-            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", "theta", "eta", "alpha")]
+            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.GATES)]
             k = torch.cat([past[0], k], 1)
             v = torch.cat([past[1], v], 1)
             gates = tuple(torch.cat([p, g], 1) for p, g in zip(past[2:], gates))
@@ -178,7 +175,7 @@ class DeepMemory(WeightsMemory):
         self._store(stream, "S", end_state[1])
         # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
         # far, for the next call to replay.
-        tail = {"k": k, "v": v, "theta": gates[0], "eta": gates[1], "alpha": gates[2]}
+        tail = {"k": k, "v": v, **dict(zip(self.GATES, gates))}
         if cut < n_all:
             anchor = (W, S)
             if cut > 0:
@@ -215,8 +212,10 @@ class TaskMemory(WeightsMemory):
     def _span(self, env, queries, stream, offset, T):
         like = queries[0][0] if queries else next(iter(env.values()))
         W = self._load(stream, "W") or self.initial_weights(like.shape[0], like)
-        if not all(w.requires_grad for w in W):  # the inner gradient needs a graph to W
-            W = [w.detach().requires_grad_() for w in W]
+        # A fresh node per window: the window's gradient then counts only this window's uses
+        # of the weights, with the state carried into the window held fixed (as a split
+        # stream must); the outer gradient still flows through the alias.
+        W = [w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in W]
         stream.task_weights[self.key] = W
         self._store(stream, "W", W)
         return [self.apply(W, q) for q, _ in queries]

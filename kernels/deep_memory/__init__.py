@@ -48,7 +48,7 @@ def deep_memory(
     structure: MemoryStructure,
     objective: str = "l2",
     p: float = 3.0,
-    delta: float = 1.0,
+    delta: float | torch.Tensor = 1.0,
     rule: str = "gd",
     retention: str = "l2",
     q_norm: float = 4.0,

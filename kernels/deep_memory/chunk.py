@@ -64,7 +64,7 @@ def deep_memory_chunk(
     structure: MemoryStructure,
     objective: str = "l2",
     p: float = 3.0,
-    delta: float = 1.0,
+    delta: float | torch.Tensor = 1.0,
     rule: str = "gd",
     retention: str = "l2",
     q_norm: float = 4.0,
@@ -107,6 +107,8 @@ def deep_memory_chunk(
         return x.transpose(1, 2).reshape(B, H, N, C)  # [B, H, N, C]
 
     qc, kc, vc = chunked(q), chunked(k), chunked(v)
+    # A per-token Huber threshold [B, T, H] is chunked like the gates (padding never writes).
+    dc = chunked_gate(delta, 1.0) if torch.is_tensor(delta) else None
     coef_all = chunk_coefficients(
         chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0), rule
     )  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
@@ -127,7 +129,8 @@ def deep_memory_chunk(
 
         # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
         y, cache = memory_forward(structure, frozen, k_n)
-        errors = layer_errors(structure, frozen, cache, objective_grad(y, v_n, objective, p, delta))
+        d_n = delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
+        errors = layer_errors(structure, frozen, cache, objective_grad(y, v_n, objective, p, d_n))
         inputs = cache.inputs  # L x [B, H, C, in]
         if rule == "dgd":  # 2. drives x_t = W_{t-1} a_t + delta_t (eq. D5)
             drives = [

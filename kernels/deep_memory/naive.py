@@ -36,7 +36,7 @@ def deep_memory_naive(
     structure: MemoryStructure,
     objective: str = "l2",
     p: float = 3.0,
-    delta: float = 1.0,
+    delta: float | torch.Tensor = 1.0,
     rule: str = "gd",
     retention: str = "l2",
     q_norm: float = 4.0,
@@ -74,17 +74,18 @@ def deep_memory_naive(
     def read_out(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return memory_forward(structure, ws, x.unsqueeze(-2))[0].squeeze(-2)  # [B, H, d_out]
 
-    def token_loss(ws: list[torch.Tensor], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def token_loss(ws, x: torch.Tensor, target: torch.Tensor, d) -> torch.Tensor:
         y, _ = memory_forward(structure, ws, x)
         # Summing over (B, H) is harmless: every sequence and head has its own weights.
-        return objective_loss(y, target, objective, p, delta).sum()
+        return objective_loss(y, target, objective, p, d).sum()
 
     outs = []
     for t in range(T):
         if t % chunk_size == 0:
             frozen = visible(state)  # W_{t0}: every gradient of this chunk is taken here
         k_t, v_t, q_t = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t]  # [B, H, 1, D]
-        grads = torch.func.grad(token_loss)(frozen, k_t, v_t)  # L x [B, H, out, in]
+        d_t = delta[:, t, :, None, None] if torch.is_tensor(delta) else delta  # [B, H, 1, 1]
+        grads = torch.func.grad(token_loss)(frozen, k_t, v_t, d_t)  # L x [B, H, out, in]
         th = theta[:, t, :, None, None]  # [B, H, 1, 1]
         keep = 1.0 - alpha[:, t, :, None, None]
 

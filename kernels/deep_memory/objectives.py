@@ -8,6 +8,8 @@ For a token with memory output ``y = M(k)`` and target ``v`` (``e = y - v``):
     huber  sum_j H_delta(e_j)  (Miras "Yaad" bias)           dl/dy = clamp(e, -delta, delta)
 
 ``objective_loss`` is used by the autograd oracle, ``objective_grad`` by the chunk form.
+The Huber threshold ``delta`` is a float or a tensor broadcast against ``[..., C, 1]`` (Yaad's
+data-dependent ``delta_t``, one per token and head).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ OBJECTIVES = ("l2", "dot", "lp", "huber")
 
 
 def objective_loss(
-    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0, delta: float = 1.0
+    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0,
+    delta: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Per-token loss [..., C] of outputs y and targets v [..., C, d_out]."""
     e = y - v
@@ -30,12 +33,16 @@ def objective_loss(
     if objective == "lp":
         return e.abs().pow(p).sum(-1)
     if objective == "huber":
-        return F.huber_loss(y, v, reduction="none", delta=delta).sum(-1)
+        if not torch.is_tensor(delta):
+            return F.huber_loss(y, v, reduction="none", delta=delta).sum(-1)
+        small = e.abs() <= delta
+        return torch.where(small, 0.5 * e.pow(2), delta * (e.abs() - 0.5 * delta)).sum(-1)
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def objective_grad(
-    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0, delta: float = 1.0
+    y: torch.Tensor, v: torch.Tensor, objective: str, p: float = 3.0,
+    delta: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """dl/dy [..., C, d_out], written out so that it stays differentiable."""
     if objective == "l2":
@@ -46,5 +53,7 @@ def objective_grad(
         e = y - v
         return p * torch.sign(e) * e.abs().pow(p - 1.0)
     if objective == "huber":
-        return (y - v).clamp(-delta, delta)
+        if not torch.is_tensor(delta):
+            return (y - v).clamp(-delta, delta)
+        return torch.minimum(torch.maximum(y - v, -delta), delta)
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

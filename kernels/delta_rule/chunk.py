@@ -12,7 +12,8 @@ recurrence ``S_next = M S + D`` (eq. 11), a loop over chunks, not over tokens.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..linear_attention.chunk import to_chunks
 
 
 def gated_delta_rule_chunk(
@@ -35,79 +36,70 @@ def gated_delta_rule_chunk(
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
-    N = -(-T // C)
-    pad = N * C - T
     scale = K**-0.5 if scale is None else scale
 
     # Padded tokens have k = 0, beta = 0, g = 0: they write nothing, erase nothing and do not
     # decay the state, so the final state is unchanged; their outputs are sliced off.
-    def chunked(x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))  # [B, N*C, H, D]
-        return x.transpose(1, 2).reshape(B, H, N, C, x.shape[-1])  # [B, H, N, C, D]
-
-    def chunked_scalar(x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, 0, pad))  # [B, N*C, H]
-        return x.transpose(1, 2).reshape(B, H, N, C)  # [B, H, N, C]
-
-    qc, kc, vc = chunked(q) * scale, chunked(k), chunked(v)
-    bc = chunked_scalar(beta)  # [B, H, N, C]
+    qc, kc, vc = to_chunks(q, C), to_chunks(k, C), to_chunks(v, C)  # [B, H, N, C, D]
+    bc = to_chunks(beta.unsqueeze(-1), C).squeeze(-1)  # [B, H, N, C]
+    N = qc.shape[2]
 
     ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
     lower = ones.tril()  # [C, C], [t, i] = (i <= t)
-    strict = ones.tril(-1)  # [C, C], [t, i] = (i < t)
     kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
     qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
 
     if g is None:
-        A = (bc.unsqueeze(-1) * kk).masked_fill(~strict, 0.0)  # [B, H, N, C, C]
-        qk = qk.masked_fill(~lower, 0.0)
+        decay = lower.to(q.dtype)  # [C, C]
         rhs_k = bc.unsqueeze(-1) * kc  # [B, H, N, C, K]
-        q_inter = qc  # [B, H, N, C, K]
+        q_inter = qc * scale  # [B, H, N, C, K]
         k_out = kc  # [B, H, N, C, K]
-        chunk_decay = None
+        chunk_decay = torch.ones((), dtype=q.dtype, device=q.device)
     else:
-        gc = chunked_scalar(g)  # [B, H, N, C]
+        gc = to_chunks(g.unsqueeze(-1), C).squeeze(-1)  # [B, H, N, C]
         G = gc.cumsum(dim=-1)  # [B, H, N, C], log decay from the chunk start, <= 0
         # seg[t, i] = sum_{i < s <= t} g_s = G_t - G_i, summed directly rather than as a
         # difference of cumulative sums, which would cancel catastrophically (float32 error
         # ~ eps |G|) once |G| is large. Every entry is a sum of g <= 0, so exp never overflows.
+        strict = ones.tril(-1)  # [C, C], [t, i] = (i < t)
         seg = gc.unsqueeze(-1).expand(*gc.shape, C).masked_fill(~strict, 0.0).cumsum(dim=-2)
-        decay_lower = seg.exp().masked_fill(~lower, 0.0)  # [B, H, N, C, C]
-        decay_strict = decay_lower.masked_fill(~strict, 0.0)
-        A = bc.unsqueeze(-1) * kk * decay_strict
-        qk = qk * decay_lower
+        decay = seg.exp().masked_fill(~lower, 0.0)  # [B, H, N, C, C]
         gamma = G.exp().unsqueeze(-1)  # [B, H, N, C, 1]
         rhs_k = (bc.unsqueeze(-1) * gamma) * kc
-        q_inter = qc * gamma
-        G_last = G[..., -1:]  # [B, H, N, 1]
+        q_inter = qc * (gamma * scale)
         k_out = kc * seg[..., -1, :].exp().unsqueeze(-1)  # [B, H, N, C, K], G_last - G_i
-        chunk_decay = G_last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
+        chunk_decay = G[..., -1:].exp().unsqueeze(-1)  # [B, H, N, 1, 1]
 
-    # UT transform: one batched unit-lower-triangular solve for both right-hand sides.
+    # The unit-triangular solve never reads A's diagonal (and its gradient there is zero),
+    # so A may keep the diagonal of the inclusive decay mask.
+    A = kk * decay * bc.unsqueeze(-1)  # [B, H, N, C, C]
+    P = qk * decay * scale  # [B, H, N, C, C]
+
+    # UT transform, eq. (7): one batched solve for both right-hand sides. Solving the
+    # transposed system from the right lets LAPACK use both operands in place (no copies).
     rhs = torch.cat([bc.unsqueeze(-1) * vc, rhs_k], dim=-1)  # [B, H, N, C, V+K]
-    X = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-    U0, W = X.split([V, K], dim=-1)  # [B, H, N, C, V], [B, H, N, C, K]
+    X = torch.linalg.solve_triangular(
+        A.transpose(-1, -2), rhs.transpose(-1, -2), upper=True, left=False, unitriangular=True
+    ).transpose(-1, -2)  # [B, H, N, C, V+K] = [U0 | W]
 
-    # README eq. (10)-(11): everything that does not depend on the chunk's start state is
-    # batched over chunks, so the loop below is one small matmul per chunk.
-    k_out_t = k_out.transpose(-1, -2)  # [B, H, N, K, C]
-    q_eff = q_inter - qk @ W  # [B, H, N, C, K]
-    o_intra = qk @ U0  # [B, H, N, C, V]
-    M = -(k_out_t @ W)  # [B, H, N, K, K]
-    if chunk_decay is None:
-        M = M + torch.eye(K, dtype=q.dtype, device=q.device)
-    else:
-        M = M + chunk_decay * torch.eye(K, dtype=q.dtype, device=q.device)
-    D = k_out_t @ U0  # [B, H, N, K, V]
+    # Eq. (10)-(11): everything that does not depend on the chunk's start state is batched
+    # over chunks, so the loop below is one small matmul per chunk. X = [U0 | W] is
+    # multiplied as a whole: P X = [P U0 | P W] and K~^T X = [D | K~^T W].
+    PX = P @ X  # [B, H, N, C, V+K]
+    o_intra, q_eff = PX[..., :V], q_inter - PX[..., V:]  # [B, H, N, C, V], [B, H, N, C, K]
+    KX = k_out.transpose(-1, -2) @ X  # [B, H, N, K, V+K]
+    eye = torch.eye(K, dtype=q.dtype, device=q.device)
+    D, M = KX[..., :V], chunk_decay * eye - KX[..., V:]  # [B, H, N, K, V], [B, H, N, K, K]
 
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state  # [B, H, K, V]
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state
+    S = S.reshape(B * H, K, V)  # [B*H, K, V]
     starts = []
     # unbind so that backward stacks the per-chunk gradients once.
     for M_n, D_n in zip(M.unbind(2), D.unbind(2), strict=True):
         starts.append(S)
-        S = M_n @ S + D_n
-    S_start = torch.stack(starts, dim=2)  # [B, H, N, K, V]
+        S = torch.baddbmm(D_n.reshape(B * H, K, V), M_n.reshape(B * H, K, K), S)
+    S_start = torch.stack(starts, dim=1)  # [B*H, N, K, V]
 
-    o = q_eff @ S_start + o_intra  # [B, H, N, C, V]
+    o = o_intra + q_eff @ S_start.view(B, H, N, K, V)  # [B, H, N, C, V]
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).contiguous()  # [B, T, H, V]
-    return o, (S if output_final_state else None)
+    return o, (S.reshape(B, H, K, V) if output_final_state else None)

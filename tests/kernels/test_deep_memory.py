@@ -200,6 +200,44 @@ def test_matrix_memory_dot_is_linear_attention():
     assert_close("matrix dot vs linear attention state", S_ref, Ws[0].transpose(-1, -2), 1e-10)
 
 
+def test_matrix_memory_dgd_is_gated_delta_rule():
+    """depth 1, dot objective (delta = -v, independent of W), dgd: in transposed form the
+    gated delta rule with g = log(1 - alpha), beta = theta / (1 - alpha), values
+    -(1 - alpha) delta = (1 - alpha) v (README §5.2). Exact for any chunk size."""
+    from nestdsl.kernels.api import gated_delta_rule
+
+    inputs = make_inputs(MATRIX, 2, 21, 3, seed=9)
+    q, k, v, theta, eta, alpha = (inputs[n] for n in ("q", "k", "v", *GATES))
+    S0 = torch.randn(2, 3, 4, 3, dtype=torch.float64)
+    o, (Ws, _) = deep_memory(
+        q,
+        k,
+        v,
+        theta,
+        eta,
+        alpha,
+        [S0.transpose(-1, -2)],
+        structure=MATRIX,
+        objective="dot",
+        rule="dgd",
+        chunk_size=8,
+        output_final_state=True,
+    )
+    keep = 1.0 - alpha
+    o_ref, S_ref = gated_delta_rule(
+        q,
+        k,
+        keep[..., None] * v,
+        theta / keep,
+        keep.log(),
+        scale=1.0,
+        initial_state=S0,
+        output_final_state=True,
+    )
+    assert_close("matrix dgd vs gated delta rule o", o_ref, o, 1e-10)
+    assert_close("matrix dgd vs gated delta rule state", S_ref, Ws[0].transpose(-1, -2), 1e-10)
+
+
 @pytest.mark.parametrize("rule", ["momentum", "dgd"])
 def test_chunk1_equals_hand_written_two_tokens(rule):
     """Two explicit tokens of a depth-2 residual gelu + layer-norm memory, gradients from
@@ -344,3 +382,29 @@ def test_argument_checks():
         MemoryStructure(4, 4, depth=3, gated=True)
     with pytest.raises(ValueError, match="residual"):
         MemoryStructure(4, 3)
+
+
+def test_data_dependent_huber_threshold_matches_the_loop():
+    """Yaad's delta_t (one threshold per token and head): chunk form vs loop, with gradients."""
+    torch.manual_seed(7)
+    B, T, H, D = 2, 13, 2, 4
+    st = MemoryStructure(D, D, depth=2, expansion=2)
+    q, k, v = (torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    theta = torch.rand(B, T, H, dtype=torch.float64) * 0.5
+    eta, alpha = torch.rand(B, T, H, dtype=torch.float64), torch.rand(B, T, H, dtype=torch.float64) * 0.1
+    delta = (torch.rand(B, T, H, dtype=torch.float64) * 0.5 + 0.05).requires_grad_()
+    weights = [w.double() for w in initial_weights(init_params(st, H), B)]
+    results = []
+    for backend in ("chunk", "naive"):
+        o, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective="huber",
+                           delta=delta, rule="momentum", chunk_size=4, output_final_state=True,
+                           backend=backend)  # fmt: skip
+        results.append((o, torch.autograd.grad((o * o).sum(), [delta, k, v])))
+    (o_c, g_c), (o_n, g_n) = results
+    assert_close("o", o_n, o_c, 1e-9)
+    for name, a, b in zip(("d delta", "d k", "d v"), g_n, g_c):
+        assert_close(name, a, b, 1e-9)
+    # A smaller threshold clips more: the output really depends on delta.
+    o_small, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective="huber",
+                             delta=delta * 0.1, rule="momentum", chunk_size=4)  # fmt: skip
+    assert (o_small - o_c).abs().max() > 1e-6

@@ -1,0 +1,49 @@
+"""The command-line surface is frozen: changing a command or flag must change this test too.
+
+Every help screen shows an example."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from nestdsl.cli import build_parser
+
+SURFACE = {
+    "validate": (["specs"], ["--set"]),
+    "show": (["spec"], ["--after", "--set"]),
+    "schema": ([], ["--output", "-o"]),
+    "train": (["spec"], ["--batch-size", "--carry-state", "--ckpt-every", "--data", "--device",
+                         "--eval-every", "--grad-clip", "--keep-checkpoints", "--lr",
+                         "--no-progress", "--out", "--resume", "--seed", "--seq-len", "--set",
+                         "--steps", "--warmup"]),  # fmt: skip
+    "generate": (["run_dir"], ["--device", "--prompt", "--seed", "--temperature", "--tokens",
+                               "--top-k"]),  # fmt: skip
+    "viz": (["spec"], ["--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
+}
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_the_surface_is_frozen():
+    found = {}
+    for name, sub in subcommands().items():
+        options = sorted(o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help"))
+        positionals = [a.dest for a in sub._actions if not a.option_strings]
+        found[name] = (positionals, options)
+    assert found == SURFACE
+
+
+def test_main_help_shows_an_example():
+    assert "example: nestdsl" in build_parser().format_help()
+
+
+@pytest.mark.parametrize("name", sorted(SURFACE))
+def test_every_subcommand_help_shows_an_example(name):
+    text = subcommands()[name].format_help()
+    assert "example: nestdsl" in text or "example: torchrun" in text, text

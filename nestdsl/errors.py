@@ -13,6 +13,10 @@ class UserError(Exception):
     """A mistake in the user's input (a file, a flag, a spec): printed, never a traceback."""
 
 
+class CompileError(UserError):
+    """A valid spec that uses a combination the compiler does not lower (yet)."""
+
+
 @dataclass(frozen=True)
 class Position:
     file: str

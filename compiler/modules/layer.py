@@ -15,8 +15,6 @@ import math
 
 import networkx as nx
 import torch
-from torch import nn
-
 from nestdsl.compiler.modules.memory_factory import build_memory
 from nestdsl.compiler.modules.ops import (
     Aggregate,
@@ -30,6 +28,9 @@ from nestdsl.compiler.modules.ops import (
 )
 from nestdsl.compiler.modules.prefix import Region
 from nestdsl.compiler.passes.schedule_levels import write_sources
+from torch import nn
+
+from nestdsl.errors import CompileError
 from nestdsl.spec import ops as spec_ops
 from nestdsl.spec.dims import evaluate
 from nestdsl.spec.ops import UNARY, Read, inputs_of
@@ -102,8 +103,9 @@ class Layer(nn.Module):
                 ins = [axis.get(i) for i in inputs_of(op) if i not in self.persistent]
                 axis[name] = ins[0] if ins else None
                 if len(set(ins)) > 1:
-                    raise ValueError(f"`{name}` mixes tensors of different time axes "
-                                     "(inside and outside a `with_prefix`)")  # fmt: skip
+                    raise CompileError(f"`{name}` mixes tensors of different time axes "
+                                       "(inside and outside a `with_prefix`); "
+                                       "use `drop_prefix` first")  # fmt: skip
         return axis
 
     def _memory_axis(self, decl: str):

@@ -11,11 +11,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from nestdsl.compiler.modules.gates import Gates
 from nestdsl.compiler.modules.ops import Stream
 from nestdsl.compiler.plan import MemoryPlan
+from torch import nn
+
+from nestdsl.errors import CompileError
 
 
 def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:
@@ -57,18 +58,18 @@ class MemoryModule(nn.Module):
 
     # ---------------------------------------------------------------- helpers for subclasses
 
-    def heads_first(self, x: torch.Tensor, width: int) -> torch.Tensor:
+    def heads_first(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, d]` (one head, head axis omitted) or `[B, T, H, d]` -> `[B, T, H, d]`."""
         return x.unsqueeze(2) if x.dim() == 3 else x
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         return feature_map(self.fm, self.degree, x)
 
-    def write_inputs(self, env: dict, like: torch.Tensor):
+    def write_inputs(self, env: dict):
         """Keys and values `[B, T, H, d]` from the block, detached for stop-gradient writes."""
         mem = self.plan.memory
-        k = self.phi(self.heads_first(env[mem.keys], self.plan.key_dim))
-        v = self.heads_first(env[mem.values], self.plan.value_dim)
+        k = self.phi(self.heads_first(env[mem.keys]))
+        v = self.heads_first(env[mem.values])
         if self.stop_gradient:
             k, v = k.detach(), v.detach()
         return k, v
@@ -84,7 +85,7 @@ class MemoryModule(nn.Module):
     def run(self, env: dict, reads: list[tuple[torch.Tensor, str]], stream: Stream,
             T: int | None = None):  # fmt: skip
         """Learn from this span and answer `reads` (query, order); outputs keep query layout."""
-        queries = [(self.phi(self.heads_first(q, self.plan.key_dim)), order, q.dim() == 3)
+        queries = [(self.phi(self.heads_first(q)), order, q.dim() == 3)
                    for q, order in reads]  # fmt: skip
         mem = self.plan.memory
         source = mem.keys or (reads[0][0] if reads else None)
@@ -113,12 +114,12 @@ class MemoryModule(nn.Module):
 
     def read_state(self, query: torch.Tensor, order: str, stream: Stream) -> torch.Tensor:
         """Answer a read from the state carried in (a feedback read: no write of this span)."""
-        q = self.phi(self.heads_first(query, self.plan.key_dim))
+        q = self.phi(self.heads_first(query))
         out = self._read_state(q, order, stream)
         return out.squeeze(2) if query.dim() == 3 else out
 
     def _read_state(self, q, order, stream):
-        raise NotImplementedError(f"memory `{self.key}` cannot be read before its write")
+        raise CompileError(f"memory `{self.plan.decl}` cannot be read before its write")
 
     def reset(self, stream: Stream) -> None:
         """Forget the carried state: the next span starts from the initial state."""

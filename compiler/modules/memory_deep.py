@@ -10,8 +10,6 @@ computes exactly what one pass computes.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
 from nestdsl.kernels.deep_memory import (
     MemoryStructure,
@@ -21,11 +19,13 @@ from nestdsl.kernels.deep_memory import (
     visible_weights,
 )
 from nestdsl.kernels.titans_linear import titans_linear
+from torch import nn
+
+from nestdsl.errors import CompileError
 from nestdsl.spec.memory import (
     GatedMLPStructure,
     IdentityInit,
     KLRetention,
-    L2Retention,
     LearnedInit,
     LpObjective,
     LqRetention,
@@ -148,7 +148,7 @@ class DeepMemory(WeightsMemory):
                            momentum=momentum, output_final_state=True)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
-        k, v = self.write_inputs(env, None)
+        k, v = self.write_inputs(env)
         gates = self._gates(env, k)
         B = k.shape[0]
         pos = stream.pos + offset
@@ -205,8 +205,9 @@ class TaskMemory(WeightsMemory):
     def __init__(self, plan):
         super().__init__(plan)
         if isinstance(self.gates.sources.get("lr"), str):
-            raise NotImplementedError(
-                f"memory `{plan.name}`: a task-loss memory takes a constant or learned `lr`"
+            raise CompileError(
+                f"memory `{plan.decl}`: a task-loss memory takes a constant or learned `lr`, "
+                "not a tensor (eq. 71 sums per-token gradients before the step)"
             )
 
     def _span(self, env, queries, stream, offset, T):

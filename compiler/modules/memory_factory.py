@@ -6,6 +6,8 @@ from nestdsl.compiler.modules.memory_deep import DeepMemory, StaticMemory, TaskM
 from nestdsl.compiler.modules.memory_kernels import CacheMemory, MatrixMemory
 from nestdsl.compiler.plan import MemoryPlan
 
+from nestdsl.errors import CompileError
+
 _MODULES = {
     "softmax_attention": CacheMemory,
     "linear_attention": MatrixMemory,
@@ -21,7 +23,5 @@ _MODULES = {
 def build_memory(plan: MemoryPlan):
     module = _MODULES.get(plan.kernel)
     if module is None:
-        raise NotImplementedError(
-            f"memory `{plan.name}` needs the `{plan.kernel}` kernel, which is not lowered yet"
-        )
+        raise CompileError(f"memory `{plan.decl}`: no lowering for kernel `{plan.kernel}`")
     return module(plan)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.kernels import api
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
-from nestdsl.kernels import api
 from nestdsl.spec.memory import IdentityInit, LearnedInit
 
 
@@ -28,18 +28,15 @@ class CacheMemory(MemoryModule):
         self.window = plan.memory.structure.window
 
     def _span(self, env, queries, stream, offset, T):
-        k, v = self.write_inputs(env, None)
+        k, v = self.write_inputs(env)
         past_k, past_v = self.state_of(stream, "k"), self.state_of(stream, "v")
         cache = None if past_k is None else (past_k, past_v)
         outs = []
         # The fused CPU attention has no double backward; second-order training needs the math one.
-        backend = sdpa_kernel(SDPBackend.MATH) if stream.second_order else contextlib.nullcontext()
-        for q, order in queries:
-            with backend:
+        for q, _ in queries:
+            with sdpa_kernel(SDPBackend.MATH) if stream.second_order else contextlib.nullcontext():
                 o, new = api.softmax_attention(q, k, v, window=self.window, initial_state=cache,
                                                output_final_state=True)  # fmt: skip
-            if order != "write_then_read":
-                raise NotImplementedError("a cache is read after its write")
             outs.append(o)
         stream.put(f"{self.key}.k", new[0])
         stream.put(f"{self.key}.v", new[1])
@@ -87,7 +84,7 @@ class MatrixMemory(MemoryModule):
         return torch.einsum("bhkv,bthk->bthv", self._state(stream, q), q)
 
     def _span(self, env, queries, stream, offset, T):
-        k, v = self.write_inputs(env, None)
+        k, v = self.write_inputs(env)
         S0 = self._state(stream, k)
         outs, final = [], None
         for q, order in queries:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nestdsl.compiler.plan import LayerPlan, MemoryPlan, Plan
+
 from nestdsl.graph.build import block_name
 from nestdsl.spec.dims import evaluate
 from nestdsl.spec.memory import CacheStructure, MatrixStructure

@@ -8,6 +8,7 @@ general `deep_memory` kernel, which computes the same function.
 from __future__ import annotations
 
 from nestdsl.compiler.plan import MemoryPlan, Plan
+
 from nestdsl.spec.memory import (
     CacheStructure,
     DotObjective,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nestdsl.compiler.plan import Plan
+
 from nestdsl.spec.dims import evaluate
 
 

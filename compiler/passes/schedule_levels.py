@@ -13,8 +13,8 @@ from __future__ import annotations
 from math import gcd
 
 import networkx as nx
-
 from nestdsl.compiler.plan import LayerPlan, Plan
+
 from nestdsl.graph.build import memory_params
 from nestdsl.spec.memory import LevelReset, TaskObjective
 from nestdsl.spec.ops import Read, WithPrefix, inputs_of

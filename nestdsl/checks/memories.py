@@ -20,9 +20,11 @@ from nestdsl.spec.memory import (
     SoftmaxObjective,
     TaskObjective,
 )
+from nestdsl.spec.ops import Read
 
 
 def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
+    yield from _cache_reads(ctx)
     for name, m in ctx.spec.memories.items():
         path = ("memories", name)
         cache = isinstance(m.structure, CacheStructure)
@@ -101,3 +103,17 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                 yield ctx.error("objective-structure",
                                 "a polynomial feature map changes the key size; use it with a "
                                 "`matrix` memory", path + ("feature_map",))  # fmt: skip
+
+
+def _cache_reads(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """Attention sees the current token: a cache is read after its write."""
+    for index, _, block in ctx.blocks():
+        for name, op in block.nodes.items():
+            memory = ctx.spec.memories.get(op.memory) if isinstance(op, Read) else None
+            if isinstance(getattr(memory, "structure", None), CacheStructure):
+                if op.order != "write_then_read":
+                    yield ctx.error("objective-structure",
+                                    f"cache `{op.memory}` is read with `order: {op.order}`; "
+                                    "attention reads after the token's write",
+                                    ("blocks", index, "nodes", name, "order"),
+                                    "use `order: write_then_read` (the default)")  # fmt: skip

@@ -52,7 +52,6 @@ class MemoryModule(nn.Module):
         mem = plan.memory
         self.fm = mem.feature_map.kind if mem.feature_map else None
         self.degree = mem.feature_map.degree if mem.feature_map else None
-        self.heads = plan.heads
         self.gates = Gates(mem, plan.heads)
         self.stop_gradient = mem.write == "stop_gradient"
 
@@ -87,9 +86,8 @@ class MemoryModule(nn.Module):
         """Learn from this span and answer `reads` (query, order); outputs keep query layout."""
         queries = [(self.phi(self.heads_first(q)), order, q.dim() == 3)
                    for q, order in reads]  # fmt: skip
-        mem = self.plan.memory
-        source = mem.keys or (reads[0][0] if reads else None)
-        T = T if T is not None else env[source].shape[1]
+        if T is None:  # a write with no read to answer: the span is the keys' length
+            T = env[self.plan.memory.keys].shape[1]
         every = self.plan.reset_every
         if every and self.in_region:  # region spans never cross a segment: reset at the start
             if stream.base_pos % every == 0 and stream.base_pos > 0:

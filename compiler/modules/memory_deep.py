@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
 from nestdsl.kernels.deep_memory import (
+    RULES,
     MemoryStructure,
     deep_memory,
     init_params,
@@ -111,6 +112,9 @@ class DeepMemory(WeightsMemory):
         super().__init__(plan)
         mem = plan.memory
         self.rule = mem.rule.kind
+        if self.rule not in RULES:
+            raise CompileError(f"memory `{plan.decl}`: rule `{self.rule}` is not lowered yet "
+                               f"(lowered: {', '.join(RULES)})")  # fmt: skip
         ret = mem.retention
         self.retention = {KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2")
         self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0

@@ -60,9 +60,7 @@ class CompiledModel(nn.Module):
             x = layer(x, stream)
         x = self.norm(x)
         logits = x @ self.embed.weight.T if self.tied else self.head(x)  # [B, T, V]
-        new_state = {**state, **stream.new_state}
-        new_state = {k: v for k, v in new_state.items() if v is not None}
-        return logits, new_state, stream
+        return logits, _merged(state, stream), stream
 
     def _windows(self, tokens, state, pos):
         W = self.task_window
@@ -88,8 +86,7 @@ class CompiledModel(nn.Module):
                 logits, state, stream = self._span(piece, state, pos + start, second_order)
                 if (pos + end) % W == 0:
                     self._learn(piece, logits, stream, pos + end, grad_mode)
-                    state = {**state, **stream.new_state}
-                    state = {k: v for k, v in state.items() if v is not None}
+                    state = _merged(state, stream)
                 else:
                     state = {**state, **{REPLAY + k: v for k, v in before.items()},
                              REPLAY + "tokens": piece}  # fmt: skip
@@ -110,10 +107,7 @@ class CompiledModel(nn.Module):
             if scores.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
                 scores = scores.float()
             loss = F.cross_entropy(scores, piece[:, 1:].flatten(), reduction="sum")
-            second_order = stream.second_order and any(
-                not self.task_memories[k].stop_gradient for k in stream.task_weights
-            )
-            grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=second_order,
+            grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=stream.second_order,
                                         retain_graph=True,
                                         allow_unused=True)  # fmt: skip
         else:
@@ -125,3 +119,9 @@ class CompiledModel(nn.Module):
             if memory.stop_gradient or not grad_mode:
                 mine = [g.detach() for g in mine]
             memory.learn(mine, stream, end)
+
+
+def _merged(state: dict, stream: Stream) -> dict:
+    """The carried state updated by what the stream wrote (None marks a reset entry)."""
+    merged = {**state, **stream.new_state}
+    return {k: v for k, v in merged.items() if v is not None}

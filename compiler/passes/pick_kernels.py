@@ -44,7 +44,7 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
     if isinstance(obj, TaskObjective):
         return "task_memory", "learns from the model loss at chunk boundaries (CMS)"
     matrix = isinstance(st, MatrixStructure)  # feature maps apply before any kernel
-    per_token = m.chunk == 1 and orders <= {"write_then_read", "read_then_write", "chunk_start"}
+    per_token = m.chunk == 1  # every read order is exact on the per-token kernels
     if matrix and per_token and isinstance(rule, GDRule) and ret is None:
         if isinstance(obj, DotObjective):
             return "linear_attention", "matrix + dot + gd, every token"

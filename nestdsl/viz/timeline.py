@@ -99,7 +99,7 @@ def timeline_figure(checked, tokens: int | None = None):
     ax.grid(axis="x", color="#dddddd", linewidth=0.5)
     ax.set_axisbelow(True)
     handles = [
-        Line2D([], [], color=_UPDATE, linewidth=2, label="update (end of a chunk)"),
+        Line2D([], [], color=_UPDATE, linewidth=2, label="chunk boundary (CMS weights step; gradients re-anchor)"),
         Line2D(
             [],
             [],

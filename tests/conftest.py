@@ -1,4 +1,9 @@
-"""Test-wide settings: one torch thread, so a busy 2-core machine cannot stall tiny ops."""
+"""Test-wide settings.
+
+One torch thread: the tests use tiny tensors, and on a shared 2-core machine a second thread
+makes every op wait at an OpenMP barrier (a 16 s kernel test file took 3.5 minutes); the
+exact-equality tests (resume, DDP) also want the same thread count in every run.
+"""
 
 import torch
 

@@ -18,7 +18,6 @@ TOKENS, PIECE = 16_384, 1_024
 
 @pytest.mark.parametrize("name", nestdsl.shipped_names())
 def test_state_stays_finite_over_a_long_stream(name):
-    torch.set_num_threads(1)
     dims = nestdsl.load(name).spec.dims
     checked = nestdsl.load(name, [f"dims.{k}={v}" for k, v in SMALL.items() if k in dims])
     torch.manual_seed(0)

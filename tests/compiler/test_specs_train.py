@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 import nestdsl
 from nestdsl.train import TrainConfig, spec_source, train
@@ -25,7 +24,6 @@ def overrides(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", nestdsl.shipped_names())
 def test_loss_falls_in_a_short_run(name, tmp_path):
-    torch.set_num_threads(1)
     config = TrainConfig(steps=24, batch_size=4, seq_len=64, eval_every=24, eval_batches=2,
                          ckpt_every=24, log_every=1, seed=0, device="cpu", lr=1e-2)  # fmt: skip
     result = train(spec_source(name, overrides(name)), config, tmp_path / "run", progress=False)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
 # Relative tolerance per dtype, as demanded of every chunk form against its loop reference.
@@ -53,19 +50,3 @@ def grads(
     names = list(inputs)
     values = torch.autograd.grad(loss, [inputs[n] for n in names])
     return dict(zip(names, values, strict=True))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, restoring the previous count.
-
-    The kernel tests use tiny tensors, so extra threads buy nothing; on a loaded machine every
-    multi-threaded op instead waits at an OpenMP barrier for a descheduled thread, which made
-    the per-token loop references ~100x slower (a 16 s test run took 3.5 min).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

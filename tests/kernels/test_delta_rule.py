@@ -7,16 +7,11 @@ import torch
 import torch.nn.functional as F
 from nestdsl.kernels.api import delta_rule, gated_delta_rule
 
-from .helpers import RTOL, assert_close, grads, torch_threads
+from .helpers import RTOL, assert_close, grads
 
 SHAPES = [(2, 1, 8, 16), (1, 3, 16, 8)]  # (B, H, K, V): H in {1, 3}, K != V both ways
 DTYPES = [torch.float64, torch.float32]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 def _cases():

@@ -7,15 +7,10 @@ import torch
 import torch.nn.functional as F
 from nestdsl.kernels.api import softmax_attention
 
-from .helpers import RTOL, assert_close, grads, torch_threads
+from .helpers import RTOL, assert_close, grads
 
 DTYPES = [torch.float64, torch.float32]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 def make_inputs(B, T, H, K, V, seed=0, dtype=torch.float64):

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:  # subprocess entry points and tests import toymodel by name
@@ -18,16 +17,6 @@ import nestdsl  # noqa: E402
 from nestdsl.data import load_corpus  # noqa: E402
 
 CORPUS_BYTES = 40_000
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared 2-core machine make tiny ops ~100x slower (OpenMP wake-ups), and
-    # the exact-equality tests want the same thread count in every run anyway.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

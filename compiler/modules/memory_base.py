@@ -58,7 +58,10 @@ class MemoryModule(nn.Module):
     # ---------------------------------------------------------------- helpers for subclasses
 
     def heads_first(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, T, d]` (one head, head axis omitted) or `[B, T, H, d]` -> `[B, T, H, d]`."""
+        """`[B, T, d]` (one head, head axis omitted) or `[B, T, H, d]` -> `[B, T, H, d]`, in at
+        least float32: memory updates accumulate over the whole context, and the triangular
+        solves of the delta rules have no 16-bit kernels."""
+        x = x.float() if x.dtype in _HALF else x
         return x.unsqueeze(2) if x.dim() == 3 else x
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +78,8 @@ class MemoryModule(nn.Module):
 
     def gate(self, role: str, env: dict, like: torch.Tensor, default: float | None = None):
         g = self.gates.get(role, env, like, default)
+        if g is not None and g.dtype in _HALF:
+            g = g.float()
         return g.detach() if g is not None and self.stop_gradient else g
 
     # ---------------------------------------------------------------- running a span
@@ -84,6 +89,11 @@ class MemoryModule(nn.Module):
     def run(self, env: dict, reads: list[tuple[torch.Tensor, str]], stream: Stream,
             T: int | None = None):  # fmt: skip
         """Learn from this span and answer `reads` (query, order); outputs keep query layout."""
+        with _full_precision(env):
+            outs = self._run_span(env, reads, stream, T)
+        return [o.to(q.dtype) for o, (q, _) in zip(outs, reads)]
+
+    def _run_span(self, env, reads, stream, T):
         queries = [(self.phi(self.heads_first(q)), order, q.dim() == 3)
                    for q, order in reads]  # fmt: skip
         if T is None:  # a write with no read to answer: the span is the keys' length
@@ -112,9 +122,9 @@ class MemoryModule(nn.Module):
 
     def read_state(self, query: torch.Tensor, order: str, stream: Stream) -> torch.Tensor:
         """Answer a read from the state carried in (a feedback read: no write of this span)."""
-        q = self.phi(self.heads_first(query))
-        out = self._read_state(q, order, stream)
-        return out.squeeze(2) if query.dim() == 3 else out
+        with _full_precision(env={"query": query}):
+            out = self._read_state(self.phi(self.heads_first(query)), order, stream)
+        return (out.squeeze(2) if query.dim() == 3 else out).to(query.dtype)
 
     def _read_state(self, q, order, stream):
         raise CompileError(f"memory `{self.plan.decl}` cannot be read before its write")
@@ -141,3 +151,12 @@ class MemoryModule(nn.Module):
 
 def _is_seq(t: torch.Tensor, T: int) -> bool:
     return t.dim() >= 2 and t.shape[1] == T
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _full_precision(env: dict):
+    """Memory math outside autocast (inputs are upcast by `heads_first` and `gate`)."""
+    device = next((t.device.type for t in env.values() if torch.is_tensor(t)), "cpu")
+    return torch.autocast(device_type=device, enabled=False)

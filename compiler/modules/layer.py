@@ -51,6 +51,10 @@ class Layer(nn.Module):
             module = self._module(plan, layer, name, op)
             if module is not None:
                 self.ops[name] = module
+        owner = plan.spec.levels.get(layer.block.level or "")
+        if owner is not None and owner.every == "never":  # a frozen level trains nothing
+            for parameter in [*self.ops.parameters(), *self.persistent.parameters()]:
+                parameter.requires_grad_(False)
         self.memories = nn.ModuleDict({d: build_memory(m) for d, m in layer.memories.items()})
         self.axis = self._axes()
         self.regions = {n: self._region(plan, n, op) for n, op in layer.block.nodes.items()

@@ -180,3 +180,15 @@ def test_frozen_mlp_memory_is_a_feed_forward_layer():
     got = memory.run({"x": x}, [(x, "write_then_read")], Stream(0, {}), T)[0]
     close(got, expected)
     assert all(p.requires_grad for p in memory.initial)
+
+
+def test_a_block_on_a_frozen_level_trains_nothing():
+    text = SPEC.format(H=H, K=K, V=V, structure="matrix", objective="l2",
+                       extra="    rule: {kind: gd, lr: lr}", order="write_then_read")  # fmt: skip
+    text = text.replace("  token: {{every: 1}}".replace("{{", "{").replace("}}", "}"),
+                        "  token: {every: 1}\n  frozen: {every: never}")  # fmt: skip
+    text = text.replace("blocks:\n  - nodes:", "blocks:\n  - level: frozen\n    nodes:")
+    model = nestdsl.compile(nestdsl.check_text(text, "frozen.yaml"))
+    layer = model.layers[0]
+    assert not any(p.requires_grad for p in layer.ops.parameters())
+    assert all(p.requires_grad for p in model.embed.parameters())

@@ -28,13 +28,13 @@ def level_rows(checked) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, level in sorted(spec.levels.items(), key=lambda kv: slowness(kv[1].every)):
         members = [m for m, mem in spec.memories.items() if mem.level == name]
-        owned = [f"init({m})" for m, mem in spec.memories.items()
-                 if getattr(mem.init, "by", None) == name]  # fmt: skip
-        if name == checked.outer_level():
-            owned = ["embed", "blocks", "head"] + [
-                f"init({m})" for m, mem in spec.memories.items()
-                if mem.init.kind == "learned" and mem.init.by in (None, name)
-            ]  # fmt: skip
+        outer = name == checked.outer_level()
+        inits = [m for m, mem in spec.memories.items() if mem.init.kind == "learned"
+                 and (mem.init.by == name or (outer and mem.init.by is None))]  # fmt: skip
+        # Many meta-learned initial states (Hope has 8) would make the row too wide to read.
+        owned = [f"init({m})" for m in inits] if len(inits) <= 3 else [f"{len(inits)} initial states"]
+        if outer:
+            owned = ["embed", "blocks", "head", *owned]
         if isinstance(level.every, int):
             period = f"{level.every} token" + ("s" if level.every != 1 else "")
         else:

@@ -16,6 +16,7 @@ from nestdsl.kernels.deep_memory import (
     MemoryStructure,
     deep_memory,
     init_params,
+    initial_weights,
     memory_forward,
     visible_weights,
 )
@@ -70,7 +71,7 @@ class WeightsMemory(MemoryModule):
         )
 
     def initial_weights(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
-        return [w.to(like.dtype).unsqueeze(0).expand(batch, *w.shape) for w in self.initial]
+        return initial_weights([w.to(like.dtype) for w in self.initial], batch)
 
     def apply(self, weights, q: torch.Tensor) -> torch.Tensor:
         """M(q) with fixed weights: q `[B, T, H, d]` -> `[B, T, H, d_out]`."""

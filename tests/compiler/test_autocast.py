@@ -9,13 +9,12 @@ import torch.nn.functional as F
 
 import nestdsl
 
-SMALL = ["dims.d_model=32", "dims.n_heads=2", "dims.d_head=16", "dims.n_layers=1"]
+from .helpers import load_small
 
 
 @pytest.mark.parametrize("name", nestdsl.shipped_names())
 def test_bf16_autocast_step(name):
-    dims = nestdsl.load(name).spec.dims
-    model = nestdsl.compile(nestdsl.load(name, [o for o in SMALL if o[5:].split("=")[0] in dims]))
+    model = nestdsl.compile(load_small(name))
     tokens = torch.randint(0, 256, (2, 40))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, state = model(tokens)

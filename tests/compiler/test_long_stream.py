@@ -12,14 +12,14 @@ import torch
 import nestdsl
 from nestdsl.data import load_corpus
 
-SMALL = {"d_model": 32, "n_heads": 2, "d_head": 16, "n_layers": 1, "d_ff": 64}
+from .helpers import load_small
+
 TOKENS, PIECE = 16_384, 1_024
 
 
 @pytest.mark.parametrize("name", nestdsl.shipped_names())
 def test_state_stays_finite_over_a_long_stream(name):
-    dims = nestdsl.load(name).spec.dims
-    checked = nestdsl.load(name, [f"dims.{k}={v}" for k, v in SMALL.items() if k in dims])
+    checked = load_small(name)
     torch.manual_seed(0)
     model = nestdsl.compile(checked).eval()
     data = torch.tensor(list(load_corpus()[:TOKENS]), dtype=torch.long).unsqueeze(0)

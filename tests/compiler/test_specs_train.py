@@ -13,20 +13,14 @@ import nestdsl
 from nestdsl.train import TrainConfig, spec_source, train
 from nestdsl.train.metrics import read_metrics
 
-SMALL = ["dims.d_model=32", "dims.n_heads=2", "dims.d_head=16", "dims.n_layers=1"]
-
-
-def overrides(name: str) -> list[str]:
-    dims = nestdsl.load(name).spec.dims
-    extra = ["dims.d_ff=64"] if "d_ff" in dims else []
-    return [o for o in SMALL if o.split("=")[0].split(".")[1] in dims] + extra
+from .helpers import small_overrides
 
 
 @pytest.mark.parametrize("name", nestdsl.shipped_names())
 def test_loss_falls_in_a_short_run(name, tmp_path):
     config = TrainConfig(steps=24, batch_size=4, seq_len=64, eval_every=24, eval_batches=2,
                          ckpt_every=24, log_every=1, seed=0, device="cpu", lr=1e-2)  # fmt: skip
-    result = train(spec_source(name, overrides(name)), config, tmp_path / "run", progress=False)
+    result = train(spec_source(name, small_overrides(name)), config, tmp_path / "run", progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses) == 24 and all(math.isfinite(x) for x in losses), name

@@ -9,6 +9,7 @@ below is a no-op, so the training loop has one code path.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 from dataclasses import dataclass
@@ -124,8 +125,18 @@ def setup(device_name: str) -> ProcessContext:
 
 
 def teardown(context: ProcessContext) -> None:
-    if context.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group we joined, after a finished run (after a failed one the process
+    exits anyway, and destroying a group while another rank is still in a collective can hang).
+
+    Every rank waits for the others first: a rank that closed its connections while another
+    was still in its last collective could make gloo abort that rank. DDP's reducer holds the
+    group, so it is collected before the group goes.
+    """
+    if not (context.owns_group and dist.is_initialized()):
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- random generators

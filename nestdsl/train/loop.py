@@ -65,10 +65,9 @@ def train(
     problems and TrainingInterrupted on Ctrl-C.
     """
     context = distributed.setup(config.device)
-    try:
-        return _Trainer(source, config, Path(out_dir), context, resume, corpus, progress).run()
-    finally:
-        distributed.teardown(context)
+    result = _Trainer(source, config, Path(out_dir), context, resume, corpus, progress).run()
+    distributed.teardown(context)
+    return result
 
 
 class _Trainer:

@@ -1,12 +1,14 @@
 """Forward time of the chunk (dual) forms against the per-token loops, same chunk semantics.
 
 Ops: the Titans linear memory with momentum (``titans_linear``) and a depth-2 residual gelu
-MLP memory with the momentum rule (``deep_memory``). Both forms use chunk_size 16, so they
+MLP memory with the momentum rule and with the Muon rule (``deep_memory``). Both forms use
+chunk_size 16, so they
 compute the same function (gradients at the chunk-start weights); the loop steps token by
 token, the chunk form loops over chunks only. Prints a markdown table; ``--quick`` runs a
 tiny size for a smoke test.
 
     python benchmarks/bench_deep_memory.py [--quick] [--dim 32] [--threads N] [--reps 3]
+                                           [--only SUBSTRING]
 """
 
 from __future__ import annotations
@@ -79,19 +81,20 @@ def ops(H: int, D: int) -> dict[str, tuple[Callable, Callable]]:
     def titans(fn):
         return lambda x: fn(*x.values(), chunk_size=CHUNK)
 
-    def mlp(backend):
+    def mlp(backend, rule):
         return lambda x: deep_memory(
             *x.values(),
             weights,
             structure=structure,
-            rule="momentum",
+            rule=rule,
             chunk_size=CHUNK,
             backend=backend,
         )
 
     return {
         "titans_linear": (titans(titans_linear_chunk), titans(titans_linear_naive)),
-        "deep_memory (2-layer MLP, momentum)": (mlp("chunk"), mlp("naive")),
+        "deep_memory (2-layer MLP, momentum)": (mlp("chunk", "momentum"), mlp("naive", "momentum")),
+        "deep_memory (2-layer MLP, muon)": (mlp("chunk", "muon"), mlp("naive", "muon")),
     }
 
 
@@ -104,6 +107,7 @@ def main() -> None:
     parser.add_argument(
         "--reps", type=int, default=3, help="timing rounds (loop once, chunk 3x per round)"
     )
+    parser.add_argument("--only", default="", help="run only the ops whose name contains this")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,6 +120,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     growth = {}
     for name, (chunk_fn, loop_fn) in ops(H, D).items():
+        if args.only not in name:
+            continue
         chunk_t = {}
         for T in lengths:
             x = make_inputs(T, H, D)

@@ -124,6 +124,7 @@ class DeepMemory(WeightsMemory):
         self.objective = obj.kind
         self.p = obj.p if isinstance(obj, LpObjective) else 3.0
         self.chunk = plan.chunk
+        self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")
 
     GATES = ("theta", "eta", "alpha", "delta")
 
@@ -150,7 +151,8 @@ class DeepMemory(WeightsMemory):
                            objective=self.objective, p=self.p, delta=delta, rule=self.rule,
                            retention=self.retention, q_norm=self.q_norm,
                            kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
-                           momentum=momentum, output_final_state=True)  # fmt: skip
+                           momentum=momentum, output_final_state=True, ns_steps=self.ns[0],
+                           ns_kind=self.ns[1])  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)
@@ -160,7 +162,7 @@ class DeepMemory(WeightsMemory):
         r = pos % self.chunk  # tokens of the current chunk already seen: replay them
         W = self._load(stream, "anchor_W" if r else "W") or self.initial_weights(B, k)
         S = self._load(stream, "anchor_S" if r else "S")
-        if self.rule == "momentum" and S is None:
+        if self.rule in ("momentum", "muon") and S is None:
             S = [torch.zeros_like(w) for w in W]
         if r:
             past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.GATES)]

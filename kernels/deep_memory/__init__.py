@@ -2,11 +2,13 @@
 
 ``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
 delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
-chunk_size=16, momentum=None, output_final_state=False, backend='chunk')`` returns
+chunk_size=16, momentum=None, output_final_state=False, ns_steps=5, ns_kind='quintic',
+backend='chunk')`` returns
 ``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
 decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
 (logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
-initial momentum list (rule='momentum'); ``final_state = (weights, momentum or None)`` when
+initial momentum list (rules 'momentum' and 'muon'; ``ns_steps`` and ``ns_kind`` are the
+Newton-Schulz iteration of 'muon'); ``final_state = (weights, momentum or None)`` when
 ``output_final_state`` else None. ``backend`` is 'chunk' (dual form) or 'naive' (per-token
 loop with autograd gradients). Semantics and derivations: README.md.
 """
@@ -57,6 +59,8 @@ def deep_memory(
     chunk_size: int = 16,
     momentum: Sequence[torch.Tensor] | None = None,
     output_final_state: bool = False,
+    ns_steps: int = 5,
+    ns_kind: str = "quintic",
     backend: str = "chunk",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
@@ -82,6 +86,8 @@ def deep_memory(
         chunk_size=chunk_size,
         momentum=momentum,
         output_final_state=output_final_state,
+        ns_steps=ns_steps,
+        ns_kind=ns_kind,
     )
 
 

@@ -14,6 +14,7 @@ README.md §5. Per chunk of C tokens, with the visible weights ``W_{t0}`` at the
 
 kl / lq retention re-normalize only at chunk ends (Miras §5): inside a chunk they read the
 chunk-start visible weights, and write_then_read at a chunk's last token reads the new ones.
+The Muon rule is not rank one: its per-token weights are formed (muon.py) and read directly.
 Python loops run over chunks and layers, never over tokens.
 """
 
@@ -25,6 +26,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from .muon import muon_chunk
 from .objectives import objective_grad
 from .recurrence import (
     ChunkCoefficients,
@@ -73,6 +75,8 @@ def deep_memory_chunk(
     chunk_size: int = 16,
     momentum: Sequence[torch.Tensor] | None = None,
     output_final_state: bool = False,
+    ns_steps: int = 5,
+    ns_kind: str = "quintic",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
     check_inputs(
@@ -109,22 +113,21 @@ def deep_memory_chunk(
     qc, kc, vc = chunked(q), chunked(k), chunked(v)
     # A per-token Huber threshold [B, T, H] is chunked like the gates (padding never writes).
     dc = chunked_gate(delta, 1.0) if torch.is_tensor(delta) else None
-    coef_all = chunk_coefficients(
-        chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0), rule
-    )  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
+    gates = chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0)
+    if rule != "muon":  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
+        coef_all = chunk_coefficients(*gates, rule)
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
 
     state = list(weights)  # L x [B, H, out, in]
     mom: list[torch.Tensor] | None = None
-    if rule == "momentum":
+    if rule in ("momentum", "muon"):
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
     per_token_read = retention == "l2" and read != "chunk_start"
     outs = []
     for n in range(N):
         k_n, v_n, q_n = kc[:, :, n], vc[:, :, n], qc[:, :, n]  # [B, H, C, D]
-        coef = coef_all.chunk(n)
         frozen = visible(state)  # W_{t0}
 
         # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
@@ -132,30 +135,20 @@ def deep_memory_chunk(
         d_n = delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
         errors = layer_errors(structure, frozen, cache, objective_grad(y, v_n, objective, p, d_n))
         inputs = cache.inputs  # L x [B, H, C, in]
-        if rule == "dgd":  # 2. drives x_t = W_{t-1} a_t + delta_t (eq. D5)
-            drives = [
-                dgd_drive(coef, W, a, e) for W, a, e in zip(state, inputs, errors, strict=True)
-            ]
+        row = C if n < N - 1 else C - pad
+        if rule == "muon":
+            gates_n = [g[:, :, n] for g in gates]
+            apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
+                                             ns_steps, ns_kind)  # fmt: skip
         else:
-            drives = errors
-        moms = [None] * len(state) if mom is None else mom
+            apply, state, mom = _linear_layers(coef_all.chunk(n), state, mom, inputs, errors,
+                                               rule, read, row)  # fmt: skip
 
         # 3. reads.
         if per_token_read:
-            apply = partial(_dual_read, coef, read_rows(read, C), state, moms, inputs, drives)
             o_n, _ = forward_layers(structure, apply, q_n)  # [B, H, C, d_out]
         else:
             o_n, _ = memory_forward(structure, frozen, q_n)
-
-        # 4. state after the chunk's last real token.
-        row = C if n < N - 1 else C - pad
-        ends = [
-            chunk_end(coef, row, W, S, a, x)
-            for W, S, a, x in zip(state, moms, inputs, drives, strict=True)
-        ]
-        state = [W for W, _ in ends]
-        if mom is not None:
-            mom = [S for _, S in ends]
 
         if not per_token_read and read == "write_then_read" and row == C:
             # kl / lq: the last token of a full chunk sees the freshly normalized weights.
@@ -164,3 +157,30 @@ def deep_memory_chunk(
         outs.append(o_n)
     o = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, d_out]
     return o, ((state, mom) if output_final_state else None)
+
+
+def _linear_layers(coef, state, mom, inputs, errors, rule, read, row):
+    """Rules whose updates are rank one (gd, momentum, dgd): the dual-form per-token read and
+    the states after token ``row`` (README eqs. D1-D5), without forming per-token weights."""
+    if rule == "dgd":  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
+        drives = [dgd_drive(coef, W, a, e) for W, a, e in zip(state, inputs, errors, strict=True)]
+    else:
+        drives = errors
+    moms = [None] * len(state) if mom is None else mom
+    rows = read_rows(read, coef.w.shape[-1]) if read != "chunk_start" else None
+    apply = partial(_dual_read, coef, rows, state, moms, inputs, drives)
+    ends = [chunk_end(coef, row, W, S, a, x)
+            for W, S, a, x in zip(state, moms, inputs, drives, strict=True)]  # fmt: skip
+    return apply, [W for W, _ in ends], None if mom is None else [S for _, S in ends]
+
+
+def _muon_layers(gates, state, mom, inputs, errors, read, row, ns_steps, ns_kind):
+    """The Muon rule (muon.py): reads with the formed per-token weights, states after ``row``."""
+    ends = [muon_chunk(*gates, W, S, a, x, ns_steps, ns_kind)
+            for W, S, a, x in zip(state, mom, inputs, errors, strict=True)]  # fmt: skip
+    rows = read_rows(read, gates[0].shape[-1]) if read != "chunk_start" else None
+
+    def apply(i: int, r: torch.Tensor) -> torch.Tensor:
+        return (ends[i][0][..., rows, :, :] @ r.unsqueeze(-1)).squeeze(-1)
+
+    return apply, [W[..., row, :, :] for W, _ in ends], [S[..., row, :, :] for _, S in ends]

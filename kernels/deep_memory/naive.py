@@ -8,6 +8,7 @@ structure.py) and drives the rule of every layer:
     gd        W_t = (1 - alpha_t) W_{t-1} - theta_t G_t
     momentum  S_t = eta_t S_{t-1} - theta_t G_t,   W_t = (1 - alpha_t) W_{t-1} + S_t
     dgd       W_t = W_{t-1} ((1 - alpha_t) I - theta_t a_t a_t^T) - theta_t G_t  (NL eq. 57/88)
+    muon      S_t = eta_t S_{t-1} + G_t,   W_t = (1 - alpha_t) W_{t-1} - theta_t NS_k(S_t)  (Atlas 32)
 
 ``W`` here is the layer state (logits for kl, ``A`` for lq). Reads follow README.md §4.
 Slow on purpose.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..newton_schulz import newton_schulz
 from .objectives import objective_loss
 from .retention import visible_weights
 from .structure import MemoryStructure, check_inputs, memory_forward
@@ -45,6 +47,8 @@ def deep_memory_naive(
     chunk_size: int = 16,
     momentum: Sequence[torch.Tensor] | None = None,
     output_final_state: bool = False,
+    ns_steps: int = 5,
+    ns_kind: str = "quintic",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
     check_inputs(
@@ -65,7 +69,7 @@ def deep_memory_naive(
     T = q.shape[1]
     state = list(weights)  # L x [B, H, out, in]
     mom = None
-    if rule == "momentum":
+    if rule in ("momentum", "muon"):
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -100,6 +104,10 @@ def deep_memory_naive(
                 a_col = a.transpose(-1, -2)  # [B, H, in, 1]
                 new_state.append(W @ (keep * eye - th * (a_col @ a)) - th * G)
             state = new_state
+        elif rule == "muon":
+            mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]
+            state = [keep * W - th * newton_schulz(S, ns_steps, ns_kind)
+                     for W, S in zip(state, mom, strict=True)]  # fmt: skip
         elif rule == "momentum":
             mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]
             state = [keep * W + S for W, S in zip(state, mom, strict=True)]

@@ -232,7 +232,7 @@ def layer_errors(
     return deltas[::-1]
 
 
-RULES = ("gd", "momentum", "dgd")
+RULES = ("gd", "momentum", "dgd", "muon")
 READS = ("write_then_read", "read_then_write", "chunk_start")
 
 
@@ -281,8 +281,8 @@ def check_inputs(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if retention not in RETENTIONS:
         raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
-    if momentum is not None and rule != "momentum":
-        raise ValueError(f"an initial momentum is only used by rule='momentum', got {rule!r}")
+    if momentum is not None and rule not in ("momentum", "muon"):
+        raise ValueError(f"an initial momentum is only used by rules with momentum, got {rule!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if p <= 1.0:

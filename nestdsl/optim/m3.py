@@ -40,8 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-
-QUINTIC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+from nestdsl.kernels.newton_schulz import newton_schulz as orthogonalize
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> torch.Tensor:
@@ -51,23 +50,7 @@ def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> to
     """
     if matrix.ndim != 2:
         raise ValueError(f"Newton-Schulz needs a matrix, got shape {tuple(matrix.shape)}")
-    x = matrix.float()
-    x = x / (x.norm() + 1e-7)  # singular values in [0, 1], where the iteration converges
-    tall = x.shape[0] > x.shape[1]
-    if tall:
-        x = x.T  # iterate on the wide orientation so X X^T is the smaller Gram matrix
-    for _ in range(steps):
-        gram = x @ x.T
-        if kind == "quintic":
-            a, b, c = QUINTIC_COEFFICIENTS
-            x = a * x + (b * gram + c * gram @ gram) @ x
-        elif kind == "cubic":
-            x = 1.5 * x - 0.5 * gram @ x
-        else:
-            raise ValueError(f"unknown Newton-Schulz kind {kind!r}: expected 'quintic' or 'cubic'")
-    if tall:
-        x = x.T
-    return x.to(matrix.dtype)
+    return orthogonalize(matrix.float(), steps, kind).to(matrix.dtype)
 
 
 class M3(torch.optim.Optimizer):

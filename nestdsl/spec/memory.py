@@ -143,6 +143,7 @@ class MuonRule(Node):
     lr: Param
     momentum: Param
     ns_steps: PositiveInt = 5
+    ns_kind: Literal["quintic", "cubic"] = "quintic"  # Muon's polynomial or NL eq. 44's
 
 
 Rule = Annotated[GDRule | MomentumRule | DGDRule | MuonRule, Field(discriminator="kind")]

@@ -80,7 +80,7 @@ def run(inputs, dtype, structure, backend, seed=1, **kw):
 
 
 def check_against_naive(structure, dtype=torch.float64, B=2, T=13, H=2, C=4, seed=0, **kw):
-    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") == "momentum")
+    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") in ("momentum", "muon"))
     ref = run(inputs, torch.float64, structure, "naive", chunk_size=C, **kw)
     got = run(inputs, dtype, structure, "chunk", chunk_size=C, **kw)
     assert ref.keys() == got.keys()
@@ -117,8 +117,14 @@ CASES = {
     "huber-momentum-gated": (GATED, dict(objective="huber", rule="momentum")),
     "lp-dgd-ln": (LN, dict(objective="lp", rule="dgd")),
     "dot-momentum-deep": (DEEP, dict(objective="dot", rule="momentum", read="read_then_write")),
+    "rule-muon": (BASE, dict(rule="muon")),
+    "muon-cubic-rtw": (BASE, dict(rule="muon", ns_kind="cubic", ns_steps=3, read="read_then_write")),
+    "muon-matrix-start": (MATRIX, dict(rule="muon", read="chunk_start")),
+    "muon-kl-gated": (GATED, dict(rule="muon", retention="kl")),
+    "muon-chunk1-deep": (DEEP, dict(rule="muon", chunk_size=1, ns_steps=2)),
 }
-F32_CASES = ("base", "rule-momentum", "rule-dgd", "ret-kl", "ret-lq", "layernorm", "gated")
+F32_CASES = ("base", "rule-momentum", "rule-dgd", "ret-kl", "ret-lq", "layernorm", "gated",
+             "rule-muon")  # fmt: skip
 
 
 def _cases():

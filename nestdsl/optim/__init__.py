@@ -2,7 +2,8 @@
 
 `build_optimizer(params, config)` takes the dict a spec's `outer_optimizer()` returns, e.g.
 `{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}` or
-`{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}`.
+`{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}` or
+`{"kind": "delta_momentum", "lr": 3e-4, "momentum": 0.9, "forget": 1.0}`.
 Weight decay applies to parameters with two or more dimensions only: decaying biases and norm
 gains pulls them towards zero for no benefit, so they go in a group without decay.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 import torch
 
 from nestdsl.errors import UserError
+from nestdsl.optim.delta_momentum import DeltaMomentum
 from nestdsl.optim.m3 import M3, newton_schulz
 
 # Accepted keys per optimizer kind, with defaults ("kind" itself is always accepted).
@@ -30,17 +32,23 @@ M3_DEFAULTS = {  # the spec schema's defaults, so a config dict from a spec and 
     "momentum_decay": 1.0,
     "variance_decay": 1.0,
 }
-KIND_DEFAULTS = {"adamw": ADAMW_DEFAULTS, "m3": M3_DEFAULTS}
+DELTA_MOMENTUM_DEFAULTS = {  # the spec schema's defaults too
+    "lr": 3e-4,
+    "momentum": 0.9,
+    "forget": 1.0,
+    "weight_decay": 0.0,
+    "eps": 1e-8,
+}
+KIND_DEFAULTS = {
+    "adamw": ADAMW_DEFAULTS,
+    "m3": M3_DEFAULTS,
+    "delta_momentum": DELTA_MOMENTUM_DEFAULTS,
+}
 
 
 def _settings(config: dict) -> tuple[str, dict]:
     """The optimizer kind and its full settings (defaults filled in); UserError on unknown keys."""
     kind = str(config.get("kind", "adamw")).lower()
-    if kind == "delta_momentum":
-        # The spec language accepts it (NL eqs. 48-49), the trainer does not implement it yet.
-        raise UserError(
-            "the outer optimizer 'delta_momentum' is not supported by training yet; use adamw or m3"
-        )
     if kind not in KIND_DEFAULTS:
         raise UserError(
             f"unknown optimizer kind {kind!r}: expected one of {', '.join(KIND_DEFAULTS)}"
@@ -61,7 +69,7 @@ def _settings(config: dict) -> tuple[str, dict]:
             )
         settings[key] = tuple(value) if key == "betas" else value
     want = 3 if kind == "m3" else 2
-    if len(settings["betas"]) != want:
+    if "betas" in settings and len(settings["betas"]) != want:
         raise UserError(f"optimizer {kind!r} takes {want} betas, got {list(settings['betas'])}")
     return kind, settings
 
@@ -86,6 +94,8 @@ def build_optimizer(params: Iterable, config: dict) -> torch.optim.Optimizer:
     try:
         if kind == "adamw":
             return torch.optim.AdamW(groups, **settings)
+        if kind == "delta_momentum":
+            return DeltaMomentum(groups, **settings)
         return M3(groups, **settings)
     except (ValueError, TypeError) as err:
         raise UserError(f"bad {kind} optimizer settings: {err}") from None
@@ -100,4 +110,4 @@ def optimizer_settings(config: dict) -> dict:
     }
 
 
-__all__ = ["M3", "build_optimizer", "newton_schulz", "optimizer_settings"]
+__all__ = ["M3", "DeltaMomentum", "build_optimizer", "newton_schulz", "optimizer_settings"]

@@ -43,11 +43,16 @@ class M3(Node):
 
 
 class DeltaMomentum(Node):
-    """Momentum with an l2 (delta-rule) objective (NL eq. 48-49)."""
+    """Momentum with an l2 (delta-rule) objective (NL eq. 48-49): erase along g, then add g."""
 
     kind: Literal["delta_momentum"]
     lr: PositiveFloat = 3e-4
-    momentum: float = Field(0.9, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="decay α of the momentum")
+    # The delta rule's step size on the erase term `<m, ĝ> ĝ` (ĝ the unit gradient): 1 is NL's
+    # rule, 0 is heavy-ball momentum; the steady state along g is |g| / (1 - α + forget).
+    forget: float = Field(
+        1.0, ge=0.0, le=1.0, description="step size of the erase term: 1 delta rule, 0 heavy ball"
+    )
     weight_decay: float = Field(0.0, ge=0.0)
 
 

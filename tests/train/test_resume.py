@@ -24,8 +24,17 @@ from nestdsl.train.checkpoint import step_dirs
         dict(),
         dict(optimizer={"kind": "m3", "lr": 1e-3, "frequency": 3}, log_every=3),
         dict(dropout=0.2, carry_state=True),
+        dict(
+            optimizer={
+                "kind": "delta_momentum",
+                "lr": 0.3,
+                "momentum": 0.9,
+                "forget": 0.5,
+                "weight_decay": 0.01,
+            }
+        ),
     ],
-    ids=["adamw", "m3-odd-log-window", "dropout-carried-state"],
+    ids=["adamw", "m3-odd-log-window", "dropout-carried-state", "delta-momentum"],
 )
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, corpus, mode):
     optimizer = mode.get("optimizer")

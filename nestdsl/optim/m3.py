@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+
 from nestdsl.kernels.newton_schulz import newton_schulz as orthogonalize
 
 

@@ -125,21 +125,24 @@ class DeepMemory(WeightsMemory):
         self.p = obj.p if isinstance(obj, LpObjective) else 3.0
         self.chunk = plan.chunk
         self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")
+        self.window = mem.window.tokens if mem.window is not None else 1
 
-    GATES = ("theta", "eta", "alpha", "delta")
+    GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
     def _gates(self, env, like):
-        """Per-token `[B, T, H]` step size, momentum, forget gate and Huber threshold."""
+        """Per-token `[B, T, H]` step size, momentum, forget gate, Huber threshold and the
+        Omega window's token weight."""
         theta = self.gate("lr", env, like, 1.0)
         eta = self.gate("momentum", env, like, 0.0)
         forget = self.gate("forget", env, like)
         if forget is None:
             log_decay = self.gate("log_decay", env, like)
             forget = like.new_zeros(theta.shape) if log_decay is None else -torch.expm1(log_decay)
-        return theta, eta, forget, self.gate("delta", env, like, 1.0)
+        delta, gamma = self.gate("delta", env, like, 1.0), self.gate("weight", env, like, 1.0)
+        return theta, eta, forget, delta, gamma
 
-    def _run(self, q, k, v, gates, weights, momentum, order):
-        theta, eta, alpha, delta = gates
+    def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
+        theta, eta, alpha, delta, gamma = gates
         if self.plan.kernel == "titans_linear":
             S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
             M0 = None if momentum is None else momentum[0].transpose(-1, -2)
@@ -147,12 +150,16 @@ class DeepMemory(WeightsMemory):
                                       scale=1.0, initial_state=S0, initial_momentum=M0,
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
+        omega = {}
+        if self.plan.memory.window is not None:  # the spec checks keep delta constant here
+            delta = delta if self.window == 1 else float(delta.flatten()[0])
+            omega = {"window": self.window, "gamma": gamma, "window_prefix": prefix}
         return deep_memory(q, k, v, theta, eta, alpha, weights, structure=self.structure,
                            objective=self.objective, p=self.p, delta=delta, rule=self.rule,
                            retention=self.retention, q_norm=self.q_norm,
                            kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
                            momentum=momentum, output_final_state=True, ns_steps=self.ns[0],
-                           ns_kind=self.ns[1])  # fmt: skip
+                           ns_kind=self.ns[1], **omega)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)
@@ -171,13 +178,24 @@ class DeepMemory(WeightsMemory):
             gates = tuple(torch.cat([p, g], 1) for p, g in zip(past[2:], gates))
         n_all = k.shape[1]
         cut = n_all - (pos + T) % self.chunk  # end of the last complete chunk
+        # The Omega window's tokens before the chunk start (kept relative to the anchor).
+        prefix = None
+        if self.window > 1 and self.state_of(stream, "window.k") is not None:
+            prefix = [self.state_of(stream, f"window.{n}") for n in ("k", "v", "gamma")]
         outs, end_state = [], None
         for q, order in queries:
             q = torch.cat([q.new_zeros(B, r, *q.shape[2:]), q], 1) if r else q
-            o, end_state = self._run(q, k, v, gates, W, S, order)
+            o, end_state = self._run(q, k, v, gates, W, S, order, prefix)
             outs.append(o[:, r:])
         if end_state is None:
-            _, end_state = self._run(k, k, v, gates, W, S, "write_then_read")
+            _, end_state = self._run(k, k, v, gates, W, S, "write_then_read", prefix)
+        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut`
+            seen = (k, v, gates[-1]) if prefix is None else [
+                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[-1]))]  # fmt: skip
+            end = cut + (0 if prefix is None else prefix[0].shape[1])
+            start = max(0, end - (self.window - 1))
+            for n, x in zip(("k", "v", "gamma"), seen):
+                stream.put(f"{self.key}.window.{n}", x[:, start:end])
         self._store(stream, "W", end_state[0])
         self._store(stream, "S", end_state[1])
         # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
@@ -188,7 +206,7 @@ class DeepMemory(WeightsMemory):
             if cut > 0:
                 sub = tuple(g[:, :cut] for g in gates)
                 _, anchor = self._run(k[:, :cut], k[:, :cut], v[:, :cut], sub, W, S,
-                                      "write_then_read")  # fmt: skip
+                                      "write_then_read", prefix)  # fmt: skip
             self._store(stream, "anchor_W", anchor[0])
             self._store(stream, "anchor_S", anchor[1])
             for name, t in tail.items():

@@ -43,6 +43,8 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
         return "static", f"weights trained by the `{m.level}` level, not in context"
     if isinstance(obj, TaskObjective):
         return "task_memory", "learns from the model loss at chunk boundaries (CMS)"
+    if mem.window is not None:
+        return "deep_memory", f"Omega rule over {mem.window.tokens} tokens"
     matrix = isinstance(st, MatrixStructure)  # feature maps apply before any kernel
     per_token = m.chunk == 1  # every read order is exact on the per-token kernels
     if matrix and per_token and isinstance(rule, GDRule) and ret is None:

@@ -3,12 +3,15 @@
 ``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
 delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
 chunk_size=16, momentum=None, output_final_state=False, ns_steps=5, ns_kind='quintic',
-backend='chunk')`` returns
+window=1, gamma=None, window_prefix=None, backend='chunk')`` returns
 ``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
 decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
 (logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
 initial momentum list (rules 'momentum' and 'muon'; ``ns_steps`` and ``ns_kind`` are the
-Newton-Schulz iteration of 'muon'); ``final_state = (weights, momentum or None)`` when
+Newton-Schulz iteration of 'muon'; ``window`` > 1 is the Omega rule (Atlas eq. 9): each
+update fits the last ``window`` tokens weighted by ``gamma`` [B, T, H] (default 1), with
+``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the first
+one, which must start a chunk); ``final_state = (weights, momentum or None)`` when
 ``output_final_state`` else None. ``backend`` is 'chunk' (dual form) or 'naive' (per-token
 loop with autograd gradients). Semantics and derivations: README.md.
 """
@@ -61,6 +64,9 @@ def deep_memory(
     output_final_state: bool = False,
     ns_steps: int = 5,
     ns_kind: str = "quintic",
+    window: int = 1,
+    gamma: torch.Tensor | None = None,
+    window_prefix: Sequence[torch.Tensor] | None = None,
     backend: str = "chunk",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
@@ -88,6 +94,9 @@ def deep_memory(
         output_final_state=output_final_state,
         ns_steps=ns_steps,
         ns_kind=ns_kind,
+        window=window,
+        gamma=gamma,
+        window_prefix=window_prefix,
     )
 
 

@@ -38,6 +38,7 @@ from .recurrence import (
 )
 from .retention import visible_weights
 from .structure import MemoryStructure, check_inputs, forward_layers, layer_errors, memory_forward
+from .window import band, extend
 
 
 def _dual_read(
@@ -77,6 +78,9 @@ def deep_memory_chunk(
     output_final_state: bool = False,
     ns_steps: int = 5,
     ns_kind: str = "quintic",
+    window: int = 1,
+    gamma: torch.Tensor | None = None,
+    window_prefix: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
     check_inputs(
@@ -93,6 +97,10 @@ def deep_memory_chunk(
         retention=retention,
         chunk_size=chunk_size,
         p=p,
+        window=window,
+        gamma=gamma,
+        window_prefix=window_prefix,
+        delta=delta,
     )
     B, T, H, _ = q.shape
     C = chunk_size
@@ -110,12 +118,27 @@ def deep_memory_chunk(
         x = F.pad(x, (0, 0, 0, pad), value=fill)  # [B, N*C, H]
         return x.transpose(1, 2).reshape(B, H, N, C)  # [B, H, N, C]
 
-    qc, kc, vc = chunked(q), chunked(k), chunked(v)
+    qc = chunked(q)
     # A per-token Huber threshold [B, T, H] is chunked like the gates (padding never writes).
     dc = chunked_gate(delta, 1.0) if torch.is_tensor(delta) else None
     gates = chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0)
+    # The tokens each chunk learns from: its own, plus the window - 1 before it (window.py).
+    pre = window - 1
+    if pre == 0 and gamma is None:
+        kc, vc = chunked(k), chunked(v)
+
+        def written(n: int):
+            return kc[:, :, n], vc[:, :, n], None
+    else:
+        ke, ve, ge = (F.pad(x.transpose(1, 2), (0, 0, 0, pad) if x.dim() == 4 else (0, pad))
+                      for x in extend(k, v, gamma, window, window_prefix))  # fmt: skip
+
+        def written(n: int):  # [B, H, C + pre, D] x 2, [B, H, C + pre]
+            return tuple(x[:, :, n * C : n * C + C + pre] for x in (ke, ve, ge))
+    mix = band(C, window, q) if pre else None
     if rule != "muon":  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
         coef_all = chunk_coefficients(*gates, rule)
+        coef_all = coef_all.windowed(mix) if pre else coef_all
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
@@ -127,22 +150,24 @@ def deep_memory_chunk(
     per_token_read = retention == "l2" and read != "chunk_start"
     outs = []
     for n in range(N):
-        k_n, v_n, q_n = kc[:, :, n], vc[:, :, n], qc[:, :, n]  # [B, H, C, D]
+        q_n = qc[:, :, n]  # [B, H, C, D]
+        k_n, v_n, g_n = written(n)  # [B, H, C (+ pre), D]
         frozen = visible(state)  # W_{t0}
 
         # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
         y, cache = memory_forward(structure, frozen, k_n)
         d_n = delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
-        errors = layer_errors(structure, frozen, cache, objective_grad(y, v_n, objective, p, d_n))
+        dy = objective_grad(y, v_n, objective, p, d_n)
+        errors = layer_errors(structure, frozen, cache, dy if g_n is None else g_n[..., None] * dy)
         inputs = cache.inputs  # L x [B, H, C, in]
         row = C if n < N - 1 else C - pad
         if rule == "muon":
             gates_n = [g[:, :, n] for g in gates]
             apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
-                                             ns_steps, ns_kind)  # fmt: skip
+                                             ns_steps, ns_kind, mix)  # fmt: skip
         else:
             apply, state, mom = _linear_layers(coef_all.chunk(n), state, mom, inputs, errors,
-                                               rule, read, row)  # fmt: skip
+                                               rule, read, row, C)  # fmt: skip
 
         # 3. reads.
         if per_token_read:
@@ -159,7 +184,7 @@ def deep_memory_chunk(
     return o, ((state, mom) if output_final_state else None)
 
 
-def _linear_layers(coef, state, mom, inputs, errors, rule, read, row):
+def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C):
     """Rules whose updates are rank one (gd, momentum, dgd): the dual-form per-token read and
     the states after token ``row`` (README eqs. D1-D5), without forming per-token weights."""
     if rule == "dgd":  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
@@ -167,16 +192,16 @@ def _linear_layers(coef, state, mom, inputs, errors, rule, read, row):
     else:
         drives = errors
     moms = [None] * len(state) if mom is None else mom
-    rows = read_rows(read, coef.w.shape[-1]) if read != "chunk_start" else None
+    rows = read_rows(read, C) if read != "chunk_start" else None
     apply = partial(_dual_read, coef, rows, state, moms, inputs, drives)
     ends = [chunk_end(coef, row, W, S, a, x)
             for W, S, a, x in zip(state, moms, inputs, drives, strict=True)]  # fmt: skip
     return apply, [W for W, _ in ends], None if mom is None else [S for _, S in ends]
 
 
-def _muon_layers(gates, state, mom, inputs, errors, read, row, ns_steps, ns_kind):
+def _muon_layers(gates, state, mom, inputs, errors, read, row, ns_steps, ns_kind, band):
     """The Muon rule (muon.py): reads with the formed per-token weights, states after ``row``."""
-    ends = [muon_chunk(*gates, W, S, a, x, ns_steps, ns_kind)
+    ends = [muon_chunk(*gates, W, S, a, x, ns_steps, ns_kind, band)
             for W, S, a, x in zip(state, mom, inputs, errors, strict=True)]  # fmt: skip
     rows = read_rows(read, gates[0].shape[-1]) if read != "chunk_start" else None
 

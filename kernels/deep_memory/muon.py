@@ -30,17 +30,20 @@ def muon_chunk(
     x: torch.Tensor,
     ns_steps: int,
     ns_kind: str = "quintic",
+    band: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and momenta of one layer after every token of one chunk.
 
     theta, eta, alpha: [..., C] gates; W0, S0: [..., out, in] chunk-start weights and momentum;
-    a: [..., C, in] layer inputs; x: [..., C, out] local errors (drives). Returns ``W`` and
+    a: [..., C, in] layer inputs; x: [..., C, out] local errors (drives); with an Omega window
+    (window.py) a and x cover C + c - 1 tokens and ``band`` [C, C + c - 1] mixes them into
+    the C drives. Returns ``W`` and
     ``S`` [..., C+1, out, in], row t the state after token t (row 0 = the chunk start).
     """
     Pe = segment_products(eta)  # [..., C+1, C+1]
-    G = x.unsqueeze(-1) * a.unsqueeze(-2)  # [..., C, out, in]
-    S = Pe[..., 1:, :1, None] * S0.unsqueeze(-3) + torch.einsum("...ti,...ioj->...toj",
-                                                                 Pe[..., 1:, 1:], G)  # fmt: skip
+    G = x.unsqueeze(-1) * a.unsqueeze(-2)  # [..., C (+ c - 1), out, in]
+    mix = Pe[..., 1:, 1:] if band is None else Pe[..., 1:, 1:] @ band
+    S = Pe[..., 1:, :1, None] * S0.unsqueeze(-3) + torch.einsum("...ti,...ioj->...toj", mix, G)
     O = newton_schulz(S, ns_steps, ns_kind)  # [..., C, out, in]
     Pr = segment_products(1.0 - alpha)  # [..., C+1, C+1]
     w = Pr[..., :, 1:] * -theta.unsqueeze(-2)  # [..., C+1, C]

@@ -10,8 +10,9 @@ structure.py) and drives the rule of every layer:
     dgd       W_t = W_{t-1} ((1 - alpha_t) I - theta_t a_t a_t^T) - theta_t G_t  (NL eq. 57/88)
     muon      S_t = eta_t S_{t-1} + G_t,   W_t = (1 - alpha_t) W_{t-1} - theta_t NS_k(S_t)  (Atlas 32)
 
-``W`` here is the layer state (logits for kl, ``A`` for lq). Reads follow README.md §4.
-Slow on purpose.
+``W`` here is the layer state (logits for kl, ``A`` for lq). With ``window = c`` (the Omega
+rule, Atlas eq. 9) ``G_t`` is the gradient of ``sum_{i=t-c+1..t} gamma_i l(k_i, v_i)``.
+Reads follow README.md §4. Slow on purpose.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..newton_schulz import newton_schulz
 from .objectives import objective_loss
 from .retention import visible_weights
 from .structure import MemoryStructure, check_inputs, memory_forward
+from .window import extend
 
 
 def deep_memory_naive(
@@ -49,6 +51,9 @@ def deep_memory_naive(
     output_final_state: bool = False,
     ns_steps: int = 5,
     ns_kind: str = "quintic",
+    window: int = 1,
+    gamma: torch.Tensor | None = None,
+    window_prefix: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
     check_inputs(
@@ -65,8 +70,13 @@ def deep_memory_naive(
         retention=retention,
         chunk_size=chunk_size,
         p=p,
+        window=window,
+        gamma=gamma,
+        window_prefix=window_prefix,
+        delta=delta,
     )
     T = q.shape[1]
+    k_ext, v_ext, g_ext = extend(k, v, gamma, window, window_prefix)  # token t at t + window - 1
     state = list(weights)  # L x [B, H, out, in]
     mom = None
     if rule in ("momentum", "muon"):
@@ -78,18 +88,21 @@ def deep_memory_naive(
     def read_out(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return memory_forward(structure, ws, x.unsqueeze(-2))[0].squeeze(-2)  # [B, H, d_out]
 
-    def token_loss(ws, x: torch.Tensor, target: torch.Tensor, d) -> torch.Tensor:
+    def window_loss(ws, x: torch.Tensor, target: torch.Tensor, d, g) -> torch.Tensor:
         y, _ = memory_forward(structure, ws, x)
         # Summing over (B, H) is harmless: every sequence and head has its own weights.
-        return objective_loss(y, target, objective, p, d).sum()
+        return (g * objective_loss(y, target, objective, p, d)).sum()
 
     outs = []
     for t in range(T):
         if t % chunk_size == 0:
             frozen = visible(state)  # W_{t0}: every gradient of this chunk is taken here
-        k_t, v_t, q_t = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t]  # [B, H, 1, D]
+        q_t = q[:, t]  # [B, H, D]
+        k_w, v_w = k_ext[:, t : t + window].transpose(1, 2), v_ext[:, t : t + window].transpose(1, 2)
+        g_w = g_ext[:, t : t + window].transpose(1, 2)  # [B, H, window]: tokens t-c+1 .. t
         d_t = delta[:, t, :, None, None] if torch.is_tensor(delta) else delta  # [B, H, 1, 1]
-        grads = torch.func.grad(token_loss)(frozen, k_t, v_t, d_t)  # L x [B, H, out, in]
+        grads = torch.func.grad(window_loss)(frozen, k_w, v_w, d_t, g_w)  # L x [B, H, out, in]
+        k_t = k[:, t, :, None, :]  # [B, H, 1, D]
         th = theta[:, t, :, None, None]  # [B, H, 1, 1]
         keep = 1.0 - alpha[:, t, :, None, None]
 

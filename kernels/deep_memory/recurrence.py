@@ -54,6 +54,12 @@ class ChunkCoefficients:
     s_b: torch.Tensor | None = None
     s_w: torch.Tensor | None = None
 
+    def windowed(self, band: torch.Tensor) -> ChunkCoefficients:
+        """Coefficients on the drives of the C + c - 1 tokens of an Omega window (window.py):
+        token j's drive is ``sum_e band[j, e] x_e a_e^T``, so ``w`` becomes ``w @ band``."""
+        s_w = None if self.s_w is None else self.s_w @ band
+        return ChunkCoefficients(b=self.b, d=self.d, w=self.w @ band, s_b=self.s_b, s_w=s_w)
+
     def chunk(self, n: int) -> ChunkCoefficients:
         """Coefficients of chunk n (drops the chunk dim, the third of [B, H, N, ...])."""
         parts = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -251,6 +251,10 @@ def check_inputs(
     retention: str,
     chunk_size: int,
     p: float,
+    window: int = 1,
+    gamma: torch.Tensor | None = None,
+    window_prefix: Sequence[torch.Tensor] | None = None,
+    delta: float | torch.Tensor = 1.0,
 ) -> None:
     """Shape / option checks shared by the loop and chunk forms of ``deep_memory``."""
     if not isinstance(structure, MemoryStructure):
@@ -287,3 +291,20 @@ def check_inputs(
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if p <= 1.0:
         raise ValueError(f"the lp objective needs p > 1, got {p}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if window > 1 and rule == "dgd":
+        raise ValueError("rule='dgd' is its own (delta-rule) objective; it takes no window")
+    if window > 1 and torch.is_tensor(delta):
+        raise ValueError("a per-token Huber delta is not supported with window > 1")
+    if gamma is not None and tuple(gamma.shape) != (B, T, H):
+        raise ValueError(f"gamma must be [B, T, H] = {(B, T, H)}, got {tuple(gamma.shape)}")
+    if window_prefix is not None:
+        kp, vp, gp = window_prefix
+        P = kp.shape[1]
+        if P > window - 1 or tuple(kp.shape) != (B, P, H, D) or tuple(vp.shape) != (
+            B, P, H, structure.d_out) or tuple(gp.shape) != (B, P, H):  # fmt: skip
+            raise ValueError(
+                f"window_prefix must be (k [B, P, H, {D}], v [B, P, H, {structure.d_out}], "
+                f"gamma [B, P, H]) with P <= window - 1 = {window - 1}"
+            )

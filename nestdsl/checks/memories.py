@@ -4,7 +4,8 @@
 - objectives other than `task` learn from declared keys and values; `task` learns from the loss;
 - memories updated in context need a rule; frozen (`never`) memories take none;
 - a memory on the outer (`step`) level is an ordinary parameter: its objective is `task`;
-- `identity` initial states need a square memory; `polynomial` feature maps need a degree.
+- `identity` initial states need a square memory; `polynomial` feature maps need a degree;
+- an Omega `window` belongs to a memory learned in context by a gradient rule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 from nestdsl.checks.context import CheckContext
 from nestdsl.errors import Diagnostic
+from nestdsl.spec.common import Learned
 from nestdsl.spec.memory import (
     CacheStructure,
     IdentityInit,
@@ -94,6 +96,7 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             "is defined for `gd` updated every token",
                             path + ("retention", "mode"),
                             "use `mode: global` (weight decay, Titans) for chunked or other rules")  # fmt: skip
+        yield from _window(ctx, name, m, every)
         fm = m.feature_map
         if fm is not None and (fm.kind == "polynomial") != (fm.degree is not None):
             yield ctx.error("bad-value", "`degree` goes with (and only with) `polynomial`",
@@ -103,6 +106,29 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                 yield ctx.error("objective-structure",
                                 "a polynomial feature map changes the key size; use it with a "
                                 "`matrix` memory", path + ("feature_map",))  # fmt: skip
+
+
+def _window(ctx: CheckContext, name: str, m, every) -> Iterator[Diagnostic]:
+    """The Omega rule sums the losses of a window of tokens in a gradient rule's objective."""
+    if m.window is None:
+        return
+    path = ("memories", name, "window")
+    if isinstance(m.structure, CacheStructure) or isinstance(m.objective, TaskObjective):
+        yield ctx.error("objective-structure",
+                        f"a `window` sums token losses of a memory learned in context, not of a "
+                        f"`{m.objective.kind}` memory", path, "remove `window`")  # fmt: skip
+    elif not isinstance(every, int):
+        yield ctx.error("objective-structure",
+                        f"memory `{name}` is not updated in context; a `window` has nothing to sum",
+                        path, "remove `window`")  # fmt: skip
+    elif m.rule is not None and m.rule.kind == "dgd":
+        yield ctx.error("objective-structure",
+                        "`dgd` is its own (delta-rule) objective on one token; it takes no window",
+                        path, "use `gd`, `momentum` or `muon` with a window")  # fmt: skip
+    elif m.window.tokens > 1 and isinstance(getattr(m.objective, "delta", None), str | Learned):
+        yield ctx.error("objective-structure",
+                        "a Huber `delta` per token is not supported with a window; use a constant",
+                        ("memories", name, "objective", "delta"))  # fmt: skip
 
 
 def _cache_reads(ctx: CheckContext) -> Iterator[Diagnostic]:

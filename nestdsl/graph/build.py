@@ -5,7 +5,7 @@ position. Edges (attribute `type`, also the multigraph key):
 - `data`: tensor -> op (consumed) and op -> tensor (produced);
 - `read`: memory -> read op;
 - `context`: tensor -> memory, `role` keys/values (what the memory learns from, NL Def. 3);
-- `gate`: tensor -> memory, `role` lr/momentum/forget/log_decay/delta (data-dependent step sizes);
+- `gate`: tensor -> memory, `role` lr/momentum/forget/log_decay/delta/weight (data-dependent step sizes);
 - `generation`: memory -> memory, when a read of one produces another's context or gates
   (self-modification, Hope §8);
 - `member`: memory -> level (the clock that updates it);
@@ -27,7 +27,7 @@ from nestdsl.spec.memory import Memory
 from nestdsl.spec.ops import Read, inputs_of
 from nestdsl.spec.schema import Spec
 
-GATE_FIELDS = ("lr", "momentum", "forget", "log_decay", "delta")
+GATE_FIELDS = ("lr", "momentum", "forget", "log_decay", "delta", "weight")
 
 
 def level_id(name: str) -> str:
@@ -60,9 +60,9 @@ class MemoryParam:
 
 
 def memory_params(memory: Memory) -> list[MemoryParam]:
-    """Every Param-valued field of a memory's rule, retention and objective."""
+    """Every Param-valued field of a memory's rule, retention, objective and window."""
     out = []
-    for part in ("rule", "retention", "objective"):
+    for part in ("rule", "retention", "objective", "window"):
         sub = getattr(memory, part)
         if sub is None:
             continue

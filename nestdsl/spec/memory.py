@@ -244,6 +244,17 @@ Reset = Annotated[
     SequenceReset | NeverReset | LevelReset, Field(discriminator="kind"), BeforeValidator(shorthand)
 ]
 
+# ---------------------------------------------------------------- the Omega window
+
+
+class Window(Node):
+    """The Omega rule (Atlas eq. 9): every update fits the last `tokens` tokens,
+    `min_M sum_{i=t-c+1..t} weight_i l(M; k_i, v_i)`; `tokens: 1` is the online objective."""
+
+    tokens: PositiveInt = Field(description="c, the number of tokens each update fits")
+    weight: Param | None = Field(None, description="γ_i in [0, 1], per token (default 1)")
+
+
 # ---------------------------------------------------------------- the memory
 
 
@@ -259,6 +270,9 @@ class Memory(Node):
     retention: Retention | None = None
     feature_map: Annotated[FeatureMap | None, BeforeValidator(shorthand)] = Field(
         None, description="φ on keys and queries"
+    )
+    window: Window | None = Field(
+        None, description="Omega rule: each update's objective sums a sliding window of tokens"
     )
     write: Literal["differentiable", "stop_gradient"] = Field(
         "differentiable",

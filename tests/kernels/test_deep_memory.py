@@ -29,7 +29,7 @@ TANH = MemoryStructure(4, 4, depth=2, expansion=1, activation="tanh", norm="laye
 MATRIX = matrix_memory(4, 3)
 
 
-def make_inputs(structure, B, T, H, seed=0, momentum=False):
+def make_inputs(structure, B, T, H, seed=0, momentum=False, window=1, prefix=0):
     """float64 leaves: unit keys, theta in (0, 0.5), eta in (0, 1), alpha in (0, 0.2), and
     per-head initial parameters [H, out, in] (expanded over B inside ``run``)."""
     gen = torch.Generator().manual_seed(seed)
@@ -49,6 +49,12 @@ def make_inputs(structure, B, T, H, seed=0, momentum=False):
     inputs.update({f"W{i}": p for i, p in enumerate(params)})
     if momentum:
         inputs.update({f"S{i}": 0.1 * randn(B, *p.shape) for i, p in enumerate(params)})
+    if window > 1:  # Omega rule: weights in (0, 1) and `prefix` tokens before the first one
+        inputs["gamma"] = randn(B, T, H).sigmoid()
+    if prefix:
+        inputs["Pk"] = F.normalize(randn(B, prefix, H, structure.d_in), dim=-1)
+        inputs["Pv"] = randn(B, prefix, H, structure.d_out)
+        inputs["Pg"] = randn(B, prefix, H).sigmoid()
     return inputs
 
 
@@ -58,6 +64,10 @@ def run(inputs, dtype, structure, backend, seed=1, **kw):
     B = leaves["q"].shape[0]
     params = [leaves[f"W{i}"] for i in range(len(structure.shapes()))]
     mom = [leaves[n] for n in leaves if n.startswith("S")] or None
+    if "gamma" in leaves:
+        kw["gamma"] = leaves["gamma"]
+    if "Pk" in leaves:
+        kw["window_prefix"] = (leaves["Pk"], leaves["Pv"], leaves["Pg"])
     o, (Ws, Ss) = deep_memory(
         *(leaves[n] for n in ("q", "k", "v", *GATES)),
         initial_weights(params, B),
@@ -79,8 +89,10 @@ def run(inputs, dtype, structure, backend, seed=1, **kw):
     return {**outs, **{f"d{n}": g for n, g in zip(names, grads, strict=True)}}
 
 
-def check_against_naive(structure, dtype=torch.float64, B=2, T=13, H=2, C=4, seed=0, **kw):
-    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") in ("momentum", "muon"))
+def check_against_naive(structure, dtype=torch.float64, B=2, T=13, H=2, C=4, seed=0, prefix=0,
+                        **kw):  # fmt: skip
+    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") in ("momentum", "muon"),
+                         window=kw.get("window", 1), prefix=prefix)  # fmt: skip
     ref = run(inputs, torch.float64, structure, "naive", chunk_size=C, **kw)
     got = run(inputs, dtype, structure, "chunk", chunk_size=C, **kw)
     assert ref.keys() == got.keys()
@@ -122,9 +134,15 @@ CASES = {
     "muon-matrix-start": (MATRIX, dict(rule="muon", read="chunk_start")),
     "muon-kl-gated": (GATED, dict(rule="muon", retention="kl")),
     "muon-chunk1-deep": (DEEP, dict(rule="muon", chunk_size=1, ns_steps=2)),
+    "omega3": (BASE, dict(window=3)),
+    "omega6>C-momentum-prefix": (BASE, dict(window=6, rule="momentum", prefix=5)),
+    "omega2-muon-prefix1": (GATED, dict(window=2, rule="muon", prefix=1)),
+    "omega4-kl-rtw": (LN, dict(window=4, retention="kl", read="read_then_write", prefix=2)),
+    "omega3-matrix-start-chunk1": (MATRIX, dict(window=3, read="chunk_start", chunk_size=1)),
+    "omega5-huber-lq": (DEEP, dict(window=5, objective="huber", delta=0.5, retention="lq")),
 }
 F32_CASES = ("base", "rule-momentum", "rule-dgd", "ret-kl", "ret-lq", "layernorm", "gated",
-             "rule-muon")  # fmt: skip
+             "rule-muon", "omega6>C-momentum-prefix")  # fmt: skip
 
 
 def _cases():
@@ -328,6 +346,50 @@ def test_streaming_equals_one_call(structure, kw):
         assert_close(f"streamed W{i}", a, b, 1e-12)
     for i, (a, b) in enumerate(zip(S or [], S2 or [], strict=True)):
         assert_close(f"streamed S{i}", a, b, 1e-12)
+
+
+@pytest.mark.parametrize("rule", ["gd", "momentum", "muon"])
+def test_omega_streaming_carries_the_window(rule):
+    """Split at a chunk boundary, the second call gets the last window - 1 tokens of the first
+    as its prefix and continues exactly; without the prefix it does not."""
+    inputs = make_inputs(BASE, 2, 22, 2, seed=8, momentum=rule != "gd", window=4)
+    seq = [inputs[n] for n in ("q", "k", "v", *GATES)]
+    gamma = inputs["gamma"]
+    W0 = initial_weights([inputs[f"W{i}"] for i in range(len(BASE.shapes()))], 2)
+    mom = [inputs[n] for n in inputs if n.startswith("S")] or None
+    common = dict(structure=BASE, chunk_size=4, output_final_state=True, window=4, rule=rule)
+    o, (W, _) = deep_memory(*seq, W0, momentum=mom, gamma=gamma, **common)
+    o1, (W1, S1) = deep_memory(*(x[:, :12] for x in seq), W0, momentum=mom,
+                               gamma=gamma[:, :12], **common)  # fmt: skip
+    prefix = (inputs["k"][:, 9:12], inputs["v"][:, 9:12], gamma[:, 9:12])
+    rest = [x[:, 12:] for x in seq]
+    o2, (W2, _) = deep_memory(*rest, W1, momentum=S1, gamma=gamma[:, 12:],
+                              window_prefix=prefix, **common)  # fmt: skip
+    assert_close("omega streamed o", o, torch.cat([o1, o2], dim=1), 1e-12)
+    assert_close("omega streamed W0", W[0], W2[0], 1e-12)
+    o2_cold, _ = deep_memory(*rest, W1, momentum=S1, gamma=gamma[:, 12:], **common)
+    assert (o2_cold - o2).abs().max() > 1e-6  # the window really reaches back
+
+
+def test_omega_window_sums_the_gradients_of_its_tokens():
+    """gd, chunk 1, window 2, linear memory, by hand: W_t = W - theta_t sum_i gamma_i (W k_i - v_i) k_i^T."""
+    structure = matrix_memory(3, 3)
+    gen = torch.Generator().manual_seed(9)
+    k = F.normalize(torch.randn(1, 3, 1, 3, generator=gen, dtype=torch.float64), dim=-1)
+    v = torch.randn(1, 3, 1, 3, generator=gen, dtype=torch.float64)
+    theta = torch.tensor([[[0.3], [0.2], [0.4]]], dtype=torch.float64)
+    gamma = torch.tensor([[[0.9], [0.5], [0.7]]], dtype=torch.float64)
+    W = torch.randn(1, 1, 3, 3, generator=gen, dtype=torch.float64)
+    zeros = torch.zeros_like(theta)
+    o, (Ws, _) = deep_memory(k, k, v, theta, zeros, zeros, [W], structure=structure,
+                             chunk_size=1, window=2, gamma=gamma, output_final_state=True)  # fmt: skip
+    M = W[0, 0]
+    for t in range(3):
+        G = sum(gamma[0, i, 0] * torch.outer(M @ k[0, i, 0] - v[0, i, 0], k[0, i, 0])
+                for i in range(max(0, t - 1), t + 1))  # fmt: skip
+        M = M - theta[0, t, 0] * G
+        assert_close(f"omega by hand o{t}", M @ k[0, t, 0], o[0, t, 0], 1e-12)
+    assert_close("omega by hand W", M, Ws[0][0, 0], 1e-12)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

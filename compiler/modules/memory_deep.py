@@ -121,7 +121,7 @@ class DeepMemory(WeightsMemory):
         self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0
         self.kl_scale = ret.scale if isinstance(ret, KLRetention) else 1.0
         obj = mem.objective
-        self.objective = obj.kind
+        self.objective = "huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind
         self.p = obj.p if isinstance(obj, LpObjective) else 3.0
         self.chunk = plan.chunk
         self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")

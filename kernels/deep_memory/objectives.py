@@ -5,11 +5,17 @@ For a token with memory output ``y = M(k)`` and target ``v`` (``e = y - v``):
     l2     1/2 ||e||^2                                     dl/dy = e
     dot    -<y, v>           (Hebbian; linear attention)     dl/dy = -v
     lp     ||e||_p^p         (Miras "Moneta" bias, p > 1)    dl/dy = p sign(e) |e|^(p-1)
-    huber  sum_j H_delta(e_j)  (Miras "Yaad" bias)           dl/dy = clamp(e, -delta, delta)
+    huber  sum_j H_delta(e_j)  (Miras eqs. 13-14)            dl/dy = clamp(e, -delta, delta)
+    huber_norm                 (Miras eq. 26, Yaad)          dl/dy = e if ||e|| <= delta,
+           1/2 ||e||^2 if ||e|| <= delta,                            delta sign(e) otherwise
+           delta ||e||_1 otherwise
 
 ``objective_loss`` is used by the autograd oracle, ``objective_grad`` by the chunk form.
 The Huber threshold ``delta`` is a float or a tensor broadcast against ``[..., C, 1]`` (Yaad's
-data-dependent ``delta_t``, one per token and head).
+data-dependent ``delta_t``, one per token and head). ``huber`` switches between its l2 and l1
+branches per coordinate of the error, ``huber_norm`` on the l2 norm of the whole error, as
+Yaad's update (eq. 26) does: the l2 step while the memory is close, a clipped sign step
+otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("l2", "dot", "lp", "huber")
+OBJECTIVES = ("l2", "dot", "lp", "huber", "huber_norm")
 
 
 def objective_loss(
@@ -37,6 +43,10 @@ def objective_loss(
             return F.huber_loss(y, v, reduction="none", delta=delta).sum(-1)
         small = e.abs() <= delta
         return torch.where(small, 0.5 * e.pow(2), delta * (e.abs() - 0.5 * delta)).sum(-1)
+    if objective == "huber_norm":
+        d = delta.squeeze(-1) if torch.is_tensor(delta) else delta  # [..., C] like the loss
+        near = e.pow(2).sum(-1) <= d**2
+        return torch.where(near, 0.5 * e.pow(2).sum(-1), d * e.abs().sum(-1))
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
@@ -56,4 +66,9 @@ def objective_grad(
         if not torch.is_tensor(delta):
             return (y - v).clamp(-delta, delta)
         return torch.minimum(torch.maximum(y - v, -delta), delta)
+    if objective == "huber_norm":
+        e = y - v
+        near = e.pow(2).sum(-1, keepdim=True) <= delta**2
+        return torch.where(near, e, delta * torch.sign(e))
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+

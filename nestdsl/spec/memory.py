@@ -87,10 +87,13 @@ class LpObjective(Node):
 
 
 class HuberObjective(Node):
-    """Huber loss with threshold delta, elementwise (Miras eq. 16; Yaad)."""
+    """Huber loss with threshold delta (Miras eqs. 13-16, 26): `switch: coordinate` takes the l2
+    or the l1 branch for each coordinate of the error, `switch: norm` on the norm of the whole
+    error, as Yaad's update (eq. 26) does."""
 
     kind: Literal["huber"]
     delta: Param = 1.0
+    switch: Literal["coordinate", "norm"] = "coordinate"
 
 
 class TaskObjective(Node):

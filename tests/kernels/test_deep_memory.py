@@ -140,6 +140,8 @@ CASES = {
     "omega4-kl-rtw": (LN, dict(window=4, retention="kl", read="read_then_write", prefix=2)),
     "omega3-matrix-start-chunk1": (MATRIX, dict(window=3, read="chunk_start", chunk_size=1)),
     "omega5-huber-lq": (DEEP, dict(window=5, objective="huber", delta=0.5, retention="lq")),
+    "obj-huber-norm": (BASE, dict(objective="huber_norm", delta=1.0)),
+    "huber-norm-omega3-muon": (GATED, dict(objective="huber_norm", delta=0.8, window=3, rule="muon")),
 }
 F32_CASES = ("base", "rule-momentum", "rule-dgd", "ret-kl", "ret-lq", "layernorm", "gated",
              "rule-muon", "omega6>C-momentum-prefix")  # fmt: skip
@@ -394,7 +396,7 @@ def test_omega_window_sums_the_gradients_of_its_tokens():
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("norm", ["none", "layernorm"])
-@pytest.mark.parametrize("objective", ["l2", "huber"])
+@pytest.mark.parametrize("objective", ["l2", "huber", "huber_norm"])
 def test_closed_form_layer_errors(activation, norm, objective):
     """sum_t delta_{l,t} a_{l,t}^T equals the autograd gradient of the summed loss."""
     for gated in (False, True):
@@ -452,7 +454,8 @@ def test_argument_checks():
         MemoryStructure(4, 3)
 
 
-def test_data_dependent_huber_threshold_matches_the_loop():
+@pytest.mark.parametrize("objective", ["huber", "huber_norm"])
+def test_data_dependent_huber_threshold_matches_the_loop(objective):
     """Yaad's delta_t (one threshold per token and head): chunk form vs loop, with gradients."""
     torch.manual_seed(7)
     B, T, H, D = 2, 13, 2, 4
@@ -464,7 +467,7 @@ def test_data_dependent_huber_threshold_matches_the_loop():
     weights = [w.double() for w in initial_weights(init_params(st, H), B)]
     results = []
     for backend in ("chunk", "naive"):
-        o, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective="huber",
+        o, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective=objective,
                            delta=delta, rule="momentum", chunk_size=4, output_final_state=True,
                            backend=backend)  # fmt: skip
         results.append((o, torch.autograd.grad((o * o).sum(), [delta, k, v])))
@@ -473,6 +476,21 @@ def test_data_dependent_huber_threshold_matches_the_loop():
     for name, a, b in zip(("d delta", "d k", "d v"), g_n, g_c):
         assert_close(name, a, b, 1e-9)
     # A smaller threshold clips more: the output really depends on delta.
-    o_small, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective="huber",
-                             delta=delta * 0.1, rule="momentum", chunk_size=4)  # fmt: skip
+    o_small, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st,
+                             objective=objective, delta=delta * 0.1, rule="momentum",
+                             chunk_size=4)  # fmt: skip
     assert (o_small - o_c).abs().max() > 1e-6
+
+
+def test_yaad_switches_on_the_norm_of_the_error():
+    """huber_norm's gradient is e while ||e|| <= delta and delta sign(e) beyond (Miras eq. 26),
+    for the whole error vector; huber clips each coordinate instead."""
+    y = torch.tensor([[0.5, -0.2, 0.1], [3.0, -0.1, 0.2]], dtype=torch.float64)
+    v = torch.zeros_like(y)
+    g = objective_grad(y, v, "huber_norm", delta=1.0)
+    torch.testing.assert_close(g[0], y[0])  # ||e|| = 0.55: the l2 gradient
+    torch.testing.assert_close(g[1], torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(objective_grad(y, v, "huber", delta=1.0)[1],
+                               torch.tensor([1.0, -0.1, 0.2], dtype=torch.float64))  # fmt: skip
+    loss = objective_loss(y.requires_grad_(), v, "huber_norm", delta=1.0)
+    torch.testing.assert_close(torch.autograd.grad(loss.sum(), y)[0], g)

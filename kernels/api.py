@@ -165,6 +165,7 @@ def softmax_attention(
     *,
     scale: float | None = None,
     window: int | None = None,
+    sinks: int = 0,
     initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
     output_final_state: bool = False,
     backend: str | None = None,
@@ -176,6 +177,9 @@ def softmax_attention(
     v_cache [B, Tc, H, V])`` of the positions just before q's first token; the returned cache
     holds the last ``window - 1`` positions (all of them without a window), so feeding a
     sequence in pieces while carrying the cache equals one call on the whole sequence.
+    ``sinks`` first positions of the sequence stay visible to every query under a window
+    (attention sinks; Titans's SW-Attn* with its persistent tokens); the cache then keeps them
+    in front of the last ``window - 1`` positions.
     """
     op = "softmax_attention"
     _check_qkv(op, q, k, v)
@@ -184,6 +188,8 @@ def softmax_attention(
         isinstance(window, bool) or not isinstance(window, int) or window < 1
     ):
         raise ValueError(f"{op}: window must be None or an int >= 1, got {window!r}")
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"{op}: sinks must be an int >= 0, got {sinks!r}")
     if initial_state is not None:
         k_cache, v_cache = initial_state
         Tc = k_cache.shape[1] if k_cache.dim() == 4 else -1
@@ -196,6 +202,7 @@ def softmax_attention(
         v,
         scale=_scale(q, scale),
         window=window,
+        sinks=sinks,
         initial_state=initial_state,
         output_final_state=output_final_state,
     )

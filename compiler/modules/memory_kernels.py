@@ -26,6 +26,7 @@ class CacheMemory(MemoryModule):
     def __init__(self, plan):
         super().__init__(plan)
         self.window = plan.memory.structure.window
+        self.sinks = plan.memory.structure.sinks
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)
@@ -35,8 +36,8 @@ class CacheMemory(MemoryModule):
         # The fused CPU attention has no double backward; second-order training needs the math one.
         for q, _ in queries:
             with sdpa_kernel(SDPBackend.MATH) if stream.second_order else contextlib.nullcontext():
-                o, new = api.softmax_attention(q, k, v, window=self.window, initial_state=cache,
-                                               output_final_state=True)  # fmt: skip
+                o, new = api.softmax_attention(q, k, v, window=self.window, sinks=self.sinks,
+                                               initial_state=cache, output_final_state=True)  # fmt: skip
             outs.append(o)
         stream.put(f"{self.key}.k", new[0])
         stream.put(f"{self.key}.v", new[1])

@@ -2,7 +2,8 @@
 
 Implements README.md eq. (4): the cache is prepended to the keys/values and one call of
 ``torch.nn.functional.scaled_dot_product_attention`` evaluates every query at once with the
-boolean mask ``p - window < j <= p`` (query at global position p, key at position j).
+boolean mask ``p - window < j <= p`` (query at global position p, key at position j), or
+``j < sinks`` for the first positions that a window keeps visible.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def softmax_attention_chunk(
     *,
     scale: float | None = None,
     window: int | None = None,
+    sinks: int = 0,
     initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -44,12 +46,16 @@ def softmax_attention_chunk(
         kpos = torch.arange(L, device=q.device).unsqueeze(0)  # [1, L]
         mask = kpos <= qpos  # [T, L]
         if window is not None:
-            mask = mask & (kpos > qpos - window)
+            mask = mask & ((kpos > qpos - window) | (kpos < sinks))
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
     o = o.transpose(1, 2).contiguous()  # [B, T, H, V]
 
     final = None
     if output_final_state:
-        keep = L if window is None else min(window - 1, L)
-        final = (keys[:, L - keep :], values[:, L - keep :])
+        start = 0 if window is None else max(0, L - (window - 1))
+        if 0 < sinks and start > 0:  # the sinks, then the last window - 1 positions
+            sink = min(sinks, start)
+            final = tuple(torch.cat([x[:, :sink], x[:, start:]], dim=1) for x in (keys, values))
+        else:
+            final = (keys[:, start:], values[:, start:])
     return o, final

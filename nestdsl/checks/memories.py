@@ -49,6 +49,11 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                     yield ctx.error("objective-structure",
                                     f"a `cache` memory takes no `{part}`: it stores every pair",
                                     path + (part,), f"remove `{part}`")  # fmt: skip
+            if m.structure.sinks and m.structure.window is None:
+                yield ctx.error("objective-structure",
+                                "`sinks` keep the first positions visible under a `window`; "
+                                "without one every position is visible",
+                                path + ("structure", "sinks"), "add `window:` or remove `sinks`")  # fmt: skip
             if every != 1 and isinstance(every, int):
                 yield ctx.error("objective-structure",
                                 f"a `cache` appends every token; its level must be `every: 1`, "

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from nestdsl.spec.common import Dim, Name, Node, Param, shorthand
 
@@ -57,6 +64,9 @@ class CacheStructure(Node):
     key_dim: Dim
     value_dim: Dim
     window: PositiveInt | None = Field(None, description="sliding window length; none = full")
+    sinks: NonNegativeInt = Field(
+        0, description="first positions that stay visible under a window (SW-Attn*'s persistent tokens)"
+    )
 
 
 Structure = Annotated[

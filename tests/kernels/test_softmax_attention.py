@@ -112,9 +112,52 @@ def test_streaming_in_pieces_equals_one_pass(window, backend):
     assert torch.equal(state[0], k[:, 50 - kept :]) and torch.equal(state[1], v[:, 50 - kept :])
 
 
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+@pytest.mark.parametrize("window, sinks", [(1, 1), (4, 3), (6, 10), (30, 4)])
+def test_sinks_stay_visible_under_a_window(window, sinks, backend):
+    """Token t sees the first `sinks` positions and t - window + 1 .. t (SW-Attn*)."""
+    T = 40
+    q, k, v, _ = make_inputs(1, T, 3, 8, 16, seed=4)
+    i = torch.arange(T)
+    near = i[None, :] >= i[:, None] - window + 1
+    mask = (i[None, :] <= i[:, None]) & (near | (i[None, :] < sinks))  # [T, T]
+    o, _ = softmax_attention(q, k, v, window=window, sinks=sinks, backend=backend)
+    assert_close(f"{backend} window={window} sinks={sinks}", sdpa(q, k, v, attn_mask=mask), o,
+                 1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("window, sinks", [(5, 3), (2, 7)])
+def test_sinks_chunk_matches_naive_with_gradients_and_streams(window, sinks):
+    q, k, v, do = make_inputs(2, 37, 2, 8, 16, seed=5)
+    xs = {"q": q, "k": k, "v": v}
+    results = {}
+    for backend in ("naive", "chunk"):
+        leaves = {n: x.clone().requires_grad_() for n, x in xs.items()}
+        o, cache = softmax_attention(*leaves.values(), window=window, sinks=sinks,
+                                     output_final_state=True, backend=backend)  # fmt: skip
+        results[backend] = (o, cache, grads(o, do, leaves))
+    (o_n, c_n, g_n), (o_c, c_c, g_c) = results["naive"], results["chunk"]
+    assert_close("sinks o", o_n, o_c, 1e-12)
+    for name in xs:
+        assert_close(f"sinks d{name}", g_n[name], g_c[name], 1e-12)
+    assert torch.equal(c_n[0], c_c[0]) and c_c[0].shape[1] == sinks + window - 1
+    assert torch.equal(c_c[0], torch.cat([k[:, :sinks], k[:, 37 - (window - 1) :]], dim=1))
+    for backend in ("naive", "chunk"):  # pieces shorter and longer than sinks + window
+        pieces, state = [], None
+        for lo, hi in [(0, 2), (2, 3), (3, 11), (11, 37)]:
+            o, state = softmax_attention(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], window=window,
+                                         sinks=sinks, initial_state=state,
+                                         output_final_state=True, backend=backend)  # fmt: skip
+            pieces.append(o)
+        assert_close(f"{backend} streamed with sinks", o_n, torch.cat(pieces, dim=1), 1e-12)
+        assert torch.equal(state[0], c_n[0])
+
+
 def test_rejects_bad_arguments():
     q, k, v, _ = make_inputs(1, 4, 2, 8, 6, dtype=torch.float32)
     with pytest.raises(ValueError, match="window"):
         softmax_attention(q, k, v, window=0)
+    with pytest.raises(ValueError, match="sinks"):
+        softmax_attention(q, k, v, window=3, sinks=-1)
     with pytest.raises(ValueError, match="v_cache"):
         softmax_attention(q, k, v, initial_state=(k[:, :2], v[:, :3]))

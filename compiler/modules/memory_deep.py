@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
 from nestdsl.kernels.deep_memory import (
+    MOMENTUM_RULES,
     RULES,
     MemoryStructure,
     deep_memory,
@@ -113,6 +114,8 @@ class DeepMemory(WeightsMemory):
         super().__init__(plan)
         mem = plan.memory
         self.rule = mem.rule.kind
+        if self.rule == "dgd" and mem.rule.momentum is not None:
+            self.rule = "dgd_momentum"
         if self.rule not in RULES:
             raise CompileError(f"memory `{plan.decl}`: rule `{self.rule}` is not lowered yet "
                                f"(lowered: {', '.join(RULES)})")  # fmt: skip
@@ -169,7 +172,7 @@ class DeepMemory(WeightsMemory):
         r = pos % self.chunk  # tokens of the current chunk already seen: replay them
         W = self._load(stream, "anchor_W" if r else "W") or self.initial_weights(B, k)
         S = self._load(stream, "anchor_S" if r else "S")
-        if self.rule in ("momentum", "muon") and S is None:
+        if self.rule in MOMENTUM_RULES and S is None:
             S = [torch.zeros_like(w) for w in W]
         if r:
             past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.GATES)]

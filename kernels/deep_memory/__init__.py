@@ -28,6 +28,7 @@ from .objectives import OBJECTIVES
 from .retention import RETENTIONS, visible_weights
 from .structure import (
     ACTIVATIONS,
+    MOMENTUM_RULES,
     NORMS,
     READS,
     RULES,
@@ -102,6 +103,7 @@ def deep_memory(
 
 __all__ = [
     "ACTIVATIONS",
+    "MOMENTUM_RULES",
     "NORMS",
     "OBJECTIVES",
     "READS",

@@ -37,7 +37,14 @@ from .recurrence import (
     read_rows,
 )
 from .retention import visible_weights
-from .structure import MemoryStructure, check_inputs, forward_layers, layer_errors, memory_forward
+from .structure import (
+    MOMENTUM_RULES,
+    MemoryStructure,
+    check_inputs,
+    forward_layers,
+    layer_errors,
+    memory_forward,
+)
 from .window import band, extend
 
 
@@ -145,7 +152,7 @@ def deep_memory_chunk(
 
     state = list(weights)  # L x [B, H, out, in]
     mom: list[torch.Tensor] | None = None
-    if rule in ("momentum", "muon"):
+    if rule in MOMENTUM_RULES:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
     per_token_read = retention == "l2" and read != "chunk_start"
     outs = []
@@ -185,13 +192,15 @@ def deep_memory_chunk(
 
 
 def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C):
-    """Rules whose updates are rank one (gd, momentum, dgd): the dual-form per-token read and
+    """Rules whose updates are rank one (gd, momentum, dgd and with momentum): the dual-form
+    per-token read and
     the states after token ``row`` (README eqs. D1-D5), without forming per-token weights."""
-    if rule == "dgd":  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
-        drives = [dgd_drive(coef, W, a, e) for W, a, e in zip(state, inputs, errors, strict=True)]
+    moms = [None] * len(state) if mom is None else mom
+    if rule.startswith("dgd"):  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
+        drives = [dgd_drive(coef, W, a, e, S)
+                  for W, a, e, S in zip(state, inputs, errors, moms, strict=True)]  # fmt: skip
     else:
         drives = errors
-    moms = [None] * len(state) if mom is None else mom
     rows = read_rows(read, C) if read != "chunk_start" else None
     apply = partial(_dual_read, coef, rows, state, moms, inputs, drives)
     ends = [chunk_end(coef, row, W, S, a, x)

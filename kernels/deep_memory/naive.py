@@ -8,6 +8,7 @@ structure.py) and drives the rule of every layer:
     gd        W_t = (1 - alpha_t) W_{t-1} - theta_t G_t
     momentum  S_t = eta_t S_{t-1} - theta_t G_t,   W_t = (1 - alpha_t) W_{t-1} + S_t
     dgd       W_t = W_{t-1} ((1 - alpha_t) I - theta_t a_t a_t^T) - theta_t G_t  (NL eq. 57/88)
+    dgd_momentum  S_t = eta_t S_{t-1} - theta_t (W_{t-1} a_t a_t^T + G_t),  W_t = (1 - alpha_t) W_{t-1} + S_t
     muon      S_t = eta_t S_{t-1} + G_t,   W_t = (1 - alpha_t) W_{t-1} - theta_t NS_k(S_t)  (Atlas 32)
 
 ``W`` here is the layer state (logits for kl, ``A`` for lq). With ``window = c`` (the Omega
@@ -24,7 +25,7 @@ import torch
 from ..newton_schulz import newton_schulz
 from .objectives import objective_loss
 from .retention import visible_weights
-from .structure import MemoryStructure, check_inputs, memory_forward
+from .structure import MOMENTUM_RULES, MemoryStructure, check_inputs, memory_forward
 from .window import extend
 
 
@@ -79,7 +80,7 @@ def deep_memory_naive(
     k_ext, v_ext, g_ext = extend(k, v, gamma, window, window_prefix)  # token t at t + window - 1
     state = list(weights)  # L x [B, H, out, in]
     mom = None
-    if rule in ("momentum", "muon"):
+    if rule in MOMENTUM_RULES:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -117,6 +118,12 @@ def deep_memory_naive(
                 a_col = a.transpose(-1, -2)  # [B, H, in, 1]
                 new_state.append(W @ (keep * eye - th * (a_col @ a)) - th * G)
             state = new_state
+        elif rule == "dgd_momentum":
+            _, cache = memory_forward(structure, frozen, k_t)
+            eta_t = eta[:, t, :, None, None]
+            mom = [eta_t * S - th * (W @ a.transpose(-1, -2) @ a + G)
+                   for W, S, G, a in zip(state, mom, grads, cache.inputs, strict=True)]  # fmt: skip
+            state = [keep * W + S for W, S in zip(state, mom, strict=True)]
         elif rule == "muon":
             mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]
             state = [keep * W - th * newton_schulz(S, ns_steps, ns_kind)

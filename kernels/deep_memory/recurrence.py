@@ -69,7 +69,7 @@ class ChunkCoefficients:
 def chunk_coefficients(
     theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor, rule: str
 ) -> ChunkCoefficients:
-    """Coefficients of eq. D1 for ``rule`` in {gd, momentum, dgd}; gates [..., C].
+    """Coefficients of eq. D1 for ``rule`` in {gd, momentum, dgd, dgd_momentum}; gates [..., C].
 
     gd / dgd:  W_t = r_t W_{t-1} - theta_t x_t a_t^T       (r = 1 - alpha)
         -> b_t = P^r[t, 0],  w_{t,i} = -theta_i P^r[t, i]
@@ -77,14 +77,15 @@ def chunk_coefficients(
         -> W_t = P^r[t,0] W_0 + sum_{1<=j<=t} P^r[t,j] S_j; substituting
            S_j = P^eta[j,0] S_0 + sum_i P^eta[j,i] (-theta_i) x_i a_i^T turns the double sum
            into one matmul of the two segment-product matrices (README eq. D3).
-    For dgd the drive ``x`` is not the raw local error; see :func:`dgd_drive`.
+    For dgd the drive ``x`` is not the raw local error; see :func:`dgd_drive`. dgd_momentum
+    is momentum driven by the dgd drive.
     """
     neg_theta = -theta.unsqueeze(-2)  # [..., 1, C]
     Pr = segment_products(1.0 - alpha)  # [..., C+1, C+1]
     b = Pr[..., :, 0]  # [..., C+1]
     if rule in ("gd", "dgd"):
         return ChunkCoefficients(b=b, d=None, w=Pr[..., :, 1:] * neg_theta)
-    if rule != "momentum":
+    if rule not in ("momentum", "dgd_momentum"):
         raise ValueError(f"unknown rule {rule!r}")
     Pe = segment_products(eta)  # [..., C+1, C+1]
     # Column 0 of P^r multiplies W_0, not a momentum term: drop it before composing.
@@ -100,22 +101,29 @@ def chunk_coefficients(
 
 
 def dgd_drive(
-    coef: ChunkCoefficients, W0: torch.Tensor, a: torch.Tensor, delta: torch.Tensor
+    coef: ChunkCoefficients,
+    W0: torch.Tensor,
+    a: torch.Tensor,
+    delta: torch.Tensor,
+    S0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drive ``x_t = W_{t-1} a_t + delta_t`` of delta gradient descent (README eq. D5).
 
     dgd: ``W_t = W_{t-1} (r_t I - theta_t a_t a_t^T) - theta_t delta_t a_t^T
                = r_t W_{t-1} - theta_t (W_{t-1} a_t + delta_t) a_t^T``,
     i.e. eq. D1 with drive ``x_t``, which depends on the earlier drives through ``W_{t-1}``:
-    ``x_t - sum_{i<t} w_{t-1,i} (a_t . a_i) x_i = b_{t-1} W_0 a_t + delta_t``, a unit
-    lower-triangular system solved at once (the UT transform of the delta rule).
+    ``x_t - sum_{i<t} w_{t-1,i} (a_t . a_i) x_i = b_{t-1} W_0 a_t (+ d_{t-1} S_0 a_t) + delta_t``,
+    a unit lower-triangular system solved at once (the UT transform of the delta rule). With
+    momentum (dgd_momentum) the same drive feeds the momentum, and ``S_0`` enters through d.
 
-    W0: [..., out, in]; a: [..., C, in]; delta: [..., C, out]; coefficients for one chunk
+    W0, S0: [..., out, in]; a: [..., C, in]; delta: [..., C, out]; coefficients for one chunk
     (b [..., C+1], w [..., C+1, C]). Returns x [..., C, out].
     """
     L = coef.w[..., :-1, :] * (a @ a.transpose(-1, -2))  # [..., C, C], strictly lower
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
     rhs = coef.b[..., :-1, None] * (a @ W0.transpose(-1, -2)) + delta  # [..., C, out]
+    if coef.d is not None and S0 is not None:
+        rhs = rhs + coef.d[..., :-1, None] * (a @ S0.transpose(-1, -2))
     return torch.linalg.solve_triangular(eye - L, rhs, upper=False, unitriangular=True)
 
 

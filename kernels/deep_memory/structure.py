@@ -232,7 +232,8 @@ def layer_errors(
     return deltas[::-1]
 
 
-RULES = ("gd", "momentum", "dgd", "muon")
+RULES = ("gd", "momentum", "dgd", "dgd_momentum", "muon")
+MOMENTUM_RULES = ("momentum", "dgd_momentum", "muon")  # rules that carry a momentum state
 READS = ("write_then_read", "read_then_write", "chunk_start")
 
 
@@ -285,7 +286,7 @@ def check_inputs(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if retention not in RETENTIONS:
         raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
-    if momentum is not None and rule not in ("momentum", "muon"):
+    if momentum is not None and rule not in MOMENTUM_RULES:
         raise ValueError(f"an initial momentum is only used by rules with momentum, got {rule!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
@@ -293,8 +294,8 @@ def check_inputs(
         raise ValueError(f"the lp objective needs p > 1, got {p}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if window > 1 and rule == "dgd":
-        raise ValueError("rule='dgd' is its own (delta-rule) objective; it takes no window")
+    if window > 1 and rule.startswith("dgd"):
+        raise ValueError(f"rule={rule!r} is its own (delta-rule) objective; it takes no window")
     if window > 1 and torch.is_tensor(delta):
         raise ValueError("a per-token Huber delta is not supported with window > 1")
     if gamma is not None and tuple(gamma.shape) != (B, T, H):

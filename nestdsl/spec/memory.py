@@ -143,10 +143,13 @@ class MomentumRule(Node):
 
 
 class DGDRule(Node):
-    """Delta gradient descent: `M_t = M_{t-1}(I - lr_t k k^T) - lr_t ∇L` (NL eq. 57, 88)."""
+    """Delta gradient descent: `M_t = M_{t-1}(I - lr_t k k^T) - lr_t ∇L` (NL eq. 57, 88); with
+    `momentum`, that step drives a momentum `S_t = momentum_t S_{t-1} - lr_t (...)`,
+    `M_t = M_{t-1} + S_t` (the momentum of Hope's ablation)."""
 
     kind: Literal["dgd"]
     lr: Param
+    momentum: Param | None = None
 
 
 class MuonRule(Node):

@@ -15,7 +15,7 @@ from nestdsl.kernels.deep_memory import (
     matrix_memory,
 )
 from nestdsl.kernels.deep_memory.objectives import objective_grad, objective_loss
-from nestdsl.kernels.deep_memory.structure import layer_errors, memory_forward
+from nestdsl.kernels.deep_memory.structure import MOMENTUM_RULES, layer_errors, memory_forward
 
 from .helpers import assert_close
 
@@ -91,7 +91,7 @@ def run(inputs, dtype, structure, backend, seed=1, **kw):
 
 def check_against_naive(structure, dtype=torch.float64, B=2, T=13, H=2, C=4, seed=0, prefix=0,
                         **kw):  # fmt: skip
-    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") in ("momentum", "muon"),
+    inputs = make_inputs(structure, B, T, H, seed, momentum=kw.get("rule") in MOMENTUM_RULES,
                          window=kw.get("window", 1), prefix=prefix)  # fmt: skip
     ref = run(inputs, torch.float64, structure, "naive", chunk_size=C, **kw)
     got = run(inputs, dtype, structure, "chunk", chunk_size=C, **kw)
@@ -110,6 +110,9 @@ CASES = {
     "obj-huber": (BASE, dict(objective="huber", delta=0.3)),
     "rule-momentum": (BASE, dict(rule="momentum")),
     "rule-dgd": (BASE, dict(rule="dgd")),
+    "rule-dgd-momentum": (BASE, dict(rule="dgd_momentum")),
+    "dgd-momentum-kl-rtw-ln": (LN, dict(rule="dgd_momentum", retention="kl", read="read_then_write")),
+    "dgd-momentum-matrix-chunk1": (MATRIX, dict(rule="dgd_momentum", chunk_size=1)),
     "ret-kl": (BASE, dict(retention="kl", kl_scale=2.0)),
     "ret-lq": (BASE, dict(retention="lq", q_norm=4.0)),
     "read-rtw": (BASE, dict(read="read_then_write")),
@@ -143,7 +146,8 @@ CASES = {
     "obj-huber-norm": (BASE, dict(objective="huber_norm", delta=1.0)),
     "huber-norm-omega3-muon": (GATED, dict(objective="huber_norm", delta=0.8, window=3, rule="muon")),
 }
-F32_CASES = ("base", "rule-momentum", "rule-dgd", "ret-kl", "ret-lq", "layernorm", "gated",
+F32_CASES = ("base", "rule-momentum", "rule-dgd", "rule-dgd-momentum", "ret-kl", "ret-lq",
+             "layernorm", "gated",
              "rule-muon", "omega6>C-momentum-prefix")  # fmt: skip
 
 
@@ -162,10 +166,10 @@ def test_chunk_matches_naive(structure, kw, dtype):
     check_against_naive(structure, dtype, C=C, **kw)
 
 
-@pytest.mark.parametrize("rule", ["momentum", "dgd"])
+@pytest.mark.parametrize("rule", ["momentum", "dgd", "dgd_momentum"])
 def test_extreme_gates(rule):
     """eta = 0 and alpha = 1 zero the cumulative products: still finite and exact."""
-    inputs = make_inputs(BASE, 1, 19, 2, seed=2, momentum=rule == "momentum")
+    inputs = make_inputs(BASE, 1, 19, 2, seed=2, momentum=rule in MOMENTUM_RULES)
     inputs["eta"][:, [3, 8, 9]] = 0.0
     inputs["alpha"][:, [5, 12]] = 1.0
     ref = run(inputs, torch.float64, BASE, "naive", chunk_size=8, rule=rule)
@@ -264,7 +268,7 @@ def test_matrix_memory_dgd_is_gated_delta_rule():
     assert_close("matrix dgd vs gated delta rule state", S_ref, Ws[0].transpose(-1, -2), 1e-10)
 
 
-@pytest.mark.parametrize("rule", ["momentum", "dgd"])
+@pytest.mark.parametrize("rule", ["momentum", "dgd", "dgd_momentum"])
 def test_chunk1_equals_hand_written_two_tokens(rule):
     """Two explicit tokens of a depth-2 residual gelu + layer-norm memory, gradients from
     torch.func.grad on a separately written MLP, against the chunk form at chunk 1."""
@@ -286,11 +290,15 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
     ws, ms, outs = [W1, W2], [S1, S2], []
     for t in range(2):
         g = torch.func.grad(loss)(ws, k[t], v[t])
+        layer_in = [k[t], F.gelu(ws[0] @ k[t])]  # inputs of W1 and W2 at the old weights
         if rule == "momentum":
             ms = [eta[t] * m - theta[t] * gi for m, gi in zip(ms, g, strict=True)]
             ws = [(1 - alpha[t]) * w + m for w, m in zip(ws, ms, strict=True)]
+        elif rule == "dgd_momentum":  # the dgd direction (W a + delta) a^T drives the momentum
+            ms = [eta[t] * m - theta[t] * ((w @ a).outer(a) + gi)
+                  for m, w, gi, a in zip(ms, ws, g, layer_in, strict=True)]  # fmt: skip
+            ws = [(1 - alpha[t]) * w + m for w, m in zip(ws, ms, strict=True)]
         else:
-            layer_in = [k[t], F.gelu(ws[0] @ k[t])]  # inputs of W1 and W2 at the old weights
             ws = [
                 w @ ((1 - alpha[t]) * torch.eye(w.shape[1], dtype=w.dtype) - theta[t] * a.outer(a))
                 - theta[t] * gi
@@ -314,13 +322,13 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
         structure=structure,
         rule=rule,
         chunk_size=1,
-        momentum=[S1[None, None], S2[None, None]] if rule == "momentum" else None,
+        momentum=[S1[None, None], S2[None, None]] if rule in MOMENTUM_RULES else None,
         output_final_state=True,
     )
     assert_close("hand-written o", torch.stack(outs)[None, :, None], o, 1e-12)
     for i in range(2):
         assert_close(f"hand-written W{i + 1}", ws[i], Ws[i][0, 0], 1e-12)
-        if rule == "momentum":
+        if rule in MOMENTUM_RULES:
             assert_close(f"hand-written S{i + 1}", ms[i], Ss[i][0, 0], 1e-12)
 
 
@@ -330,12 +338,13 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
         (BASE, dict(rule="momentum")),
         (LN, dict(retention="kl", rule="gd")),
         (GATED, dict(retention="lq", rule="dgd", read="read_then_write")),
+        (DEEP, dict(rule="dgd_momentum")),
     ],
-    ids=["momentum", "kl", "lq-dgd-gated"],
+    ids=["momentum", "kl", "lq-dgd-gated", "dgd-momentum"],
 )
 def test_streaming_equals_one_call(structure, kw):
     """Two calls carrying final_state, split at a chunk boundary, equal one call."""
-    inputs = make_inputs(structure, 2, 22, 2, seed=6, momentum=kw["rule"] == "momentum")
+    inputs = make_inputs(structure, 2, 22, 2, seed=6, momentum=kw["rule"] in MOMENTUM_RULES)
     seq = [inputs[n] for n in ("q", "k", "v", *GATES)]
     W0 = initial_weights([inputs[f"W{i}"] for i in range(len(structure.shapes()))], 2)
     mom = [inputs[n] for n in inputs if n.startswith("S")] or None

@@ -1,6 +1,6 @@
-"""The in-context Muon rule (Atlas eq. 32) end to end: the docs example that swaps Titans's
-momentum for Muon compiles, streams exactly, learns in context differently from momentum, and
-trains."""
+"""Inner rules end to end. The in-context Muon rule (Atlas eq. 32): the docs example that swaps
+Titans's momentum for Muon compiles, streams exactly, learns in context differently from
+momentum, and trains. DGD with momentum (Hope's ablation) compiles and streams exactly."""
 
 from __future__ import annotations
 
@@ -64,3 +64,26 @@ def test_loss_falls_in_a_short_run(tmp_path):
               if r["kind"] == "train"]  # fmt: skip
     assert len(losses) == 24 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3
+
+
+def test_hope_with_dgd_momentum_streams_exactly_and_differs():
+    """Hope's ablated momentum: `rule: {kind: dgd, momentum: ...}` on its memory compiles to
+    dgd_momentum, streams exactly, and changes the outputs."""
+    from .helpers import small_overrides
+
+    base = small_overrides("hope")
+    torch.manual_seed(0)
+    plain = nestdsl.compile(nestdsl.load("hope", base)).double()
+    torch.manual_seed(0)
+    spec = nestdsl.load("hope", [*base, "memories.M_memory.rule.momentum=0.5"])
+    model = nestdsl.compile(spec).double()
+    model.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole, state = model(tokens)
+        first, mid = model(tokens[:, :13])
+        rest, _ = model(tokens[:, 13:], mid)
+        assert (whole - plain(tokens)[0]).abs().max() > 1e-6
+    err = (torch.cat([first, rest], 1) - whole).abs().max() / whole.abs().max()
+    assert err < 1e-9, f"streaming differs by {err:.2e}"
+    assert any("M_memory" in k and ".S." in k for k in state), "the momentum is carried"

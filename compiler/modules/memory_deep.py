@@ -116,6 +116,9 @@ class DeepMemory(WeightsMemory):
         self.rule = mem.rule.kind
         if self.rule == "dgd" and mem.rule.momentum is not None:
             self.rule = "dgd_momentum"
+        if mem.normalize:
+            raise CompileError(f"memory `{plan.decl}`: `normalize` is lowered for memories "
+                               "updated every token without retention (linear attention)")  # fmt: skip
         if self.rule not in RULES:
             raise CompileError(f"memory `{plan.decl}`: rule `{self.rule}` is not lowered yet "
                                f"(lowered: {', '.join(RULES)})")  # fmt: skip

@@ -45,17 +45,25 @@ class CacheMemory(MemoryModule):
 
 
 class MatrixMemory(MemoryModule):
-    """A `[H, K, V]` state per sequence, updated every token by a matrix-memory kernel."""
+    """A `[H, K, V]` state per sequence, updated every token by a matrix-memory kernel.
+
+    With `normalize` (Katharopoulos) the values carry one more channel of ones, so the state's
+    last column is the key sum `z_t = Σ φ(k_i)` (with the same gates), and a read divides by
+    `φ(q)·z_t`."""
+
+    NORM_EPS = 1e-6  # as Katharopoulos et al.: the denominator is positive, this only guards 0
 
     def __init__(self, plan):
         super().__init__(plan)
+        self.normalize = plan.memory.normalize
         k_dim = mapped_dim(self.fm, self.degree, plan.key_dim)
+        v_dim = plan.value_dim + int(self.normalize)
         init = plan.memory.init
         if isinstance(init, LearnedInit):
-            self.initial = nn.Parameter(torch.zeros(plan.heads, k_dim, plan.value_dim))
+            self.initial = nn.Parameter(torch.zeros(plan.heads, k_dim, v_dim))
         else:
-            eye = torch.eye(k_dim, plan.value_dim) if isinstance(init, IdentityInit) else None
-            start = torch.zeros(plan.heads, k_dim, plan.value_dim) if eye is None else eye.expand(
+            eye = torch.eye(k_dim, v_dim) if isinstance(init, IdentityInit) else None
+            start = torch.zeros(plan.heads, k_dim, v_dim) if eye is None else eye.expand(
                 plan.heads, -1, -1).clone()  # fmt: skip
             self.register_buffer("initial", start, persistent=False)
 
@@ -82,10 +90,16 @@ class MatrixMemory(MemoryModule):
                                     output_final_state=True)  # fmt: skip
 
     def _read_state(self, q, order, stream):
-        return torch.einsum("bhkv,bthk->bthv", self._state(stream, q), q)
+        return self._normalized(torch.einsum("bhkv,bthk->bthv", self._state(stream, q), q))
+
+    def _normalized(self, o: torch.Tensor) -> torch.Tensor:
+        """Numerator over denominator when the last channel is `φ(q)·z` (see the class doc)."""
+        return o[..., :-1] / (o[..., -1:] + self.NORM_EPS) if self.normalize else o
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)
+        if self.normalize:
+            v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
         S0 = self._state(stream, k)
         outs, final = [], None
         for q, order in queries:
@@ -96,7 +110,7 @@ class MatrixMemory(MemoryModule):
                 shifted = torch.cat([q[:, 1:], q[:, :1]], dim=1)
                 o, final = self._kernel(shifted, k, v, env, S0)
                 o = torch.cat([first, o[:, :-1]], dim=1)
-            outs.append(o)
+            outs.append(self._normalized(o))
         if final is None:
             _, final = self._kernel(k[:, :1].expand_as(k), k, v, env, S0)
         stream.put(f"{self.key}.S", final)

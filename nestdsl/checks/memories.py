@@ -102,6 +102,7 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             path + ("retention", "mode"),
                             "use `mode: global` (weight decay, Titans) for chunked or other rules")  # fmt: skip
         yield from _window(ctx, name, m, every)
+        yield from _normalize(ctx, name, m)
         fm = m.feature_map
         if fm is not None and (fm.kind == "polynomial") != (fm.degree is not None):
             yield ctx.error("bad-value", "`degree` goes with (and only with) `polynomial`",
@@ -134,6 +135,25 @@ def _window(ctx: CheckContext, name: str, m, every) -> Iterator[Diagnostic]:
         yield ctx.error("objective-structure",
                         "a Huber `delta` per token is not supported with a window; use a constant",
                         ("memories", name, "objective", "delta"))  # fmt: skip
+
+
+def _normalize(ctx: CheckContext, name: str, m) -> Iterator[Diagnostic]:
+    """Katharopoulos's normalizer is a second, Hebbian memory of the keys: it needs updates
+    that are linear in the values (a matrix memory, `dot`, `gd`) and positive features."""
+    if not m.normalize:
+        return
+    path = ("memories", name, "normalize")
+    hebbian = (isinstance(m.structure, MatrixStructure) and m.objective.kind == "dot"
+               and m.rule is not None and m.rule.kind == "gd")  # fmt: skip
+    if not hebbian:
+        yield ctx.error("objective-structure",
+                        "`normalize` divides by the memory of the keys, which only a `matrix` "
+                        "memory with objective `dot` and rule `gd` (linear attention) keeps",
+                        path, "remove `normalize`")  # fmt: skip
+    elif m.feature_map is None or m.feature_map.kind not in ("elu1", "relu", "softmax"):
+        yield ctx.error("objective-structure",
+                        "`normalize` divides by φ(q)·Σφ(k), which needs positive features",
+                        path, "add `feature_map: elu1` (or relu, softmax)")  # fmt: skip
 
 
 def _cache_reads(ctx: CheckContext) -> Iterator[Diagnostic]:

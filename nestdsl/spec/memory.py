@@ -290,6 +290,10 @@ class Memory(Node):
     window: Window | None = Field(
         None, description="Omega rule: each update's objective sums a sliding window of tokens"
     )
+    normalize: bool = Field(
+        False,
+        description="linear attention's normalizer: reads divide by φ(q)·Σφ(k) (Katharopoulos)",
+    )
     write: Literal["differentiable", "stop_gradient"] = Field(
         "differentiable",
         description="whether the outer level backpropagates through this memory's writes",

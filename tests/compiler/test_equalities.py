@@ -99,6 +99,22 @@ def test_linear_memory_dot_gd_is_linear_attention():
     close(run(module, env), expected)
 
 
+@pytest.mark.parametrize("order", ["write_then_read", "read_then_write"])
+def test_normalize_is_katharopoulos_linear_attention(order):
+    """`normalize` with `elu1`: o_t = φ(q_t)^T Σ_s φ(k_s) v_s^T / φ(q_t)^T Σ_s φ(k_s), the
+    sums over s <= t (s < t reading before the write), with the lr gate on both sums."""
+    extra = "    rule: {kind: gd, lr: lr}\n    feature_map: elu1\n    normalize: true"
+    plan, module = memory_of(objective="dot", extra=extra, order=order)
+    assert plan.kernel == "linear_attention"
+    env = inputs(4)
+    q, k = F.elu(env["q"]) + 1, F.elu(env["kk"]) + 1
+    scores = torch.einsum("bthk,bshk->bhts", q, k) * env["lr"].permute(0, 2, 1)[:, :, None, :]
+    scores = scores.tril(0 if order == "write_then_read" else -1)
+    expected = torch.einsum("bhts,bshv->bthv", scores, env["vv"])
+    expected = expected / (scores.sum(-1).transpose(1, 2).unsqueeze(-1) + 1e-6)
+    close(run(module, env, order), expected)
+
+
 def test_l2_gd_is_the_delta_rule():
     plan, module = memory_of(extra="    rule: {kind: gd, lr: lr}")
     assert plan.kernel == "delta_rule"

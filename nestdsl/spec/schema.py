@@ -38,8 +38,13 @@ class M3(Node):
     alpha: float = Field(1.0, ge=0.0, description="weight of the slow momentum")
     frequency: PositiveInt = Field(8, description="steps between slow-momentum updates (f)")
     ns_steps: PositiveInt = 5
+    ns_kind: Literal["quintic", "cubic"] = "quintic"
     weight_decay: float = Field(0.0, ge=0.0)
     eps: PositiveFloat = 1e-8
+    # As printed the momenta and V are plain sums (1.0); below 1 they decay before each update,
+    # which damps the frictionless heavy ball the printed algorithm is (docs/training.md).
+    momentum_decay: float = Field(1.0, ge=0.0, le=1.0, description="M <- d M + beta g (1: as printed)")
+    variance_decay: float = Field(1.0, ge=0.0, le=1.0, description="V <- d V + beta2 g^2 (1: as printed)")
 
 
 class DeltaMomentum(Node):

@@ -132,3 +132,18 @@ def test_factory_builds_both_kinds_and_groups_weight_decay():
         build_optimizer(model.parameters(), {"kind": "m3", "betas": [0.9, 0.9]})
     with pytest.raises(UserError, match="bad m3 optimizer settings"):
         build_optimizer(model.parameters(), {"kind": "m3", "frequency": 0})
+
+
+def test_the_schema_and_the_optimizer_agree_on_every_m3_setting():
+    """Every spec setting reaches M3 (the damping factors included) with the same defaults."""
+    from nestdsl.optim import M3_DEFAULTS
+    from nestdsl.spec.schema import M3 as M3Spec
+
+    spec = M3Spec(kind="m3").model_dump(mode="json")
+    assert set(spec) - {"kind"} == set(M3_DEFAULTS)
+    for key, value in M3_DEFAULTS.items():
+        assert spec[key] == (list(value) if isinstance(value, tuple) else value), key
+    damped = M3Spec(kind="m3", momentum_decay=0.9, variance_decay=0.99).model_dump(mode="json")
+    model = torch.nn.Linear(3, 4)
+    opt = build_optimizer(model.parameters(), damped)
+    assert opt.defaults["momentum_decay"] == 0.9 and opt.defaults["variance_decay"] == 0.99

@@ -94,10 +94,13 @@ class ShortConv(nn.Module):
 class Linear(nn.Module):
     """`y = x W` over the flattened feature axes, reshaped to `out`, then the `then:` post-ops."""
 
-    def __init__(self, in_shape, out_shape, bias: bool, then: list[str], key: str):
+    def __init__(self, in_shape, out_shape, bias, then: list[str], key: str):
+        """`bias`: False, True (torch's default init) or a spec `BiasInit` (starts at `init`)."""
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.proj = nn.Linear(math.prod(in_shape), math.prod(out_shape), bias=bias)
+        self.proj = nn.Linear(math.prod(in_shape), math.prod(out_shape), bias=bool(bias))
+        if hasattr(bias, "init"):
+            nn.init.constant_(self.proj.bias, bias.init)
         self.then = list(then)
         post = {}
         for i, name in enumerate(then):

@@ -24,13 +24,21 @@ PostOp = Literal[
 ]  # fmt: skip
 
 
+class BiasInit(Node):
+    """A learned bias that starts at `init` rather than 0: where a gate starts (e.g. a forget
+    gate `sigmoid(x W + b)` near 0 with `init: -4`), as Mamba and Gated DeltaNet initialize
+    their decays."""
+
+    init: float
+
+
 class Linear(Node):
     """`y = x W (+ b)`; `out` is a size or a list of sizes (`[n_heads, d_head]` splits heads)."""
 
     op: Literal["linear"]
     in_: Name = Field(alias="in")
     out: Dim | Annotated[list[Dim], Field(min_length=1)]  # `[]` would be a shapeless tensor
-    bias: bool = False
+    bias: bool | BiasInit = Field(False, description="`true`, or `{init: b}` to start at b")
     then: list[PostOp] = Field(default_factory=list, description="post-ops applied in order")
 
 

@@ -208,3 +208,17 @@ def test_a_block_on_a_frozen_level_trains_nothing():
     layer = model.layers[0]
     assert not any(p.requires_grad for p in layer.ops.parameters())
     assert all(p.requires_grad for p in model.embed.parameters())
+
+
+def test_a_bias_init_sets_where_a_gate_starts():
+    """`bias: {init: b}` starts the bias at b, so with zero weights the gate is sigmoid(b)."""
+    text = SPEC.format(H=H, K=K, V=V, structure="matrix", objective="l2",
+                       extra="    rule: {kind: gd, lr: lr}", order="write_then_read")  # fmt: skip
+    text = text.replace("out: [h], then: [sigmoid]}", "out: [h], bias: {init: -4.0}, then: [sigmoid]}")
+    model = nestdsl.compile(nestdsl.check_text(text, "one-memory.yaml"))
+    proj = model.layers[0].ops["lr"].proj
+    assert torch.equal(proj.bias.detach(), torch.full((H,), -4.0))
+    with torch.no_grad():
+        proj.weight.zero_()
+        gate = model.layers[0].ops["lr"](torch.randn(1, 3, 16), 1, Stream(0, {}))
+    torch.testing.assert_close(gate, torch.full((1, 3, H), torch.sigmoid(torch.tensor(-4.0)).item()))

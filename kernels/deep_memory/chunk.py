@@ -167,6 +167,7 @@ def deep_memory_chunk(
         dy = objective_grad(y, v_n, objective, p, d_n)
         errors = layer_errors(structure, frozen, cache, dy if g_n is None else g_n[..., None] * dy)
         inputs = cache.inputs  # L x [B, H, C, in]
+        # 2. the rule: how each token's weights read, and the state after the last real token.
         row = C if n < N - 1 else C - pad
         if rule == "muon":
             gates_n = [g[:, :, n] for g in gates]

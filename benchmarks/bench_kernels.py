@@ -3,7 +3,8 @@
 For ``linear_attention`` and ``gated_delta_rule`` (with decay), backends ``chunk`` and
 ``naive``, at B=1, H=4, K=V=64, float32, chunk size 64, T in {512, 2048, 8192}, it reports:
 
-* ``fwd ms``: forward time under ``torch.no_grad()`` (inference), best of the repetitions;
+* ``fwd ms``: forward time under ``torch.no_grad()`` (inference), best of the repetitions
+  (the ``gated_delta_rule`` chunk backend then runs its inference form, see its README.md);
 * ``fwd+bwd ms``: forward with autograd plus ``o.backward(do)``, best of the repetitions;
 * ``tok/s``: B * T / time, for each of the two;
 * ``peak RSS MB``: growth of the process's peak resident set size (``ru_maxrss``) during one

@@ -98,6 +98,49 @@ def test_strong_decay_stays_finite_and_accurate(dtype):
         assert_close(f"strong decay d{name}", g_ref[name].to(dtype), g_got[name], rtol)
 
 
+def _inference_cases():
+    for dtype in DTYPES:
+        for gated in (True, False):
+            for T, C in [(1, 16), (100, 16), (257, 64), (130, 96), (63, 5)]:
+                kind = "gated" if gated else "plain"
+                yield pytest.param(dtype, gated, T, C, id=f"{kind}-{str(dtype)[6:]}-T{T}-C{C}")
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["factored", "direct"])
+@pytest.mark.parametrize("dtype, gated, T, C", list(_inference_cases()))
+def test_inference_path_matches_naive(dtype, gated, T, C, direct, monkeypatch):
+    """Without autograd the chunk form takes its inference path (eq. 12), in sub-chunks of 32
+    for C = 64 and 96, with the decay folded into the operands or (forced) the masked matrix."""
+    from nestdsl.kernels.delta_rule import chunk
+
+    if direct:
+        monkeypatch.setattr(chunk, "FACTORED_DECAY_RANGE", 0.0)
+    inputs, _ = make_inputs(2, T, 3, 16, 8, seed=T + C, gated=gated)
+    if gated:  # milder decays: every chunk's total stays inside the factored range (float32: 39)
+        inputs["g"] = 0.3 * inputs["g"]
+        g = F.pad(inputs["g"], (0, 0, 0, -T % 32))  # every sub-chunk's total, at most 32 tokens
+        assert g.view(2, -1, 32, 3).sum(2).min() > -39
+    o_ref, s_ref = run(inputs, backend="naive")
+    with torch.no_grad():
+        o, s = run({n: x.to(dtype) for n, x in inputs.items()}, chunk_size=C, backend="chunk")
+    assert o.is_contiguous() and o.dtype == dtype
+    assert_close("inference o", o_ref.to(dtype), o, RTOL[dtype])
+    assert_close("inference state", s_ref.to(dtype), s, RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_inference_path_under_strong_decay(dtype):
+    """Total log decays beyond the factored range switch to the masked matrix: still exact."""
+    inputs, _ = make_inputs(1, 130, 3, 8, 16, seed=12)
+    u = torch.rand(1, 130, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    inputs["g"] = -40.0 * u * (u > 0.5) - 1e-3 * u
+    o_ref, s_ref = run(inputs, backend="naive")
+    with torch.no_grad():
+        o, s = run({n: x.to(dtype) for n, x in inputs.items()}, chunk_size=64, backend="chunk")
+    assert_close("strong decay inference o", o_ref.to(dtype), o, STRONG_DECAY_RTOL[dtype])
+    assert_close("strong decay inference state", s_ref.to(dtype), s, STRONG_DECAY_RTOL[dtype])
+
+
 @pytest.mark.parametrize("backend", ["naive", "chunk"])
 def test_delta_rule_is_gated_delta_rule_without_g(backend):
     inputs, _ = make_inputs(2, 70, 3, 8, 16, seed=3, gated=False)

@@ -195,7 +195,8 @@ def structure_text(memory, dims: dict[str, int]) -> str:
         return f"matrix {per}{_size(st.key_dim, dims)}→{_size(st.value_dim, dims)}"
     if isinstance(st, CacheStructure):
         window = f", window {st.window}" if st.window else ""
-        return f"cache {per}{_size(st.key_dim, dims)}{window}"
+        sinks = f" + {st.sinks} sinks" if st.sinks and st.window else ""
+        return f"cache {per}{_size(st.key_dim, dims)}{window}{sinks}"
     if isinstance(st, MLPStructure):
         return f"mlp {per}{_size(st.dim, dims)}, depth {st.depth}"
     if isinstance(st, GatedMLPStructure):
@@ -204,11 +205,19 @@ def structure_text(memory, dims: dict[str, int]) -> str:
 
 
 def learning_text(memory) -> str:
-    """`objective · rule · retention`, e.g. `l2 · dgd · l2 decay`."""
+    """`objective · rule · retention`, e.g. `l2 · dgd · l2 decay` or `l2 over 8 tokens · muon`."""
     objective = memory.objective
     parts = [f"l{objective.p:g}" if isinstance(objective, LpObjective) else objective.kind]
+    if getattr(objective, "switch", None) == "norm":
+        parts[0] += " (norm)"
+    if memory.window is not None and memory.window.tokens > 1:
+        parts[0] += f" over {memory.window.tokens} tokens"
+    if memory.normalize:
+        parts[0] += ", normalized"
     if memory.rule is not None:
-        parts.append(memory.rule.kind)
+        rule = memory.rule
+        parts.append(rule.kind + (" + momentum" if getattr(rule, "momentum", None) is not None
+                                  and rule.kind == "dgd" else ""))  # fmt: skip
     retention = memory.retention
     if isinstance(retention, L2Retention):
         parts.append("l2 decay" + (" (local)" if retention.mode == "local" else ""))

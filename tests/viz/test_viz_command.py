@@ -66,6 +66,19 @@ def test_hope_svg_shows_periods_and_memory_labels(tmp_path, capsys):
         assert label in text, label
 
 
+@needs_dot
+@pytest.mark.parametrize("name, label", [
+    ("atlas", "l2 over 8 tokens · muon · l2 decay"),       # the Omega window
+    ("titans-mag", "cache 4 heads x 32, window 32 + 4 sinks"),
+    ("linear-attention", "dot, normalized · gd"),
+    ("yaad", "huber (norm) · gd · l2 decay"),
+])  # fmt: skip
+def test_memory_labels_show_the_objective_options(name, label, tmp_path, capsys):
+    out = tmp_path / f"{name}.svg"
+    draw(capsys, name, "-o", str(out))
+    assert label in svg_text(out)
+
+
 def test_dot_output_is_graphviz_source(tmp_path, capsys):
     out = tmp_path / "hope.dot"
     draw(capsys, "hope", "-o", str(out))

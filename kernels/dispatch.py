@@ -1,7 +1,8 @@
-"""Backend dispatch for the matrix-memory kernels.
+"""Backend dispatch for the memory kernels.
 
-Every kernel op (``linear_attention``, ``gated_delta_rule``, ``softmax_attention``) has
-several interchangeable implementations, called *backends*:
+Every kernel op (``linear_attention``, ``gated_delta_rule``, ``softmax_attention``,
+``titans_linear``, ``deep_memory``) has several interchangeable implementations, called
+*backends*:
 
 * ``"naive"``  - the per-token loop, the reference oracle;
 * ``"chunk"``  - the chunk-parallel PyTorch form;
@@ -192,3 +193,7 @@ register("gated_delta_rule", "naive", ".delta_rule.naive:gated_delta_rule_naive"
 register("gated_delta_rule", "chunk", ".delta_rule.chunk:gated_delta_rule_chunk")
 register("softmax_attention", "naive", ".softmax_attention.naive:softmax_attention_naive")
 register("softmax_attention", "chunk", ".softmax_attention.chunk:softmax_attention_chunk")
+register("titans_linear", "naive", ".titans_linear.naive:titans_linear_naive")
+register("titans_linear", "chunk", ".titans_linear.chunk:titans_linear_chunk")
+register("deep_memory", "naive", ".deep_memory.naive:deep_memory_naive")
+register("deep_memory", "chunk", ".deep_memory.chunk:deep_memory_chunk")

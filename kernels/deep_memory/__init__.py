@@ -3,7 +3,7 @@
 ``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
 delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
 chunk_size=16, momentum=None, output_final_state=False, ns_steps=5, ns_kind='quintic',
-window=1, gamma=None, window_prefix=None, backend='chunk')`` returns
+window=1, gamma=None, window_prefix=None, backend=None)`` returns
 ``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
 decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
 (logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
@@ -12,8 +12,10 @@ Newton-Schulz iteration of 'muon'; ``window`` > 1 is the Omega rule (Atlas eq. 9
 update fits the last ``window`` tokens weighted by ``gamma`` [B, T, H] (default 1), with
 ``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the first
 one, which must start a chunk); ``final_state = (weights, momentum or None)`` when
-``output_final_state`` else None. ``backend`` is 'chunk' (dual form) or 'naive' (per-token
-loop with autograd gradients). Semantics and derivations: README.md.
+``output_final_state`` else None. ``backend`` is 'chunk' (dual form), 'naive' (per-token
+loop with autograd gradients) or None: the kernel dispatcher's choice (``backend=``, then
+``use_backend``, then ``NESTDSL_KERNEL_BACKEND``, then automatic). Semantics and derivations:
+README.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..dispatch import resolve
 from .chunk import deep_memory_chunk
 from .naive import deep_memory_naive
 from .objectives import OBJECTIVES
@@ -38,8 +41,6 @@ from .structure import (
     matrix_memory,
     memory_forward,
 )
-
-_BACKENDS = {"chunk": deep_memory_chunk, "naive": deep_memory_naive}
 
 
 def deep_memory(
@@ -68,12 +69,10 @@ def deep_memory(
     window: int = 1,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
-    backend: str = "chunk",
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {tuple(_BACKENDS)}, got {backend!r}")
-    return _BACKENDS[backend](
+    return resolve("deep_memory", q.device, backend)(
         q,
         k,
         v,

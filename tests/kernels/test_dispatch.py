@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from nestdsl.kernels import api, dispatch
+from nestdsl.kernels.deep_memory import deep_memory_chunk, deep_memory_naive
 from nestdsl.kernels.delta_rule import gated_delta_rule_chunk, gated_delta_rule_naive
 from nestdsl.kernels.linear_attention import linear_attention_chunk, linear_attention_naive
 from nestdsl.kernels.softmax_attention import softmax_attention_chunk, softmax_attention_naive
+from nestdsl.kernels.titans_linear import titans_linear_chunk, titans_linear_naive
 
 OPS = {
     "linear_attention": (linear_attention_naive, linear_attention_chunk),
     "gated_delta_rule": (gated_delta_rule_naive, gated_delta_rule_chunk),
     "softmax_attention": (softmax_attention_naive, softmax_attention_chunk),
+    "titans_linear": (titans_linear_naive, titans_linear_chunk),
+    "deep_memory": (deep_memory_naive, deep_memory_chunk),
 }
 
 
@@ -171,3 +175,17 @@ def test_public_api_env_var_selects_backend(monkeypatch, spy):
     monkeypatch.setenv(dispatch.ENV_VAR, "naive")
     o, _ = api.linear_attention(q, q, q)
     assert isinstance(o, torch.Tensor) and spy[-1][0] == "linear_attention" and len(spy) == 1
+
+
+def test_memory_kernels_route_through_dispatch(spy, monkeypatch):
+    """titans_linear and deep_memory follow the dispatcher too (the env var included), so a
+    fused backend lands with one `register` line and NESTDSL_KERNEL_BACKEND reaches them."""
+    from nestdsl.kernels.deep_memory import deep_memory, matrix_memory
+    from nestdsl.kernels.titans_linear import titans_linear
+
+    x, g = torch.zeros(1, 2, 1, 3), torch.zeros(1, 2, 1)
+    monkeypatch.setenv(dispatch.ENV_VAR, "spy")
+    assert titans_linear(x, x, x, g, g, g)[0] == "spy-output"
+    w = [torch.zeros(1, 1, 3, 3)]
+    assert deep_memory(x, x, x, g, g, g, w, structure=matrix_memory(3, 3))[0] == "spy-output"
+    assert [c[0] for c in spy] == ["titans_linear", "deep_memory"]

@@ -132,6 +132,7 @@ class DeepMemory(WeightsMemory):
         self.chunk = plan.chunk
         self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")
         self.window = mem.window.tokens if mem.window is not None else 1
+        self.dgd_step = getattr(mem.rule, "step", "explicit")
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
@@ -165,7 +166,7 @@ class DeepMemory(WeightsMemory):
                            retention=self.retention, q_norm=self.q_norm,
                            kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
                            momentum=momentum, output_final_state=True, ns_steps=self.ns[0],
-                           ns_kind=self.ns[1], **omega)  # fmt: skip
+                           ns_kind=self.ns[1], dgd_step=self.dgd_step, **omega)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)

@@ -3,7 +3,7 @@
 ``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
 delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
 chunk_size=16, momentum=None, output_final_state=False, ns_steps=5, ns_kind='quintic',
-window=1, gamma=None, window_prefix=None, backend=None)`` returns
+window=1, gamma=None, window_prefix=None, dgd_step='explicit', backend=None)`` returns
 ``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
 decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
 (logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
@@ -11,7 +11,8 @@ initial momentum list (rules 'momentum' and 'muon'; ``ns_steps`` and ``ns_kind``
 Newton-Schulz iteration of 'muon'; ``window`` > 1 is the Omega rule (Atlas eq. 9): each
 update fits the last ``window`` tokens weighted by ``gamma`` [B, T, H] (default 1), with
 ``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the first
-one, which must start a chunk); ``final_state = (weights, momentum or None)`` when
+one, which must start a chunk); ``dgd_step='proximal'`` gives the dgd rules the exact
+minimizer's step ``theta / (1 + theta ||a||^2)`` per layer (NL eq. 57); ``final_state = (weights, momentum or None)`` when
 ``output_final_state`` else None. ``backend`` is 'chunk' (dual form), 'naive' (per-token
 loop with autograd gradients) or None: the kernel dispatcher's choice (``backend=``, then
 ``use_backend``, then ``NESTDSL_KERNEL_BACKEND``, then automatic). Semantics and derivations:
@@ -69,6 +70,7 @@ def deep_memory(
     window: int = 1,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
+    dgd_step: str = "explicit",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
@@ -97,6 +99,7 @@ def deep_memory(
         window=window,
         gamma=gamma,
         window_prefix=window_prefix,
+        dgd_step=dgd_step,
     )
 
 

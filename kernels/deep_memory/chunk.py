@@ -49,7 +49,7 @@ from .window import band, extend
 
 
 def _dual_read(
-    coef: ChunkCoefficients,
+    coefs: list[ChunkCoefficients],
     rows: slice,
     states: list[torch.Tensor],
     moms: list[torch.Tensor | None],
@@ -59,7 +59,7 @@ def _dual_read(
     r: torch.Tensor,
 ) -> torch.Tensor:
     """Layer i applied with its per-token weights: ``W_{i,t} r_t`` for the chosen rows."""
-    return apply_rows(coef, rows, states[i], moms[i], inputs[i], drives[i], r)
+    return apply_rows(coefs[i], rows, states[i], moms[i], inputs[i], drives[i], r)
 
 
 def deep_memory_chunk(
@@ -88,6 +88,7 @@ def deep_memory_chunk(
     window: int = 1,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
+    dgd_step: str = "explicit",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
     check_inputs(
@@ -108,6 +109,7 @@ def deep_memory_chunk(
         gamma=gamma,
         window_prefix=window_prefix,
         delta=delta,
+        dgd_step=dgd_step,
     )
     B, T, H, _ = q.shape
     C = chunk_size
@@ -174,8 +176,9 @@ def deep_memory_chunk(
             apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
                                              ns_steps, ns_kind, mix)  # fmt: skip
         else:
+            gates_n = [g[:, :, n] for g in gates] if dgd_step == "proximal" else None
             apply, state, mom = _linear_layers(coef_all.chunk(n), state, mom, inputs, errors,
-                                               rule, read, row, C)  # fmt: skip
+                                               rule, read, row, C, gates_n)  # fmt: skip
 
         # 3. reads.
         if per_token_read:
@@ -192,20 +195,27 @@ def deep_memory_chunk(
     return o, ((state, mom) if output_final_state else None)
 
 
-def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C):
+def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C, proximal_gates=None):
     """Rules whose updates are rank one (gd, momentum, dgd and with momentum): the dual-form
-    per-token read and
-    the states after token ``row`` (README eqs. D1-D5), without forming per-token weights."""
+    per-token read and the states after token ``row`` (README eqs. D1-D5), without forming
+    per-token weights. ``proximal_gates`` (theta, eta, alpha of the chunk) selects dgd's
+    proximal step, whose step size differs per layer (README eq. D6)."""
+    if proximal_gates is None:
+        coefs = [coef] * len(state)
+    else:
+        theta, eta, alpha = proximal_gates
+        coefs = [chunk_coefficients(theta / (1.0 + theta * a.square().sum(-1)), eta, alpha, rule)
+                 for a in inputs]  # fmt: skip
     moms = [None] * len(state) if mom is None else mom
     if rule.startswith("dgd"):  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
-        drives = [dgd_drive(coef, W, a, e, S)
-                  for W, a, e, S in zip(state, inputs, errors, moms, strict=True)]  # fmt: skip
+        drives = [dgd_drive(c, W, a, e, S)
+                  for c, W, a, e, S in zip(coefs, state, inputs, errors, moms, strict=True)]  # fmt: skip
     else:
         drives = errors
     rows = read_rows(read, C) if read != "chunk_start" else None
-    apply = partial(_dual_read, coef, rows, state, moms, inputs, drives)
-    ends = [chunk_end(coef, row, W, S, a, x)
-            for W, S, a, x in zip(state, moms, inputs, drives, strict=True)]  # fmt: skip
+    apply = partial(_dual_read, coefs, rows, state, moms, inputs, drives)
+    ends = [chunk_end(c, row, W, S, a, x)
+            for c, W, S, a, x in zip(coefs, state, moms, inputs, drives, strict=True)]  # fmt: skip
     return apply, [W for W, _ in ends], None if mom is None else [S for _, S in ends]
 
 

@@ -9,6 +9,9 @@ structure.py) and drives the rule of every layer:
     momentum  S_t = eta_t S_{t-1} - theta_t G_t,   W_t = (1 - alpha_t) W_{t-1} + S_t
     dgd       W_t = W_{t-1} ((1 - alpha_t) I - theta_t a_t a_t^T) - theta_t G_t  (NL eq. 57/88)
     dgd_momentum  S_t = eta_t S_{t-1} - theta_t (W_{t-1} a_t a_t^T + G_t),  W_t = (1 - alpha_t) W_{t-1} + S_t
+
+``dgd_step='proximal'`` replaces theta_t, in both dgd rules, by the step of the exact minimizer
+of NL eq. 57, ``theta_t / (1 + theta_t ||a_t||^2)``, per layer (its input a_t).
     muon      S_t = eta_t S_{t-1} + G_t,   W_t = (1 - alpha_t) W_{t-1} - theta_t NS_k(S_t)  (Atlas 32)
 
 ``W`` here is the layer state (logits for kl, ``A`` for lq). With ``window = c`` (the Omega
@@ -55,6 +58,7 @@ def deep_memory_naive(
     window: int = 1,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
+    dgd_step: str = "explicit",
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
     check_inputs(
@@ -75,6 +79,7 @@ def deep_memory_naive(
         gamma=gamma,
         window_prefix=window_prefix,
         delta=delta,
+        dgd_step=dgd_step,
     )
     T = q.shape[1]
     k_ext, v_ext, g_ext = extend(k, v, gamma, window, window_prefix)  # token t at t + window - 1
@@ -110,20 +115,22 @@ def deep_memory_naive(
         if read == "read_then_write":
             outs.append(read_out(state if retention == "l2" else frozen, q_t))
 
-        if rule == "dgd":
+        if rule.startswith("dgd"):
             _, cache = memory_forward(structure, frozen, k_t)
-            new_state = []
-            for W, G, a in zip(state, grads, cache.inputs, strict=True):
-                eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+            new_state, new_mom = [], []
+            for i, (W, G, a) in enumerate(zip(state, grads, cache.inputs, strict=True)):
+                step = th  # [B, H, 1, 1]; the proximal step shrinks it by the input's norm
+                if dgd_step == "proximal":
+                    step = th / (1.0 + th * a.square().sum(-1, keepdim=True))
                 a_col = a.transpose(-1, -2)  # [B, H, in, 1]
-                new_state.append(W @ (keep * eye - th * (a_col @ a)) - th * G)
-            state = new_state
-        elif rule == "dgd_momentum":
-            _, cache = memory_forward(structure, frozen, k_t)
-            eta_t = eta[:, t, :, None, None]
-            mom = [eta_t * S - th * (W @ a.transpose(-1, -2) @ a + G)
-                   for W, S, G, a in zip(state, mom, grads, cache.inputs, strict=True)]  # fmt: skip
-            state = [keep * W + S for W, S in zip(state, mom, strict=True)]
+                if rule == "dgd":
+                    eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+                    new_state.append(W @ (keep * eye - step * (a_col @ a)) - step * G)
+                else:  # dgd_momentum
+                    S = eta[:, t, :, None, None] * mom[i] - step * (W @ a_col @ a + G)
+                    new_mom.append(S)
+                    new_state.append(keep * W + S)
+            state, mom = new_state, (new_mom or mom)
         elif rule == "muon":
             mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]
             state = [keep * W - th * newton_schulz(S, ns_steps, ns_kind)

@@ -256,6 +256,7 @@ def check_inputs(
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
     delta: float | torch.Tensor = 1.0,
+    dgd_step: str = "explicit",
 ) -> None:
     """Shape / option checks shared by the loop and chunk forms of ``deep_memory``."""
     if not isinstance(structure, MemoryStructure):
@@ -292,6 +293,10 @@ def check_inputs(
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if p <= 1.0:
         raise ValueError(f"the lp objective needs p > 1, got {p}")
+    if dgd_step not in ("explicit", "proximal"):
+        raise ValueError(f"dgd_step must be 'explicit' or 'proximal', got {dgd_step!r}")
+    if dgd_step == "proximal" and not rule.startswith("dgd"):
+        raise ValueError(f"dgd_step='proximal' is a step of the dgd rules, not of {rule!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if window > 1 and rule.startswith("dgd"):

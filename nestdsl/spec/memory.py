@@ -150,6 +150,11 @@ class DGDRule(Node):
     kind: Literal["dgd"]
     lr: Param
     momentum: Param | None = None
+    # `explicit`: the step lr_t as printed in eq. 88. `proximal`: the exact minimizer of eq. 57,
+    # step lr_t / (1 + lr_t ||a_t||^2) per layer, stable whatever the size of the layer input.
+    step: Literal["explicit", "proximal"] = Field(
+        "explicit", description="`proximal`: lr / (1 + lr ||a||^2), the exact argmin of NL eq. 57"
+    )
 
 
 class MuonRule(Node):

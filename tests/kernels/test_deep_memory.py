@@ -113,6 +113,10 @@ CASES = {
     "rule-dgd-momentum": (BASE, dict(rule="dgd_momentum")),
     "dgd-momentum-kl-rtw-ln": (LN, dict(rule="dgd_momentum", retention="kl", read="read_then_write")),
     "dgd-momentum-matrix-chunk1": (MATRIX, dict(rule="dgd_momentum", chunk_size=1)),
+    "dgd-proximal": (BASE, dict(rule="dgd", dgd_step="proximal")),
+    "dgd-proximal-kl-rtw-gated": (GATED, dict(rule="dgd", dgd_step="proximal", retention="kl",
+                                             read="read_then_write")),
+    "dgd-momentum-proximal-deep": (DEEP, dict(rule="dgd_momentum", dgd_step="proximal")),
     "ret-kl": (BASE, dict(retention="kl", kl_scale=2.0)),
     "ret-lq": (BASE, dict(retention="lq", q_norm=4.0)),
     "read-rtw": (BASE, dict(read="read_then_write")),
@@ -146,7 +150,8 @@ CASES = {
     "obj-huber-norm": (BASE, dict(objective="huber_norm", delta=1.0)),
     "huber-norm-omega3-muon": (GATED, dict(objective="huber_norm", delta=0.8, window=3, rule="muon")),
 }
-F32_CASES = ("base", "rule-momentum", "rule-dgd", "rule-dgd-momentum", "ret-kl", "ret-lq",
+F32_CASES = ("base", "rule-momentum", "rule-dgd", "rule-dgd-momentum", "dgd-proximal", "ret-kl",
+             "ret-lq",
              "layernorm", "gated",
              "rule-muon", "omega6>C-momentum-prefix")  # fmt: skip
 
@@ -503,3 +508,27 @@ def test_yaad_switches_on_the_norm_of_the_error():
                                torch.tensor([1.0, -0.1, 0.2], dtype=torch.float64))  # fmt: skip
     loss = objective_loss(y.requires_grad_(), v, "huber_norm", delta=1.0)
     torch.testing.assert_close(torch.autograd.grad(loss.sum(), y)[0], g)
+
+
+def test_proximal_dgd_is_the_exact_minimizer_of_nl_eq_57():
+    """dgd_step='proximal', chunk 1, no retention: every update is
+    argmin_W 1/2 ||W x - u||^2 + 1/(2 eta) ||W - W_t||^2 with u = -grad_y L(W_t; x) (NL eq. 57),
+    solved here from its normal equations W (I + eta x x^T) = W_t + eta u x^T; keys are not
+    normalized, so the step differs from the explicit one."""
+    structure = matrix_memory(3, 2)
+    gen = torch.Generator().manual_seed(10)
+    k = 2.0 * torch.randn(1, 4, 1, 3, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 4, 1, 2, generator=gen, dtype=torch.float64)
+    theta = torch.tensor([[[0.3], [0.9], [0.5], [1.5]]], dtype=torch.float64)
+    W0 = torch.randn(1, 1, 2, 3, generator=gen, dtype=torch.float64)
+    zeros = torch.zeros_like(theta)
+    o, (Ws, _) = deep_memory(k, k, v, theta, zeros, zeros, [W0], structure=structure, rule="dgd",
+                             chunk_size=1, dgd_step="proximal", output_final_state=True)  # fmt: skip
+    W = W0[0, 0]
+    for t in range(4):
+        x, eta = k[0, t, 0], theta[0, t, 0]
+        u = -(W @ x - v[0, t, 0])
+        lhs = torch.eye(3, dtype=torch.float64) + eta * torch.outer(x, x)
+        W = torch.linalg.solve(lhs, (W + eta * torch.outer(u, x)).T).T  # W lhs = rhs (lhs symmetric)
+        assert_close(f"proximal dgd o{t}", W @ k[0, t, 0], o[0, t, 0], 1e-12)
+    assert_close("proximal dgd W", W, Ws[0][0, 0], 1e-12)

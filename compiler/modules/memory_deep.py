@@ -13,7 +13,6 @@ import torch
 from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
-    RULES,
     MemoryStructure,
     deep_memory,
     init_params,
@@ -119,9 +118,6 @@ class DeepMemory(WeightsMemory):
         if mem.normalize:
             raise CompileError(f"memory `{plan.decl}`: `normalize` is lowered for memories "
                                "updated every token without retention (linear attention)")  # fmt: skip
-        if self.rule not in RULES:
-            raise CompileError(f"memory `{plan.decl}`: rule `{self.rule}` is not lowered yet "
-                               f"(lowered: {', '.join(RULES)})")  # fmt: skip
         ret = mem.retention
         self.retention = {KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2")
         self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0
@@ -132,6 +128,9 @@ class DeepMemory(WeightsMemory):
         self.chunk = plan.chunk
         self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")
         self.window = mem.window.tokens if mem.window is not None else 1
+        # The kernel takes one Huber threshold for a whole window; the spec checks keep it a
+        # constant there (or absent: 1).
+        self.window_delta = float(getattr(obj, "delta", 1.0)) if self.window > 1 else None
         self.dgd_step = getattr(mem.rule, "step", "explicit")
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
@@ -158,8 +157,8 @@ class DeepMemory(WeightsMemory):
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
         omega = {}
-        if self.plan.memory.window is not None:  # the spec checks keep delta constant here
-            delta = delta if self.window == 1 else float(delta.flatten()[0])
+        if self.plan.memory.window is not None:
+            delta = delta if self.window_delta is None else self.window_delta
             omega = {"window": self.window, "gamma": gamma, "window_prefix": prefix}
         return deep_memory(q, k, v, theta, eta, alpha, weights, structure=self.structure,
                            objective=self.objective, p=self.p, delta=delta, rule=self.rule,

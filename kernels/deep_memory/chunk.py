@@ -145,7 +145,10 @@ def deep_memory_chunk(
         def written(n: int):  # [B, H, C + pre, D] x 2, [B, H, C + pre]
             return tuple(x[:, :, n * C : n * C + C + pre] for x in (ke, ve, ge))
     mix = band(C, window, q) if pre else None
-    if rule != "muon":  # rows of eq. D1 for every chunk: b [B, H, N, C+1], w [B, H, N, C+1, C]
+    # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon and dgd's
+    # proximal step build their own per chunk.
+    coef_all = None
+    if rule != "muon" and dgd_step != "proximal":
         coef_all = chunk_coefficients(*gates, rule)
         coef_all = coef_all.windowed(mix) if pre else coef_all
 
@@ -176,9 +179,10 @@ def deep_memory_chunk(
             apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
                                              ns_steps, ns_kind, mix)  # fmt: skip
         else:
-            gates_n = [g[:, :, n] for g in gates] if dgd_step == "proximal" else None
-            apply, state, mom = _linear_layers(coef_all.chunk(n), state, mom, inputs, errors,
-                                               rule, read, row, C, gates_n)  # fmt: skip
+            coef = None if coef_all is None else coef_all.chunk(n)
+            gates_n = None if coef_all is not None else [g[:, :, n] for g in gates]
+            apply, state, mom = _linear_layers(coef, state, mom, inputs, errors, rule, read, row,
+                                               C, gates_n)  # fmt: skip
 
         # 3. reads.
         if per_token_read:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nestdsl.compiler.modules.memory_deep import DeepMemory, StaticMemory, TaskMemory
+from nestdsl.compiler.modules.memory_deep import DeepMemory, StaticMemory
 from nestdsl.compiler.modules.memory_kernels import CacheMemory, MatrixMemory
+from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.plan import MemoryPlan
 
 from nestdsl.errors import CompileError

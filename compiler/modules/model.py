@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nestdsl.compiler.modules.layer import Layer
-from nestdsl.compiler.modules.memory_deep import TaskMemory
+from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
 from torch import nn
 
@@ -40,6 +40,12 @@ class CompiledModel(nn.Module):
             self.head = nn.Linear(plan.d_model, plan.vocab, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
+        self._levels = _owning_levels(self, plan)
+
+    def parameter_levels(self) -> dict[str, str]:
+        """Parameter name -> the level whose optimizer trains it (the spec's `every: step` or
+        `every: never` levels; a learned initial state belongs to its `init.by` level)."""
+        return dict(self._levels)
 
     def forward(self, tokens: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
         """tokens `[B, T]` int64 -> logits `[B, T, vocab]` and the state after the last token."""
@@ -119,6 +125,24 @@ class CompiledModel(nn.Module):
             if memory.stop_gradient or not grad_mode:
                 mine = [g.detach() for g in mine]
             memory.learn(mine, stream, end)
+
+
+def _owning_levels(model: nn.Module, plan) -> dict[str, str]:
+    spec = plan.spec
+    outer = plan.checked.outer_level()
+    owner_of = {}
+    for index, layer in enumerate(plan.layers):
+        owner_of[f"layers.{index}."] = layer.block.level or outer
+        for decl, m in layer.memories.items():
+            init_by = getattr(m.memory.init, "by", None)
+            level = init_by or (m.level if not isinstance(m.every, int) else outer)
+            owner_of[f"layers.{index}.memories.{decl}."] = level
+    levels = {}
+    for name, _ in model.named_parameters():
+        prefixes = [p for p in owner_of if name.startswith(p)]
+        levels[name] = owner_of[max(prefixes, key=len)] if prefixes else outer
+    assert all(lv in spec.levels for lv in levels.values())
+    return levels
 
 
 def _merged(state: dict, stream: Stream) -> dict:

@@ -6,7 +6,9 @@ Every kernel op (``linear_attention``, ``gated_delta_rule``, ``softmax_attention
 
 * ``"naive"``  - the per-token loop, the reference oracle;
 * ``"chunk"``  - the chunk-parallel PyTorch form;
-* ``"triton"`` - fused GPU kernels (registered later, one line each at the bottom of this file).
+* ``"triton"`` - fused GPU kernels (``kernels/<op>/triton.py``, forward and backward), for
+  ``linear_attention``, ``gated_delta_rule`` and ``titans_linear``. They import ``triton``
+  lazily: importing nestdsl never requires it.
 
 An implementation is registered either as a callable or as a lazy import path
 ``"module:attribute"`` (a leading ``.`` is relative to this package). Lazy paths are only
@@ -107,11 +109,6 @@ def valid_backends() -> tuple[str, ...]:
     return (AUTO, *sorted(names))
 
 
-def available(op_name: str) -> tuple[str, ...]:
-    """Backend names registered for ``op_name`` (importability is not checked)."""
-    return tuple(sorted(_op_entries(op_name)))
-
-
 def _op_entries(op_name: str) -> dict[str, _Entry]:
     try:
         return _REGISTRY[op_name]
@@ -185,8 +182,7 @@ def resolve(
     return entries[name].load()
 
 
-# Built-in implementations. A new backend is one more line here, e.g.
-# register("linear_attention", "triton", ".linear_attention.triton:linear_attention_triton")
+# Built-in implementations. A new backend is one more line here.
 register("linear_attention", "naive", ".linear_attention.naive:linear_attention_naive")
 register("linear_attention", "chunk", ".linear_attention.chunk:linear_attention_chunk")
 register("gated_delta_rule", "naive", ".delta_rule.naive:gated_delta_rule_naive")
@@ -195,5 +191,8 @@ register("softmax_attention", "naive", ".softmax_attention.naive:softmax_attenti
 register("softmax_attention", "chunk", ".softmax_attention.chunk:softmax_attention_chunk")
 register("titans_linear", "naive", ".titans_linear.naive:titans_linear_naive")
 register("titans_linear", "chunk", ".titans_linear.chunk:titans_linear_chunk")
+register("linear_attention", "triton", ".linear_attention.triton:linear_attention_triton")
+register("gated_delta_rule", "triton", ".delta_rule.triton:gated_delta_rule_triton")
+register("titans_linear", "triton", ".titans_linear.triton:titans_linear_triton")
 register("deep_memory", "naive", ".deep_memory.naive:deep_memory_naive")
 register("deep_memory", "chunk", ".deep_memory.chunk:deep_memory_chunk")

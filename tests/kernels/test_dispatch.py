@@ -119,30 +119,31 @@ def test_backend_registered_for_another_op_only():
     assert "special" not in dispatch.valid_backends()
 
 
-def test_auto_prefers_importable_triton_on_cuda_only():
+@pytest.fixture
+def saved_registry(monkeypatch):
+    """Registrations changed by a test are put back (the built-in Triton ones included)."""
+    monkeypatch.setattr(dispatch, "_REGISTRY", {op: dict(b) for op, b in dispatch._REGISTRY.items()})
+
+
+def test_auto_prefers_importable_triton_on_cuda_only(saved_registry):
     # resolve only looks at the device type, so no GPU is needed to test the choice.
     def fake_triton(*args, **kwargs):
         return None
 
     dispatch.register("linear_attention", "triton", fake_triton)
-    try:
-        assert dispatch.resolve("linear_attention", torch.device("cuda")) is fake_triton
-        assert dispatch.resolve("linear_attention", "cpu") is linear_attention_chunk
-        # Other ops have no triton implementation: chunk even on CUDA.
-        assert dispatch.resolve("gated_delta_rule", "cuda") is gated_delta_rule_chunk
-    finally:
-        dispatch.unregister("linear_attention", "triton")
+    assert dispatch.resolve("linear_attention", torch.device("cuda")) is fake_triton
+    assert dispatch.resolve("linear_attention", "cpu") is linear_attention_chunk
+    # An op without a triton implementation: chunk even on CUDA.
+    assert dispatch.resolve("softmax_attention", "cuda") is softmax_attention_chunk
+    dispatch.unregister("linear_attention", "triton")
     assert dispatch.resolve("linear_attention", "cuda") is linear_attention_chunk
 
 
-def test_unimportable_lazy_backend_is_skipped_by_auto_but_raises_when_forced():
+def test_unimportable_lazy_backend_is_skipped_by_auto_but_raises_when_forced(saved_registry):
     dispatch.register("linear_attention", "triton", "nestdsl_no_such_module.kernel:fn")
-    try:
-        assert dispatch.resolve("linear_attention", "cuda") is linear_attention_chunk
-        with pytest.raises(ImportError):
-            dispatch.resolve("linear_attention", "cuda", backend="triton")
-    finally:
-        dispatch.unregister("linear_attention", "triton")
+    assert dispatch.resolve("linear_attention", "cuda") is linear_attention_chunk
+    with pytest.raises(ImportError):
+        dispatch.resolve("linear_attention", "cuda", backend="triton")
 
 
 def test_register_rejects_bad_targets():
@@ -180,12 +181,13 @@ def test_public_api_env_var_selects_backend(monkeypatch, spy):
 def test_memory_kernels_route_through_dispatch(spy, monkeypatch):
     """titans_linear and deep_memory follow the dispatcher too (the env var included), so a
     fused backend lands with one `register` line and NESTDSL_KERNEL_BACKEND reaches them."""
-    from nestdsl.kernels.deep_memory import deep_memory, matrix_memory
+    from nestdsl.kernels.deep_memory import DeepMemoryOptions, deep_memory, matrix_memory
     from nestdsl.kernels.titans_linear import titans_linear
 
     x, g = torch.zeros(1, 2, 1, 3), torch.zeros(1, 2, 1)
     monkeypatch.setenv(dispatch.ENV_VAR, "spy")
     assert titans_linear(x, x, x, g, g, g)[0] == "spy-output"
     w = [torch.zeros(1, 1, 3, 3)]
-    assert deep_memory(x, x, x, g, g, g, w, structure=matrix_memory(3, 3))[0] == "spy-output"
+    options = DeepMemoryOptions(matrix_memory(3, 3))
+    assert deep_memory(x, x, x, g, g, g, w, options)[0] == "spy-output"
     assert [c[0] for c in spy] == ["titans_linear", "deep_memory"]

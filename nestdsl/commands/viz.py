@@ -1,5 +1,7 @@
 """`nestdsl viz SPEC -o FILE`: draw a spec's level graph, or (`--timeline`) its update timeline.
 
+`--expand BLOCK` draws one block op by op inside the level graph (nestdsl.viz.expand).
+
 The level graph is drawn by Graphviz's `dot`; the format follows the file's extension (.svg,
 .png, .pdf, or .dot for the Graphviz source, which needs no `dot`). The timeline is a matplotlib
 figure (.png, .svg or .pdf).
@@ -14,7 +16,10 @@ from nestdsl.errors import UserError
 from nestdsl.spec.validate import load
 
 HELP = "draw a spec's level graph (graphviz) or, with --timeline, when each level updates"
-EXAMPLE = "nestdsl viz hope -o hope.svg   |   nestdsl viz hope --timeline -o hope-timeline.png"
+EXAMPLE = (
+    "nestdsl viz hope -o hope.svg   |   nestdsl viz hope --expand layer -o layer.svg   |   "
+    "nestdsl viz hope --timeline -o hope-timeline.png"
+)
 
 GRAPH_FORMATS = (".svg", ".png", ".pdf", ".dot")
 TIMELINE_FORMATS = (".png", ".svg", ".pdf")
@@ -34,6 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tokens", type=int, metavar="N",
                         help="timeline window in tokens (default: 4 x the slowest in-context "
                         "period, between 32 and 1024)")  # fmt: skip
+    parser.add_argument("--expand", metavar="BLOCK",
+                        help="draw this block op by op (its data flow, which ops read and feed "
+                        "each memory) instead of as one node")  # fmt: skip
     parser.add_argument("--no-legend", dest="legend", action="store_false",
                         help="leave the legend out of the level graph")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -45,6 +53,10 @@ def run(args) -> int:
     tokens = getattr(args, "tokens", None)
     if tokens is not None and not timeline:
         raise UserError("--tokens sets the window of the timeline: use it with --timeline")
+    expand = getattr(args, "expand", None)
+    if expand is not None and timeline:
+        raise UserError("--expand draws a block of the level graph: it does not apply to "
+                        "--timeline")  # fmt: skip
     if tokens is not None and tokens <= 0:
         raise UserError(f"--tokens must be a positive number of tokens, not {tokens}")
     output = Path(args.output) if getattr(args, "output", None) else None
@@ -60,7 +72,7 @@ def run(args) -> int:
     if timeline:
         _write_timeline(checked, output, tokens)
     else:
-        _write_graph(checked, output, getattr(args, "legend", True))
+        _write_graph(checked, output, getattr(args, "legend", True), expand)
     print(f"wrote {output}")
     return 0
 
@@ -84,10 +96,10 @@ def _write(output: Path, data: bytes) -> None:
         raise UserError(f"cannot write {output}: {err.strerror}") from None
 
 
-def _write_graph(checked, output: Path, legend: bool) -> None:
-    from nestdsl.viz.level_graph import level_graph
+def _write_graph(checked, output: Path, legend: bool, expand: str | None) -> None:
+    from nestdsl.viz.render import level_graph
 
-    dot = level_graph(checked, legend=legend)
+    dot = level_graph(checked, legend=legend, expand=expand)
     fmt = output.suffix.lower()[1:]
     if fmt == "dot":
         _write(output, dot.source.encode())

@@ -2,7 +2,8 @@
 
 One row per in-context level, fastest at the top, over a window of tokens that starts at a
 sequence start. A level `every: P` updates its memories at the end of every chunk of P tokens
-(the boundaries P, 2P, ...); chunks are shaded alternately. Resets are marked where they happen:
+(the boundaries P, 2P, ...); chunks are shaded alternately and every row numbers its boundaries
+(every k-th one where there are more than 16). Resets are marked where they happen:
 `reset: sequence` at the start of the window, `reset: {kind: level, level: L}` at every chunk
 boundary of L. Outer (`every: step`) levels update once per optimizer step, after the whole
 batch, and frozen (`every: never`) levels not at all: each gets one row saying so.
@@ -16,6 +17,7 @@ from nestdsl.spec.memory import LevelReset, NeverReset, SequenceReset
 MIN_WINDOW = 32  # a window of 4 tokens (a Transformer's only level: every 1) shows nothing
 MAX_WINDOW = 1024
 MAX_TICKS = 1024  # above this many boundaries in a row, a row is drawn as one solid band
+MAX_LABELS = 16  # numbers on a row's boundaries: every one, or every 2nd, 3rd, ... up to this
 
 _UPDATE = "#1f77b4"
 _RESET = "#d62728"
@@ -99,7 +101,13 @@ def timeline_figure(checked, tokens: int | None = None):
     ax.grid(axis="x", color="#dddddd", linewidth=0.5)
     ax.set_axisbelow(True)
     handles = [
-        Line2D([], [], color=_UPDATE, linewidth=2, label="chunk boundary (CMS weights step; gradients re-anchor)"),
+        Line2D(
+            [],
+            [],
+            color=_UPDATE,
+            linewidth=2,
+            label="chunk boundary (CMS weights step; gradients re-anchor)",
+        ),
         Line2D(
             [],
             [],
@@ -125,6 +133,13 @@ def _tick_step(spec, tokens: int) -> int:
     return step
 
 
+def labelled_boundaries(boundaries: list[int]) -> list[int]:
+    """The boundaries a row numbers: all of them, or every k-th (the last of each k) so that at
+    most MAX_LABELS numbers fit; every row gets numbers, not only the slow ones."""
+    step = -(-len(boundaries) // MAX_LABELS)  # ceil
+    return boundaries[step - 1 :: step]
+
+
 def _row_box(row: int, tokens: int, color: str, hatch: str | None = None):
     from matplotlib.patches import Rectangle
 
@@ -147,10 +162,9 @@ def _in_context_row(ax, spec, row: int, name: str, period: int, tokens: int) -> 
                                    facecolor=_SHADES[k % 2]))  # fmt: skip
         width = 0.8 if len(boundaries) > 128 else 1.6
         ax.vlines(boundaries, row - 0.3, row + 0.3, color=_UPDATE, linewidth=width)
-        if len(boundaries) <= 24:
-            for b in boundaries:
-                ax.text(b, row - 0.36, str(b), ha="center", va="bottom", fontsize=6.5,
-                        color="#555555")  # fmt: skip
+        for b in labelled_boundaries(boundaries):
+            ax.text(b, row - 0.36, str(b), ha="center", va="bottom", fontsize=6.5,
+                    color="#555555")  # fmt: skip
     resets, notes = _reset_points(spec, name, tokens)
     if resets:
         ax.plot(resets, [row - 0.3] * len(resets), linestyle="none", marker="v", markersize=7,

@@ -169,3 +169,21 @@ def test_spec_error_through_the_cli_is_one_message(tmp_path, monkeypatch, capsys
     assert "Traceback" not in err
     assert err.startswith("nestdsl viz: error: 1 error in spec")
     assert f"{bad}:" in err and "error[dangling-ref]" in err
+
+
+@needs_dot
+def test_expand_draws_the_block_op_by_op(tmp_path, capsys):
+    out = tmp_path / "hope-layer.svg"
+    assert draw(capsys, "hope", "--expand", "layer", "-o", str(out)) == 0
+    text = svg_text(out)
+    for op in nestdsl.load("hope").spec.blocks[0].nodes:
+        assert op in text, op
+    assert "read M_memory @ read→write" in text and "block output" in text
+
+
+def test_expand_mistakes_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="no block named `lyr`; its blocks are `layer`"):
+        viz.run(args("hope", "--expand", "lyr", "-o", str(tmp_path / "x.dot")))
+    with pytest.raises(UserError, match="--timeline"):
+        viz.run(args("hope", "--expand", "layer", "--timeline", "-o", str(tmp_path / "t.png")))
+    assert list(tmp_path.iterdir()) == []

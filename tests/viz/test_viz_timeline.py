@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 import nestdsl
-from nestdsl.viz.timeline import _reset_points, default_window, timeline_figure
+from nestdsl.checks.levels import slowness
+from nestdsl.viz.timeline import (
+    MAX_LABELS,
+    _reset_points,
+    default_window,
+    labelled_boundaries,
+    timeline_figure,
+)
 
 
 @pytest.mark.parametrize(("name", "window"), [("hope", 256), ("titans-mac", 64),
@@ -67,3 +74,26 @@ def test_frozen_level_row():
     fig = timeline_figure(checked)
     assert rows(fig)[-1] == "frozen · never"
     assert any("never updates" in t.get_text() for t in fig.axes[0].texts)
+
+
+@pytest.mark.parametrize("name", ["hope", "titans-mac", "transformer", "gated-deltanet"])
+def test_every_in_context_row_numbers_its_boundaries(name):
+    """Issue 14: hope's `every 8` row (32 boundaries in 256 tokens) had no numbers."""
+    checked = nestdsl.load(name)
+    fig = timeline_figure(checked)
+    ax = fig.axes[0]
+    levels = sorted(checked.spec.levels.values(), key=lambda lv: slowness(lv.every))
+    for row, level in enumerate(levels):
+        if not isinstance(level.every, int):
+            continue
+        numbers = sorted(int(t.get_text()) for t in ax.texts
+                         if t.get_text().isdigit() and abs(t.get_position()[1] - (row - 0.36)) < 1e-9)  # fmt: skip
+        assert 2 <= len(numbers) <= MAX_LABELS, (level, numbers)
+        assert all(n % level.every == 0 for n in numbers)  # on this row's own boundaries
+        assert numbers[-1] > default_window(checked) - level.every * (MAX_LABELS + 1)
+
+
+def test_labelled_boundaries_thin_out_evenly():
+    assert labelled_boundaries(list(range(8, 257, 8))) == list(range(16, 257, 16))
+    assert labelled_boundaries([64, 128]) == [64, 128]
+    assert len(labelled_boundaries(list(range(1, 1001)))) <= MAX_LABELS

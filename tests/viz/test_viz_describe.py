@@ -1,13 +1,16 @@
-"""The level graph: which bands, nodes and edges a spec gives (`describe`), and how they draw."""
+"""The level graph as data (`describe`): bands, nodes and edges, read from the spec's IR."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
 import nestdsl
-from nestdsl.viz.level_graph import EDGE_STYLES, describe, level_graph
+from nestdsl.errors import UserError
+from nestdsl.graph.build import level_id
+from nestdsl.viz.describe import describe
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +50,46 @@ def test_block_is_one_compact_node_in_the_outer_band(hope):
     blocks = [n for n in pretrain.nodes if n.kind == "block"]
     n_ops = len(nestdsl.load("hope").spec.blocks[0].nodes)
     assert [(n.title, n.lines) for n in blocks] == [("block layer", [f"× 2 · {n_ops} ops"])]
-    kinds = {n.kind for b in hope.bands for n in b.nodes}
-    assert kinds == {"memory", "block", "level"}  # no op or tensor nodes
+    kinds = {n.kind for n in hope.nodes()}
+    assert kinds == {"memory", "block", "level", "tensor"}  # no op nodes unless expanded
     assert edge(hope, "trains", "level:pretrain", "block:layer").items == ["trains"]
 
 
-def test_self_modification_is_generation_edges_labelled_with_tensors(hope):
-    assert edge(hope, "generation", "memory:M_k", "memory:M_memory").items == ["keys k"]
-    assert edge(hope, "generation", "memory:M_eta", "memory:M_memory").items == ["lr eta"]
-    assert edge(hope, "generation", "memory:M_memory", "memory:M_memory").items == ["values vm"]
-    assert edge(hope, "generation", "memory:M_k", "memory:M_k").items == ["keys k", "values vk"]
-    # every context tensor of hope is produced by a memory read: no plain context flow
-    assert hope.edges_of("context") == []
+def test_shared_tensors_are_one_node_fed_by_their_makers(hope):
+    # k, eta and forget are made by M_k, M_eta, M_alpha and learned by all five Titans memories
+    [shared] = hope.loose
+    assert (shared.kind, shared.title) == ("tensor", "k, eta, forget")
+    assert edge(hope, "generation", "memory:M_k", shared.id).items == ["k"]
+    assert edge(hope, "generation", "memory:M_eta", shared.id).items == ["eta"]
+    assert edge(hope, "generation", "memory:M_alpha", shared.id).items == ["forget"]
+    to_proj = edge(hope, "generation", shared.id, "memory:M_k")
+    assert to_proj.head_cluster == "cluster_level_proj"
+    assert to_proj.items == ["all 4: keys k", "lr eta", "forget"]
+    assert edge(hope, "generation", shared.id, "memory:M_memory").items == [
+        "keys k", "lr eta", "forget"]  # fmt: skip
+    # each memory makes its own values: a self-loop, not part of the shared node
+    for name, values in [("M_k", "vk"), ("M_v", "vv"), ("M_memory", "vm")]:
+        mem = f"memory:{name}"
+        assert edge(hope, "generation", mem, mem).items == [f"values {values}"]
+    assert hope.edges_of("context") == []  # every tensor they learn from is made by a read
+
+
+def test_fan_out_is_merged_no_memory_sends_the_same_label_twice(hope):
+    """Issue 14: the four self-modifying memories drew 15 crossing edges (`keys k` four times
+    from M_k). A generated tensor now leaves its maker once."""
+    sent = Counter((e.tail, e.label) for e in hope.edges_of("generation"))
+    assert max(sent.values()) == 1, sent
+    assert len(hope.edges_of("generation")) == 10  # 3 into the shared node, 2 out, 5 self-loops
+
+
+@pytest.mark.parametrize("name", nestdsl.shipped_names())
+@pytest.mark.parametrize("expand", [None, "layer"])
+def test_no_label_repeats_a_word(name, expand):
+    """Issue 14: `forget forget` (a gate tensor named after its role) is said once."""
+    picture = describe(nestdsl.load(name), expand=expand)
+    for e in picture.edges:
+        words = re.findall(r"\w+", e.label)
+        assert len(words) == len(set(words)), (e.kind, e.tail, e.head, e.label)
 
 
 def test_reads_carry_queries_and_order(hope):
@@ -74,7 +105,7 @@ def test_nesting_edges_for_learned_initial_states(hope):
     nesting = hope.edges_of("nesting")
     assert {e.tail for e in nesting} == {"level:pretrain"}
     grouped = edge(hope, "nesting", "level:pretrain", "memory:M_k")
-    assert grouped.head_cluster == "cluster_level_proj" and grouped.items == ["init (all 4)"]
+    assert grouped.head_cluster == "cluster_level_proj" and grouped.items == ["all 4: init"]
     assert edge(hope, "nesting", "level:pretrain", "memory:C_3").items == ["init"]
 
 
@@ -87,6 +118,7 @@ def test_titans_mac_context_generation_and_reset():
         "keys km", "values vm", "lr theta", "momentum eta", "forget alpha"]  # fmt: skip
     assert edge(picture, "nesting", "level:segment", "memory:A").items == ["reset"]
     assert edge(picture, "nesting", "level:pretrain", "memory:M").items == ["init"]
+    assert picture.loose == []  # each tensor feeds one memory: no shared node
 
 
 def test_transformer_has_plain_context_flow():
@@ -106,16 +138,17 @@ def test_frozen_level_band_and_block():
     assert edge(picture, "trains", "level:frozen", "block:layer").items == ["frozen"]
 
 
-def test_dot_source_has_bands_legend_and_styles():
-    source = level_graph(nestdsl.load("hope")).source
-    assert source.startswith("digraph")
-    clusters = re.findall(r"subgraph (cluster_\w+)", source)
-    assert clusters == [f"cluster_level_{n}" for n in
-                        ("memory", "proj", "cms_1", "cms_2", "cms_3", "pretrain")
-                        ] + ["cluster_legend"]  # fmt: skip
-    assert "op__" not in source and "tensor__" not in source
-    for kind, (_, text) in EDGE_STYLES.items():
-        assert text.split(":")[0] in source, kind
-    styles = {tuple(sorted(attrs.items())) for attrs, _ in EDGE_STYLES.values()}
-    assert len(styles) == len(EDGE_STYLES)  # distinct styles
-    assert "legend" not in level_graph(nestdsl.load("hope"), legend=False).source
+def test_edges_follow_the_ir_not_a_second_decision():
+    """Issue 8: viz reads the IR's `trains` and `nesting` edges instead of deciding owners
+    itself. Take the block's `trains` edges away and the picture draws no trains edge."""
+    checked = nestdsl.load("transformer")
+    g = checked.graph
+    trains = [(u, v, k) for u, v, k, d in g.edges(keys=True, data=True) if d["type"] == "trains"]
+    assert trains and all(u == level_id("pretrain") for u, _, _ in trains)
+    g.remove_edges_from(trains)
+    assert describe(checked).edges_of("trains") == []
+
+
+def test_unknown_block_to_expand_names_the_blocks():
+    with pytest.raises(UserError, match=r"no block named `lyr`; its blocks are `layer`"):
+        describe(nestdsl.load("hope"), expand="lyr")

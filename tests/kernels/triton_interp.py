@@ -78,3 +78,30 @@ def rand_inputs(B, T, H, K, V, *, h0: bool, dtype=torch.float64):
 def as_float32_leaves(xs: dict) -> dict:
     """float32 copies of the float64 oracle inputs, each a leaf that requires grad."""
     return {n: None if x is None else x.detach().float().requires_grad_() for n, x in xs.items()}
+
+
+def check_against_oracle(call, oracle, triton_fn, inputs: dict, *, rtol: float = 1e-4) -> None:
+    """Compare ``triton_fn`` (float32) with ``oracle`` (float64): outputs, final states and the
+    gradients of every input that is not None, for random upstream gradients on all of them.
+
+    ``call(fn, xs)`` runs one form on the input dict and returns ``(o, [final states])``.
+    """
+    from .helpers import assert_close
+
+    ref_in = {n: None if x is None else x.detach().requires_grad_() for n, x in inputs.items()}
+    got_in = as_float32_leaves(ref_in)
+    o_ref, states_ref = call(oracle, ref_in)
+    o, states = call(triton_fn, got_in)
+    ups = [torch.randn_like(t) for t in [o_ref, *states_ref]]
+
+    def loss(outs):
+        return sum((x * u.to(x.dtype)).sum() for x, u in zip(outs, ups, strict=True))
+
+    names = [n for n, x in ref_in.items() if x is not None]
+    g_ref = torch.autograd.grad(loss([o_ref, *states_ref]), [ref_in[n] for n in names])
+    g_got = torch.autograd.grad(loss([o, *states]), [got_in[n] for n in names])
+    assert_close("o", o_ref.float(), o, rtol)
+    for i, (a, b) in enumerate(zip(states_ref, states, strict=True)):
+        assert_close(f"final state {i}", a.float(), b, rtol)
+    for name, a, b in zip(names, g_ref, g_got, strict=True):
+        assert_close(f"d{name}", a.float(), b, rtol)

@@ -1,7 +1,9 @@
 """`nestdsl train SPEC`: train a spec on bytes of text, with checkpoints, metrics and a loss plot.
 
 Flags left out keep their defaults on a new run and the run's saved values on `--resume`
-(which refuses changes that would alter the run's trajectory). Under
+(which refuses changes that would alter the run's trajectory); `--resume` also reuses the run's
+`--set` overrides, so they need not be repeated. Ctrl-C or SIGTERM checkpoints the step reached
+and exits with 130 or 143. Under
 `torchrun --nproc_per_node N -m nestdsl train ...` every process runs this command; rank 0
 alone writes files and prints the summary.
 """
@@ -12,7 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from nestdsl.train.config import TrainConfig, TrainingInterrupted, resume_config, spec_source
+from nestdsl.train.config import (
+    LOG_CHOICES,
+    TrainConfig,
+    TrainingInterrupted,
+    resume_config,
+    resume_overrides,
+    spec_source,
+)
 from nestdsl.train.distributed import DEVICE_CHOICES
 from nestdsl.train.loop import train
 
@@ -34,6 +43,7 @@ SETTINGS = {
     "device": "device",
     "carry_state": "carry_state",
     "data": "data",
+    "log": "log",
 }
 
 
@@ -71,7 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<spec name>)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last checkpoint, with its --set overrides; "
+        "a larger --steps extends it at the schedule's final rate",
     )
     parser.add_argument(
         "--device", metavar="D", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)"
@@ -110,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="read the text as streams and carry in-context memory from step to step",
     )
+    parser.add_argument(
+        "--log",
+        choices=LOG_CHOICES,
+        help="jsonl: metrics.jsonl and loss.png (default); tensorboard: also event files "
+        "in RUN_DIR/tensorboard",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -133,12 +152,18 @@ def run(args: argparse.Namespace) -> int:
     source = spec_source(args.spec, args.set)
     out = Path(args.out) if args.out else Path("runs") / source.name.replace("/", "_")
     given = _given_settings(args)
-    config = resume_config(out, given) if args.resume else TrainConfig(**given)
+    if args.resume:
+        overrides = resume_overrides(out, args.set)
+        if overrides != list(args.set):
+            source = spec_source(args.spec, overrides)
+        config = resume_config(out, given)
+    else:
+        config = TrainConfig(**given)
     try:
         result = train(source, config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as interrupted:
         print(f"nestdsl train: {interrupted}", file=sys.stderr)
-        return 130
+        return 128 + interrupted.signal
     if result.is_main:
         print(f"run folder:  {result.run_dir}")
         print(f"loss plot:   {result.plot}")

@@ -1,6 +1,6 @@
 """Byte-level training data: the embedded Shakespeare corpus, splits and deterministic batches."""
 
-from nestdsl.data.batches import Batch, ByteBatches
+from nestdsl.data.batches import VOCAB, Batch, ByteBatches
 from nestdsl.data.corpus import (
     DEFAULT_CORPUS,
     VALIDATION_FRACTION,
@@ -13,6 +13,7 @@ from nestdsl.data.corpus import (
 __all__ = [
     "DEFAULT_CORPUS",
     "VALIDATION_FRACTION",
+    "VOCAB",
     "Batch",
     "ByteBatches",
     "CorpusSplit",

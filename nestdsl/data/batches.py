@@ -29,6 +29,9 @@ import torch
 
 from nestdsl.errors import UserError
 
+# The data's tokenizer: one token per byte, so a model trained on it has 256 token ids.
+VOCAB = 256
+
 
 @dataclass(frozen=True)
 class Batch:

@@ -4,6 +4,7 @@
 `{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}` or
 `{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}` or
 `{"kind": "delta_momentum", "lr": 3e-4, "momentum": 0.9, "forget": 1.0}`.
+`build_level_optimizers` (levels.py) makes one such optimizer per `every: step` level.
 Weight decay applies to parameters with two or more dimensions only: decaying biases and norm
 gains pulls them towards zero for no benefit, so they go in a group without decay.
 """
@@ -16,6 +17,7 @@ import torch
 
 from nestdsl.errors import UserError
 from nestdsl.optim.delta_momentum import DeltaMomentum
+from nestdsl.optim.levels import LevelOptimizers, build_level_optimizers
 from nestdsl.optim.m3 import M3, newton_schulz
 
 # Accepted keys per optimizer kind, with defaults ("kind" itself is always accepted).
@@ -110,4 +112,12 @@ def optimizer_settings(config: dict) -> dict:
     }
 
 
-__all__ = ["M3", "DeltaMomentum", "build_optimizer", "newton_schulz", "optimizer_settings"]
+__all__ = [
+    "M3",
+    "DeltaMomentum",
+    "LevelOptimizers",
+    "build_level_optimizers",
+    "build_optimizer",
+    "newton_schulz",
+    "optimizer_settings",
+]

@@ -4,7 +4,7 @@ Layout of `RUN/checkpoints/`:
 
     step-00000100/            one complete checkpoint per directory
         model.safetensors     weights (tied tensors stored once; meta.json lists the aliases)
-        optimizer.safetensors optimizer state tensors, keyed "<param index>/<name>"
+        optimizer.safetensors optimizer state tensors, keyed "<level>/<param index>/<name>"
         rng.safetensors       torch CPU (and CUDA) generator states, keyed "<rank>/..."
         memory.safetensors    in-context memory state, keyed "<rank>/<name>" (runs that carry it)
         meta.json             step, scalars, python/numpy RNG, shapes, SHA-256 of every file
@@ -35,6 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nestdsl.errors import UserError
+from nestdsl.optim.levels import SINGLE_LEVEL
 
 FORMAT = "nestdsl-checkpoint-1"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -144,6 +145,55 @@ def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     }
 
 
+def _levels(optimizer) -> dict[str, torch.optim.Optimizer]:
+    """Level name -> torch optimizer, for a LevelOptimizers or a single torch optimizer."""
+    if hasattr(optimizer, "optimizers"):
+        return dict(optimizer.optimizers)
+    return {SINGLE_LEVEL: optimizer}
+
+
+def _all_optimizer_parts(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Every level's state: tensors keyed "<level>/<index>/<name>", the rest per level."""
+    tensors: dict[str, torch.Tensor] = {}
+    infos: dict[str, dict] = {}
+    for level, single in _levels(optimizer).items():
+        own, infos[level] = _optimizer_parts(single)
+        tensors.update({f"{level}/{key}": t for key, t in own.items()})
+    return tensors, infos
+
+
+def _load_optimizers(path: Path, optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    levels = _levels(optimizer)
+    if "optimizers" in meta:
+        infos = meta["optimizers"]
+    elif len(levels) == 1:  # earlier versions: one optimizer, tensors keyed "<index>/<name>"
+        only = next(iter(levels))
+        infos = {only: meta["optimizer"]}
+        tensors = {f"{only}/{key}": t for key, t in tensors.items()}
+    else:
+        infos = {SINGLE_LEVEL: meta["optimizer"]}
+    if sorted(infos) != sorted(levels):
+        raise UserError(
+            f"checkpoint {path} holds optimizers for levels {', '.join(sorted(infos))}, but the "
+            f"run trains levels {', '.join(sorted(levels))}"
+        )
+    for level, single in levels.items():
+        info = infos[level]
+        if info["class"] != type(single).__name__:
+            raise UserError(
+                f"checkpoint {path} holds {info['class']} state for level `{level}`, but the run "
+                f"uses {type(single).__name__}"
+            )
+        prefix = f"{level}/"
+        own = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        try:
+            single.load_state_dict(_optimizer_state_dict(own, info))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise UserError(
+                f"checkpoint {path}: optimizer state of level `{level}` does not fit ({err})"
+            ) from None
+
+
 def _optimizer_state_dict(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     state: dict[int, dict] = {}
     for key, tensor in tensors.items():
@@ -187,7 +237,7 @@ def save_checkpoint(
     *,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer,
     rng_states: list[dict],
     memory_states: list[dict[str, torch.Tensor]] | None,
     extra: dict,
@@ -195,12 +245,13 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the last `keep`.
 
+    `optimizer` is a torch optimizer or a LevelOptimizers (one per trained level).
     `rng_states` and `memory_states` hold one entry per rank. `extra` is stored in meta.json
     (spec identity, loop counters). Raises CheckpointWriteError on OSError (disk full...).
     """
     root = Path(root)
     weights, aliases = model_tensors(model)
-    opt_tensors, opt_info = _optimizer_parts(optimizer)
+    opt_tensors, opt_infos = _all_optimizer_parts(optimizer)
     rng_tensors: dict[str, torch.Tensor] = {}
     rng_json = []
     for rank, rng in enumerate(rng_states):
@@ -220,7 +271,7 @@ def save_checkpoint(
         "step": step,
         "parameters": parameter_table(model),
         "aliases": aliases,
-        "optimizer": opt_info,
+        "optimizers": opt_infos,
         "rng": rng_json,
         "world_size": len(rng_states),
         "memory_state": memory_states is not None,
@@ -379,9 +430,7 @@ def check_parameters(path: Path, saved: dict[str, dict], model: torch.nn.Module)
         )
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> LoadedCheckpoint:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer=None) -> LoadedCheckpoint:
     """Verify and load checkpoint `path` into `model` (and `optimizer`); UserError if unusable."""
     path = Path(path)
     meta = read_meta(path)
@@ -403,15 +452,7 @@ def load_checkpoint(
             f"checkpoint {path} does not fit this model: {str(err).splitlines()[0]}"
         ) from None
     if optimizer is not None:
-        info = meta["optimizer"]
-        if info["class"] != type(optimizer).__name__:
-            raise UserError(
-                f"checkpoint {path} holds {info['class']} state, but the run uses {type(optimizer).__name__}"
-            )
-        try:
-            optimizer.load_state_dict(_optimizer_state_dict(tensors("optimizer.safetensors"), info))
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise UserError(f"checkpoint {path}: optimizer state does not fit ({err})") from None
+        _load_optimizers(path, optimizer, tensors("optimizer.safetensors"), meta)
     world_size = int(meta.get("world_size", 1))
     rng_tensors = _unranked(tensors("rng.safetensors"), world_size)
     rng_states = []

@@ -1,8 +1,10 @@
 """The training loop: byte-level language modelling of a compiled model, resumable exactly.
 
-`train(source, config, out_dir)` trains `source.build()` on a byte corpus with the spec's outer
-optimizer, a warmup-cosine schedule and gradient clipping; evaluates on held-out text; logs to
-metrics.jsonl and loss.png; and checkpoints atomically. It runs unchanged as one process or as
+`train(source, config, out_dir)` trains `source.build()` on a byte corpus with one optimizer per
+trained (`every: step`) level of the spec, each over the parameters the model assigns to that
+level, under one warmup-cosine schedule and one gradient clip; evaluates on held-out text; logs
+to metrics.jsonl, loss.png (and TensorBoard); checkpoints atomically, also when Ctrl-C or
+SIGTERM stops it. It runs unchanged as one process or as
 one rank of a torchrun job (DistributedDataParallel; rank 0 alone writes files).
 
 Why a resumed run repeats an uninterrupted one exactly (on the CPU): batches are a pure function
@@ -17,6 +19,7 @@ logits `[B, T, 256]`, `state` a flat dict of tensors (in-context memories).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -25,10 +28,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nestdsl.data.batches import ByteBatches
+from nestdsl.data.batches import VOCAB, ByteBatches
 from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
 from nestdsl.errors import UserError
-from nestdsl.optim import build_optimizer, optimizer_settings
+from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
 from nestdsl.train import distributed
 from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from nestdsl.train.config import (
@@ -41,12 +44,14 @@ from nestdsl.train.config import (
 from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
 from nestdsl.train.metrics import (
     MetricsLog,
+    TensorBoardLog,
     bits_per_byte,
     call_model,
     language_model_loss,
     plot_losses,
 )
 from nestdsl.train.schedule import WarmupCosine
+from nestdsl.train.signals import stop_on_signals
 
 
 def train(
@@ -77,14 +82,28 @@ class _Trainer:
         self.folder = RunFolder(out_dir)
         self.resume = resume
         self.progress = progress and context.is_main
+        # Before anything is read or written: a vocabulary the bytes do not fit cannot train.
+        source.check_vocab(VOCAB)
+        if resume and config.schedule_steps is None:  # a resumed run keeps its schedule
+            config = dataclasses.replace(config, schedule_steps=self.folder.schedule_steps())
         text = corpus if corpus is not None else load_corpus(config.data)
         self.split = split_corpus(text, config.val_fraction)
-        settings = optimizer_settings(source.optimizer)
-        self.config: TrainConfig = config.resolved(settings["lr"])
-        settings["lr"] = self.config.lr
-        self.optimizer_config = settings
+        levels = {lv: optimizer_settings(c) for lv, c in source.trained_levels().items()}
+        primary = next(iter(levels))
+        if config.lr is not None and len(levels) > 1 and config.lr != levels[primary]["lr"]:
+            raise UserError(
+                f"--lr sets one peak rate, but {source.name} trains {len(levels)} levels "
+                f"({', '.join(levels)}) with their own; set one with "
+                f"--set levels.{primary}.optimizer.lr={config.lr}"
+            )
+        self.config: TrainConfig = config.resolved(levels[primary]["lr"])
+        levels[primary]["lr"] = self.config.lr
+        self.optimizer_configs = levels
         self.schedule = WarmupCosine(
-            self.config.lr, self.config.warmup_steps, self.config.steps, self.config.min_lr_ratio
+            self.config.lr,
+            self.config.warmup_steps,
+            self.config.schedule_steps,
+            self.config.min_lr_ratio,
         )
         self.record = {
             "data": {
@@ -92,7 +111,8 @@ class _Trainer:
                 "sha256": corpus_fingerprint(text),
                 "bytes": len(text),
             },
-            "optimizer": settings,
+            "optimizer": levels[primary],
+            "optimizers": levels,
             "schedule": self.schedule.as_dict(),
             "world_size": context.world_size,
         }
@@ -110,6 +130,8 @@ class _Trainer:
         self.memory: dict[str, torch.Tensor] | None = None
         self.last_checkpoint: Path | None = None
         self.step = 0
+        self.elapsed_before = 0.0  # seconds trained before this session (a resumed run)
+        self.checkpointed_step = -1
 
     # ------------------------------------------------------------------ setup
 
@@ -146,7 +168,7 @@ class _Trainer:
             )
         self.model = model.to(self.device)
         self.model.train()
-        self.optimizer = build_optimizer(self.model.named_parameters(), self.optimizer_config)
+        self.optimizer = build_level_optimizers(self.model, self.optimizer_configs, build_optimizer)
         if self.context.rank > 0:
             # Ranks share the initial weights but should not share dropout masks.
             seed_everything(self.config.seed + 7919 * self.context.rank)
@@ -168,7 +190,9 @@ class _Trainer:
         self.window_steps = loop["window_steps"]
         self.last_train_loss = loop["last_train_loss"]
         self.last_val_loss = loop["last_val_loss"]
+        self.elapsed_before = float(loop.get("elapsed_s", 0.0))
         self.last_checkpoint = path
+        self.checkpointed_step = loaded.step
         rank = self.context.rank
         if len(loaded.rng_states) == self.context.world_size:
             restore_rng(loaded.rng_states[rank])
@@ -180,10 +204,12 @@ class _Trainer:
 
     # ------------------------------------------------------------------ one update, one evaluation
 
-    def _train_step(self, model, batches: ByteBatches, step: int) -> tuple[float, float | None]:
-        lr = self.schedule.lr_at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _train_step(
+        self, model, batches: ByteBatches, step: int, stop: bool
+    ) -> tuple[float, float, bool]:
+        """One update; returns the mean loss, the gradient norm before clipping, and whether
+        any process was asked to stop (agreed by all, so every rank stops at the same step)."""
+        self.optimizer.set_lr_factor(self.schedule.factor_at(step))
         batch = batches.batch(step)
         inputs = batch.inputs.to(self.device, non_blocking=True)
         targets = batch.targets.to(self.device, non_blocking=True)
@@ -191,20 +217,19 @@ class _Trainer:
         with self.autocast():
             logits, state = call_model(model, inputs, carried)
         loss = language_model_loss(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
+        # Frozen (`every: never`) parameters get gradients too; clearing the model's keeps them
+        # from piling up. The clip and the logged norm cover the trained parameters.
+        self.model.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = None
-        if self.config.grad_clip > 0:
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            )
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.optimizer.parameters(), clip))
         self.optimizer.step()
         if self.config.carry_state:
             # Truncated backpropagation through time: the next step starts from this state.
             self.memory = {k: v.detach() for k, v in state.items()}
         # Every rank has the same number of rows, so the mean of rank means is the global mean.
-        mean_loss = self.context.all_reduce_sum([loss.item()])[0] / self.context.world_size
-        return mean_loss, grad_norm
+        total, stops = self.context.all_reduce_sum([loss.item(), float(stop)])
+        return total / self.context.world_size, grad_norm, stops > 0
 
     @torch.no_grad()
     def evaluate(self, batches: ByteBatches) -> float:
@@ -238,6 +263,7 @@ class _Trainer:
                 "window_steps": self.window_steps,
                 "last_train_loss": self.last_train_loss,
                 "last_val_loss": self.last_val_loss,
+                "elapsed_s": self._elapsed(),
             },
             "data": {
                 "next_step": step,
@@ -261,8 +287,13 @@ class _Trainer:
             )
 
         self._on_main(write)
+        self.checkpointed_step = step
         if not self.context.is_main:
             self.last_checkpoint = self.folder.checkpoints / f"step-{step:08d}"
+
+    def _elapsed(self) -> float:
+        """Training seconds of the whole run, across resumes."""
+        return round(self.elapsed_before + time.perf_counter() - self.session_started, 3)
 
     def _say(self, message: str) -> None:
         if self.progress:
@@ -276,9 +307,14 @@ class _Trainer:
         if self.resume:
             self._restore()
         cfg, context = self.config, self.context
+        self.session_started = time.perf_counter()
         self.metrics = MetricsLog(self.folder.metrics, enabled=context.is_main)
+        self.board = TensorBoardLog(
+            self.folder.root / "tensorboard", enabled=context.is_main and cfg.log == "tensorboard"
+        )
         if self.resume:
             self._on_main(lambda: self.metrics.truncate_after(self.step))
+            self._on_main(lambda: self.board.truncate_after(self.step))
         common = dict(
             batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank
         )
@@ -301,7 +337,18 @@ class _Trainer:
                 f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue"
             )
             self.last_val_loss = self.evaluate(val_batches)
+            self.metrics.close()
+            self.board.close()
             return self._result()
+        if self.resume:
+            marker = {"kind": "resume", "step": self.step, "elapsed_s": self._elapsed()}
+            self._on_main(lambda: self.metrics.append(marker))
+            if cfg.steps > cfg.schedule_steps:
+                self._say(
+                    f"steps {max(self.step, cfg.schedule_steps) + 1}-{cfg.steps} run past the "
+                    f"schedule's end ({cfg.schedule_steps}) at its floor rate "
+                    f"{self.schedule.lr_at(cfg.schedule_steps):.3g}"
+                )
 
         bar = tqdm(
             total=cfg.steps,
@@ -316,60 +363,71 @@ class _Trainer:
         first_step = self.step
         started = window_started = time.perf_counter()
         try:
-            if self.step == 0:
-                self.last_val_loss = self.evaluate(val_batches)
-                loss0 = self.last_val_loss
-                self._on_main(lambda: self.metrics.append(self._val_record(0, loss0)))
-            for step in range(self.step, cfg.steps):
-                loss, grad_norm = self._train_step(model, train_batches, step)
-                if not math.isfinite(loss):
-                    raise UserError(
-                        f"the loss became {loss} at step {step + 1}; try a smaller --lr"
-                    )
-                self.step = done = step + 1
-                self.window_loss_sum += loss
-                self.window_steps += 1
-                now = time.perf_counter()
-                bar.update(1)
-                session_rate = tokens_per_step * (done - first_step) / max(now - started, 1e-9)
-                bar.set_postfix_str(f"loss {loss:.3f}, {session_rate:,.0f} tok/s", refresh=False)
-                records = []
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    mean = self.window_loss_sum / self.window_steps
-                    tokens_per_s = (
-                        self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
-                    )
-                    records.append(
-                        {
-                            "kind": "train",
-                            "step": done,
-                            "loss": mean,
-                            "bpb": bits_per_byte(mean),
-                            "lr": self.schedule.lr_at(step),
-                            "grad_norm": grad_norm,
-                            "tokens_per_s": round(tokens_per_s, 1),
-                            "elapsed_s": round(now - started, 3),
-                        }
-                    )
-                    self.last_train_loss = mean
-                    self.window_loss_sum, self.window_steps = 0.0, 0
-                    window_started = now
-                evaluated = done % cfg.eval_every == 0 or done == cfg.steps
-                if evaluated:
+            with stop_on_signals() as stop:
+                if self.step == 0:
                     self.last_val_loss = self.evaluate(val_batches)
-                    records.append(self._val_record(done, self.last_val_loss))
-                if records:
-                    self._on_main(
-                        lambda records=records, plot=evaluated: self._write_logs(records, plot)
+                    loss0 = self.last_val_loss
+                    self._on_main(lambda: self._write_logs([self._val_record(0, loss0)], False))
+                for step in range(self.step, cfg.steps):
+                    loss, grad_norm, stopping = self._train_step(
+                        model, train_batches, step, stop.requested
                     )
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    self._checkpoint(done)
+                    if not math.isfinite(loss):
+                        raise UserError(
+                            f"the loss became {loss} at step {step + 1}; try a smaller --lr"
+                        )
+                    self.step = done = step + 1
+                    self.window_loss_sum += loss
+                    self.window_steps += 1
+                    now = time.perf_counter()
+                    bar.update(1)
+                    session_rate = tokens_per_step * (done - first_step) / max(now - started, 1e-9)
+                    bar.set_postfix_str(
+                        f"loss {loss:.3f}, {session_rate:,.0f} tok/s", refresh=False
+                    )
+                    records = []
+                    if done % cfg.log_every == 0 or done == cfg.steps:
+                        mean = self.window_loss_sum / self.window_steps
+                        tokens_per_s = (
+                            self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
+                        )
+                        records.append(
+                            {
+                                "kind": "train",
+                                "step": done,
+                                "loss": mean,
+                                "bpb": bits_per_byte(mean),
+                                "lr": self.schedule.lr_at(step),
+                                "grad_norm": grad_norm,
+                                "tokens_per_s": round(tokens_per_s, 1),
+                                "elapsed_s": self._elapsed(),
+                            }
+                        )
+                        self.last_train_loss = mean
+                        self.window_loss_sum, self.window_steps = 0.0, 0
+                        window_started = now
+                    evaluated = done % cfg.eval_every == 0 or done == cfg.steps
+                    if evaluated:
+                        self.last_val_loss = self.evaluate(val_batches)
+                        records.append(self._val_record(done, self.last_val_loss))
+                    if records:
+                        self._on_main(
+                            lambda records=records, plot=evaluated: self._write_logs(records, plot)
+                        )
+                    if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
+                        self._checkpoint(done)
+                    if stopping:
+                        self._on_main(lambda: self._plot())
+                        raise TrainingInterrupted(
+                            self._interrupted_message(), signal=stop.signal or 2
+                        )
         except KeyboardInterrupt:
             bar.close()
             raise TrainingInterrupted(self._interrupted_message()) from None
         finally:
             bar.close()
             self.metrics.close()
+            self.board.close()
         return self._result()
 
     def _val_record(self, step: int, loss: float) -> dict:
@@ -378,12 +436,21 @@ class _Trainer:
     def _write_logs(self, records: list[dict], plot: bool) -> None:
         for record in records:
             self.metrics.append(record)
+            self.board.append(record)
         if plot:
-            plot_losses(self.metrics.records, self.folder.plot, title=self.source.name)
+            self._plot()
+
+    def _plot(self) -> None:
+        plot_losses(self.metrics.records, self.folder.plot, title=self.source.name)
 
     def _interrupted_message(self) -> str:
         if self.last_checkpoint is None:
             return f"interrupted at step {self.step} before any checkpoint was written; rerun to start again"
+        if self.checkpointed_step == self.step:
+            return (
+                f"stopped at step {self.step} and saved it: {self.last_checkpoint}; "
+                "rerun the same command with --resume to continue"
+            )
         return (
             f"interrupted at step {self.step}; the last checkpoint is {self.last_checkpoint}; "
             "rerun the same command with --resume to continue from it"

@@ -1,12 +1,16 @@
-"""Training metrics: how the loss is measured, the `metrics.jsonl` log and the `loss.png` plot.
+"""Training metrics: how the loss is measured, the `metrics.jsonl` log, TensorBoard event files
+and the `loss.png` plot.
 
 metrics.jsonl holds one JSON object per line:
 
     {"kind": "train", "step": 10, "loss": 2.91, "bpb": 4.20, "lr": 0.0003, "grad_norm": 0.8,
      "tokens_per_s": 5120.0, "elapsed_s": 3.1}
     {"kind": "val", "step": 100, "loss": 2.55, "bpb": 3.68}
+    {"kind": "resume", "step": 200, "elapsed_s": 61.2}
 
-`step` counts completed optimizer updates; a train record's loss is the mean over the updates
+`lr` is the primary level's rate for that update and `grad_norm` the global norm of the trained
+parameters' gradients before clipping. `elapsed_s` counts training time across resumes; a
+`resume` record marks where a resumed session started (a dashed line on the plot). `step` counts completed optimizer updates; a train record's loss is the mean over the updates
 since the previous train record. Losses are in nats per byte; `bpb` (bits per byte) is
 loss / ln 2, since every token is one byte.
 
@@ -25,10 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nestdsl.data.batches import VOCAB  # byte-level models
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import write_file_atomically
-
-VOCAB = 256  # byte-level models
 
 
 def bits_per_byte(loss_nats: float) -> float:
@@ -134,16 +137,80 @@ class MetricsLog:
             self._handle = None
 
 
+class TensorBoardLog:
+    """The same records as TensorBoard scalars under `RUN/tensorboard/` (`--log tensorboard`).
+
+    Train records give `train/loss`, `train/bpb`, `train/lr`, `train/grad_norm`,
+    `train/tokens_per_s`; validation records `val/loss` and `val/bpb`. On resume the writer is
+    reopened with `purge_step`, so TensorBoard drops the events after the checkpoint's step.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._writer = None
+        self._purge_step: int | None = None
+
+    def _open(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "--log tensorboard needs the tensorboard package: "
+                    "pip install 'nestdsl[tensorboard]'"
+                ) from None
+            self._writer = SummaryWriter(str(self.path), purge_step=self._purge_step)
+        return self._writer
+
+    def truncate_after(self, step: int) -> None:
+        self._purge_step = step + 1
+
+    def append(self, record: dict) -> None:
+        kind = record.get("kind")
+        if not self.enabled or kind not in ("train", "val"):
+            return
+        writer = self._open()
+        for key in ("loss", "bpb", "lr", "grad_norm", "tokens_per_s"):
+            if record.get(key) is not None:
+                writer.add_scalar(f"{kind}/{key}", record[key], record["step"])
+        writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Write a PNG of train and validation loss against step (matplotlib, Agg, no pyplot state)."""
+    """Write a PNG of the run (matplotlib, Agg, no pyplot state): train and validation loss on
+    top, the learning rate and the gradient norm below, resumes as dashed lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["loss"]) for r in records if r.get("kind") == "val"]
-    figure = Figure(figsize=(7, 4), dpi=100)
+    lr = [(r["step"], r["lr"]) for r in records if r.get("kind") == "train" and "lr" in r]
+    norms = [(r["step"], r["grad_norm"]) for r in records
+             if r.get("kind") == "train" and r.get("grad_norm") is not None]  # fmt: skip
+    resumes = [r["step"] for r in records if r.get("kind") == "resume"]
+    figure = Figure(figsize=(7, 6), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    grid = figure.add_gridspec(3, 1, height_ratios=(3, 1, 1))
+    axes = figure.add_subplot(grid[0])
+    lower = [figure.add_subplot(grid[i], sharex=axes) for i in (1, 2)]
+    for panel, points, label, color in (
+        (lower[0], lr, "learning rate", "tab:green"),
+        (lower[1], norms, "grad norm", "tab:red"),
+    ):
+        if points:
+            panel.plot(*zip(*points, strict=True), color=color, linewidth=1.0)
+        panel.set_ylabel(label)
+        panel.grid(alpha=0.3)
+    lower[1].set_xlabel("step")
+    for panel in (axes, *lower):
+        for step in resumes:
+            panel.axvline(step, color="gray", linestyle="--", linewidth=0.8)
     if train:
         axes.plot(*zip(*train, strict=True), label="train", color="tab:blue", linewidth=1.2)
     if val:
@@ -154,7 +221,8 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
             marker="o",
             markersize=3,
         )
-    axes.set_xlabel("step")
+    if resumes:
+        axes.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="resumed")
     axes.set_ylabel("loss (nats per byte)")
     # A second scale in bits per byte, the unit byte-level results are usually quoted in.
     axes.secondary_yaxis("right", functions=(bits_per_byte, lambda b: b * math.log(2))).set_ylabel(

@@ -9,7 +9,9 @@ Step `s` (0-based) is the index of the optimizer update being made:
   `warmup - 1` uses the full rate;
 * decay, `s >= warmup`: `lr = floor + (base - floor) * (1 + cos(pi * p)) / 2` with
   `p = (s - warmup) / (total - warmup)`, which is `base` at `s = warmup` and reaches
-  `floor = base * min_ratio` at `s = total` (one past the last update).
+  `floor = base * min_ratio` at `s = total` (one past the last update);
+* after the end, `s >= total` (a resumed run extended with a larger `--steps`): `floor`. The
+  schedule is fixed when a run starts (config.json records it), so resuming never moves it.
 """
 
 from __future__ import annotations
@@ -37,14 +39,19 @@ class WarmupCosine:
 
     def lr_at(self, step: int) -> float:
         """The learning rate for update number `step` (0-based)."""
+        return self.base_lr * self.factor_at(step)
+
+    def factor_at(self, step: int) -> float:
+        """The rate of update `step` as a fraction of the peak (each outer level scales its own
+        peak by it). Past `total_steps` (a resumed run given a larger --steps) the rate stays at
+        the floor: extending a run never re-warms it."""
         if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
-        floor = self.base_lr * self.min_ratio
+            return (step + 1) / self.warmup_steps
         decay_steps = self.total_steps - self.warmup_steps
         if decay_steps <= 0:
-            return self.base_lr
+            return 1.0
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return floor + (self.base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def as_dict(self) -> dict:
         return {"kind": "warmup_cosine", **asdict(self)}

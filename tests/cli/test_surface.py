@@ -15,7 +15,7 @@ SURFACE = {
     "show": (["spec"], ["--after", "--set"]),
     "schema": ([], ["--output", "-o"]),
     "train": (["spec"], ["--batch-size", "--carry-state", "--ckpt-every", "--data", "--device",
-                         "--eval-every", "--grad-clip", "--keep-checkpoints", "--lr",
+                         "--eval-every", "--grad-clip", "--keep-checkpoints", "--log", "--lr",
                          "--no-progress", "--out", "--resume", "--seed", "--seq-len", "--set",
                          "--steps", "--warmup"]),  # fmt: skip
     "generate": (["run_dir"], ["--device", "--prompt", "--seed", "--temperature", "--tokens",

@@ -34,10 +34,12 @@ def tiny_config(**changes) -> TrainConfig:
 
 
 def comparable_metrics(run_dir: Path) -> list[dict]:
-    """The run's metrics records without their timing fields."""
+    """The run's measurements (train and val records) without their timing fields; `resume`
+    markers are events of one session, not measurements, so they are left out."""
     return [
         {k: v for k, v in record.items() if k not in TIMING_FIELDS}
         for record in read_metrics(Path(run_dir) / "metrics.jsonl")
+        if record.get("kind") != "resume"
     ]
 
 

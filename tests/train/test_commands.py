@@ -68,7 +68,9 @@ def test_resume_refusals(tmp_path, capsys, our_cli, base_args):
     assert our_cli(base_args + out + ["--resume", "--seq-len", "8"]) == 1
     assert "was started with --seq-len 16, not 8" in one_line_error(capsys, "train")
     assert our_cli(base_args + out + ["--resume", "--set", "dims.d_model=32"]) == 1
-    assert "--set overrides none; resume with the same ones" in one_line_error(capsys, "train")
+    assert "was started without --set dims.d_model; a resumed run keeps its model" in (
+        one_line_error(capsys, "train")
+    )
     assert our_cli(base_args + ["--out", str(tmp_path / "absent"), "--resume"]) == 1
     assert "nothing to resume" in one_line_error(capsys, "train")
 
@@ -120,3 +122,16 @@ def test_interrupt_and_disk_full_through_the_cli(tmp_path, monkeypatch, capsys, 
     assert "no space left on device" in one_line_error(capsys, "train")
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-00000002"
     assert our_cli(base_args + out + ["--resume"]) == 0
+
+
+def test_resume_reuses_the_runs_overrides(tmp_path, capsys, our_cli, base_args):
+    """--resume needs no repeated --set (the run recorded them); only a conflict is refused."""
+    run = ["--out", str(tmp_path / "run")]
+    assert our_cli(base_args + run + ["--set", "dims.d_model=8"]) == 0
+    assert our_cli(base_args + run + ["--resume", "--steps", "6"]) == 0
+    meta = json.loads((latest_checkpoint(tmp_path / "run" / "checkpoints") / "meta.json").read_text())
+    assert meta["step"] == 6 and meta["parameters"]["embed.weight"]["shape"] == [256, 8]
+    assert our_cli(base_args + run + ["--resume", "--steps", "8", "--set", "dims.d_model=8"]) == 0
+    capsys.readouterr()
+    assert our_cli(base_args + run + ["--resume", "--steps", "10", "--set", "dims.d_model=16"]) == 1
+    assert "was started with --set dims.d_model=8, not 16" in one_line_error(capsys, "train")

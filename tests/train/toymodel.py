@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,22 @@ class FakeSpec:
         default_factory=lambda: {"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1}
     )
 
-    def outer_optimizer(self) -> dict:
-        return dict(self.optimizer)
+    @property
+    def spec(self) -> SimpleNamespace:
+        """What training reads of a CheckedSpec's `spec`: its levels, embedding and dims."""
+        pretrain = SimpleNamespace(every="step", optimizer=_Dumped(self.optimizer))
+        return SimpleNamespace(
+            levels={"pretrain": pretrain}, embed=SimpleNamespace(vocab=VOCAB), dims={}
+        )
+
+    @property
+    def source(self) -> SimpleNamespace:
+        return SimpleNamespace(find=lambda path: None)
+
+
+class _Dumped(dict):
+    def model_dump(self, mode: str = "json") -> dict:  # noqa: ARG002 - pydantic's signature
+        return dict(self)
 
 
 def fake_load(name_or_path, overrides=None) -> FakeSpec:

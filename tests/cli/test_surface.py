@@ -20,7 +20,7 @@ SURFACE = {
                          "--steps", "--warmup"]),  # fmt: skip
     "generate": (["run_dir"], ["--device", "--prompt", "--seed", "--temperature", "--tokens",
                                "--top-k"]),  # fmt: skip
-    "viz": (["spec"], ["--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
+    "viz": (["spec"], ["--expand", "--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
 }
 
 

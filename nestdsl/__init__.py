@@ -2,6 +2,7 @@
 
     spec = nestdsl.load("hope")          # a shipped name or a YAML path; checked
     model = nestdsl.compile(spec)        # a torch.nn.Module: model(tokens, state) -> (logits, state)
+    run = nestdsl.load_run("runs/hope")  # a trained run: run.model, run.spec, run.config, run.state
 """
 
 from nestdsl.errors import Diagnostic, Position, SpecError, UserError
@@ -18,6 +19,15 @@ def compile(checked):  # noqa: A001 - the public name of the design
     return _compile(checked)
 
 
+def load_run(run_dir, device="cpu"):
+    """A run folder written by `nestdsl train`, at its latest checkpoint: a `Run` with `model`
+    (weights loaded, eval mode), `spec`, `config` (its TrainConfig) and `state` (step,
+    checkpoint, last losses, carried memory)."""
+    from nestdsl.train.run import load_run as _load_run  # torch loads only when needed
+
+    return _load_run(run_dir, device)
+
+
 __all__ = [
     "CheckedSpec",
     "Diagnostic",
@@ -27,5 +37,6 @@ __all__ = [
     "check_text",
     "compile",
     "load",
+    "load_run",
     "shipped_names",
 ]

@@ -10,18 +10,20 @@ import argparse
 import importlib
 import sys
 
+from nestdsl import __version__
 from nestdsl.errors import UserError
 
-COMMANDS = ["validate", "show", "schema", "train", "generate", "viz"]
+COMMANDS = ["validate", "show", "schema", "train", "generate", "viz", "list"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nestdsl",
         description="Nested Learning architectures as declarative specs: check, show, compile, train.",
-        epilog="example: nestdsl validate hope  |  nestdsl train transformer --steps 200",
+        epilog="example: nestdsl list  |  nestdsl validate hope  |  nestdsl train transformer --steps 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"nestdsl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"nestdsl.commands.{name}")

@@ -1,4 +1,5 @@
-"""`nestdsl generate RUN_DIR --prompt TEXT`: sample text from a trained run's latest checkpoint."""
+"""`nestdsl generate RUN_DIR --prompt TEXT`: sample text from a trained run's latest checkpoint,
+with temperature, top-k, top-p and a repetition penalty; the text ends at a character boundary."""
 
 from __future__ import annotations
 
@@ -24,10 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.8,
         metavar="T",
-        help="sampling temperature, 0 = greedy (default 0.8)",
+        help="sampling temperature; 0 = greedy, which tends to loop (default 0.8)",
     )
     parser.add_argument(
         "--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest bytes"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="sample among the likeliest bytes holding probability P (nucleus sampling)",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="divide the logits of bytes already in the text by R, e.g. 1.2 (default 1: off)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
@@ -44,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         temperature=args.temperature,
         top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         device=args.device,
     )

@@ -7,14 +7,17 @@ from nestdsl.train.config import (
     TrainingInterrupted,
     TrainResult,
     resume_config,
+    resume_overrides,
     spec_source,
 )
 from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
 from nestdsl.train.loop import train
+from nestdsl.train.run import Run, load_run
 from nestdsl.train.metrics import bits_per_byte
 
 __all__ = [
     "ModelSource",
+    "Run",
     "RunFolder",
     "TrainConfig",
     "TrainResult",
@@ -22,8 +25,10 @@ __all__ = [
     "bits_per_byte",
     "generate_bytes",
     "generate_from_run",
+    "load_run",
     "load_run_model",
     "resume_config",
+    "resume_overrides",
     "spec_source",
     "train",
 ]

@@ -5,6 +5,13 @@ model returned for everything before it (`logits, state = model(byte, state=stat
 cost per byte does not grow with the text and nothing is ever re-fed. By the model contract
 (feeding a sequence in pieces while carrying the state equals feeding it whole) this samples
 from the same distributions as re-feeding the whole text each time.
+
+Sampling: a repetition penalty (CTRL, Keskar et al. 2019: a logit of a byte already in the text
+is divided by the penalty when positive, multiplied when negative), then temperature, top-k and
+top-p (nucleus: the smallest set of likeliest bytes whose probability reaches p). Temperature 0
+is greedy decoding, which on small models soon repeats one phrase forever; a penalty or
+sampling avoids that. Bytes are not characters: the text stops at a character boundary (up to
+three more bytes finish a started UTF-8 sequence), so no U+FFFD appears at its end.
 """
 
 from __future__ import annotations
@@ -15,8 +22,6 @@ from pathlib import Path
 import torch
 
 from nestdsl.errors import UserError
-from nestdsl.train.checkpoint import load_weights
-from nestdsl.train.config import RunFolder, spec_source
 from nestdsl.train.distributed import resolve_device
 
 # An empty prompt still needs one byte of context to predict from; a newline is a neutral start.
@@ -24,18 +29,59 @@ EMPTY_PROMPT = b"\n"
 
 
 def pick_next_byte(
-    logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator,
+    top_p: float | None = None,
+    penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
 ) -> int:
-    """Sample a byte from one row of logits; temperature 0 (or top_k 1) picks the most likely."""
-    logits = logits.float().cpu()
+    """Sample a byte from one row of logits; temperature 0 (or top_k 1) picks the most likely.
+
+    `seen` marks the bytes already in the text (`[256]` bool) for the repetition `penalty`.
+    """
+    logits = logits.float().cpu()  # [V]
+    if penalty != 1.0 and seen is not None:
+        logits = torch.where(seen & (logits > 0), logits / penalty, logits)
+        logits = torch.where(seen & (logits <= 0), logits * penalty, logits)
     if temperature <= 0 or top_k == 1:
         return int(torch.argmax(logits))
     logits = logits / temperature
     if top_k is not None and top_k < logits.numel():
         threshold = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
-    probabilities = torch.softmax(logits, dim=-1)
+    probabilities = torch.softmax(logits, dim=-1)  # [V]
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = torch.sort(probabilities, descending=True)
+        before = torch.cumsum(sorted_p, dim=0) - sorted_p  # mass of the likelier bytes
+        drop = order[before >= top_p]  # the likeliest byte always stays (before = 0)
+        probabilities = probabilities.index_fill(0, drop, 0.0)
     return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+def incomplete_tail(data: bytes) -> int:
+    """How many bytes at the end of `data` start a UTF-8 sequence that is not finished yet."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: the lead is further back
+            continue
+        need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else (
+            4 if byte >> 3 == 0b11110 else 1)  # fmt: skip
+        return back if back < need else 0
+    return 0
+
+
+def _check_sampling(max_new_bytes, top_k, top_p, penalty) -> None:
+    if max_new_bytes < 0:
+        raise UserError(f"--tokens must be non-negative, got {max_new_bytes}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    if penalty <= 0:
+        raise UserError(f"--repetition-penalty must be positive, got {penalty}")
 
 
 @torch.no_grad()
@@ -46,14 +92,18 @@ def generate_bytes(
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    whole_characters: bool = False,
 ) -> bytes:
-    """The `max_new_bytes` bytes the model writes after `prompt` (the prompt itself excluded)."""
-    if max_new_bytes < 0:
-        raise UserError(f"--tokens must be non-negative, got {max_new_bytes}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    """The `max_new_bytes` bytes the model writes after `prompt` (the prompt itself excluded).
+
+    With `whole_characters`, up to three more bytes finish a UTF-8 sequence the last bytes
+    started, and a sequence still unfinished then is dropped: the text ends at a character.
+    """
+    _check_sampling(max_new_bytes, top_k, top_p, repetition_penalty)
     device = torch.device(device)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -63,7 +113,9 @@ def generate_bytes(
         else contextlib.nullcontext
     )
     context = prompt or EMPTY_PROMPT
-    tokens = torch.tensor([list(context)], dtype=torch.long, device=device)
+    tokens = torch.tensor([list(context)], dtype=torch.long, device=device)  # [1, T]
+    seen = torch.zeros(256, dtype=torch.bool)
+    seen[list(context)] = True
     written = bytearray()
     if max_new_bytes == 0:
         return bytes(written)
@@ -71,11 +123,22 @@ def generate_bytes(
         logits, state = model(tokens, state=None)
     while True:
         byte = pick_next_byte(
-            logits[0, -1], temperature=temperature, top_k=top_k, generator=generator
+            logits[0, -1],
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            penalty=repetition_penalty,
+            seen=seen,
+            generator=generator,
         )
         written.append(byte)
-        if len(written) == max_new_bytes:
-            return bytes(written)
+        seen[byte] = True
+        if len(written) >= max_new_bytes:
+            tail = incomplete_tail(written) if whole_characters else 0
+            if not tail:
+                return bytes(written)
+            if len(written) - max_new_bytes >= 3:  # no UTF-8 sequence is longer: give it up
+                return bytes(written[:-tail])
         with autocast():
             logits, state = model(
                 torch.tensor([[byte]], dtype=torch.long, device=device), state=state
@@ -83,20 +146,10 @@ def generate_bytes(
 
 
 def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The model of a run folder with its latest checkpoint's weights (spec via nestdsl.load)."""
-    folder = RunFolder(run_dir)
-    if not folder.root.is_dir():
-        raise UserError(f"run folder {folder.root} does not exist")
-    saved = folder.read_config()
-    if not folder.spec.exists():
-        raise UserError(f"{folder.root} has no spec.yaml; it is not a complete run folder")
-    checkpoint = folder.latest_checkpoint()
-    if checkpoint is None:
-        raise UserError(f"{folder.root} has no checkpoint yet; train it first")
-    source = spec_source(str(folder.spec), saved["spec"].get("overrides") or None)
-    model = source.build().to(device)
-    load_weights(checkpoint, model)
-    return model
+    """The model of a run folder with its latest checkpoint's weights (see nestdsl.load_run)."""
+    from nestdsl.train.run import load_run
+
+    return load_run(run_dir, device).model
 
 
 def generate_from_run(
@@ -106,10 +159,14 @@ def generate_from_run(
     tokens: int = 200,
     temperature: float = 0.8,
     top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
     seed: int = 0,
     device: str = "auto",
 ) -> str:
-    """The prompt followed by `tokens` generated bytes, decoded as UTF-8 (errors replaced)."""
+    """The prompt followed by about `tokens` generated bytes, ending at a character boundary,
+    decoded as UTF-8 (a byte the model got wrong inside the text becomes U+FFFD)."""
+    _check_sampling(tokens, top_k, top_p, repetition_penalty)
     torch_device = resolve_device(device)
     model = load_run_model(run_dir, torch_device)
     prompt_bytes = prompt.encode("utf-8")
@@ -119,7 +176,10 @@ def generate_from_run(
         tokens,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
         seed=seed,
         device=torch_device,
+        whole_characters=True,
     )
     return (prompt_bytes + new).decode("utf-8", errors="replace")

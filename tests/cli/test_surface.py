@@ -18,8 +18,9 @@ SURFACE = {
                          "--eval-every", "--grad-clip", "--keep-checkpoints", "--log", "--lr",
                          "--no-progress", "--out", "--resume", "--seed", "--seq-len", "--set",
                          "--steps", "--warmup"]),  # fmt: skip
-    "generate": (["run_dir"], ["--device", "--prompt", "--seed", "--temperature", "--tokens",
-                               "--top-k"]),  # fmt: skip
+    "generate": (["run_dir"], ["--device", "--prompt", "--repetition-penalty", "--seed",
+                               "--temperature", "--tokens", "--top-k", "--top-p"]),  # fmt: skip
+    "list": ([], []),
     "viz": (["spec"], ["--expand", "--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
 }
 
@@ -37,6 +38,18 @@ def test_the_surface_is_frozen():
         positionals = [a.dest for a in sub._actions if not a.option_strings]
         found[name] = (positionals, options)
     assert found == SURFACE
+
+
+# The Python API: `import nestdsl` exports exactly these (tests/cli/test_surface.py freezes them).
+PUBLIC_API = ["CheckedSpec", "Diagnostic", "Position", "SpecError", "UserError", "check_text",
+              "compile", "load", "load_run", "shipped_names"]  # fmt: skip
+
+
+def test_the_python_api_is_frozen():
+    import nestdsl
+
+    assert sorted(nestdsl.__all__) == sorted(PUBLIC_API)
+    assert all(callable(getattr(nestdsl, name)) for name in PUBLIC_API)
 
 
 def test_main_help_shows_an_example():

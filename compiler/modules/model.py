@@ -5,10 +5,11 @@ convolutions' last inputs) plus `pos`, the number of tokens seen; feeding a sequ
 and carrying the state gives the same logits as feeding it whole.
 
 Memories that learn from the task loss (CMS, NL eq. 71) need that loss while the sequence
-runs: the model then runs in windows of `task_window` tokens, and after each window takes the
-gradient of the window's next-token loss (targets inside the window) by those memories'
-weights. A call that ends inside a window keeps the window's tokens and the state at its start,
-and the next call replays them, so streaming stays exact.
+runs: the model then runs in windows of `task_window` tokens, and once the token after a
+window has arrived (the target of the window's last position) takes the gradient of the
+window's next-token loss by the weights those memories used in the window. A call that ends
+before that token keeps the window's tokens and the state at its start, and the next call
+replays them, so streaming stays exact.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nestdsl.compiler.modules.layer import Layer
-from nestdsl.compiler.modules.memory_task import TaskMemory
+from nestdsl.compiler.modules.memory_task import TaskMemory, check_task_memories
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
 from torch import nn
 
@@ -29,6 +30,7 @@ class CompiledModel(nn.Module):
         self.spec_name = plan.spec.name
         self.vocab, self.d_model = plan.vocab, plan.d_model
         self.task_window = plan.task_window
+        check_task_memories(plan)
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -40,11 +42,16 @@ class CompiledModel(nn.Module):
             self.head = nn.Linear(plan.d_model, plan.vocab, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
+        for memory in self.task_memories.values():
+            memory.nest(plan.spec.levels)
         self._levels = _owning_levels(self, plan)
 
     def parameter_levels(self) -> dict[str, str]:
         """Parameter name -> the level whose optimizer trains it (the spec's `every: step` or
-        `every: never` levels; a learned initial state belongs to its `init.by` level)."""
+        `every: never` levels). A learned initial state belongs to its `init.by` level when that
+        level is `step` or `never`; when it is an in-context level (a nested CMS, NL eq. 72)
+        that level updates the state in context and the outermost level trains its value at
+        the start of each sequence."""
         return dict(self._levels)
 
     def forward(self, tokens: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
@@ -90,8 +97,10 @@ class CompiledModel(nn.Module):
                 piece = tokens[:, start:end]
                 before = state
                 logits, state, stream = self._span(piece, state, pos + start, second_order)
-                if (pos + end) % W == 0:
-                    self._learn(piece, logits, stream, pos + end, grad_mode)
+                # A window learns once the target of its last position (the next token) is
+                # here: the update feeds positions from that token on, so it stays causal.
+                if (pos + end) % W == 0 and end < T:
+                    self._learn(logits, tokens[:, start + 1 : end + 1], stream, pos + end, grad_mode)
                     state = _merged(state, stream)
                 else:
                     state = {**state, **{REPLAY + k: v for k, v in before.items()},
@@ -105,19 +114,16 @@ class CompiledModel(nn.Module):
             state = {k: v.detach() for k, v in state.items()}
         return logits, state
 
-    def _learn(self, piece, logits, stream, end: int, grad_mode: bool) -> None:
-        """The window's task-loss gradient, handed to each task memory (NL eq. 71)."""
+    def _learn(self, logits, targets, stream, end: int, grad_mode: bool) -> None:
+        """The window's task-loss gradient, handed to each task memory (NL eq. 71): the summed
+        next-token loss of all the window's positions, by the weights the window read."""
         used = [(key, w) for key, ws in stream.task_weights.items() for w in ws]
-        if piece.shape[1] > 1:
-            scores = logits[:, :-1].flatten(0, 1)
-            if scores.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
-                scores = scores.float()
-            loss = F.cross_entropy(scores, piece[:, 1:].flatten(), reduction="sum")
-            grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=stream.second_order,
-                                        retain_graph=True,
-                                        allow_unused=True)  # fmt: skip
-        else:
-            grads = [None] * len(used)
+        scores = logits.flatten(0, 1)  # [B * W, V]
+        if scores.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
+            scores = scores.float()
+        loss = F.cross_entropy(scores, targets.flatten(), reduction="sum")
+        grads = torch.autograd.grad(loss, [w for _, w in used], create_graph=stream.second_order,
+                                    retain_graph=True, allow_unused=True)  # fmt: skip
         for key, ws in stream.task_weights.items():
             memory = self.task_memories[key]
             mine = [g for (k, _), g in zip(used, grads) if k == key]
@@ -135,6 +141,8 @@ def _owning_levels(model: nn.Module, plan) -> dict[str, str]:
         owner_of[f"layers.{index}."] = layer.block.level or outer
         for decl, m in layer.memories.items():
             init_by = getattr(m.memory.init, "by", None)
+            if init_by is not None and isinstance(spec.levels[init_by].every, int):
+                init_by = outer  # nested CMS: the start of the in-context state, per sequence
             level = init_by or (m.level if not isinstance(m.every, int) else outer)
             owner_of[f"layers.{index}.memories.{decl}."] = level
     levels = {}

@@ -1,5 +1,6 @@
 """Continuum memory system (NL §7.1, eq. 71): a task-loss memory's weights change exactly at
-its chunk boundaries, by -lr times the gradient of the model loss summed over the chunk."""
+its chunk boundaries, by -lr times the gradient of the model loss summed over the chunk (every
+position of the chunk, the last one's target being the next chunk's first token)."""
 
 from __future__ import annotations
 
@@ -53,15 +54,16 @@ def weights(state, name):
 
 
 def window_grads(model, tokens, C1, C2):
-    """Independent computation: the loss of one window (targets inside it) as a function of
-    the two memories' weights, differentiated with torch.func."""
+    """Independent computation: the loss of one window as a function of the two memories'
+    weights, differentiated with torch.func. `tokens` is the window and the next token (the
+    target of its last position)."""
     memories = model.layers[0].memories
 
     def loss_fn(w1, w2):
-        x = model.embed(tokens)
+        x = model.embed(tokens[:, :-1])
         y = memories["C2"].apply(w2, memories["C1"].apply(w1, x.unsqueeze(2)))[:, :, 0]
         logits = model.head(model.norm(y))
-        return F.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
+        return F.cross_entropy(logits[0], tokens[0, 1:], reduction="sum")
 
     return torch.func.grad(loss_fn, argnums=(0, 1))(C1, C2)
 
@@ -72,26 +74,29 @@ def test_weights_change_exactly_at_chunk_boundaries_by_the_summed_task_gradient(
     init2 = [p.detach()[0] for p in model.layers[0].memories["C2"].initial]
     with torch.no_grad():
         _, s3 = model(tokens[:, :3])  # inside the first chunk: nothing changes yet
-        _, s4 = model(tokens[:, :4])
-        _, s8 = model(tokens[:, :8])
-    for a, b in zip(weights(s3, "C1"), init1):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        _, s4 = model(tokens[:, :4])  # the chunk is complete, its last target not yet seen
+        _, s5 = model(tokens[:, :5])
+        _, s9 = model(tokens[:, :9])
+    for s in (s3, s4):
+        for a, b in zip(weights(s, "C1"), init1):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
-    # Window 1 (tokens 0..3): C1 (every 4) steps by its gradient; C2 (every 8) only accumulates.
-    g1, g2 = window_grads(model, tokens[:, :4], init1, init2)
+    # Window 1 (tokens 0..3, targets 1..4): C1 (every 4) steps by its gradient once token 4 is
+    # here; C2 (every 8) only accumulates.
+    g1, g2 = window_grads(model, tokens[:, :5], init1, init2)
     expected1 = [w - 0.5 * g for w, g in zip(init1, g1)]
-    for got, want in zip(weights(s4, "C1"), expected1):
+    for got, want in zip(weights(s5, "C1"), expected1):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for got, want in zip(weights(s4, "C2"), init2):
+    for got, want in zip(weights(s5, "C2"), init2):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
-    # Window 2 (tokens 4..7) runs with the stepped C1; at token 8 C2 applies both windows' sum.
-    h1, h2 = window_grads(model, tokens[:, 4:8], expected1, init2)
+    # Window 2 (tokens 4..7) runs with the stepped C1; with token 8, C2 applies both windows' sum.
+    h1, h2 = window_grads(model, tokens[:, 4:9], expected1, init2)
     expected1b = [w - 0.5 * g for w, g in zip(expected1, h1)]
     expected2 = [w - 0.25 * (a + b) for w, a, b in zip(init2, g2, h2)]
-    for got, want in zip(weights(s8, "C1"), expected1b):
+    for got, want in zip(weights(s9, "C1"), expected1b):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for got, want in zip(weights(s8, "C2"), expected2):
+    for got, want in zip(weights(s9, "C2"), expected2):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -124,7 +124,11 @@ def draw(picture: Picture, *, legend: bool = True):
     kinds = {e.kind for e in picture.edges}
     if legend:
         _legend(dot, [k for k in EDGE_STYLES if k != "data" or "data" in kinds])
-        for node in rows[-1]:  # below the slowest band, where no edge passes
+        # Below the slowest band, where no edge passes (and below an expanded block's output).
+        tails = {e.tail for e in picture.edges}
+        sinks = dict.fromkeys(gv(e.head) for e in picture.edges
+                              if e.kind == "data" and e.head not in tails)  # fmt: skip
+        for node in rows[-1] + list(sinks):
             dot.edge(node, "legend__table", style="invis")
     return dot
 
@@ -202,6 +206,14 @@ def _edge(dot, e: VizEdge, band_of, grouped: set[str]) -> None:
     # with its memory's band and the edges stay short.
     ranks = flow or e.kind == "data" or (e.kind == "read" and head in grouped)
     extra["constraint"] = "true" if ranks else "false"
+    if e.kind == "context" and tail in grouped:
+        # An op feeding a memory is drawn from the memory down to the op, arrow reversed: dot
+        # routes downward edges cleanly, while upward ones loop round the whole block.
+        extra.update(dir="back", arrowtail=attrs["arrowhead"], constraint="true")
+        if e.head_cluster:  # to a whole band: ranking by its first memory would tilt the band
+            extra.update(ltail=extra.pop("lhead"), constraint="false")
+        dot.edge(gv(head), gv(tail), label=edge_label(e.items), **extra)
+        return
     blocks = [n.id for n in band_of[tail].nodes if n.kind == "block"] if tail in band_of else []
     if e.kind == "nesting" and blocks:
         # Drawn backwards from the memory to the owner's band border, so that dot lays it next

@@ -1,0 +1,224 @@
+"""Benchmark of the Triton kernels on a GPU: against the torch chunk forms and flash-linear-attention.
+
+For ``gated_delta_rule``, ``delta_rule``, ``linear_attention`` and ``titans_linear`` at
+T in {2048, 8192, 32768} it times, per implementation,
+
+* ``fwd``: the forward under ``torch.no_grad()``;
+* ``fwd+bwd``: the forward with autograd plus ``backward`` of a random upstream gradient;
+
+with ``triton.testing.do_bench`` (median), for our Triton backend (``triton``), the torch chunk
+form on the same GPU (``chunk``) and, where ``fla`` (flash-linear-attention) is installed,
+``chunk_gated_delta_rule`` / ``chunk_delta_rule`` / ``chunk_linear_attn`` (``fla``; Titans has
+no public kernel). Batch x heads fills the chip: ``B = ceil(2 * SMs / H)`` unless ``--batch``.
+
+Columns: ``ms``; ``Mtok/s`` = B * T / time; ``GB/s`` = the compulsory bytes (every input,
+output, upstream gradient and input gradient once, plus our saved chunk states written and read
+back) / time, and its % of the device's HBM peak; ``TFLOP/s`` = the algorithm FLOPs of the
+chunk form (``flops()`` below: the matmuls of one chunk step, per token) / time, and its % of
+the device's FP32 (non-tensor-core) peak: our kernels compute in float32 with IEEE products
+(``--dot tf32`` lets tl.dot use tf32 tensor cores instead). The FLOP and byte models are the
+same for every implementation, so the columns compare like with like.
+
+Before timing, each of our kernels is checked against the chunk form at the first T (relative
+error of the output printed). Usage, on a machine with a CUDA GPU::
+
+    python benchmarks/bench_triton.py                      # full table, bfloat16, H=16, K=V=128
+    python benchmarks/bench_triton.py --quick              # T=2048 only, small batch
+    TRITON_INTERPRET=1 python benchmarks/bench_triton.py --smoke   # CPU: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+OPS = ("gated_delta_rule", "delta_rule", "linear_attention", "titans_linear")
+
+# Device peaks (dense, from the vendors' data sheets): FP32 CUDA-core FLOP/s, HBM bytes/s.
+PEAKS = {
+    "H200": (67e12, 4.8e12),
+    "H100": (67e12, 3.35e12),
+    "A100": (19.5e12, 2.0e12),
+    "L40S": (91.6e12, 0.864e12),
+    "A10": (31.2e12, 0.6e12),
+}
+
+
+def flops(op: str, C: int, K: int, V: int) -> tuple[float, float]:
+    """(forward, backward) FLOPs per token and head of the chunk algorithm (matmuls only)."""
+    if op == "linear_attention":
+        return 2 * C * (K + V) + 4 * K * V, 6 * C * K + 4 * C * V + 8 * K * V
+    if op == "titans_linear":
+        return 2 * C * (K + V) + 10 * K * V, 6 * C * K + 4 * C * V + 26 * K * V
+    # delta rule: A, P, the triangular inverse (C^3 per chunk), U, the reads and the update
+    return 4 * C * (K + V) + 6 * K * V + 2 * C * C, 10 * C * (K + V) + 14 * K * V + 2 * C * C
+
+
+def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    q, v = rnd(B, T, H, K), rnd(B, T, H, V)
+    k = F.normalize(rnd(B, T, H, K).float(), dim=-1).to(dtype)
+    x = {"q": q, "k": k, "v": v}
+    if op in ("gated_delta_rule", "delta_rule"):
+        x["beta"] = rnd(B, T, H).float().sigmoid().to(dtype)
+    if op == "gated_delta_rule":
+        x["g"] = F.logsigmoid(rnd(B, T, H).float() + 3.0).to(dtype)
+    if op == "titans_linear":
+        x["theta"] = 0.1 * rnd(B, T, H).float().sigmoid().to(dtype)
+        x["eta"] = rnd(B, T, H).float().sigmoid().to(dtype)
+        x["alpha"] = 0.01 * rnd(B, T, H).float().sigmoid().to(dtype)
+    return x
+
+
+def implementations(op: str, chunk: int) -> dict:
+    """name -> fn(inputs dict) -> output tensor, for every implementation available here."""
+    from nestdsl.kernels import api
+    from nestdsl.kernels.titans_linear import titans_linear
+
+    def ours(backend):
+        if op == "titans_linear":
+            return lambda x: titans_linear(x["q"], x["k"], x["v"], x["theta"], x["eta"],
+                                           x["alpha"], chunk_size=chunk, backend=backend)[0]  # fmt: skip
+        if op == "linear_attention":
+            return lambda x: api.linear_attention(x["q"], x["k"], x["v"], chunk_size=chunk,
+                                                  backend=backend)[0]  # fmt: skip
+        return lambda x: api.gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"),
+                                              chunk_size=chunk, backend=backend)[0]  # fmt: skip
+
+    impls = {"triton": ours("triton"), "chunk": ours("chunk")}
+    try:  # flash-linear-attention, where it covers the op
+        if op == "gated_delta_rule":
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+            impls["fla"] = lambda x: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"],
+                                                            x["beta"])[0]  # fmt: skip
+        elif op == "delta_rule":
+            from fla.ops.delta_rule import chunk_delta_rule
+
+            impls["fla"] = lambda x: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"])[0]
+        elif op == "linear_attention":
+            from fla.ops.linear_attn import chunk_linear_attn
+
+            impls["fla"] = lambda x: chunk_linear_attn(x["q"], x["k"], x["v"])[0]
+    except ImportError:
+        pass
+    return impls
+
+
+def bench(fn, cuda: bool, reps: int = 3) -> float:
+    """Median milliseconds of fn()."""
+    if cuda:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    times = []
+    for _ in range(reps):  # the interpreter smoke run: wall clock, meaningless as performance
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def compulsory_bytes(x: dict, o_bytes: int, states: int, backward: bool) -> int:
+    inputs = sum(t.numel() * t.element_size() for t in x.values())
+    if not backward:
+        return inputs + o_bytes
+    return 2 * inputs + 2 * o_bytes + inputs + 2 * states  # + do, grads, states written/read
+
+
+def run(args) -> None:
+    import nestdsl.kernels.triton_support as ts
+
+    ts.DOT_PRECISION = args.dot
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if not cuda:
+        dtype = torch.float32  # the interpreter computes float32 only
+    H, K, V, C = args.heads, args.head_dim, args.head_dim, args.chunk
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        sms, name = props.multi_processor_count, props.name
+        peak = next((p for key, p in PEAKS.items() if key in name), None)
+    else:
+        sms, name, peak = 1, "CPU (Triton interpreter)", None
+    B = args.batch or max(1, math.ceil(2 * sms / H))
+    print(f"# {name}, {sms} SMs; B={B} H={H} K=V={K} chunk={C} {dtype} dot={args.dot}; "
+          f"torch {torch.__version__}")  # fmt: skip
+    if peak is None:
+        print("# device peaks unknown: the % columns are empty")
+    print("| op | T | pass | impl | ms | Mtok/s | GB/s | % HBM | TFLOP/s | % FP32 |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    for op in args.ops:
+        impls = implementations(op, C)
+        for i, T in enumerate(args.T):
+            x = make_inputs(op, B, T, H, K, V, dtype, device)
+            if i == 0:  # our kernel against the chunk form before any timing
+                with torch.no_grad():
+                    ref, got = impls["chunk"](x).float(), impls["triton"](x).float()
+                err = ((ref - got).norm() / ref.norm()).item()
+                print(f"# {op}: triton vs chunk at T={T}: relative error {err:.2e}")
+            o_bytes = B * T * H * V * x["q"].element_size()
+            n_states = (2 if op == "titans_linear" else 1) * B * H * math.ceil(T / C) * K * V * 4
+            f_fwd, f_bwd = flops(op, C, K, V)
+            for name_impl, fn in impls.items():
+                for backward in (False, True):
+                    xs = {n: t.detach().requires_grad_(backward) for n, t in x.items()}
+                    do = torch.randn_like(xs["v"]) if backward else None
+
+                    def step(fn=fn, xs=xs, do=do, backward=backward):
+                        if not backward:
+                            with torch.no_grad():
+                                return fn(xs)
+                        fn(xs).backward(do)
+
+                    try:
+                        ms = bench(step, cuda)
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        print(f"| {op} | {T} | {'fwd+bwd' if backward else 'fwd'} | "
+                              f"{name_impl} | failed: {type(exc).__name__}: {exc} |")  # fmt: skip
+                        continue
+                    sec = ms / 1e3
+                    nbytes = compulsory_bytes(x, o_bytes, n_states, backward)
+                    fl = B * T * H * (f_fwd + (f_bwd if backward else 0))
+                    gbs, tfs = nbytes / sec / 1e9, fl / sec / 1e12
+                    pct_bw = f"{100 * nbytes / sec / peak[1]:.0f}" if peak else ""
+                    pct_fl = f"{100 * fl / sec / peak[0]:.0f}" if peak else ""
+                    print(f"| {op} | {T} | {'fwd+bwd' if backward else 'fwd'} | {name_impl} "
+                          f"| {ms:.2f} | {B * T / sec / 1e6:.2f} | {gbs:.0f} | {pct_bw} "
+                          f"| {tfs:.1f} | {pct_fl} |")  # fmt: skip
+            del x
+            if cuda:
+                torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--T", nargs="+", type=int, default=[2048, 8192, 32768])
+    parser.add_argument("--batch", type=int, default=0, help="default: fill the chip")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--dot", default="ieee", choices=("ieee", "tf32"))
+    parser.add_argument("--quick", action="store_true", help="T=2048, batch 4")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (interpreter on CPU)")
+    args = parser.parse_args()
+    if args.quick:
+        args.T, args.batch = [2048], args.batch or 4
+    if args.smoke:
+        args.T, args.batch, args.heads, args.head_dim, args.chunk = [40], 1, 2, 16, 16
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -91,6 +91,37 @@ class ShortConv(nn.Module):
         return f"shape={list(self.shape)}, kernel={self.kernel}"
 
 
+class MambaDecay(nn.Module):
+    """The data-dependent log-decay of Mamba2 and Gated DeltaNet: `g = -exp(A) softplus(y + dt_bias)`.
+
+    One learned A and dt_bias per channel of the last axis (per head for a `[n_heads]` gate).
+    Initialised as Mamba2 (Dao & Gu 2024, its reference code) and Gated DeltaNet (Yang et al.
+    2024) do: A ~ U(1, 16) stored as log A, and dt = softplus(dt_bias) log-uniform in
+    [1e-3, 1e-1] (floored at 1e-4), so at the start the decay exp(g) = exp(-A dt) lies in
+    about [0.2, 0.999] with most heads above 0.9: the memory keeps what it wrote long enough to
+    learn to use it. Both are 1-D, so the optimizer does not weight-decay them.
+    """
+
+    A_RANGE = (1.0, 16.0)
+    DT_RANGE = (1e-3, 1e-1)
+    DT_FLOOR = 1e-4
+
+    def __init__(self, channels: int):
+        super().__init__()
+        a = torch.empty(channels).uniform_(*self.A_RANGE)  # [C]
+        lo, hi = (math.log(r) for r in self.DT_RANGE)
+        dt = torch.exp(torch.rand(channels) * (hi - lo) + lo).clamp(min=self.DT_FLOOR)  # [C]
+        self.A_log = nn.Parameter(torch.log(a))
+        # softplus^{-1}(dt) = dt + log(1 - exp(-dt)): the bias that makes softplus give dt.
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return -torch.exp(self.A_log) * F.softplus(y + self.dt_bias)  # [..., C], <= 0
+
+    def extra_repr(self) -> str:
+        return f"channels={self.A_log.numel()}"
+
+
 class Linear(nn.Module):
     """`y = x W` over the flattened feature axes, reshaped to `out`, then the `then:` post-ops."""
 
@@ -108,6 +139,8 @@ class Linear(nn.Module):
                 post[str(i)] = ShortConv(self.out_shape, 4, f"{key}.conv{i}")
             elif name == "rmsnorm":
                 post[str(i)] = RMSNorm(self.out_shape[-1])
+            elif name == "mamba_decay":
+                post[str(i)] = MambaDecay(self.out_shape[-1])
         self.post = nn.ModuleDict(post) if post else None
 
     def forward(self, x: torch.Tensor, in_ndim: int, stream: Stream) -> torch.Tensor:

@@ -17,10 +17,13 @@ UNARY = (
     "silu", "gelu", "relu", "sigmoid", "logsigmoid", "softplus", "tanh", "l2norm", "neg",
 )  # fmt: skip
 # Post-ops allowed in a `then:` chain: cheap, per-position, shape-preserving (short_conv mixes
-# the last few positions causally).
+# the last few positions causally). `mamba_decay` is the log-decay of Mamba2 and Gated DeltaNet,
+# `g = -exp(A) * softplus(y + dt_bias)` with a learned A and dt_bias per channel of the last axis
+# (initialised as those papers do: A ~ U(1, 16), softplus(dt_bias) log-uniform in [1e-3, 0.1]),
+# so a decay gate exp(g) starts near 1 (keep) instead of exp(logsigmoid(0)) = 0.5.
 PostOp = Literal[
     "silu", "gelu", "relu", "sigmoid", "logsigmoid", "softplus", "tanh", "l2norm", "neg",
-    "short_conv", "rmsnorm",
+    "short_conv", "rmsnorm", "mamba_decay",
 ]  # fmt: skip
 
 
@@ -39,7 +42,13 @@ class Linear(Node):
     in_: Name = Field(alias="in")
     out: Dim | Annotated[list[Dim], Field(min_length=1)]  # `[]` would be a shapeless tensor
     bias: bool | BiasInit = Field(False, description="`true`, or `{init: b}` to start at b")
-    then: list[PostOp] = Field(default_factory=list, description="post-ops applied in order")
+    then: list[PostOp] = Field(
+        default_factory=list,
+        description=(
+            "post-ops applied in order; `mamba_decay` gives the log-decay "
+            "`-exp(A) softplus(y + dt_bias)` of Mamba2 / Gated DeltaNet (learned A, dt_bias)"
+        ),
+    )
 
 
 class Norm(Node):

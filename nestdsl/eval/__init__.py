@@ -1,0 +1,30 @@
+"""Evaluation tasks: one module per task, each a documented protocol with a JSON result.
+
+    from nestdsl.eval import run_recall, RecallSettings, run_bpb
+    result = run_recall("deltanet", [{"L": 64, "N": 8, "d_model": 64}], RecallSettings(steps=3000))
+
+* `recall` (recall.py, data in mqar.py): multi-query associative recall trained from scratch
+  (Zoology's MQAR), accuracy per (L, N, d_model) grid point;
+* `bpb` (bpb.py): bits per byte on held-out text, for a trained run or an untrained spec.
+
+`nestdsl eval RUN_OR_SPEC --task TASK` runs them from the command line (nestdsl/commands/eval.py);
+docs/evaluation.md gives the protocols and the measured recall of the shipped specs.
+"""
+
+from nestdsl.eval.bpb import run_bpb
+from nestdsl.eval.mqar import IGNORE, MQARShape, mqar_rows, row_accuracy
+from nestdsl.eval.recall import GRID_KEYS, RecallSettings, run_recall
+
+TASKS = ("recall", "bpb")
+
+__all__ = [
+    "GRID_KEYS",
+    "IGNORE",
+    "TASKS",
+    "MQARShape",
+    "RecallSettings",
+    "mqar_rows",
+    "row_accuracy",
+    "run_bpb",
+    "run_recall",
+]

@@ -1,0 +1,120 @@
+"""The `bpb` task: bits per byte of a model on held-out text.
+
+Protocol (the byte-level form of the perplexity evaluations of Titans §5.2 and Nested Learning
+§7, as bits per byte rather than per token so that models with any tokenizer compare):
+
+* the text is the validation part of a corpus, its last `val_fraction` (5%) of bytes, as
+  `nestdsl train` holds it out: the embedded Shakespeare, a run's own `--data`, or `--data FILE`;
+* it is cut into consecutive, non-overlapping windows of `seq_len + 1` bytes that share one
+  byte at each border, so every byte after the first is predicted exactly once; every window
+  starts from fresh in-context memories (as `nestdsl train` validates); at most `max_bytes` are
+  scored, from the start of the held-out text, so a run is comparable with itself;
+* bpb = (sum of next-byte cross-entropies in nats) / (bytes predicted) / ln 2. A uniform guess
+  over 256 bytes scores exactly 8.
+
+The subject is a run folder (its latest checkpoint; seq_len and corpus default to the run's) or
+a spec, which is compiled with its seeded initial weights: an untrained baseline.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+import nestdsl
+from nestdsl.data.corpus import VALIDATION_FRACTION, load_corpus, split_corpus
+from nestdsl.errors import UserError
+from nestdsl.eval.subject import is_run_folder, load_run
+from nestdsl.train.metrics import bits_per_byte, language_model_loss
+
+DEFAULT_SEQ_LEN = 128
+DEFAULT_MAX_BYTES = 1 << 18  # 256 KiB: all of Shakespeare's held-out tail at the default split
+
+
+def heldout_windows(text: bytes, seq_len: int, max_bytes: int) -> torch.Tensor:
+    """Windows `[n, seq_len + 1]` of the first `max_bytes + 1` bytes, consecutive, sharing borders.
+
+    The tail shorter than a window is dropped, so every scored byte has a full context window.
+    """
+    if seq_len < 1 or max_bytes < 1:
+        raise UserError(f"bpb: seq_len and max_bytes must be positive, got {seq_len}, {max_bytes}")
+    data = torch.frombuffer(bytearray(text[: max_bytes + 1]), dtype=torch.uint8).long()
+    n = (data.numel() - 1) // seq_len
+    if n < 1:
+        raise UserError(
+            f"bpb: the held-out text has {data.numel()} bytes, fewer than seq_len + 1 = "
+            f"{seq_len + 1}; use a smaller --seq-len or a larger --data file"
+        )
+    starts = torch.arange(n) * seq_len  # [n]
+    return data[starts[:, None] + torch.arange(seq_len + 1)]  # [n, seq_len + 1]
+
+
+@torch.no_grad()
+def bits_per_byte_of(
+    model, windows: torch.Tensor, batch_size: int, device, progress: bool = False
+) -> tuple[float, int]:
+    """(bpb, bytes predicted) of `model` over `windows`, fresh memory per window."""
+    model.eval()
+    total, count = 0.0, 0
+    starts = range(0, windows.shape[0], batch_size)
+    for start in tqdm(starts, desc="bpb", disable=not progress, file=sys.stderr, leave=False):
+        rows = windows[start : start + batch_size].to(device)  # [b, T + 1]
+        logits, _ = model(rows[:, :-1])  # [b, T, vocab]
+        total += language_model_loss(logits, rows[:, 1:], reduction="sum").item()
+        count += rows[:, 1:].numel()
+    return bits_per_byte(total / count), count
+
+
+def run_bpb(
+    subject: str,
+    data: str | None = None,
+    seq_len: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    overrides: list[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Score a run folder or a spec on held-out bytes; a JSON-able result."""
+    device = torch.device(device)
+    if is_run_folder(subject):
+        if overrides:
+            raise UserError(
+                "bpb: --set changes a spec; a run folder is evaluated as it was trained"
+            )
+        run = load_run(subject, device)
+        model, name, step = run.model, run.name, run.step
+        data = data if data is not None else run.train.get("data")
+        seq_len = seq_len or int(run.train.get("seq_len", DEFAULT_SEQ_LEN))
+        val_fraction = float(run.train.get("val_fraction", VALIDATION_FRACTION))
+    else:
+        checked = nestdsl.load(subject, overrides=list(overrides) or None)
+        torch.manual_seed(seed)
+        model, name, step = nestdsl.compile(checked).to(device), checked.name, 0
+        seq_len = seq_len or DEFAULT_SEQ_LEN
+        val_fraction = VALIDATION_FRACTION
+    if getattr(model, "vocab", 256) != 256:
+        raise UserError(f"bpb: the model's vocabulary is {model.vocab}, not the 256 bytes")
+    text = split_corpus(load_corpus(data), val_fraction).validation
+    windows = heldout_windows(text, seq_len, max_bytes)
+    bpb, count = bits_per_byte_of(model, windows, batch_size, device, progress)
+    return {
+        "task": "bpb",
+        "spec": name,
+        "subject": subject,
+        "trained_steps": step,
+        "protocol": "bits per byte on the held-out tail of the corpus, non-overlapping windows, "
+        "fresh memory per window",
+        "settings": {
+            "data": data or "shakespeare (embedded)",
+            "val_fraction": val_fraction,
+            "seq_len": seq_len,
+            "max_bytes": max_bytes,
+            "device": str(device),
+        },
+        "bytes": count,
+        "bpb": round(bpb, 6),
+    }

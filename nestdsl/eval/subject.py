@@ -1,0 +1,116 @@
+"""What an evaluation runs on: a spec resized for a synthetic task, or a trained run folder.
+
+Two kinds of subject, named by one command-line argument (`RUN_OR_SPEC`):
+
+* a **run folder** (`nestdsl train` wrote it: spec.yaml, config.json, checkpoints/): the model
+  is rebuilt from the run's own spec text and overrides and loaded from its latest checkpoint;
+  text tasks (`bpb`) use it as trained;
+* a **spec** (a shipped name or a YAML file): tasks that train from scratch (`recall`) build a
+  fresh model per grid point, resized with `--set`-style overrides (`dims.d_model=64`, ...), the
+  same path a user takes with `nestdsl train SPEC --set ...`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import nestdsl
+from nestdsl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A model size for a from-scratch task; `None` keeps the spec's own value."""
+
+    d_model: int | None = None
+    heads: int | None = None
+    layers: int | None = None
+    vocab: int | None = None
+
+
+def resize_overrides(dims: dict, size: Resize) -> list[str]:
+    """`--set` overrides giving a spec's dims the requested size.
+
+    d_head follows as d_model / heads, and d_ff keeps its ratio to d_model (the shipped
+    SwiGLU ratio 2.75 gives 176 at d_model 64), so a resized spec keeps its shape.
+    """
+    out = []
+    d_model = size.d_model or dims.get("d_model")
+    heads = size.heads or dims.get("n_heads")
+    if size.d_model is not None:
+        if "d_model" not in dims:
+            raise UserError("this spec has no `dims.d_model` to resize")
+        out.append(f"dims.d_model={d_model}")
+        if "d_ff" in dims and isinstance(dims["d_ff"], int):
+            ratio = dims["d_ff"] / dims["d_model"]
+            out.append(f"dims.d_ff={max(1, round(ratio * d_model))}")
+    if size.heads is not None:
+        if "n_heads" not in dims:
+            raise UserError("this spec has no `dims.n_heads` to resize")
+        out.append(f"dims.n_heads={heads}")
+    if (size.d_model is not None or size.heads is not None) and "d_head" in dims:
+        if d_model % heads:
+            raise UserError(f"d_model {d_model} is not divisible by {heads} heads")
+        out.append(f"dims.d_head={d_model // heads}")
+    if size.layers is not None:
+        if "n_layers" not in dims:
+            raise UserError("this spec has no `dims.n_layers` to resize")
+        out.append(f"dims.n_layers={size.layers}")
+    if size.vocab is not None:
+        if "vocab" not in dims:
+            raise UserError("this spec has no `dims.vocab` to resize")
+        out.append(f"dims.vocab={size.vocab}")
+    return out
+
+
+def load_resized(spec: str, size: Resize, extra: list[str] = ()) -> nestdsl.CheckedSpec:
+    """The spec `spec` checked with the resize overrides, then the user's own `--set` ones."""
+    plain = nestdsl.load(spec, overrides=list(extra) or None)
+    return nestdsl.load(spec, overrides=[*resize_overrides(plain.spec.dims, size), *extra])
+
+
+def is_run_folder(path: str) -> bool:
+    root = Path(path)
+    return root.is_dir() and (root / "config.json").is_file() and (root / "spec.yaml").is_file()
+
+
+@dataclass
+class TrainedRun:
+    """A run folder's model at its latest checkpoint, and the settings it was trained with."""
+
+    name: str
+    model: torch.nn.Module
+    step: int
+    train: dict = field(default_factory=dict)  # the run's TrainConfig as saved in config.json
+
+
+def load_run(path: str, device: torch.device) -> TrainedRun:
+    """Rebuild a run's model from its own spec text and overrides; load its latest checkpoint."""
+    from nestdsl.train.checkpoint import load_checkpoint
+    from nestdsl.train.config import RunFolder
+
+    folder = RunFolder(path)
+    saved = folder.read_config()
+    identity = saved.get("spec", {})
+    text = folder.spec.read_text()
+    checked = nestdsl.check_text(text, str(folder.spec), list(identity.get("overrides", [])))
+    model = nestdsl.compile(checked)
+    latest = folder.latest_checkpoint()
+    if latest is None:
+        raise UserError(f"run {path} has no checkpoint to evaluate; train it first")
+    loaded = load_checkpoint(latest, model)
+    model.to(device).eval()
+    return TrainedRun(checked.name, model, loaded.step, dict(saved.get("train", {})))
+
+
+def describe(path: str) -> str:
+    """One line naming a run folder's spec and step, for progress messages."""
+    try:
+        saved = json.loads((Path(path) / "config.json").read_text())
+        return f"run {path} ({saved.get('spec', {}).get('name', '?')})"
+    except (OSError, ValueError):
+        return f"run {path}"

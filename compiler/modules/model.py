@@ -100,7 +100,8 @@ class CompiledModel(nn.Module):
                 # A window learns once the target of its last position (the next token) is
                 # here: the update feeds positions from that token on, so it stays causal.
                 if (pos + end) % W == 0 and end < T:
-                    self._learn(logits, tokens[:, start + 1 : end + 1], stream, pos + end, grad_mode)
+                    targets = tokens[:, start + 1 : end + 1]  # [B, W]
+                    self._learn(logits, targets, stream, pos + end, grad_mode)
                     state = _merged(state, stream)
                 else:
                     state = {**state, **{REPLAY + k: v for k, v in before.items()},

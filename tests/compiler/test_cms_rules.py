@@ -149,4 +149,5 @@ def test_a_per_token_gate_on_a_cms_block_is_rejected_at_its_line():
     with pytest.raises(SpecError) as err:
         nestdsl.compile(nestdsl.check_text(text, "cms-rule.yaml"))
     message = str(err.value)
-    assert "cms-rule.yaml:" in message and "`momentum` cannot be the per-token tensor `m`" in message
+    assert "cms-rule.yaml:" in message
+    assert "`momentum` cannot be the per-token tensor `m`" in message

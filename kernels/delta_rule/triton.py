@@ -49,11 +49,14 @@ def _load_chunk(q, k, v, beta, g, n, i_b, i_h, i_v, T, H: tl.constexpr, K: tl.co
         gc = tl.load(g + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
         G = tl.cumsum(gc, axis=0)  # [BT], log decay since the chunk start
         GC = tl.sum(gc, axis=0)  # scalar, the chunk's total log decay
-        # Masked before exp: above the diagonal G_t - G_i >= 0 could overflow.
-        seg = tl.where(lower, G[:, None] - G[None, :], 0.0)
+        # seg[t, i] = sum_{i < s <= t} g_s, summed directly (one [BT, BT] product, always
+        # IEEE) rather than as G_t - G_i: that difference cancels once |G| is large (README.md,
+        # "Numerics"). Every entry is a sum of g <= 0, so no exp below overflows.
+        g_after = tl.where(r[:, None] > r[None, :], gc[:, None], 0.0)  # [BT(s), BT(i)], s > i
+        seg = tl.dot(lower.to(tl.float32), g_after, input_precision="ieee")  # [BT, BT]
         gam_m = tl.where(lower, tl.exp(seg), 0.0)  # [BT, BT]
         gam = tl.exp(G)  # [BT]
-        kdec = tl.exp(GC - G)  # [BT]
+        kdec = tl.exp(tl.sum(tl.where(r[:, None] == BT - 1, seg, 0.0), axis=0))  # [BT], G_C - G_i
     else:
         gam_m = lower.to(tl.float32)
         gam = tl.full([BT], 1.0, tl.float32)

@@ -108,7 +108,7 @@ class TaskMemory(WeightsMemory):
                 aat = [a.mT @ a for a in cache.inputs]
                 if self.stop_gradient or not stream.second_order:
                     aat = [x.detach() for x in aat]
-                self._store(stream, "A", _add(self._load(stream, "A"), aat))
+                self._store(stream, "WA", _add(self._load(stream, "WA"), aat))  # this window
             outs.append(y.transpose(1, 2))
         return outs
 
@@ -125,12 +125,14 @@ class TaskMemory(WeightsMemory):
         """Add one window's gradient (w.r.t. its visible weights) to the chunk's sum; at this
         memory's chunk boundary apply the rule; at the nesting level's boundary step `P`."""
         acc = _add(self._load(stream, "G"), grads)
-        A = self._load(stream, "A")
+        window_A = self._load(stream, "WA")  # dgd: this window's sum of a a^T per layer
+        self._clear(stream, "WA")
+        A = self._load(stream, "A") if window_A is None else _add(self._load(stream, "A"), window_A)
         nested = self.nest_every is not None
         if nested:
             self._store(stream, "PG", _add(self._load(stream, "PG"), grads))
-            if A is not None:
-                self._store(stream, "PA", _add(self._load(stream, "PA"), A))
+            if window_A is not None:
+                self._store(stream, "PA", _add(self._load(stream, "PA"), window_A))
         if nested and end % self.nest_every == 0:
             X = stream.task_weights[self.key]
             P = self._load(stream, "P") or self.initial_weights(X[0].shape[0], X[0])
@@ -146,6 +148,7 @@ class TaskMemory(WeightsMemory):
             self._store(stream, "S", S)
         else:
             self._store(stream, "G", acc)
+            self._store(stream, "A", A)
             return
         self._clear(stream, "G", "A")
 

@@ -1,9 +1,11 @@
 """Every inner optimizer and retention of a continuum-memory block (NL eq. 71 with any rule),
 against a hand-written loop oracle in float64.
 
-The oracle runs the chunks one by one: the chunk's task-loss gradient G (torch.func, at the
-visible weights the chunk reads), the summed layer-input products A = sum_t a_t a_t^T, and the
-rule written out by hand. The compiled model must end in the same state.
+The block `C` is followed by a fixed CMS block `F` (lr 0) every 4 tokens, so that a chunk of
+8 spans two task-loss windows. The oracle runs the windows one by one: each window's task-loss
+gradient (torch.func, at the visible weights the chunk reads) and layer-input products
+`a_t a_t^T`, summed over the chunk, then the rule written out by hand. The compiled model must
+end in the same state.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ name: cms-rule
 dims: {{vocab: 256, d: 6}}
 levels:
   fast: {{every: {every}}}
+  win: {{every: 4}}
   pretrain: {{every: step, optimizer: {{kind: adamw}}}}
 memories:
   C:
@@ -33,11 +36,18 @@ memories:
     rule: {rule}
     {retention}
     init: learned
+  F:
+    structure: {{kind: mlp, dim: d, expansion: 2}}
+    level: win
+    objective: task
+    rule: {{kind: gd, lr: 0.0}}
+    init: learned
 embed: {{vocab: vocab, dim: d}}
 blocks:
   - nodes:
       c: {{op: read, memory: C, query: x, order: chunk_start}}
-    out: c
+      f: {{op: read, memory: F, query: c, order: chunk_start}}
+    out: f
 """
 
 # (id, rule, retention, every): the oracle reads its constants from the spec below.
@@ -55,6 +65,10 @@ CASES = {
     "kl": ("{kind: gd, lr: 0.5}", "{kind: kl, forget: 0.05, scale: 2.0}", 4),
     "lq": ("{kind: gd, lr: 0.5}", "{kind: lq, q: 3.0, forget: 0.1}", 4),
     "l2-local": ("{kind: gd, lr: 0.5}", "{kind: l2, forget: 0.2, mode: local}", 1),
+    # chunks of two windows: gradients and a a^T summed over both
+    "dgd-8": ("{kind: dgd, lr: 0.01}", None, 8),
+    "dgd-momentum-8": ("{kind: dgd, lr: 0.01, momentum: 0.6, step: proximal}", None, 8),
+    "momentum-kl-8": ("{kind: momentum, lr: 0.3, momentum: 0.8}", "{kind: kl, forget: 0.05}", 8),
 }
 
 
@@ -87,20 +101,29 @@ def oracle(model, tokens, name: str):
             return [ret.scale * x.softmax(-1) for x in X]
         return [x / (x.abs().pow(ret.q).sum() + 1e-6).pow((ret.q - 2) / ret.q) for x in X]
 
+    fixed = [p.detach()[None] for p in model.layers[0].memories["F"].initial]
+
     def loss_fn(V, window):
         x = model.embed(window[:, :-1]).unsqueeze(2)  # [1, C, 1, d]
-        logits = model.head(model.norm(memory.apply(V, x)[:, :, 0]))
+        y = model.layers[0].memories["F"].apply(fixed, memory.apply(V, x))[:, :, 0]
+        logits = model.head(model.norm(y))
         return F.cross_entropy(logits[0], window[0, 1:], reduction="sum")
 
     X = [p.detach().clone()[None] for p in memory.initial]  # [1, 1, out, in]
     S = [torch.zeros_like(x) for x in X]
-    for start in range(0, tokens.shape[1] - every, every):
-        window = tokens[:, start : start + every + 1]
+    win = math.gcd(every, 4)
+    G = A = None
+    for start in range(0, tokens.shape[1] - win, win):
+        window = tokens[:, start : start + win + 1]
         V = visible(X)
-        G = torch.func.grad(loss_fn)(V, window)
-        a1 = model.embed(window[:, :-1])[0]  # [C, d]: the first layer's input per token
-        a2 = F.gelu(a1 @ V[0][0, 0].T)  # [C, h]: the second layer's input
-        A = [a1.T @ a1, a2.T @ a2]
+        g = torch.func.grad(loss_fn)(V, window)
+        a1 = model.embed(window[:, :-1])[0]  # [win, d]: the first layer's input per token
+        a2 = F.gelu(a1 @ V[0][0, 0].T)  # [win, h]: the second layer's input
+        a = [a1.T @ a1, a2.T @ a2]
+        G = g if G is None else [u + w for u, w in zip(G, g)]
+        A = a if A is None else [u + w for u, w in zip(A, a)]
+        if (start + win) % every:
+            continue
         new_X, new_S = [], []
         for x, s, g, a in zip(X, S, G, A):
             base = r * x
@@ -120,6 +143,7 @@ def oracle(model, tokens, name: str):
             new_X.append(x)
             new_S.append(s)
         X, S = new_X, new_S
+        G = A = None
     return X, S
 
 

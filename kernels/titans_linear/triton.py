@@ -182,7 +182,7 @@ class _TitansLinear(torch.autograd.Function):
     """The kernels as a function of q, k, v, the eight coefficient tensors and the states."""
 
     @staticmethod
-    def forward(ctx, q, k, v, coefs, m0, s0, scale, C, output_final_state, *coef_tensors):
+    def forward(ctx, q, k, v, m0, s0, scale, C, output_final_state, *coef_tensors):
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = triton.cdiv(T, C)
@@ -237,7 +237,7 @@ class _TitansLinear(torch.autograd.Function):
         dt = q.dtype
         coef_grads = [g.sum(0) for g in (gbq, gdq, gw, gbR, gdR, gsbR, gwR, gswR)]
         return (
-            gq.sum(0).to(dt), gk.sum(0).to(dt), gv, None,
+            gq.sum(0).to(dt), gk.sum(0).to(dt), gv,
             gm0.to(dt) if has_m0 else None, gs0.to(dt) if has_s0 else None, None, None, None,
             *coef_grads,
         )  # fmt: skip
@@ -303,7 +303,7 @@ def titans_linear_triton(
     ts.check_launch("titans_linear", _fwd_kernel, q, k, v, theta, initial_state, initial_momentum)
     coefs = _coefficients(theta, eta, alpha, chunk_size)
     o, M, S = _TitansLinear.apply(
-        q, k, v, None, initial_state, initial_momentum, scale, chunk_size, output_final_state,
+        q, k, v, initial_state, initial_momentum, scale, chunk_size, output_final_state,
         *coefs,
     )  # fmt: skip
     return o, ((M, S) if output_final_state else None)

@@ -16,7 +16,7 @@ import torch
 from nestdsl.kernels import api, dispatch
 
 from .helpers import RTOL, assert_close
-from .triton_interp import interpreter, load, rand_inputs  # noqa: F401
+from .triton_interp import fresh_dispatch, interpreter, load, rand_inputs  # noqa: F401
 
 TRITON_OPS = ("gated_delta_rule", "linear_attention", "titans_linear")
 
@@ -72,11 +72,7 @@ def test_public_api_reaches_the_triton_forms(interpreter, monkeypatch):  # noqa:
     """backend="triton" and NESTDSL_KERNEL_BACKEND=triton run the Triton kernels."""
     for module in ("delta_rule.triton", "linear_attention.triton", "titans_linear.triton"):
         load(module)
-    # The dispatcher may hold functions from an earlier, compiled import: look them up again.
-    monkeypatch.setattr(dispatch, "_REGISTRY", {
-        op: {name: dispatch._Entry(e.target) for name, e in entries.items()}
-        for op, entries in dispatch._REGISTRY.items()
-    })  # fmt: skip
+    fresh_dispatch(monkeypatch)
     q, k, v, s = rand_inputs(1, 19, 2, 16, 8, h0=True, dtype=torch.float32)
     beta, g = torch.rand(1, 19, 2), -torch.rand(1, 19, 2)
     kw = {"initial_state": s, "output_final_state": True, "chunk_size": 16}

@@ -66,6 +66,16 @@ def interpreter(monkeypatch):
     yield
 
 
+def fresh_dispatch(monkeypatch) -> None:
+    """Make the dispatcher look its implementations up again for this test: it may hold Triton
+    functions from an earlier, compiled (not interpreted) import."""
+    from nestdsl.kernels import dispatch
+
+    fresh = {op: {name: dispatch._Entry(e.target) for name, e in entries.items()}
+             for op, entries in dispatch._REGISTRY.items()}  # fmt: skip
+    monkeypatch.setattr(dispatch, "_REGISTRY", fresh)
+
+
 def rand_inputs(B, T, H, K, V, *, h0: bool, dtype=torch.float64):
     """q, k (unit keys, as the shipped specs use), v and an optional initial state."""
     q = torch.randn(B, T, H, K, dtype=dtype)

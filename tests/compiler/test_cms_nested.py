@@ -27,7 +27,7 @@ memories:
     structure: {{kind: mlp, dim: d, expansion: 2}}
     level: fast
     objective: task
-    rule: {{kind: gd, lr: 0.5}}
+    rule: {rule}
     init: {{kind: learned, by: slow}}
     reset: {reset}
   C2:
@@ -45,14 +45,21 @@ blocks:
 """
 
 
-def build(reset: str = "sequence"):
+GD, DGD = "{kind: gd, lr: 0.5}", "{kind: dgd, lr: 0.05}"
+
+
+def build(reset: str = "sequence", rule: str = GD):
     torch.manual_seed(0)
-    text = SPEC.format(reset=reset)
-    return nestdsl.compile(nestdsl.check_text(text, "nested-cms.yaml")).double()
+    text = SPEC.format(reset=reset, rule=rule)
+    model = nestdsl.compile(nestdsl.check_text(text, "nested-cms.yaml")).double()
+    with torch.no_grad():  # unit-scale inputs, so that dgd's a a^T term matters
+        model.embed.weight.normal_()
+    return model
 
 
-def oracle(model, tokens):
-    """The nested CMS by hand: (C1's weights, C1's initial state P, C2's weights)."""
+def oracle(model, tokens, dgd: bool = False):
+    """The nested CMS by hand: (C1's weights, C1's initial state P, C2's weights). With `dgd`
+    C1's drive is `W A + G`, A the summed products of its layers' inputs (gd: G)."""
     memories = model.layers[0].memories
     C1, C2 = memories["C1"], memories["C2"]
 
@@ -62,30 +69,41 @@ def oracle(model, tokens):
         logits = model.head(model.norm(y))
         return F.cross_entropy(logits[0], window[0, 1:], reduction="sum")
 
+    def inputs(w1, window):  # sum_t a_t a_t^T of C1's two layers
+        a1 = model.embed(window[:, :-1])[0]  # [4, d]
+        a2 = F.gelu(a1 @ w1[0][0, 0].T)  # [4, h]
+        return [a1.T @ a1, a2.T @ a2] if dgd else [0.0, 0.0]
+
     P = [p.detach()[None] for p in C1.initial]
     W1, W2 = list(P), [p.detach()[None] for p in C2.initial]
-    PG = G2 = None
+    PG = PA = G2 = None
     for end in range(4, tokens.shape[1], 4):
-        g1, g2 = torch.func.grad(loss_fn, argnums=(0, 1))(W1, W2, tokens[:, end - 4 : end + 1])
+        window = tokens[:, end - 4 : end + 1]
+        g1, g2 = torch.func.grad(loss_fn, argnums=(0, 1))(W1, W2, window)
+        A = inputs(W1, window)
         PG = g1 if PG is None else [a + b for a, b in zip(PG, g1)]
+        PA = A if PA is None else [a + b for a, b in zip(PA, A)]
         G2 = g2 if G2 is None else [a + b for a, b in zip(G2, g2)]
         if end % 8:
-            W1 = [w - 0.5 * g for w, g in zip(W1, g1)]
+            W1 = [w - 0.5 * g if not dgd else w - 0.05 * (w @ a + g)
+                  for w, g, a in zip(W1, g1, A)]  # fmt: skip
         else:  # the slow boundary: P learns from the slow chunk; C1 restarts from it
-            P = [p - 0.5 * g for p, g in zip(P, PG)]
+            P = [p - 0.5 * g if not dgd else p - 0.05 * (p @ a + g)
+                 for p, g, a in zip(P, PG, PA)]  # fmt: skip
             W1 = list(P)
             W2 = [w - 0.25 * g for w, g in zip(W2, G2)]
-            PG = G2 = None
+            PG = PA = G2 = None
     return W1, P, W2
 
 
-@pytest.mark.parametrize("reset", ["sequence", "{kind: level, level: slow}"])
-def test_nested_cms_matches_the_loop_oracle(reset):
-    model = build(reset)
+@pytest.mark.parametrize("reset,rule", [("sequence", GD), ("{kind: level, level: slow}", GD),
+                                        ("sequence", DGD)])  # fmt: skip
+def test_nested_cms_matches_the_loop_oracle(reset, rule):
+    model = build(reset, rule)
     tokens = torch.randint(0, 256, (1, 21))  # windows end at 4 .. 20; 5 learned
     with torch.no_grad():
         _, state = model(tokens)
-    W1, P, W2 = oracle(model, tokens)
+    W1, P, W2 = oracle(model, tokens, dgd=rule == DGD)
     key1, key2 = (model.layers[0].memories[n].key for n in ("C1", "C2"))
     for i in range(2):
         torch.testing.assert_close(state[f"{key1}.W.{i}"], W1[i], rtol=1e-9, atol=1e-12)

@@ -12,8 +12,8 @@ from nestdsl.train.config import (
 )
 from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
 from nestdsl.train.loop import train
-from nestdsl.train.run import Run, load_run
 from nestdsl.train.metrics import bits_per_byte
+from nestdsl.train.run import Run, load_run
 
 __all__ = [
     "ModelSource",

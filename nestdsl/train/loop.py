@@ -51,7 +51,7 @@ from nestdsl.train.metrics import (
     plot_losses,
 )
 from nestdsl.train.schedule import WarmupCosine
-from nestdsl.train.signals import stop_on_signals
+from nestdsl.train.signals import StopRequest, stop_on_signals
 
 
 def train(
@@ -205,7 +205,7 @@ class _Trainer:
     # ------------------------------------------------------------------ one update, one evaluation
 
     def _train_step(
-        self, model, batches: ByteBatches, step: int, stop: bool
+        self, model, batches: ByteBatches, step: int, stop: StopRequest
     ) -> tuple[float, float, bool]:
         """One update; returns the mean loss, the gradient norm before clipping, and whether
         any process was asked to stop (agreed by all, so every rank stops at the same step)."""
@@ -228,7 +228,8 @@ class _Trainer:
             # Truncated backpropagation through time: the next step starts from this state.
             self.memory = {k: v.detach() for k, v in state.items()}
         # Every rank has the same number of rows, so the mean of rank means is the global mean.
-        total, stops = self.context.all_reduce_sum([loss.item(), float(stop)])
+        # Read after the update, so a signal that arrived during it stops the run right here.
+        total, stops = self.context.all_reduce_sum([loss.item(), float(stop.requested)])
         return total / self.context.world_size, grad_norm, stops > 0
 
     @torch.no_grad()
@@ -369,9 +370,7 @@ class _Trainer:
                     loss0 = self.last_val_loss
                     self._on_main(lambda: self._write_logs([self._val_record(0, loss0)], False))
                 for step in range(self.step, cfg.steps):
-                    loss, grad_norm, stopping = self._train_step(
-                        model, train_batches, step, stop.requested
-                    )
+                    loss, grad_norm, stopping = self._train_step(model, train_batches, step, stop)
                     if not math.isfinite(loss):
                         raise UserError(
                             f"the loss became {loss} at step {step + 1}; try a smaller --lr"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import signal
+
 import pytest
 from helpers import (
     assert_same_tensors,
@@ -13,9 +18,11 @@ from helpers import (
 from safetensors.torch import load_file
 from toymodel import toy_source
 
+from nestdsl.data.batches import ByteBatches
 from nestdsl.errors import UserError
 from nestdsl.train import TrainingInterrupted, train
-from nestdsl.train.checkpoint import step_dirs
+from nestdsl.train.checkpoint import latest_checkpoint, step_dirs
+from nestdsl.train.metrics import read_metrics
 
 
 @pytest.mark.parametrize(
@@ -136,3 +143,64 @@ def test_new_run_refuses_to_overwrite_checkpoints(tmp_path, corpus):
     train(toy_source(), tiny_config(steps=4), tmp_path / "run", corpus=corpus, progress=False)
     with pytest.raises(UserError, match="already holds a run with checkpoints; pass --resume"):
         train(toy_source(), tiny_config(steps=4), tmp_path / "run", corpus=corpus, progress=False)
+
+
+def test_extending_a_run_keeps_its_schedule(tmp_path, corpus):
+    """A larger --steps on resume runs on at the schedule's floor: the rate never jumps back up."""
+    run = tmp_path / "run"
+    train(toy_source(), tiny_config(steps=6, log_every=1), run, corpus=corpus, progress=False)
+    train(toy_source(), tiny_config(steps=10, log_every=1), run, resume=True, corpus=corpus,
+          progress=False)  # fmt: skip
+    records = read_metrics(run / "metrics.jsonl")
+    lr = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    floor = 3e-3 * 0.1
+    # update 5 (0-based) is 3/4 of the way through the 4 decay updates after 2 of warmup
+    assert lr[6] == pytest.approx(3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4))))
+    assert [lr[s] for s in range(7, 11)] == [pytest.approx(floor)] * 4
+    assert all(a >= b for a, b in zip(list(lr.values())[2:], list(lr.values())[3:]))
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["steps"] == 10 and config["train"]["schedule_steps"] == 6
+
+
+def test_a_resumed_run_is_marked_and_its_clock_continues(tmp_path, monkeypatch, corpus):
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 7)
+        with pytest.raises(TrainingInterrupted):
+            train(toy_source(), tiny_config(), run, corpus=corpus, progress=False)
+    before = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    train(toy_source(), tiny_config(), run, resume=True, corpus=corpus, progress=False)
+    records = read_metrics(run / "metrics.jsonl")
+    kinds = [(r["kind"], r["step"]) for r in records]
+    assert ("resume", 4) in kinds and kinds.index(("resume", 4)) == kinds.index(("val", 4)) + 1
+    elapsed = [r["elapsed_s"] for r in records if "elapsed_s" in r]
+    assert elapsed == sorted(elapsed), "elapsed_s counts the whole run, across the resume"
+    assert [r for r in records if r["kind"] == "train" and r["step"] <= 4] == before[:2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_checkpoints_the_step_it_interrupts(tmp_path, monkeypatch, corpus, signum):
+    """The update in flight finishes, its step is saved, and resuming equals never stopping."""
+    config = tiny_config()
+    whole = train(toy_source(), config, tmp_path / "whole", corpus=corpus, progress=False)
+    original = ByteBatches.batch
+
+    def batch(self, step):
+        if self.split == "train" and step == 6:
+            os.kill(os.getpid(), signum)  # arrives while update 6 (0-based) is being made
+        return original(self, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ByteBatches, "batch", batch)
+        with pytest.raises(TrainingInterrupted, match="stopped at step 7 and saved it") as caught:
+            train(toy_source(), config, tmp_path / "pieces", corpus=corpus, progress=False)
+    assert caught.value.signal == signum
+    assert latest_checkpoint(tmp_path / "pieces" / "checkpoints").name == "step-00000007"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    train(toy_source(), config, tmp_path / "pieces", resume=True, corpus=corpus, progress=False)
+    assert comparable_metrics(tmp_path / "pieces") == comparable_metrics(tmp_path / "whole")
+    assert_same_tensors(final_weights(tmp_path / "pieces"), final_weights(tmp_path / "whole"))
+    assert_same_tensors(
+        load_file(tmp_path / "pieces" / "checkpoints" / "step-00000012" / "optimizer.safetensors"),
+        load_file(whole.checkpoint / "optimizer.safetensors"),
+    )

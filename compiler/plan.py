@@ -1,7 +1,11 @@
-"""The compiler's working object: what each pass reads, fills in, and prints.
+"""The compiler's IR: the checked level graph plus what each pass decides, read by every stage.
 
-A `Plan` starts as a checked spec and gains, pass by pass, resolved sizes, expanded layers,
-each memory's schedule and kernel. `describe()` is what `nestdsl show SPEC --after PASS` prints.
+A `Plan` starts from a checked spec and its networkx level graph (`nestdsl.graph.build`) and
+gains, pass by pass, integer sizes, one `LayerPlan` per block repetition with its tensors'
+shapes and time axes, each memory's schedule (chunk, resets, feedback reads), its lowered
+options and its kernel, and each layer's step order. `nestdsl validate` runs every pass, so
+what validates compiles; the module builder, `nestdsl show` and the parameter count read the
+plan and decide nothing themselves. `describe()` is what `nestdsl show SPEC --after PASS` prints.
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
+
+from nestdsl.errors import Position
 from nestdsl.spec.memory import Memory
 from nestdsl.spec.schema import Block
 
@@ -25,9 +32,17 @@ class MemoryPlan:
     heads: int
     key_dim: int
     value_dim: int
+    src: Position | None = None
+    writes: tuple[str, ...] = ()  # block tensors its update reads (keys, values, gate tensors)
+    # schedule_levels
     chunk: int = 1  # in-context chunk (tokens between boundaries); 1 for step/never levels
     reset_every: int | None = None  # tokens between resets to the initial state, if any
-    kernel: str | None = None  # chosen by `pick_kernels`
+    reads: tuple[str, ...] = ()  # read nodes answered with this memory's update (joint step)
+    feedback: tuple[str, ...] = ()  # read nodes answered from the carried state (they feed writes)
+    # lower_memories
+    options: Any = None  # a frozen `MemoryOptions`
+    # pick_kernels
+    kernel: str | None = None
     why: str = ""  # why that kernel
 
 
@@ -39,16 +54,24 @@ class LayerPlan:
     block_index: int
     block_name: str
     block: Block
+    level: str  # the level whose optimizer trains the block's parameters
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per tensor, without B, T
     memories: dict[str, MemoryPlan] = field(default_factory=dict)
+    # schedule_levels
+    axis: dict[str, str | None] = field(default_factory=dict)  # None or its `with_prefix` node
+    steps: list[tuple[str, str]] = field(default_factory=list)  # ("op"|"feedback"|"memory", name)
     segment: int | None = None  # tokens per sequential step when memories feed back; None: all
+    segment_why: str = ""
 
 
 @dataclass
 class Plan:
-    checked: Any  # nestdsl.CheckedSpec
+    checked: Any  # nestdsl.CheckedSpec (its spec, source map and shapes)
+    graph: nx.MultiDiGraph | None = None  # the level graph every stage reads
     dims: dict[str, int] = field(default_factory=dict)
     d_model: int = 0
     vocab: int = 0
+    outer: str | None = None  # trains the embedding, the head and what names no level
     layers: list[LayerPlan] = field(default_factory=list)
     # Tokens per window when in-context memories learn from the task loss (CMS), else None.
     task_window: int | None = None
@@ -58,32 +81,14 @@ class Plan:
     def spec(self):
         return self.checked.spec
 
-    def shape(self, layer: LayerPlan, tensor: str) -> tuple[int, ...]:
-        return self.checked.shapes[(layer.block_name, tensor)]
+    def at(self, *path) -> Position | None:
+        """The YAML position of a spec path (for positioned pass errors)."""
+        return self.checked.source.find(tuple(path), key=True)
+
+    def memories(self):
+        return [m for layer in self.layers for m in layer.memories.values()]
 
     def describe(self) -> str:
-        lines = [f"plan for `{self.spec.name}` after: {', '.join(self.done) or '(nothing)'}"]
-        if "resolve_dims" in self.done:
-            lines.append(f"  dims: {self.dims}  (d_model={self.d_model}, vocab={self.vocab})")
-        if "expand_blocks" in self.done:
-            for layer in self.layers:
-                seg = f", sequential every {layer.segment} tokens" if layer.segment else ""
-                lines.append(f"  {layer.name} (block `{layer.block_name}`{seg})")
-                for m in layer.memories.values():
-                    lines.append("    " + _memory_line(m, self.done))
-        if "schedule_levels" in self.done and self.task_window:
-            lines.append(f"  task-loss window: {self.task_window} tokens")
-        return "\n".join(lines)
+        from nestdsl.compiler.describe import describe
 
-
-def _memory_line(m: MemoryPlan, done: list[str]) -> str:
-    st = m.memory.structure
-    text = (f"{m.name}: {st.kind} [{m.heads} heads, {m.key_dim} -> {m.value_dim}], "
-            f"objective {m.memory.objective.kind}, level `{m.level}` (every {m.every})")  # fmt: skip
-    if "schedule_levels" in done:
-        text += f", chunk {m.chunk}"
-        if m.reset_every:
-            text += f", reset every {m.reset_every}"
-    if m.kernel:
-        text += f", kernel {m.kernel} ({m.why})"
-    return text
+        return describe(self)

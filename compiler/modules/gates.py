@@ -23,9 +23,6 @@ class Gates(nn.Module):
                 n = heads if p.value.per == "head" else 1
                 self.learned[p.role] = nn.Parameter(torch.full((n,), float(p.value.init)))
 
-    def has(self, role: str) -> bool:
-        return role in self.sources
-
     def get(self, role: str, env: dict, like: torch.Tensor, default: float | None = None):
         """The gate as `[B, T, H]` (like's batch and time), or `default` filled, or None."""
         B, T = like.shape[:2]

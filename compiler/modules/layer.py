@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import networkx as nx
 import torch
 from nestdsl.compiler.modules.memory_factory import build_memory
 from nestdsl.compiler.modules.ops import (
@@ -27,10 +26,8 @@ from nestdsl.compiler.modules.ops import (
     unary,
 )
 from nestdsl.compiler.modules.prefix import Region
-from nestdsl.compiler.passes.schedule_levels import write_sources
 from torch import nn
 
-from nestdsl.errors import CompileError
 from nestdsl.spec import ops as spec_ops
 from nestdsl.spec.dims import evaluate
 from nestdsl.spec.ops import UNARY, Read, inputs_of
@@ -56,28 +53,29 @@ class Layer(nn.Module):
             for parameter in [*self.ops.parameters(), *self.persistent.parameters()]:
                 parameter.requires_grad_(False)
         self.memories = nn.ModuleDict({d: build_memory(m) for d, m in layer.memories.items()})
-        self.axis = self._axes()
+        self.axis = layer.axis
         self.regions = {n: self._region(plan, n, op) for n, op in layer.block.nodes.items()
                         if isinstance(op, spec_ops.WithPrefix)}  # fmt: skip
         for decl, memory in self.memories.items():
-            memory.in_region = self._memory_axis(decl) is not None
-        self.steps = self._steps()
+            memory.in_region = self.axis[f"memory:{decl}"] is not None
+        self.steps = layer.steps
+        self.joint = {decl: list(m.reads) for decl, m in layer.memories.items()}
 
     # ---------------------------------------------------------------- construction
 
     def _module(self, plan, layer, name, op):
         key = f"{layer.name}.{name}"
         if isinstance(op, spec_ops.Linear):
-            in_shape = plan.shape(layer, op.in_)
+            in_shape = layer.shapes[op.in_]
             self.in_ndim[name] = len(in_shape)
-            return Linear(in_shape, plan.shape(layer, name), op.bias, op.then, key)
+            return Linear(in_shape, layer.shapes[name], op.bias, op.then, key)
         if isinstance(op, spec_ops.Norm):
-            dim = plan.shape(layer, name)[-1]
+            dim = layer.shapes[name][-1]
             return RMSNorm(dim) if op.op == "rmsnorm" else LayerNorm(dim)
         if isinstance(op, spec_ops.ShortConv):
-            return ShortConv(plan.shape(layer, name), op.kernel, key)
+            return ShortConv(layer.shapes[name], op.kernel, key)
         if isinstance(op, spec_ops.Rope):
-            return Rope(plan.shape(layer, name)[-1], op.base)
+            return Rope(layer.shapes[name][-1], op.base)
         if isinstance(op, spec_ops.Aggregate):
             return Aggregate(len(op.in_), op.mode)
         if isinstance(op, spec_ops.Persistent):
@@ -90,68 +88,6 @@ class Layer(nn.Module):
         n_persistent = sum(self.persistent[p].shape[0] for p in persistent)
         segment = plan.spec.levels[op.segment].every if op.segment else None
         return Region(n_persistent, len(op.prefix) - len(persistent), segment)
-
-    def _axes(self) -> dict[str, str | None]:
-        """Each tensor's time axis: None (the sequence) or the `with_prefix` node it lives under."""
-        nodes = self.block.nodes
-        axis: dict[str, str | None] = {self.input: None}
-        for name in nx.topological_sort(self._input_graph()):
-            op = nodes.get(name)
-            if op is None:
-                continue
-            if isinstance(op, spec_ops.WithPrefix):
-                axis[name] = name
-            elif isinstance(op, spec_ops.DropPrefix):
-                axis[name] = None
-            else:
-                ins = [axis.get(i) for i in inputs_of(op) if i not in self.persistent]
-                axis[name] = ins[0] if ins else None
-                if len(set(ins)) > 1:
-                    raise CompileError(f"`{name}` mixes tensors of different time axes "
-                                       "(inside and outside a `with_prefix`); "
-                                       "use `drop_prefix` first")  # fmt: skip
-        return axis
-
-    def _memory_axis(self, decl: str):
-        reads = [n for n, op in self.block.nodes.items()
-                 if isinstance(op, Read) and op.memory == decl]  # fmt: skip
-        return self.axis.get(reads[0]) if reads else None
-
-    def _input_graph(self) -> nx.DiGraph:
-        g = nx.DiGraph()
-        g.add_nodes_from(self.block.nodes)
-        for name, op in self.block.nodes.items():
-            g.add_edges_from((s, name) for s in inputs_of(op) if s in self.block.nodes)
-        return g
-
-    def _steps(self) -> list[tuple[str, str]]:
-        """("op", node) / ("feedback", read node) / ("memory", decl) in an executable order."""
-        nodes = self.block.nodes
-        g = self._input_graph()
-        producer = {n: ("op", n) for n, op in nodes.items() if not isinstance(op, Read)}
-        self.joint: dict[str, list[str]] = {}
-        needs: dict[str, list[str]] = {}
-        for decl, memory in self.memories.items():
-            writes = [s for s in write_sources(memory.plan.memory) if s in nodes]
-            reads = [n for n, op in nodes.items() if isinstance(op, Read) and op.memory == decl]
-            feedback = [r for r in reads if any(nx.has_path(g, r, w) for w in writes)]
-            self.joint[decl] = [r for r in reads if r not in feedback]
-            producer.update({r: ("feedback", r) for r in feedback})
-            producer.update({r: ("memory", decl) for r in self.joint[decl]})
-            needs[decl] = writes + [nodes[r].query for r in self.joint[decl]]
-        order = nx.DiGraph()
-        order.add_nodes_from(producer.values())
-        order.add_nodes_from(("memory", d) for d in self.memories)
-        edges = [(src, name) for name, op in nodes.items() for src in inputs_of(op)]
-        edges += [(src, decl) for decl, srcs in needs.items() for src in srcs]
-        for src, dst in edges:
-            a = producer.get(src)
-            b = producer.get(dst, ("memory", dst) if dst in self.memories else None)
-            if a is not None and b is not None and a != b:
-                order.add_edge(a, b)
-        index = {n: i for i, n in enumerate(nodes)}
-        return list(nx.lexicographical_topological_sort(
-            order, key=lambda s: (index.get(s[1], -1), s[0])))  # fmt: skip
 
     def extra_repr(self) -> str:
         seg = f", sequential every {self.segment} tokens" if self.segment else ""
@@ -175,7 +111,7 @@ class Layer(nn.Module):
         stream.base_pos = base_pos
         T = x.shape[1]
         for kind, name in self.steps:
-            axis = self.axis.get(name) if kind != "memory" else self._memory_axis(name)
+            axis = self.axis.get(name if kind != "memory" else f"memory:{name}")
             stream.pos = self.regions[axis].position(base_pos) if axis else base_pos
             if kind == "op":
                 env[name] = self._run_op(name, self.block.nodes[name], env, stream, T)

@@ -16,7 +16,6 @@ from nestdsl.compiler.modules.ops import Stream
 from nestdsl.compiler.plan import MemoryPlan
 from torch import nn
 
-from nestdsl.errors import CompileError
 
 
 def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:
@@ -36,12 +35,6 @@ def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.
     return torch.cat(terms, dim=-1)
 
 
-def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
-    if kind == "polynomial":
-        return sum(d**i for i in range(1, degree + 1))
-    return d
-
-
 class MemoryModule(nn.Module):
     """Base: subclasses implement `init_state(B, like)` and `_span(...)`."""
 
@@ -49,11 +42,9 @@ class MemoryModule(nn.Module):
         super().__init__()
         self.plan = plan
         self.key = plan.name
-        mem = plan.memory
-        self.fm = mem.feature_map.kind if mem.feature_map else None
-        self.degree = mem.feature_map.degree if mem.feature_map else None
-        self.gates = Gates(mem, plan.heads)
-        self.stop_gradient = mem.write == "stop_gradient"
+        self.lowered = plan.options  # everything static, decided by `lower_memories`
+        self.gates = Gates(plan.memory, plan.heads)
+        self.stop_gradient = self.lowered.stop_gradient
 
     # ---------------------------------------------------------------- helpers for subclasses
 
@@ -65,7 +56,7 @@ class MemoryModule(nn.Module):
         return x.unsqueeze(2) if x.dim() == 3 else x
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
-        return feature_map(self.fm, self.degree, x)
+        return feature_map(self.lowered.feature_map, self.lowered.degree, x)
 
     def write_inputs(self, env: dict):
         """Keys and values `[B, T, H, d]` from the block, detached for stop-gradient writes."""
@@ -127,7 +118,8 @@ class MemoryModule(nn.Module):
         return (out.squeeze(2) if query.dim() == 3 else out).to(query.dtype)
 
     def _read_state(self, q, order, stream):
-        raise CompileError(f"memory `{self.plan.decl}` cannot be read before its write")
+        raise AssertionError(f"`schedule_levels` let a feedback read of `{self.plan.decl}` "
+                             "through (a bug in nestdsl)")
 
     def reset(self, stream: Stream) -> None:
         """Forget the carried state: the next span starts from the initial state."""
@@ -139,14 +131,21 @@ class MemoryModule(nn.Module):
         """The latest value of one of this memory's state tensors, or None."""
         return stream.get(f"{self.key}.{name}")
 
+    def state_size(self) -> int:
+        """Numbers in one sequence's state of this memory: its weights (a cache grows with the
+        context and counts 0; momenta and carried tokens are not counted)."""
+        initial = getattr(self, "initial", None)
+        if initial is None:
+            return 0
+        return sum(t.numel() for t in ([initial] if torch.is_tensor(initial) else initial))
+
     def _span(self, env, queries, stream: Stream, offset: int, T: int) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         m = self.plan
         return (f"{m.memory.structure.kind}, {m.heads} heads, {m.key_dim}->{m.value_dim}, "
-                f"objective={m.memory.objective.kind}, level={m.level} (every {m.every}), "
-                f"kernel={m.kernel}")  # fmt: skip
+                f"level={m.level} (every {m.every}), kernel={m.kernel}: {m.options.describe()}")  # fmt: skip
 
 
 def _is_seq(t: torch.Tensor, T: int) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels import api
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -55,8 +55,8 @@ class MatrixMemory(MemoryModule):
 
     def __init__(self, plan):
         super().__init__(plan)
-        self.normalize = plan.memory.normalize
-        k_dim = mapped_dim(self.fm, self.degree, plan.key_dim)
+        self.normalize = self.lowered.normalize
+        k_dim = self.lowered.key_dim
         v_dim = plan.value_dim + int(self.normalize)
         init = plan.memory.init
         if isinstance(init, LearnedInit):

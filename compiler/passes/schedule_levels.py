@@ -1,11 +1,16 @@
-"""Pass `schedule_levels`: when each memory changes, resets, and which layers run sequentially.
+"""Pass `schedule_levels`: when each memory changes, in which order a layer runs, and where.
 
 - a memory on `every: N` has chunk N (its state's gradients are taken at chunk starts);
 - `reset: {kind: level}` resets it every period of that slower level;
-- a layer whose memory is written from its own earlier read (Titans MAC, Hope's projections)
-  runs in sequential segments: the gcd of those memories' chunks (1 for `read_then_write`);
-- memories that learn from the task loss (CMS) make the whole model run in windows of the
-  smallest such chunk, each window's loss feeding their updates (NL eq. 71).
+- each tensor lives on the sequence's time axis or on a `with_prefix` region's;
+- a read whose answer feeds its memory's own update (Titans MAC retrieval, Hope's
+  self-generated values) is a feedback read, answered from the state carried in; the other
+  reads are answered together with the update (a joint step);
+- a layer with feedback reads (or a segmented prefix) runs in sequential segments: the gcd of
+  those memories' chunks (1 for `read_then_write`);
+- memories that learn from the task loss (CMS) make the whole model run in windows of the gcd
+  of their chunks, each window's loss feeding their updates (NL eq. 71).
+The layer's step order is decided here and nowhere else (the module runs `LayerPlan.steps`).
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from math import gcd
 import networkx as nx
 from nestdsl.compiler.plan import LayerPlan, Plan
 
-from nestdsl.graph.build import memory_params
-from nestdsl.spec.memory import LevelReset, TaskObjective
-from nestdsl.spec.ops import Read, WithPrefix, inputs_of
+from nestdsl.errors import Diagnostic, SpecError
+from nestdsl.spec.memory import CacheStructure, LevelReset, TaskObjective
+from nestdsl.spec.ops import DropPrefix, Read, WithPrefix, inputs_of
 
 
 def schedule_levels(plan: Plan) -> Plan:
     levels = plan.spec.levels
+    errors: list[Diagnostic] = []
     task_chunks = []
     for layer in plan.layers:
         for m in layer.memories.values():
@@ -30,43 +36,118 @@ def schedule_levels(plan: Plan) -> Plan:
                 m.reset_every = levels[m.memory.reset.level].every
             if isinstance(m.memory.objective, TaskObjective) and isinstance(m.every, int):
                 task_chunks.append(m.chunk)
-        layer.segment = _segment(plan, layer)
-    if task_chunks:
-        window = 0
-        for c in task_chunks:
-            window = gcd(window, c)
-        plan.task_window = window
+        errors += _axes(plan, layer)
+        errors += _steps(plan, layer)
+        layer.segment, layer.segment_why = _segment(plan, layer)
+    if errors:
+        raise SpecError(errors)
+    window = 0
+    for c in task_chunks:
+        window = gcd(window, c)
+    plan.task_window = window or None
     plan.done.append("schedule_levels")
     return plan
 
 
-def write_sources(memory) -> list[str]:
-    """Block tensors a memory's update reads: keys, values and data-dependent gates."""
-    sources = [memory.keys, memory.values]
-    sources += [p.value for p in memory_params(memory) if isinstance(p.value, str)]
-    return [s for s in sources if s]
-
-
-def _segment(plan: Plan, layer: LayerPlan) -> int | None:
-    """Segment length if some memory's writes depend on its own reads within the layer, or
-    the layer prefixes each segment (Titans MAC)."""
-    nodes = layer.block.nodes
+def data_graph(block) -> nx.DiGraph:
+    """Block nodes with an edge from each input to its consumer."""
     g = nx.DiGraph()
-    for name, op in nodes.items():
-        g.add_node(name)
-        for src in inputs_of(op):
-            if src in nodes:
-                g.add_edge(src, name)
-    segment = 0
-    for op in nodes.values():  # a segmented prefix starts a new region every segment
+    g.add_nodes_from(block.nodes)
+    for name, op in block.nodes.items():
+        g.add_edges_from((s, name) for s in inputs_of(op) if s in block.nodes)
+    return g
+
+
+def _node_at(plan: Plan, layer: LayerPlan, name: str):
+    return plan.at("blocks", layer.block_index, "nodes", name)
+
+
+def _axes(plan: Plan, layer: LayerPlan) -> list[Diagnostic]:
+    """Each tensor's time axis: None (the sequence) or the `with_prefix` node it lives under."""
+    nodes = layer.block.nodes
+    persistent = {n for n, op in nodes.items() if op.op == "persistent"}
+    axis: dict[str, str | None] = {layer.block.input: None}
+    errors = []
+    for name in nx.topological_sort(data_graph(layer.block)):
+        op = nodes[name]
+        if isinstance(op, WithPrefix):
+            axis[name] = name
+        elif isinstance(op, DropPrefix):
+            axis[name] = None
+        else:
+            ins = [axis.get(i) for i in inputs_of(op) if i not in persistent]
+            axis[name] = ins[0] if ins else None
+            if len(set(ins)) > 1:
+                errors.append(Diagnostic(
+                    "time-axes", f"`{name}` mixes tensors of different time axes (inside and "
+                    "outside a `with_prefix`)", _node_at(plan, layer, name),
+                    "apply `drop_prefix` to the prefixed input first"))  # fmt: skip
+    layer.axis = axis
+    for decl in layer.memories:
+        reads = [n for n, op in nodes.items() if isinstance(op, Read) and op.memory == decl]
+        layer.axis[f"memory:{decl}"] = axis.get(reads[0]) if reads else None
+    return errors
+
+
+def _steps(plan: Plan, layer: LayerPlan) -> list[Diagnostic]:
+    """("op", node) / ("feedback", read node) / ("memory", decl) in an executable order."""
+    nodes = layer.block.nodes
+    g = data_graph(layer.block)
+    producer = {n: ("op", n) for n, op in nodes.items() if not isinstance(op, Read)}
+    needs: dict[str, list[str]] = {}
+    errors = []
+    for decl, m in layer.memories.items():
+        reads = [n for n, op in nodes.items() if isinstance(op, Read) and op.memory == decl]
+        feedback = [r for r in reads if any(nx.has_path(g, r, w) for w in m.writes)]
+        m.feedback = tuple(feedback)
+        m.reads = tuple(r for r in reads if r not in feedback)
+        if feedback and isinstance(m.memory.structure, CacheStructure):
+            errors.append(Diagnostic(
+                "feedback-read", f"`{feedback[0]}` reads cache `{decl}` and feeds that cache's "
+                "own keys or values: a cache has no state to answer from before its write",
+                _node_at(plan, layer, feedback[0]),
+                "read the cache after its write, or make the memory a matrix or mlp"))  # fmt: skip
+        producer.update({r: ("feedback", r) for r in feedback})
+        producer.update({r: ("memory", decl) for r in m.reads})
+        needs[decl] = list(m.writes) + [nodes[r].query for r in m.reads]
+    order = nx.DiGraph()
+    order.add_nodes_from(producer.values())
+    order.add_nodes_from(("memory", d) for d in layer.memories)
+    edges = [(src, name) for name, op in nodes.items() for src in inputs_of(op)]
+    edges += [(src, decl) for decl, srcs in needs.items() for src in srcs]
+    for src, dst in edges:
+        a = producer.get(src)
+        b = producer.get(dst, ("memory", dst) if dst in layer.memories else None)
+        if a is not None and b is not None and a != b:
+            order.add_edge(a, b)
+    index = {n: i for i, n in enumerate(nodes)}
+    try:
+        layer.steps = list(nx.lexicographical_topological_sort(
+            order, key=lambda s: (index.get(s[1], -1), s[0])))  # fmt: skip
+    except nx.NetworkXUnfeasible:
+        cycle = [s[1] for s, _ in nx.find_cycle(order)]
+        errors.append(Diagnostic(
+            "step-cycle", f"layer `{layer.block_name}` cannot run: {' -> '.join(cycle)} -> "
+            f"{cycle[0]} needs its own output", _node_at(plan, layer, cycle[0]),
+            "read one of these memories with `order: chunk_start` or `read_then_write`"))  # fmt: skip
+    return errors
+
+
+def _segment(plan: Plan, layer: LayerPlan) -> tuple[int | None, str]:
+    """Segment length and why, if some memory's writes depend on its own reads within the
+    layer, or the layer prefixes each segment (Titans MAC)."""
+    nodes = layer.block.nodes
+    segment, why, feeding = 0, [], []
+    for name, op in nodes.items():  # a segmented prefix starts a new region every segment
         if isinstance(op, WithPrefix) and op.segment:
             segment = gcd(segment, plan.spec.levels[op.segment].every)
-    for name, op in nodes.items():
-        if not isinstance(op, Read) or op.order == "write_then_read":
-            continue
-        m = layer.memories[op.memory]
-        writes = [s for s in write_sources(m.memory) if s in nodes]
-        if any(nx.has_path(g, name, s) for s in writes):
-            step = 1 if op.order == "read_then_write" else m.chunk
+            why.append(f"`{name}` prefixes every `{op.segment}` period")
+    for m in layer.memories.values():
+        steps = [1 if nodes[r].order == "read_then_write" else m.chunk for r in m.feedback]
+        for step in steps:
             segment = gcd(segment, step)
-    return segment or None
+        if steps:
+            feeding.append(f"`{m.decl}` (step {min(steps)})")
+    if feeding:
+        why.append("reads of " + ", ".join(feeding) + " feed their own writes")
+    return segment or None, "; ".join(why)

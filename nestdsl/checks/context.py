@@ -19,7 +19,6 @@ class CheckContext:
     graph: nx.MultiDiGraph
     # Filled by the shapes check: per (block, tensor) its feature shape (without batch, time).
     shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
-    dims_ok: bool = True
 
     def at(self, *path, key: bool = False) -> Position | None:
         return self.source.find(tuple(path), key=key)

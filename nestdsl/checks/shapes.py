@@ -101,7 +101,6 @@ def check_shapes(ctx: CheckContext) -> Iterator[Diagnostic]:
         yield from _memory_flows(ctx, block, bname, shapes, mem_shapes)
     yield from size.errors
     yield from errors
-    ctx.dims_ok = not size.errors
 
 
 def _topological(block) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from nestdsl.errors import UserError
-from nestdsl.graph.params import count_by_level
 from nestdsl.spec.validate import load
 
 HELP = "print a spec's levels ordered by update frequency, with members and parameter counts"
@@ -14,17 +13,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="shipped spec name or YAML path")
     parser.add_argument("--after", metavar="PASS",
                         help="print the compiler's plan after PASS (resolve_dims, expand_blocks, "
-                        "schedule_levels, pick_kernels)")  # fmt: skip
+                        "schedule_levels, lower_memories, pick_kernels)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a spec value, e.g. dims.d_model=64")  # fmt: skip
 
 
-def level_rows(checked) -> list[tuple[str, str, str, str]]:
-    """(level, period, members, parameters) from the fastest level to the slowest."""
+def level_rows(checked) -> list[tuple[str, str, str, str, str]]:
+    """(level, period, members, parameters, state) from the fastest level to the slowest."""
     from nestdsl.checks.levels import slowness
+    from nestdsl.compiler.count import count_by_level
 
     spec = checked.spec
-    counts = count_by_level(checked)
+    counts = count_by_level(checked.plan)
     rows = []
     for name, level in sorted(spec.levels.items(), key=lambda kv: slowness(kv[1].every)):
         members = [m for m, mem in spec.memories.items() if mem.level == name]
@@ -39,14 +39,31 @@ def level_rows(checked) -> list[tuple[str, str, str, str]]:
             period = f"{level.every} token" + ("s" if level.every != 1 else "")
         else:
             period = level.every
-        rows.append((name, period, ", ".join(members + owned) or "-", f"{counts[name]:,}"))
+        count = counts[name]
+        rows.append((name, period, ", ".join(members + owned) or "-",
+                     f"{count.parameters:,}" if count.parameters else "-",
+                     f"{count.state:,}" if count.state else "-"))  # fmt: skip
     return rows
+
+
+def notes(checked) -> list[str]:
+    """What makes the model slower than its chunked form, and why (from the plan)."""
+    plan, out = checked.plan, []
+    for layer in plan.layers:
+        if layer.segment and layer.name.endswith(".0"):
+            out.append(f"{layer.block_name}: runs sequentially, {layer.segment} token"
+                       f"{'s' if layer.segment != 1 else ''} at a time ({layer.segment_why})")  # fmt: skip
+    if plan.task_window:
+        out.append(f"the model runs in task-loss windows of {plan.task_window} tokens: each "
+                   "window's loss is differentiated to update the CMS memories")  # fmt: skip
+    return out
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:3]) + "".join(
+        f"  {{:>{w}}}" for w in widths[3:])  # fmt: skip
     return "\n".join([fmt.format(*header), line, *(fmt.format(*r) for r in rows)])
 
 
@@ -63,5 +80,9 @@ def run(args) -> int:
     if checked.spec.description:
         print(checked.spec.description)
     print()
-    print(table(level_rows(checked), ("level", "every", "members", "parameters")))
+    print(table(level_rows(checked), ("level", "every", "members", "parameters", "state")))
+    print("\nparameters: trained by the level's optimizer (frozen under `never`); state: numbers "
+          "of in-context memory weights per sequence")  # fmt: skip
+    for line in notes(checked):
+        print(f"note: {line}")
     return 0

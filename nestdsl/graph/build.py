@@ -72,6 +72,20 @@ def memory_params(memory: Memory) -> list[MemoryParam]:
     return out
 
 
+def write_sources(memory: Memory) -> list[tuple[str, str]]:
+    """(role, block tensor) for everything a memory's update reads: its keys, its values and
+    its data-dependent step sizes and gates (the memory's context flow, NL Def. 3)."""
+    flows = [(role, t) for role, t in (("keys", memory.keys), ("values", memory.values)) if t]
+    return flows + [(p.role, p.value) for p in memory_params(memory) if isinstance(p.value, str)]
+
+
+def outer_level(spec: Spec) -> str | None:
+    """The first declared `every: step` level: it trains the embedding, the head, and every
+    parameter that names no level (the levels check makes blocks name one when there are
+    several `every: step` levels)."""
+    return next((n for n, lv in spec.levels.items() if lv.every == "step"), None)
+
+
 def build_graph(spec: Spec, source: SourceMap) -> nx.MultiDiGraph:
     g = nx.MultiDiGraph(name=spec.name)
 
@@ -88,7 +102,7 @@ def build_graph(spec: Spec, source: SourceMap) -> nx.MultiDiGraph:
             g.add_edge(memory_id(name), level_id(memory.level), key="member", type="member")
         init_by = getattr(memory.init, "by", None)
         if memory.init.kind == "learned" and init_by is None:
-            init_by = _outermost(spec)
+            init_by = outer_level(spec)
         if init_by in spec.levels:
             g.add_edge(level_id(init_by), memory_id(name), key="nesting", type="nesting",
                        role="init")  # fmt: skip
@@ -125,7 +139,7 @@ def _add_block(g: nx.MultiDiGraph, spec: Spec, index: int, at) -> None:
                            type="data")  # fmt: skip
         if isinstance(op, Read) and op.memory in spec.memories:
             g.add_edge(memory_id(op.memory), op_id(bname, name), key="read", type="read")
-    owner = block.level or _outermost(spec)
+    owner = block.level or outer_level(spec)
     if owner in spec.levels:
         for name in block.nodes:
             g.add_edge(level_id(owner), op_id(bname, name), key="trains", type="trains")
@@ -133,9 +147,7 @@ def _add_block(g: nx.MultiDiGraph, spec: Spec, index: int, at) -> None:
         memory = spec.memories.get(mem_name)
         if memory is None:
             continue
-        flows = [(r, t) for r, t in (("keys", memory.keys), ("values", memory.values)) if t]
-        flows += [(p.role, p.value) for p in memory_params(memory) if isinstance(p.value, str)]
-        for role, tensor in flows:
+        for role, tensor in write_sources(memory):
             edge_type = "context" if role in ("keys", "values") else "gate"
             if g.has_node(tensor_id(bname, tensor)):
                 g.add_edge(tensor_id(bname, tensor), memory_id(mem_name), key=f"{edge_type}:{role}",
@@ -166,9 +178,3 @@ def _producing_memories(g: nx.MultiDiGraph, spec: Spec, bname: str, tensor: str)
             continue
         stack.extend(inputs_of(op))
     return found
-
-
-def _outermost(spec: Spec) -> str | None:
-    """The single `every: step` level, if there is exactly one."""
-    steps = [n for n, lv in spec.levels.items() if lv.every == "step"]
-    return steps[0] if len(steps) == 1 else None

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from nestdsl.checks import CHECKS, CheckContext
 from nestdsl.errors import Diagnostic, Position, SpecError
-from nestdsl.graph.build import build_graph
+from nestdsl.graph.build import build_graph, outer_level
 from nestdsl.spec.errors_map import diagnostics_from
 from nestdsl.spec.loader import SourceMap, load_yaml
 from nestdsl.spec.schema import Spec
@@ -35,6 +35,7 @@ class CheckedSpec:
     text: str
     file: str
     warnings: list[Diagnostic] = field(default_factory=list)
+    plan: Any = None  # the compiler's plan after every pass (nestdsl.compiler.Plan)
 
     @property
     def name(self) -> str:
@@ -45,8 +46,8 @@ class CheckedSpec:
         return self.text
 
     def outer_level(self) -> str:
-        """The trained `every: step` level (the first, when blocks name several)."""
-        return next(n for n, lv in self.spec.levels.items() if lv.optimizer is not None)
+        """The level that trains the embedding, the head and what names no level."""
+        return outer_level(self.spec)
 
     def outer_optimizer(self) -> dict[str, Any]:
         optimizer = self.spec.levels[self.outer_level()].optimizer
@@ -87,8 +88,15 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
         # Warnings about unused parts mostly echo the errors (a dangling name orphans its
         # inputs); show them once the errors are fixed.
         raise SpecError([d for d in found if d.severity == "error"])
-    text_str = loaded.text
-    return CheckedSpec(spec, source, graph, ctx.shapes, text_str, file, found)
+    checked = CheckedSpec(spec, source, graph, ctx.shapes, loaded.text, file, found)
+    # What validates compiles: every compiler pass runs here, short of building modules.
+    from nestdsl.compiler import run_passes
+
+    try:
+        checked.plan = run_passes(checked)
+    except SpecError as err:
+        raise SpecError(_dedupe(err.diagnostics)) from None
+    return checked
 
 def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
     unique = list(dict.fromkeys(found))

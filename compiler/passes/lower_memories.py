@@ -1,0 +1,161 @@
+"""Pass `lower_memories`: each memory instance's static choices as one frozen `MemoryOptions`.
+
+Everything a memory module or kernel needs to know about the spec is decided here, once: the
+rule and retention the kernels implement (DGD with momentum is its own rule, Yaad's Huber with a
+norm switch its own objective), the sizes after the feature map, the constants, where each step
+size comes from, and which level holds the initial state. Combinations that have no lowering
+are rejected here with the position of the YAML that asks for them, so `validate` reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nestdsl.compiler.plan import MemoryPlan, Plan
+
+from nestdsl.errors import Diagnostic, SpecError
+from nestdsl.graph.build import memory_params
+from nestdsl.spec.common import Learned
+from nestdsl.spec.memory import (
+    HuberObjective,
+    KLRetention,
+    LearnedInit,
+    LpObjective,
+    LqRetention,
+    TaskObjective,
+)
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """The lowered meaning of one memory instance (printed by `show --after lower_memories`)."""
+
+    structure: str  # matrix | mlp | gated_mlp | cache
+    heads: int
+    key_dim: int  # what the memory's keys and queries have after the feature map
+    value_dim: int
+    objective: str  # dot | l2 | lp | huber | huber_norm | task | softmax
+    p: float = 3.0  # lp's exponent
+    window_delta: float | None = None  # the Huber threshold of an Omega window (one per window)
+    rule: str | None = None  # gd | momentum | dgd | dgd_momentum | muon (None: not in context)
+    dgd_step: str = "explicit"
+    ns_steps: int = 5
+    ns_kind: str = "quintic"
+    retention: str | None = None  # l2 | kl | lq
+    retention_mode: str = "global"
+    q_norm: float = 4.0
+    kl_scale: float = 1.0
+    window: int = 1  # Omega rule: tokens each update fits
+    feature_map: str | None = None
+    degree: int | None = None
+    normalize: bool = False
+    stop_gradient: bool = False
+    init: str = "zeros"  # zeros | identity | learned
+    init_level: str | None = None  # the level that trains (or, in context, updates) the start
+    gates: tuple[tuple[str, str], ...] = ()  # (role, source) for every step size and gate
+
+    def describe(self) -> str:
+        parts = [f"{self.objective}"]
+        if self.rule:
+            parts.append(self.rule + (f" ({self.dgd_step})" if self.rule.startswith("dgd") else ""))
+        if self.retention:
+            parts.append(f"retention {self.retention} {self.retention_mode}")
+        if self.window > 1:
+            parts.append(f"window {self.window}")
+        if self.feature_map:
+            parts.append(f"phi {self.feature_map}" + (f"^{self.degree}" if self.degree else ""))
+        if self.normalize:
+            parts.append("normalized")
+        if self.stop_gradient:
+            parts.append("stop-gradient writes")
+        parts.append(f"init {self.init}" + (f" by `{self.init_level}`" if self.init_level else ""))
+        parts += [f"{role}={source}" for role, source in self.gates]
+        return ", ".join(parts)
+
+
+def lower_memories(plan: Plan) -> Plan:
+    errors: list[Diagnostic] = []
+    for layer in plan.layers:
+        for m in layer.memories.values():
+            m.options = lower(plan, m)
+            errors += _unlowerable(plan, layer, m)
+    if errors:
+        raise SpecError(list(dict.fromkeys(errors)))
+    plan.done.append("lower_memories")
+    return plan
+
+
+def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
+    """Key size after a feature map: the polynomial map stacks the powers 1..degree."""
+    if kind == "polynomial":
+        return sum(d**i for i in range(1, degree + 1))
+    return d
+
+
+def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
+    mem = m.memory
+    obj, rule, ret, fm = mem.objective, mem.rule, mem.retention, mem.feature_map
+    rule_kind = None if rule is None else rule.kind
+    if rule_kind == "dgd" and rule.momentum is not None:
+        rule_kind = "dgd_momentum"
+    objective = "huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind
+    window = mem.window.tokens if mem.window is not None else 1
+    init_level = None
+    if isinstance(mem.init, LearnedInit) or not isinstance(m.every, int):
+        init_level = getattr(mem.init, "by", None) or (m.level if not isinstance(m.every, int)
+                                                       else plan.outer)  # fmt: skip
+    return MemoryOptions(
+        structure=mem.structure.kind,
+        heads=m.heads,
+        key_dim=mapped_dim(fm.kind if fm else None, fm.degree if fm else None, m.key_dim),
+        value_dim=m.value_dim,
+        objective=objective,
+        p=obj.p if isinstance(obj, LpObjective) else 3.0,
+        window_delta=float(obj.delta) if window > 1 and isinstance(obj, HuberObjective) else (
+            1.0 if window > 1 else None),  # fmt: skip
+        rule=rule_kind,
+        dgd_step=getattr(rule, "step", "explicit"),
+        ns_steps=getattr(rule, "ns_steps", 5),
+        ns_kind=getattr(rule, "ns_kind", "quintic"),
+        retention=None if ret is None else ret.kind,
+        retention_mode=getattr(ret, "mode", "global"),
+        q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
+        kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
+        window=window,
+        feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
+        degree=fm.degree if fm else None,
+        normalize=mem.normalize,
+        stop_gradient=mem.write == "stop_gradient",
+        init=mem.init.kind,
+        init_level=init_level,
+        gates=tuple((p.role, _source(p.value)) for p in memory_params(mem)),
+    )
+
+
+def _source(value) -> str:
+    if isinstance(value, Learned):
+        return f"learned({value.init}, per {value.per})"
+    return f"`{value}`" if isinstance(value, str) else f"{value:g}"
+
+
+def _unlowerable(plan: Plan, layer, m: MemoryPlan) -> list[Diagnostic]:
+    """What the spec asks of this memory that no kernel or module implements."""
+    mem, where = m.memory, ("memories", m.decl)
+    errors = []
+    if isinstance(mem.objective, TaskObjective):
+        tensor = [p for p in memory_params(mem) if p.role == "lr" and isinstance(p.value, str)]
+        if tensor:
+            errors.append(Diagnostic(
+                "not-lowered", f"memory `{m.decl}` learns from the task loss, whose chunk "
+                "gradient is a sum over tokens (NL eq. 71): its `lr` cannot be a per-token tensor",
+                plan.at(*where, "rule", "lr"), "use a constant or `{learned: ...}` step size"))  # fmt: skip
+    if mem.normalize and m.chunk > 1:
+        nodes = layer.block.nodes
+        chunk_start = [r for r in (*m.reads, *m.feedback) if nodes[r].order == "chunk_start"]
+        if chunk_start:
+            errors.append(Diagnostic(
+                "not-lowered", f"`normalize` on `{m.decl}` (every {m.chunk} tokens) is lowered "
+                f"for reads after or before each token's write, not for the chunk-start read "
+                f"`{chunk_start[0]}`", plan.at(*where, "normalize"),
+                "read with `order: write_then_read` or `read_then_write`"))  # fmt: skip
+    return errors

@@ -159,10 +159,11 @@ def _flows(g, spec, bname: str, block_node: str, picture: Picture, edges: EdgeSe
             edges.add("generation", memory_id(producer), hub, [tensor])
             for mem, role in made[(producer, tensor)]:
                 items[mem].append(flow_item(role, tensor))
-        _fan_out(hub, items, picture.bands, edges)
+        makers = {memory_id(p) for p, _ in made_here}
+        _fan_out(hub, items, picture.bands, edges, makers)
 
 
-def _fan_out(hub: str, items: dict[str, list[str]], bands, edges: EdgeSet) -> None:
+def _fan_out(hub: str, items: dict[str, list[str]], bands, edges: EdgeSet, makers) -> None:
     """hub -> memories: one edge to a band when all its memories learn the same from it."""
     for band in bands:
         members = band.members()
@@ -171,7 +172,7 @@ def _fan_out(hub: str, items: dict[str, list[str]], bands, edges: EdgeSet) -> No
             continue
         if len(members) > 1 and taking == members and len({tuple(items[m]) for m in taking}) == 1:
             label = [f"all {len(members)}: {items[members[0]][0]}", *items[members[0]][1:]]
-            edges.add("generation", hub, members[0], label).head_cluster = band.cluster
+            edges.add("generation", hub, band.anchor(makers), label).head_cluster = band.cluster
             continue
         for mem in taking:
             edges.add("generation", hub, mem, items[mem])
@@ -217,9 +218,8 @@ def _nesting(g, spec, bands: dict[str, Band], edges: EdgeSet, level_node) -> Non
         tail = level_node(owner)
         band = bands[level]
         if len(mems) > 1 and mems == band.members() and owner != level:
-            edges.add(
-                "nesting", tail, mems[0], [f"all {len(mems)}: {role}"]
-            ).head_cluster = band.cluster
+            grouped = edges.add("nesting", tail, band.anchor(), [f"all {len(mems)}: {role}"])
+            grouped.head_cluster = band.cluster
         else:
             for mem in mems:
                 edges.add("nesting", tail, mem, [role])
@@ -240,7 +240,7 @@ def _merge_band_reads(edges: EdgeSet, bands) -> None:
             for e in group:
                 edges.remove(e)
             items = [f"all {len(group)}: {first.items[0]}", *first.items[1:]]
-            merged = edges.add("read", members[0], head, items)
+            merged = edges.add("read", band.anchor(), head, items)
             merged.tail_cluster = band.cluster
 
 

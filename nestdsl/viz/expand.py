@@ -70,7 +70,7 @@ def expand_block(picture: Picture, g, spec, index: int, band: Band,
             alike = len({tuple(roles[m]) for m in taking}) == 1
             if len(members) > 1 and taking == members and alike:
                 label = [f"all {len(members)}: {roles[members[0]][0]}", *roles[members[0]][1:]]
-                edges.add("context", tail, members[0], label).head_cluster = other.cluster
+                edges.add("context", tail, other.anchor(), label).head_cluster = other.cluster
                 continue
             for mem in taking:
                 edges.add("context", tail, mem, roles[mem])

@@ -50,6 +50,15 @@ class Band:
         """The ids of the band's memories, in declaration order."""
         return [n.id for n in self.nodes if n.kind == "memory"]
 
+    def anchor(self, avoid=()) -> str:
+        """The memory an edge to or from the whole band is tied to: the one nearest the middle
+        (so the edge meets the band's border in the middle), skipping `avoid` where it can
+        (the makers of a shared tensor, whose own edges leave from there)."""
+        members = self.members()
+        middle = (len(members) - 1) / 2
+        free = [m for m in members if m not in avoid] or members
+        return min(free, key=lambda m: abs(members.index(m) - middle))
+
 
 @dataclass
 class VizEdge:

@@ -4,7 +4,8 @@ Levels are horizontal bands from the fastest clock (top) to the slowest (bottom)
 in the band of the level that updates it (NL §3: levels ordered by update frequency). Invisible
 edges stack the bands; the drawn edges never move a band, so the picture reads top to bottom as
 fast to slow whatever the wiring. Tensors shared by several memories (Hope's k, eta, alpha) sit
-between their makers' band and the band above it. An expanded block (`--expand`) is a nested
+above the fastest band they touch, so all their edges run downward (the makers' edges are drawn
+with reversed arrows). An expanded block (`--expand`) is a nested
 cluster whose `data` edges lay its ops out top to bottom.
 
 Nothing here decides what is drawn: `describe` did. This module picks shapes, colours and
@@ -119,8 +120,9 @@ def draw(picture: Picture, *, legend: bool = True):
     _loose(dot, picture, rows)
     band_of = {n.id: b for b in picture.bands for n in b.nodes}
     grouped = {n.id for n in picture.nodes() if n.group is not None}
+    loose = {n.id for n in picture.loose}
     for e in picture.edges:
-        _edge(dot, e, band_of, grouped)
+        _edge(dot, e, band_of, grouped, loose)
     kinds = {e.kind for e in picture.edges}
     if legend:
         _legend(dot, [k for k in EDGE_STYLES if k != "data" or "data" in kinds])
@@ -180,19 +182,22 @@ def _node(graph, node) -> None:
 
 
 def _loose(dot, picture: Picture, rows: list[list[str]]) -> None:
-    """Shared tensors: just above the band of the memories that make them."""
+    """Shared tensors: above the fastest band they touch, so that all their edges run down."""
     index = {n.id: i for i, b in enumerate(picture.bands) for n in b.nodes}
     for node in picture.loose:
         _node(dot, node)
-        makers = [index[e.tail] for e in picture.edges if e.head == node.id and e.tail in index]
-        row = min(makers, default=0)
-        for lower in rows[row]:
+        ends = [e.tail if e.head == node.id else e.head for e in picture.edges
+                if node.id in (e.tail, e.head)]  # fmt: skip
+        row = min((index[n] for n in ends if n in index), default=0)
+        # Tied to the band below and to every band it touches, so dot centres it over them.
+        below = [*rows[row], *(r for i in {index[n] for n in ends if n in index} for r in rows[i])]
+        for lower in dict.fromkeys(below):
             dot.edge(gv(node.id), lower, style="invis")
         for upper in rows[row - 1] if row > 0 else []:
             dot.edge(upper, gv(node.id), style="invis")
 
 
-def _edge(dot, e: VizEdge, band_of, grouped: set[str]) -> None:
+def _edge(dot, e: VizEdge, band_of, grouped: set[str], loose: set[str]) -> None:
     attrs, _ = EDGE_STYLES[e.kind]
     extra = dict(attrs)
     tail, head = e.tail, e.head
@@ -206,6 +211,12 @@ def _edge(dot, e: VizEdge, band_of, grouped: set[str]) -> None:
     # with its memory's band and the edges stay short.
     ranks = flow or e.kind == "data" or (e.kind == "read" and head in grouped)
     extra["constraint"] = "true" if ranks else "false"
+    if e.head in loose:
+        # A maker's edge into a shared tensor above it: drawn down from the tensor with the
+        # arrow reversed, so the tensor's edges all leave it downward and never cross it.
+        extra.update(dir="back", arrowtail=attrs["arrowhead"])
+        dot.edge(gv(head), gv(tail), label=edge_label(e.items), **extra)
+        return
     if e.kind == "context" and tail in grouped:
         # An op feeding a memory is drawn from the memory down to the op, arrow reversed: dot
         # routes downward edges cleanly, while upward ones loop round the whole block.
@@ -224,6 +235,11 @@ def _edge(dot, e: VizEdge, band_of, grouped: set[str]) -> None:
         if e.head_cluster:
             extra["ltail"] = e.head_cluster
         extra.update(lhead=band_of[e.tail].cluster, dir="back", arrowtail=attrs["arrowhead"])
+    if e.kind == "trains" and e.head_cluster:
+        # Into an expanded block: the spline is clipped at the block's border, but dot places a
+        # middle label on the unclipped path (among the ops), so the label goes at the level.
+        dot.edge(gv(tail), gv(head), taillabel=edge_label(e.items), labeldistance="3", **extra)
+        return
     dot.edge(gv(tail), gv(head), label=edge_label(e.items), **extra)
 
 

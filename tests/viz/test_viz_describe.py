@@ -62,7 +62,8 @@ def test_shared_tensors_are_one_node_fed_by_their_makers(hope):
     assert edge(hope, "generation", "memory:M_k", shared.id).items == ["k"]
     assert edge(hope, "generation", "memory:M_eta", shared.id).items == ["eta"]
     assert edge(hope, "generation", "memory:M_alpha", shared.id).items == ["forget"]
-    to_proj = edge(hope, "generation", shared.id, "memory:M_k")
+    # to the whole band, tied to its middle memory that makes none of them (M_v)
+    to_proj = edge(hope, "generation", shared.id, "memory:M_v")
     assert to_proj.head_cluster == "cluster_level_proj"
     assert to_proj.items == ["all 4: keys k", "lr eta", "forget"]
     assert edge(hope, "generation", shared.id, "memory:M_memory").items == [
@@ -96,7 +97,7 @@ def test_reads_carry_queries_and_order(hope):
     assert edge(hope, "read", "memory:M_memory", "block:layer").items == [
         "v @ chunk start", "q @ read→write"]  # fmt: skip
     # the four projection memories are read alike: one edge from their band
-    proj = edge(hope, "read", "memory:M_k", "block:layer")
+    proj = edge(hope, "read", "memory:M_v", "block:layer")
     assert proj.tail_cluster == "cluster_level_proj"
     assert proj.items == ["all 4: xh, v @ chunk start"]
 
@@ -104,7 +105,7 @@ def test_reads_carry_queries_and_order(hope):
 def test_nesting_edges_for_learned_initial_states(hope):
     nesting = hope.edges_of("nesting")
     assert {e.tail for e in nesting} == {"level:pretrain"}
-    grouped = edge(hope, "nesting", "level:pretrain", "memory:M_k")
+    grouped = edge(hope, "nesting", "level:pretrain", "memory:M_v")
     assert grouped.head_cluster == "cluster_level_proj" and grouped.items == ["all 4: init"]
     assert edge(hope, "nesting", "level:pretrain", "memory:C_3").items == ["init"]
 
@@ -152,3 +153,10 @@ def test_edges_follow_the_ir_not_a_second_decision():
 def test_unknown_block_to_expand_names_the_blocks():
     with pytest.raises(UserError, match=r"no block named `lyr`; its blocks are `layer`"):
         describe(nestdsl.load("hope"), expand="lyr")
+
+
+def test_band_anchor_is_the_middle_memory_avoiding_makers(hope):
+    proj = next(b for b in hope.bands if b.level == "proj")
+    assert proj.anchor() == "memory:M_v"  # of M_k, M_v, M_eta, M_alpha
+    assert proj.anchor(avoid={"memory:M_v"}) == "memory:M_eta"
+    assert proj.anchor(avoid=set(proj.members())) == "memory:M_v"  # nothing left to skip to

@@ -50,7 +50,7 @@ def test_hope_expanded_reads_and_learned_tensors():
     assert ("read", memory_id("M_memory"), op_id("layer", "o")) in edges
     assert ("read", memory_id("C_2"), op_id("layer", "c2")) in edges
     # k is learned as keys by the four proj memories (one edge to their band) and M_memory
-    to_band = edges[("context", op_id("layer", "k"), memory_id("M_k"))]
+    to_band = edges[("context", op_id("layer", "k"), memory_id("M_v"))]
     assert to_band.head_cluster == "cluster_level_proj" and to_band.items == ["all 4: keys"]
     assert edges[("context", op_id("layer", "k"), memory_id("M_memory"))].items == ["keys"]
     assert edges[("context", op_id("layer", "vm"), memory_id("M_memory"))].items == ["values"]

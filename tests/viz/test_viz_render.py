@@ -35,3 +35,17 @@ def test_expanded_block_is_a_cluster_inside_its_band():
     clusters = re.findall(r"subgraph (cluster_\w+)", source)
     assert clusters.index("cluster_block_layer") == clusters.index("cluster_level_pretrain") + 1
     assert 'label="block layer × 2"' in source
+
+
+def test_shared_tensor_edges_all_leave_it_downward():
+    """The makers' edges into hope's shared tensor are drawn from it with reversed arrows, so
+    the node sits above everything it touches and no edge climbs into it."""
+    source = level_graph(nestdsl.load("hope")).source
+    hub = "tensors__layer__k_eta_forget"
+    touching = [line for line in source.splitlines() if "->" in line and hub in line]
+    drawn = [line for line in touching if "style=invis" not in line]
+    assert len(drawn) == 5  # from M_k, M_eta, M_alpha; to M_memory and to the proj band
+    assert all(line.strip().startswith(hub) for line in touching), touching
+    makers = [line for line in drawn if "dir=back" in line]
+    assert sorted(re.search(r"-> (\S+)", m).group(1) for m in makers) == [
+        "memory__M_alpha", "memory__M_eta", "memory__M_k"]  # fmt: skip

@@ -9,8 +9,9 @@ import pytest
 
 import nestdsl
 from nestdsl.errors import UserError
-from nestdsl.graph.build import level_id
-from nestdsl.viz.describe import describe
+from nestdsl.graph.build import block_name, level_id, memory_id
+from nestdsl.viz.describe import describe, tensor_sources
+from nestdsl.viz.expand import learned_flows
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,20 @@ def test_band_anchor_is_the_middle_memory_avoiding_makers(hope):
     assert proj.anchor() == "memory:M_v"  # of M_k, M_v, M_eta, M_alpha
     assert proj.anchor(avoid={"memory:M_v"}) == "memory:M_eta"
     assert proj.anchor(avoid=set(proj.members())) == "memory:M_v"  # nothing left to skip to
+
+
+@pytest.mark.parametrize("name", nestdsl.shipped_names())
+def test_tensor_provenance_agrees_with_the_ir_generation_edges(name):
+    """The walk that labels generation edges with their tensors finds exactly the IR's
+    `generation` edges (memory -> memory, per role): viz adds labels, not decisions."""
+    checked = nestdsl.load(name)
+    g, spec = checked.graph, checked.spec
+    walked = set()
+    for index in range(len(spec.blocks)):
+        bname = block_name(spec, index)
+        for mem in spec.memories:
+            for role, tensor in learned_flows(g, bname, memory_id(mem)):
+                producers, _ = tensor_sources(g, bname, tensor)
+                walked |= {(memory_id(p), memory_id(mem), role) for p in producers}
+    ir = {(u, v, d["role"]) for u, v, d in g.edges(data=True) if d["type"] == "generation"}
+    assert walked == ir

@@ -88,7 +88,7 @@ def describe(checked, expand: str | None = None) -> Picture:
             if group is not None:
                 trains.head_cluster = group_cluster(group)
 
-    _nesting(g, spec, bands, edges, level_node)
+    _nesting(g, bands, edges, level_node)
     _merge_band_reads(edges, bands.values())
     for band in bands.values():
         if not band.nodes:
@@ -205,7 +205,7 @@ def tensor_sources(g, bname: str, tensor: str) -> tuple[set[str], bool]:
     return memories, static
 
 
-def _nesting(g, spec, bands: dict[str, Band], edges: EdgeSet, level_node) -> None:
+def _nesting(g, bands: dict[str, Band], edges: EdgeSet, level_node) -> None:
     """level -> memory: the level owning a memory's initial state (init) or resetting it."""
     owned: dict[tuple[str, str, str], list[str]] = {}
     for band in bands.values():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import nestdsl
 from nestdsl.data.corpus import VALIDATION_FRACTION, load_corpus, split_corpus
 from nestdsl.errors import UserError
-from nestdsl.eval.subject import is_run_folder, load_run
+from nestdsl.eval.subject import is_run_folder
 from nestdsl.train.metrics import bits_per_byte, language_model_loss
 
 DEFAULT_SEQ_LEN = 128
@@ -85,11 +85,11 @@ def run_bpb(
             raise UserError(
                 "bpb: --set changes a spec; a run folder is evaluated as it was trained"
             )
-        run = load_run(subject, device)
-        model, name, step = run.model, run.name, run.step
-        data = data if data is not None else run.train.get("data")
-        seq_len = seq_len or int(run.train.get("seq_len", DEFAULT_SEQ_LEN))
-        val_fraction = float(run.train.get("val_fraction", VALIDATION_FRACTION))
+        run = nestdsl.load_run(subject, device)
+        model, name, step = run.model, run.spec.name, run.state["step"]
+        data = data if data is not None else run.config.data
+        seq_len = seq_len or run.config.seq_len
+        val_fraction = run.config.val_fraction
     else:
         checked = nestdsl.load(subject, overrides=list(overrides) or None)
         torch.manual_seed(seed)

@@ -15,16 +15,18 @@ Protocol (Zoology, Arora et al. 2023, §3 and its MQAR configs; settings of nest
   equals the accuracy over all queries); `rows_all_correct` is the fraction of perfect rows.
 
 A step whose loss is not finite stops that point's training (`diverged_at` records the step);
-the point is still evaluated, so a diverged model scores what it scores. Every `log_every`
-steps the curve records the mean training loss, the learning rate, the gradient norm before
-clipping and the largest absolute entry of the returned in-context state (`state_max`): a
-memory that blows up shows there before the loss does.
+so does a step whose gradient norm is not finite (before its update; `diverged_in` says which).
+The point is still evaluated, so a diverged model scores what it scores. Every `log_every`
+steps the curve records the mean training loss, the learning rate, and since the last record
+the largest gradient norm before clipping and the largest absolute entry of the returned
+in-context state (`state_max`): a memory that blows up shows there before the loss does.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -70,6 +72,20 @@ class RecallSettings:
             )
 
 
+def one_cycle(step: int, steps: int, warmup_fraction: float) -> float:
+    """The lr multiplier at `step`: one-cycle (Smith & Topin 2019, torch's OneCycleLR shape).
+
+    Linear from 1/25 to 1 over the first `warmup_fraction` of the steps (at least one), then a
+    cosine from 1 down to 1/25e4 at the last step.
+    """
+    start, end = 1 / 25, 1 / 25e4
+    warm = max(1, round(warmup_fraction * steps))
+    if step < warm:
+        return start + (1 - start) * step / warm
+    done = (step - warm) / max(1, steps - 1 - warm)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
 def _state_max(state: dict) -> float:
     """The largest |entry| over the returned in-context state tensors (0 when there are none)."""
     peaks = [
@@ -110,8 +126,12 @@ def train_point(
     device: torch.device,
     progress: bool = True,
     label: str = "",
+    on_record: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train one fresh model on MQAR at `shape`; its accuracy, curve and divergence step."""
+    """Train one fresh model on MQAR at `shape`; its accuracy, curve and divergence step.
+
+    `on_record` (optional) sees every curve record as it is made, e.g. to watch a long run.
+    """
     torch.manual_seed(settings.seed)
     model = nestdsl.compile(checked).to(device)
     if getattr(model, "vocab", shape.vocab) < shape.vocab:
@@ -121,15 +141,17 @@ def train_point(
         model.named_parameters(),
         {"kind": "adamw", "lr": settings.lr, "weight_decay": settings.weight_decay},
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.lr,
-        total_steps=settings.steps,
-        pct_start=settings.warmup_fraction,
-        anneal_strategy="cos",
-        cycle_momentum=False,
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
     )
-    curve, window, diverged_at, last_loss = [], [], None, float("nan")
+    curve, window, diverged, last_loss = [], [], None, float("nan")
+    peak_grad = peak_state = 0.0  # the largest gradient norm and state entry since the last record
+
+    def record(entry: dict) -> None:
+        curve.append(entry)
+        if on_record is not None:
+            on_record(entry)
+
     bar = tqdm(
         range(settings.steps), desc=f"recall {label}", disable=not progress, file=sys.stderr,
         leave=False, dynamic_ncols=True,
@@ -140,32 +162,42 @@ def train_point(
         )
         logits, state = model(inputs.to(device))  # [B, L, vocab]
         loss = _query_loss(logits, labels.to(device))
+        state_now = _state_max(state)
+        peak_state = max(peak_state, state_now)
         if not torch.isfinite(loss):
-            diverged_at = step
-            curve.append({"step": step, "loss": None, "state_max": _state_max(state)})
+            diverged = {"step": step, "in": "loss"}
+            record({"step": step, "loss": None, "state_max": state_now})
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        if not math.isfinite(grad_norm):
+            # An infinite norm would make clipping scale every gradient to NaN: stop before the
+            # update, so the scored model is the last finite one.
+            diverged = {"step": step, "in": "gradient"}
+            record({"step": step, "loss": round(loss.item(), 5), "grad_norm": grad_norm,
+                    "state_max": state_now})  # fmt: skip
+            break
+        peak_grad = max(peak_grad, grad_norm)
         optimizer.step()
         window.append(loss.item())
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             last_loss = sum(window) / len(window)
-            curve.append({
-                "step": step + 1, "loss": round(last_loss, 5),
-                "lr": schedule.get_last_lr()[0], "grad_norm": round(grad_norm, 5),
-                "state_max": round(_state_max(state), 5),
+            record({
+                "step": step + 1, "loss": round(last_loss, 5), "lr": schedule.get_last_lr()[0],
+                "grad_norm": round(peak_grad, 5), "state_max": round(peak_state, 5),
             })  # fmt: skip
             bar.set_postfix(loss=f"{last_loss:.3f}")
-            window = []
+            window, peak_grad, peak_state = [], 0.0, 0.0
         schedule.step()
     bar.close()
     scores = evaluate_recall(model, shape, settings, device)
     return {
         **scores,
-        "final_train_loss": None if diverged_at is not None else round(last_loss, 5),
-        "diverged_at": diverged_at,
+        "final_train_loss": None if diverged is not None else round(last_loss, 5),
+        "diverged_at": None if diverged is None else diverged["step"],
+        "diverged_in": None if diverged is None else diverged["in"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "curve": curve,
     }

@@ -2,9 +2,9 @@
 
 Two kinds of subject, named by one command-line argument (`RUN_OR_SPEC`):
 
-* a **run folder** (`nestdsl train` wrote it: spec.yaml, config.json, checkpoints/): the model
-  is rebuilt from the run's own spec text and overrides and loaded from its latest checkpoint;
-  text tasks (`bpb`) use it as trained;
+* a **run folder** (`nestdsl train` wrote it: spec.yaml, config.json, checkpoints/): text
+  tasks (`bpb`) load it with `nestdsl.load_run` (its own spec copy and overrides, the latest
+  checkpoint) and score it as trained;
 * a **spec** (a shipped name or a YAML file): tasks that train from scratch (`recall`) build a
   fresh model per grid point, resized with `--set`-style overrides (`dims.d_model=64`, ...), the
   same path a user takes with `nestdsl train SPEC --set ...`.
@@ -12,11 +12,8 @@ Two kinds of subject, named by one command-line argument (`RUN_OR_SPEC`):
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 import nestdsl
 from nestdsl.errors import UserError
@@ -76,41 +73,3 @@ def load_resized(spec: str, size: Resize, extra: list[str] = ()) -> nestdsl.Chec
 def is_run_folder(path: str) -> bool:
     root = Path(path)
     return root.is_dir() and (root / "config.json").is_file() and (root / "spec.yaml").is_file()
-
-
-@dataclass
-class TrainedRun:
-    """A run folder's model at its latest checkpoint, and the settings it was trained with."""
-
-    name: str
-    model: torch.nn.Module
-    step: int
-    train: dict = field(default_factory=dict)  # the run's TrainConfig as saved in config.json
-
-
-def load_run(path: str, device: torch.device) -> TrainedRun:
-    """Rebuild a run's model from its own spec text and overrides; load its latest checkpoint."""
-    from nestdsl.train.checkpoint import load_checkpoint
-    from nestdsl.train.config import RunFolder
-
-    folder = RunFolder(path)
-    saved = folder.read_config()
-    identity = saved.get("spec", {})
-    text = folder.spec.read_text()
-    checked = nestdsl.check_text(text, str(folder.spec), list(identity.get("overrides", [])))
-    model = nestdsl.compile(checked)
-    latest = folder.latest_checkpoint()
-    if latest is None:
-        raise UserError(f"run {path} has no checkpoint to evaluate; train it first")
-    loaded = load_checkpoint(latest, model)
-    model.to(device).eval()
-    return TrainedRun(checked.name, model, loaded.step, dict(saved.get("train", {})))
-
-
-def describe(path: str) -> str:
-    """One line naming a run folder's spec and step, for progress messages."""
-    try:
-        saved = json.loads((Path(path) / "config.json").read_text())
-        return f"run {path} ({saved.get('spec', {}).get('name', '?')})"
-    except (OSError, ValueError):
-        return f"run {path}"

@@ -74,3 +74,60 @@ def test_held_out_metric_scores_an_oracle_and_a_constant():
 def test_bad_settings_are_refused(settings, points, message):
     with pytest.raises(UserError, match=message):
         run_recall("deltanet", points, settings, progress=False)
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """The identity whose backward is infinite: a finite loss with an infinite gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("inf"))
+
+
+class Blowup(torch.nn.Module):
+    """A trainable toy whose logits turn to NaN (or its gradient to inf) on its third call."""
+
+    vocab = 64
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(64))
+        self.calls, self.where = 0, where
+
+    def forward(self, tokens, state=None):
+        self.calls += 1
+        logits = self.w.expand(*tokens.shape, 64)
+        if self.calls == 3 and self.where == "loss":
+            logits = logits * float("nan")
+        if self.calls == 3 and self.where == "gradient":
+            logits = InfiniteGradient.apply(logits)
+        return logits, {"M": torch.full((1,), float(self.calls))}
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_divergence_stops_training_and_says_where(monkeypatch, where):
+    import nestdsl.eval.recall as recall
+
+    monkeypatch.setattr(recall.nestdsl, "compile", lambda checked: Blowup(where))
+    settings = RecallSettings(steps=10, batch_size=2, eval_rows=2, vocab=64, log_every=1)
+    result = run_recall("deltanet", [POINT], settings, progress=False)
+    (point,) = result["points"]
+    assert (point["diverged_at"], point["diverged_in"]) == (2, where)
+    assert point["final_train_loss"] is None
+    assert [c["state_max"] for c in point["curve"]] == [1.0, 2.0, 3.0]  # recorded up to the end
+
+
+def test_one_cycle_schedule_by_hand():
+    from nestdsl.eval.recall import one_cycle
+
+    values = [one_cycle(s, 11, 0.2) for s in range(11)]  # warm-up of 2 steps, cosine over 8
+    assert values[0] == pytest.approx(1 / 25)
+    assert values[1] == pytest.approx(1 / 25 + (1 - 1 / 25) / 2)
+    assert values[2] == pytest.approx(1.0)
+    assert values[6] == pytest.approx(1 / 25e4 + (1 - 1 / 25e4) / 2)  # half way down
+    assert values[10] == pytest.approx(1 / 25e4)
+    assert one_cycle(0, 1, 0.1) == pytest.approx(1 / 25)  # one step: no division by zero

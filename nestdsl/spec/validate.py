@@ -70,13 +70,11 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
     if version is not None and (type(version) is not int or version != 1):  # `true` == 1 too
         raise SpecError([Diagnostic("version", f"spec version {json.dumps(version, default=str)} is not supported",
                                     source.find(("nestdsl",)), "this nestdsl reads `nestdsl: 1`")])  # fmt: skip
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError(diagnostics_from(err, data, source)) from None
+    spec, found = _schema(data, source)
+    if spec is None:
+        raise SpecError(_dedupe(found))
     graph = build_graph(spec, source)
     ctx = CheckContext(spec, source, graph)
-    found: list[Diagnostic] = []
     for name, check in CHECKS.items():
         try:
             found.extend(check(ctx))
@@ -97,6 +95,37 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
     except SpecError as err:
         raise SpecError(_dedupe(err.diagnostics)) from None
     return checked
+
+def _schema(data: Any, source: SourceMap) -> tuple[Spec | None, list[Diagnostic]]:
+    """The spec and the schema's diagnostics. Unknown keys mean nothing, so they are dropped
+    and the rest validated again: one run reports a misspelt key and the mistakes the later
+    checks find behind it. Any other schema error stops before the checks (their findings
+    would rest on a guess)."""
+    found: list[Diagnostic] = []
+    for _ in range(8):  # each round drops every unknown key pydantic reported
+        try:
+            return Spec.model_validate(data), found
+        except ValidationError as err:
+            found += diagnostics_from(err, data, source)
+            errors = err.errors()
+            if any(e["type"] != "extra_forbidden" for e in errors):
+                return None, found
+            data = copy.deepcopy(data)
+            for e in errors:
+                _drop(data, e["loc"])
+    return None, found
+
+
+def _drop(data: Any, loc: tuple) -> None:
+    """Delete the key at a pydantic `loc`, skipping the parts that are union tags."""
+    node = data
+    for part in loc[:-1]:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(
+                part, int) and part < len(node):  # fmt: skip
+            node = node[part]
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
+
 
 def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
     unique = list(dict.fromkeys(found))

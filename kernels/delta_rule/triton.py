@@ -98,7 +98,9 @@ def _fwd_kernel(q, k, v, beta, g, h0, o, h, ht, T, N, scale, H: tl.constexpr, K:
         out += tl.dot(P, U, input_precision=PREC)  # [BT, BV]
         tl.store(o + pv, out.to(o.dtype.element_ty), mask=mt[:, None] & mv[None, :])
         kt = kc * kdec[:, None]  # [BT, BK]
-        S = S * tl.exp(GC) + tl.dot(tl.trans(kt), U, input_precision=PREC)
+        if USE_G:  # (a plain float GC = 0 never reaches tl.exp)
+            S = S * tl.exp(GC)
+        S += tl.dot(tl.trans(kt), U, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + bh * K * V + ps, S, mask=ms)
 
@@ -173,7 +175,9 @@ def _bwd_kernel(q, k, v, beta, g, h, do, dht, dq, dk, dv, db, dg, dh0, T, N, sca
             dg_c = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG
             tl.store(dg + part_s + row * H + i_h, dg_c, mask=mt)
         kb = kc * (bc * gam)[:, None]
-        dS = dS * tl.exp(GC) + tl.dot(tl.trans(qc * (gam * scale)[:, None]), dO, input_precision=PREC)
+        if USE_G:
+            dS = dS * tl.exp(GC)
+        dS += tl.dot(tl.trans(qc * (gam * scale)[:, None]), dO, input_precision=PREC)
         dS -= tl.dot(tl.trans(kb), dR, input_precision=PREC)
     if USE_H0:
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + ps, dS, mask=ms)

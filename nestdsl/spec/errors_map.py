@@ -50,9 +50,15 @@ def _diagnostic(path: tuple, errors: list[dict], source: SourceMap) -> Diagnosti
         key = e["loc"][-1]
         allowed = _allowed_keys(e["loc"][:-1])
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        hint = f"did you mean `{close[0]}`?" if close else None
-        if not close and allowed:
-            hint = "allowed keys here: " + ", ".join(allowed)
+        listed = "allowed keys here: " + ", ".join(allowed) if allowed else None
+        hint = f"did you mean `{close[0]}`? {listed}" if close else listed
+        if not close:  # a key of another kind of the same union (`momentum` on a `gd` rule)
+            others = _sibling_keys(e["loc"][:-1])
+            near = difflib.get_close_matches(str(key), list(others), n=1, cutoff=0.6)
+            if near:
+                tag = e["loc"][-2]
+                hint = (f"did you mean `{near[0]}`? it belongs to `kind: {others[near[0]]}`, "
+                        f"not `{tag}`; {listed}")  # fmt: skip
         return Diagnostic(
             "unknown-key", f"unknown key `{key}`", source.find(path + (key,), key=True), hint
         )
@@ -273,9 +279,18 @@ def _walk(loc: tuple) -> tuple[Any, Any]:
 
 
 def _unwrap(annotation: Any) -> Any:
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    return annotation
+    """Strip Annotated, and the None of an optional `X | None` (pydantic's loc has no tag for
+    it), down to the type that validates the value."""
+    while True:
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if typing.get_origin(annotation) in (Union, types.UnionType):
+            rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(rest) == 1:
+                annotation = rest[0]
+                continue
+        return annotation
 
 
 def _as_model(annotation: Any) -> type[BaseModel] | None:
@@ -284,9 +299,22 @@ def _as_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _member(union: Any, tag: Any) -> Any:
+def _members(union: Any) -> list[Any]:
+    """The models of a union, through `X | None` and Annotated unions (a kind union is optional
+    in a memory's `rule:` and `retention:`)."""
+    found = []
     for member in typing.get_args(union):
-        model = _as_model(_unwrap(member))
+        member = _unwrap(member)
+        if typing.get_origin(member) in (Union, types.UnionType):
+            found.extend(_members(member))
+        else:
+            found.append(member)
+    return found
+
+
+def _member(union: Any, tag: Any) -> Any:
+    for member in _members(union):
+        model = _as_model(member)
         if model is None:
             continue
         if model.__name__ == tag:
@@ -296,6 +324,27 @@ def _member(union: Any, tag: Any) -> Any:
             if field is not None and tag in typing.get_args(field.annotation):
                 return model
     return None
+
+
+def _sibling_keys(loc: tuple) -> dict[str, str]:
+    """When `loc` ends at one kind of a discriminated union: key -> kind, for the keys that
+    only the union's other kinds accept."""
+    if not loc:
+        return {}
+    union, _ = _walk(loc[:-1])
+    if union is None:
+        return {}
+    own = set(_allowed_keys(loc))
+    found: dict[str, str] = {}
+    for member in _members(_unwrap(union)):
+        model = _as_model(member)
+        kind = model.model_fields.get("kind") if model is not None else None
+        if kind is None or loc[-1] in typing.get_args(kind.annotation):
+            continue
+        tag = typing.get_args(kind.annotation)[0]
+        for name, f in model.model_fields.items():
+            found.setdefault(f.alias or name, tag)
+    return {k: v for k, v in found.items() if k not in own}
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

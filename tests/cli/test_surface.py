@@ -21,6 +21,10 @@ SURFACE = {
     "generate": (["run_dir"], ["--device", "--prompt", "--repetition-penalty", "--seed",
                                "--temperature", "--tokens", "--top-k", "--top-p"]),  # fmt: skip
     "list": ([], []),
+    "eval": (["subject"], ["--batch-size", "--data", "--device", "--eval-rows", "--grad-clip",
+                           "--grid", "--heads", "--layers", "--lr", "--max-bytes", "--no-progress",
+                           "--out", "--seed", "--seq-len", "--set", "--steps", "--task", "--vocab",
+                           "--weight-decay"]),  # fmt: skip
     "viz": (["spec"], ["--expand", "--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
 }
 

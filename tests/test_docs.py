@@ -57,7 +57,7 @@ def test_the_tutorial_spec_compiles_and_streams():
 # Every fenced block of the README and docs/*.md is checked by its language: python blocks run
 # (in a scratch folder holding the small trained runs they name), bash and console command lines
 # parse with the real CLI parser (or name a file, module or tool that exists), json lines and
-# yaml blocks parse. Unlabelled blocks are text by convention (diagrams, math, file trees); a
+# yaml blocks parse. Unlabelled and `text` blocks are prose (diagrams, math, file trees); a
 # block in any other language fails the test rather than being skipped.
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

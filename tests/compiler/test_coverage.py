@@ -1,0 +1,235 @@
+"""Every construct of the spec language is lowered or rejected, never ignored (issue 8).
+
+The test walks the pydantic schema from `Spec` (fields of every model reachable through
+discriminated unions, lists, dicts and Optionals, and every value of every Literal) and asks
+the table in `coverage_cases.py` for a case per item: a small spec with and without the
+construct, and what must happen (the compiled model differs in its forward pass, its initial
+parameters, or after a few outer-optimizer steps; or `validate` rejects it at a position).
+A new schema field without a case fails `test_every_schema_item_has_a_case`, naming it.
+
+DESIGN.md, "Semantics that must be exact": "A construct is lowered or rejected with a position,
+never ignored."
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal, get_args, get_origin
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+import nestdsl
+from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
+from nestdsl.spec.schema import Spec
+from tests.compiler.coverage_cases import BASES, CASES, Case
+
+# Fields that document or name things and change no computation, with the reason.
+EXEMPT = {
+    "Spec.name": "the spec's name: run folders, `show`, checkpoints' identity",
+    "Spec.description": "documentation",
+    "Level.description": "documentation",
+    "Memory.description": "documentation",
+    "Block.name": "labels the block's layers in `show` and `viz`",
+}
+# Containers: what they hold is covered item by item (their kinds, fields and values).
+CONTAINERS = {
+    "Spec.levels": "every Level field",
+    "Spec.memories": "every Memory field",
+    "Spec.embed": "Embed.vocab, Embed.dim",
+    "Spec.blocks": "every Block field",
+    "Spec.head": "Head.norm, Head.tied",
+    "Block.nodes": "every op's fields",
+    "Level.optimizer": "AdamW / M3 / DeltaMomentum, each field",
+    "Memory.structure": "each structure kind and field",
+    "Memory.objective": "each objective kind and field",
+    "Memory.init": "each init kind and field",
+    "Memory.reset": "each reset kind and field",
+}
+# Constructs that validate but change nothing. Each entry FAILS its case on purpose (so CI
+# shows it) until the construct gets a consumer or a rejection; then delete the entry.
+KNOWN_IGNORED = {
+    "SequenceReset.kind": "`reset: sequence` and `reset: never` compile to the same module: "
+    "nothing in compiler/ or nestdsl/train reads the reset kind (only viz/timeline.py does); "
+    "whether state crosses sequences is the train loop's --carry-state, for all memories at once",
+    "NeverReset.kind": "as SequenceReset.kind",
+}
+
+B, T = 2, 40  # T crosses the chunk boundaries of the bases' 8- and 16-token levels
+STEPS = 3  # outer steps for `trains`: Adam's first step is sign(g) whatever its betas
+
+
+# ---------------------------------------------------------------- the schema walk
+
+
+def _leaves(annotation):
+    """The models, Literals and plain types (int, str, ...) inside an annotation, through
+    unions, lists, dicts and Annotated; `None` of an Optional is no leaf."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        yield from _leaves(get_args(annotation)[0])
+    elif origin is Literal:
+        yield annotation
+    elif annotation is type(None):
+        return
+    elif isinstance(annotation, type) and origin is None:
+        yield annotation
+    else:
+        for arg in get_args(annotation):
+            yield from _leaves(arg)
+
+
+def schema_items(root: type[BaseModel] = Spec) -> list[str]:
+    """`Model.field` for every field, `Model.field=value` for every value of a many-valued
+    Literal. A field that is only such a Literal is covered by its values alone."""
+    items: list[str] = []
+    seen: set[type] = set()
+    todo = [root]
+    while todo:
+        model = todo.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            leaves = list(_leaves(info.annotation))
+            literals = [leaf for leaf in leaves if get_origin(leaf) is Literal]
+            values = [v for lit in literals for v in get_args(lit)]
+            todo += [leaf for leaf in leaves if isinstance(leaf, type) and issubclass(leaf, BaseModel)]
+            only_values = len(values) > 1 and len(literals) == len(leaves)
+            if not only_values:
+                items.append(f"{model.__name__}.{name}")
+            if len(values) > 1:
+                items += [f"{model.__name__}.{name}={v}" for v in values]
+    return items
+
+
+ITEMS = schema_items()
+CHECKED = [i for i in ITEMS if i not in EXEMPT and i not in CONTAINERS]
+
+
+def test_every_schema_item_has_a_case():
+    missing = [i for i in CHECKED if i not in CASES]
+    assert not missing, f"schema items without a coverage case (coverage_cases.py): {missing}"
+
+
+def test_no_case_or_exemption_is_stale():
+    """A case for an item the schema no longer has would hide a rename."""
+    stale = sorted(set(CASES) - set(ITEMS)) + sorted((set(EXEMPT) | set(CONTAINERS)) - set(ITEMS))
+    assert not stale, f"cases or exemptions for items not in the schema: {stale}"
+    assert not set(KNOWN_IGNORED) - set(CASES)
+
+
+def test_the_walk_reaches_every_part_of_the_language():
+    for item in ("Spec.dims", "Level.every=never", "M3.ns_kind=cubic", "LevelReset.level",
+                 "Unary.op=neg", "Linear.then=mamba_decay", "Learned.per=scalar", "BiasInit.init"):
+        assert item in ITEMS, item
+
+
+# ---------------------------------------------------------------- building and comparing
+
+
+@functools.cache
+def _checked(base: str, overrides: tuple[str, ...]):
+    return nestdsl.check_text(BASES[base], f"<{base}>", list(overrides))
+
+
+@functools.cache
+def _reference(base: str, before: tuple[str, ...]):
+    """A compiled reference model (float64, seed 0) and its outputs, cached across cases."""
+    model = _build(_checked(base, before))
+    with torch.no_grad():
+        logits, state = model(_tokens())
+    return model, logits, state
+
+
+def _build(checked):
+    torch.manual_seed(0)
+    return nestdsl.compile(checked).double()
+
+
+@functools.cache
+def _tokens() -> torch.Tensor:
+    return torch.randint(0, 32, (B, T), generator=torch.Generator().manual_seed(1))
+
+
+def _load_matching(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy `source`'s tensors into `model` wherever names and shapes match."""
+    mine = model.state_dict()
+    same = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that differ between two name -> tensor maps (missing ones too)."""
+    out = sorted(set(a) ^ set(b))
+    for name in set(a) & set(b):
+        x, y = a[name], b[name]
+        if x.shape != y.shape or not torch.allclose(x.double(), y.double(), rtol=1e-9, atol=1e-12):
+            out.append(name)
+    return out
+
+
+def _train(model: torch.nn.Module, checked) -> torch.Tensor:
+    """STEPS outer steps on fixed tokens with the spec's optimizers; the logits after them."""
+    configs = {
+        name: optimizer_settings(level.optimizer.model_dump(mode="json"))
+        for name, level in checked.spec.levels.items()
+        if level.every == "step" and level.optimizer is not None
+    }
+    optimizers = build_level_optimizers(model, configs, build_optimizer)
+    tokens = _tokens()
+    for _ in range(STEPS):
+        optimizers.zero_grad()
+        logits, _ = model(tokens)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizers.step()
+    with torch.no_grad():
+        return model(tokens)[0]
+
+
+def observe(case: Case) -> str:
+    """Run a case; a sentence saying what was seen (empty when nothing changed)."""
+    before = case.before
+    variant_overrides = (*before, *case.variant)
+    if case.outcome == "rejected":
+        try:
+            _checked(case.other or case.base, variant_overrides)
+        except nestdsl.SpecError as err:
+            unpositioned = [d for d in err.diagnostics if d.pos is None or d.pos.line < 1]
+            assert not unpositioned, f"diagnostics without a position: {unpositioned}"
+            return f"rejected: {err.diagnostics[0].code}"
+        return ""
+    checked = _checked(case.other or case.base, variant_overrides)
+    if case.outcome == "init":
+        reference = _build(_checked(case.base, before))
+        changed = _differences(reference.state_dict(), _build(checked).state_dict())
+        return f"initial parameters differ: {changed}" if changed else ""
+    reference, ref_logits, ref_state = _reference(case.base, before)
+    model = _build(checked)
+    _load_matching(model, reference)
+    if case.outcome == "trains":
+        trained_ref = _build(_checked(case.base, before))
+        _load_matching(trained_ref, reference)
+        a, b = _train(trained_ref, _checked(case.base, before)), _train(model, checked)
+        return "logits differ after training" if _differences({"l": a}, {"l": b}) else ""
+    assert case.outcome == "differs", case.outcome
+    with torch.no_grad():
+        logits, state = model(_tokens())
+    changed = _differences({"logits": ref_logits, **ref_state}, {"logits": logits, **state})
+    return f"differs in {changed}" if changed else ""
+
+
+@pytest.mark.parametrize("item", CHECKED)
+def test_construct_has_a_consumer(item):
+    if item not in CASES:
+        pytest.fail(f"no coverage case for {item} (see test_every_schema_item_has_a_case)")
+    case = CASES[item]
+    seen = observe(case)
+    if item in KNOWN_IGNORED:
+        if seen:
+            pytest.fail(f"{item} now has a consumer ({seen}): delete it from KNOWN_IGNORED")
+        pytest.fail(f"known ignored construct {item}: {KNOWN_IGNORED[item]}")
+    assert seen, f"{item}: validates, but the model is the same with and without it ({case})"

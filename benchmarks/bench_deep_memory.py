@@ -22,7 +22,13 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from nestdsl.kernels.deep_memory import MemoryStructure, deep_memory, init_params, initial_weights
+from nestdsl.kernels.deep_memory import (
+    DeepMemoryOptions,
+    MemoryStructure,
+    deep_memory,
+    init_params,
+    initial_weights,
+)
 from nestdsl.kernels.titans_linear import titans_linear_chunk, titans_linear_naive
 
 CHUNK = 16
@@ -82,14 +88,8 @@ def ops(H: int, D: int) -> dict[str, tuple[Callable, Callable]]:
         return lambda x: fn(*x.values(), chunk_size=CHUNK)
 
     def mlp(backend, rule):
-        return lambda x: deep_memory(
-            *x.values(),
-            weights,
-            structure=structure,
-            rule=rule,
-            chunk_size=CHUNK,
-            backend=backend,
-        )
+        options = DeepMemoryOptions(structure, rule=rule, chunk_size=CHUNK)
+        return lambda x: deep_memory(*x.values(), weights, options, backend=backend)
 
     return {
         "titans_linear": (titans(titans_linear_chunk), titans(titans_linear_naive)),

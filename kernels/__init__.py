@@ -6,10 +6,11 @@ Conventions follow flash-linear-attention: q, k `[B, T, H, K]`, v `[B, T, H, V]`
 """
 
 from nestdsl.kernels.api import delta_rule, gated_delta_rule, linear_attention, softmax_attention
-from nestdsl.kernels.deep_memory import MemoryStructure, deep_memory
+from nestdsl.kernels.deep_memory import DeepMemoryOptions, MemoryStructure, deep_memory
 from nestdsl.kernels.titans_linear import titans_linear
 
 __all__ = [
+    "DeepMemoryOptions",
     "MemoryStructure",
     "deep_memory",
     "delta_rule",

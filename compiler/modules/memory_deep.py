@@ -10,9 +10,10 @@ computes exactly what one pass computes.
 from __future__ import annotations
 
 import torch
-from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
+    DeepMemoryOptions,
     MemoryStructure,
     deep_memory,
     init_params,
@@ -50,12 +51,27 @@ def structure_of(plan, key_dim: int) -> MemoryStructure:
                            activation=st.activation, residual=st.residual, norm=st.norm)  # fmt: skip
 
 
+class Constants(nn.Module):
+    """A list of constant tensors that follow the module's device and dtype (not saved)."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(str(i), t, persistent=False)
+
+    def __iter__(self):
+        return iter(self._buffers.values())
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 class WeightsMemory(MemoryModule):
     """A memory with per-head weight matrices `[H, out, in]`: its initial (or only) state."""
 
     def __init__(self, plan):
         super().__init__(plan)
-        self.structure = structure_of(plan, mapped_dim(self.fm, self.degree, plan.key_dim))
+        self.structure = structure_of(plan, self.lowered.key_dim)
         init = plan.memory.init
         if isinstance(init, ZerosInit):
             start = [torch.zeros(plan.heads, o, i) for o, i in self.structure.shapes()]
@@ -64,11 +80,12 @@ class WeightsMemory(MemoryModule):
                      for o, i in self.structure.shapes()]  # fmt: skip
         else:
             start = init_params(self.structure, plan.heads)
-        learned = isinstance(init, LearnedInit) or not isinstance(plan.every, int)
-        frozen = plan.every == "never"
-        self.initial = nn.ParameterList(
-            nn.Parameter(w, requires_grad=learned and not frozen) for w in start
-        )
+        if isinstance(init, LearnedInit) or not isinstance(plan.every, int):
+            frozen = plan.every == "never"
+            self.initial = nn.ParameterList(nn.Parameter(w, requires_grad=not frozen)
+                                            for w in start)  # fmt: skip
+        else:  # a constant start (zeros, identity) is part of the spec, not a parameter
+            self.initial = Constants(start)
 
     def initial_weights(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
         return initial_weights([w.to(like.dtype) for w in self.initial], batch)
@@ -112,26 +129,36 @@ class DeepMemory(WeightsMemory):
     def __init__(self, plan):
         super().__init__(plan)
         mem = plan.memory
-        self.rule = mem.rule.kind
-        if self.rule == "dgd" and mem.rule.momentum is not None:
-            self.rule = "dgd_momentum"
         if mem.normalize:
             raise CompileError(f"memory `{plan.decl}`: `normalize` is lowered for memories "
                                "updated every token without retention (linear attention)")  # fmt: skip
-        ret = mem.retention
-        self.retention = {KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2")
-        self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0
-        self.kl_scale = ret.scale if isinstance(ret, KLRetention) else 1.0
-        obj = mem.objective
-        self.objective = "huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind
-        self.p = obj.p if isinstance(obj, LpObjective) else 3.0
-        self.chunk = plan.chunk
-        self.ns = (mem.rule.ns_steps, mem.rule.ns_kind) if self.rule == "muon" else (5, "quintic")
-        self.window = mem.window.tokens if mem.window is not None else 1
+        rule = mem.rule.kind
+        if rule == "dgd" and mem.rule.momentum is not None:
+            rule = "dgd_momentum"
+        ret, obj = mem.retention, mem.objective
+        window = mem.window.tokens if mem.window is not None else 1
         # The kernel takes one Huber threshold for a whole window; the spec checks keep it a
-        # constant there (or absent: 1).
-        self.window_delta = float(getattr(obj, "delta", 1.0)) if self.window > 1 else None
-        self.dgd_step = getattr(mem.rule, "step", "explicit")
+        # constant there (or absent: 1). Without a window the threshold is a per-token gate.
+        self.options = DeepMemoryOptions(
+            structure=self.structure,
+            objective="huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind,
+            p=obj.p if isinstance(obj, LpObjective) else 3.0,
+            delta=float(getattr(obj, "delta", 1.0)) if window > 1 else 1.0,
+            rule=rule,
+            dgd_step=getattr(mem.rule, "step", "explicit"),
+            ns_steps=mem.rule.ns_steps if rule == "muon" else 5,
+            ns_kind=mem.rule.ns_kind if rule == "muon" else "quintic",
+            retention={KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2"),
+            q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
+            kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
+            chunk_size=plan.chunk,
+            window=window,
+        )
+        # Read by the span and state methods of this class.
+        o = self.options
+        self.rule, self.retention, self.q_norm, self.kl_scale = (
+            o.rule, o.retention, o.q_norm, o.kl_scale)  # fmt: skip
+        self.chunk, self.window = o.chunk_size, o.window
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
@@ -156,16 +183,14 @@ class DeepMemory(WeightsMemory):
                                       scale=1.0, initial_state=S0, initial_momentum=M0,
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
-        omega = {}
-        if self.plan.memory.window is not None:
-            delta = delta if self.window_delta is None else self.window_delta
-            omega = {"window": self.window, "gamma": gamma, "window_prefix": prefix}
-        return deep_memory(q, k, v, theta, eta, alpha, weights, structure=self.structure,
-                           objective=self.objective, p=self.p, delta=delta, rule=self.rule,
-                           retention=self.retention, q_norm=self.q_norm,
-                           kl_scale=self.kl_scale, read=order, chunk_size=self.chunk,
-                           momentum=momentum, output_final_state=True, ns_steps=self.ns[0],
-                           ns_kind=self.ns[1], dgd_step=self.dgd_step, **omega)  # fmt: skip
+        if self.plan.memory.window is None:
+            return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
+                               momentum=momentum, output_final_state=True, delta=delta)  # fmt: skip
+        # An Omega window: its token weights and earlier tokens; over more than one token the
+        # Huber threshold is the constant options.delta.
+        return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
+                           momentum=momentum, output_final_state=True, gamma=gamma,
+                           delta=delta if self.window == 1 else None, window_prefix=prefix)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
         k, v = self.write_inputs(env)

@@ -1,22 +1,21 @@
 """Deep in-context memories (Titans LMM, Hope, Miras): MLP memories learned in context.
 
-``deep_memory(q, k, v, theta, eta, alpha, weights, *, structure, objective='l2', p=3.0,
-delta=1.0, rule='gd', retention='l2', q_norm=4.0, kl_scale=1.0, read='write_then_read',
-chunk_size=16, momentum=None, output_final_state=False, ns_steps=5, ns_kind='quintic',
-window=1, gamma=None, window_prefix=None, dgd_step='explicit', backend=None)`` returns
-``(o, final_state)``: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum
-decay), alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in]
-(logits for kl, ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional
-initial momentum list (rules 'momentum' and 'muon'; ``ns_steps`` and ``ns_kind`` are the
-Newton-Schulz iteration of 'muon'; ``window`` > 1 is the Omega rule (Atlas eq. 9): each
-update fits the last ``window`` tokens weighted by ``gamma`` [B, T, H] (default 1), with
-``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the first
-one, which must start a chunk); ``dgd_step='proximal'`` gives the dgd rules the exact
-minimizer's step ``theta / (1 + theta ||a||^2)`` per layer (NL eq. 57); ``final_state = (weights, momentum or None)`` when
+``deep_memory(q, k, v, theta, eta, alpha, weights, options, *, read='write_then_read',
+momentum=None, output_final_state=False, delta=None, gamma=None, window_prefix=None,
+backend=None)`` returns ``(o, final_state)``. ``options`` is a :class:`DeepMemoryOptions`:
+every static choice (structure, objective and its constants, rule and its constants,
+retention and its constants, chunk size, Omega window length). The per-token tensors stay
+arguments: q, k [B, T, H, d_in]; v [B, T, H, d_out]; theta (step), eta (momentum decay),
+alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in] (logits for kl,
+``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional initial momentum list
+(rules with momentum); ``delta`` [B, T, H] a per-token Huber threshold (Yaad's delta_t;
+``None``: ``options.delta``); ``gamma`` [B, T, H] the Omega window's token weights (default
+1) and ``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the
+first one, which must start a chunk. ``final_state = (weights, momentum or None)`` when
 ``output_final_state`` else None. ``backend`` is 'chunk' (dual form), 'naive' (per-token
 loop with autograd gradients) or None: the kernel dispatcher's choice (``backend=``, then
-``use_backend``, then ``NESTDSL_KERNEL_BACKEND``, then automatic). Semantics and derivations:
-README.md.
+``use_backend``, then ``NESTDSL_KERNEL_BACKEND``, then automatic). Semantics and
+derivations: README.md.
 """
 
 from __future__ import annotations
@@ -29,13 +28,11 @@ from ..dispatch import resolve
 from .chunk import deep_memory_chunk
 from .naive import deep_memory_naive
 from .objectives import OBJECTIVES
+from .options import MOMENTUM_RULES, READS, RULES, DeepMemoryOptions, check_inputs
 from .retention import RETENTIONS, visible_weights
 from .structure import (
     ACTIVATIONS,
-    MOMENTUM_RULES,
     NORMS,
-    READS,
-    RULES,
     MemoryStructure,
     init_params,
     initial_weights,
@@ -52,55 +49,24 @@ def deep_memory(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     weights: Sequence[torch.Tensor],
+    options: DeepMemoryOptions,
     *,
-    structure: MemoryStructure,
-    objective: str = "l2",
-    p: float = 3.0,
-    delta: float | torch.Tensor = 1.0,
-    rule: str = "gd",
-    retention: str = "l2",
-    q_norm: float = 4.0,
-    kl_scale: float = 1.0,
     read: str = "write_then_read",
-    chunk_size: int = 16,
     momentum: Sequence[torch.Tensor] | None = None,
     output_final_state: bool = False,
-    ns_steps: int = 5,
-    ns_kind: str = "quintic",
-    window: int = 1,
+    delta: torch.Tensor | None = None,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
-    dgd_step: str = "explicit",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
+    check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
+                 delta=delta, gamma=gamma, window_prefix=window_prefix)  # fmt: skip
     return resolve("deep_memory", q.device, backend)(
-        q,
-        k,
-        v,
-        theta,
-        eta,
-        alpha,
-        weights,
-        structure=structure,
-        objective=objective,
-        p=p,
-        delta=delta,
-        rule=rule,
-        retention=retention,
-        q_norm=q_norm,
-        kl_scale=kl_scale,
-        read=read,
-        chunk_size=chunk_size,
-        momentum=momentum,
-        output_final_state=output_final_state,
-        ns_steps=ns_steps,
-        ns_kind=ns_kind,
-        window=window,
-        gamma=gamma,
+        q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
+        output_final_state=output_final_state, delta=delta, gamma=gamma,
         window_prefix=window_prefix,
-        dgd_step=dgd_step,
-    )
+    )  # fmt: skip
 
 
 __all__ = [
@@ -111,6 +77,7 @@ __all__ = [
     "READS",
     "RETENTIONS",
     "RULES",
+    "DeepMemoryOptions",
     "MemoryStructure",
     "deep_memory",
     "deep_memory_chunk",

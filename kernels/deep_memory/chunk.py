@@ -20,7 +20,6 @@ Python loops run over chunks and layers, never over tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from .muon import muon_chunk
 from .objectives import objective_grad
+from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors
 from .recurrence import (
     ChunkCoefficients,
     apply_rows,
@@ -37,14 +37,7 @@ from .recurrence import (
     read_rows,
 )
 from .retention import visible_weights
-from .structure import (
-    MOMENTUM_RULES,
-    MemoryStructure,
-    check_inputs,
-    forward_layers,
-    layer_errors,
-    memory_forward,
-)
+from .structure import forward_layers, layer_errors, memory_forward
 from .window import band, extend
 
 
@@ -62,57 +55,17 @@ def _dual_read(
     return apply_rows(coefs[i], rows, states[i], moms[i], inputs[i], drives[i], r)
 
 
-def deep_memory_chunk(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    theta: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    *,
-    structure: MemoryStructure,
-    objective: str = "l2",
-    p: float = 3.0,
-    delta: float | torch.Tensor = 1.0,
-    rule: str = "gd",
-    retention: str = "l2",
-    q_norm: float = 4.0,
-    kl_scale: float = 1.0,
-    read: str = "write_then_read",
-    chunk_size: int = 16,
-    momentum: Sequence[torch.Tensor] | None = None,
-    output_final_state: bool = False,
-    ns_steps: int = 5,
-    ns_kind: str = "quintic",
-    window: int = 1,
-    gamma: torch.Tensor | None = None,
-    window_prefix: Sequence[torch.Tensor] | None = None,
-    dgd_step: str = "explicit",
-) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
-    """Chunk form of ``deep_memory`` (same contract as the loop form, see the package doc)."""
-    check_inputs(
-        structure,
-        q,
-        k,
-        v,
-        (theta, eta, alpha),
-        weights,
-        momentum,
-        rule=rule,
-        read=read,
-        objective=objective,
-        retention=retention,
-        chunk_size=chunk_size,
-        p=p,
-        window=window,
-        gamma=gamma,
-        window_prefix=window_prefix,
-        delta=delta,
-        dgd_step=dgd_step,
-    )
+def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                      weights: Tensors, options: DeepMemoryOptions, *, read: str = "write_then_read",
+                      momentum: Tensors | None = None, output_final_state: bool = False,
+                      delta: Tensor | None = None, gamma: Tensor | None = None,
+                      window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+    """The chunk-parallel form of :func:`deep_memory` (the package doc gives the contract;
+    the public function has checked the arguments)."""
+    o = options
+    structure, rule, window = o.structure, o.rule, o.window
     B, T, H, _ = q.shape
-    C = chunk_size
+    C = o.chunk_size
     N = -(-T // C)
     pad = N * C - T
 
@@ -129,7 +82,7 @@ def deep_memory_chunk(
 
     qc = chunked(q)
     # A per-token Huber threshold [B, T, H] is chunked like the gates (padding never writes).
-    dc = chunked_gate(delta, 1.0) if torch.is_tensor(delta) else None
+    dc = chunked_gate(delta, 1.0) if delta is not None else None
     gates = chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0)
     # The tokens each chunk learns from: its own, plus the window - 1 before it (window.py).
     pre = window - 1
@@ -148,18 +101,18 @@ def deep_memory_chunk(
     # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon and dgd's
     # proximal step build their own per chunk.
     coef_all = None
-    if rule != "muon" and dgd_step != "proximal":
+    if rule != "muon" and o.dgd_step != "proximal":
         coef_all = chunk_coefficients(*gates, rule)
         coef_all = coef_all.windowed(mix) if pre else coef_all
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
+        return [visible_weights(s, o.retention, o.q_norm, o.kl_scale) for s in states]
 
     state = list(weights)  # L x [B, H, out, in]
     mom: list[torch.Tensor] | None = None
-    if rule in MOMENTUM_RULES:
+    if o.has_momentum:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
-    per_token_read = retention == "l2" and read != "chunk_start"
+    per_token_read = o.retention == "l2" and read != "chunk_start"
     outs = []
     for n in range(N):
         q_n = qc[:, :, n]  # [B, H, C, D]
@@ -168,8 +121,8 @@ def deep_memory_chunk(
 
         # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
         y, cache = memory_forward(structure, frozen, k_n)
-        d_n = delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
-        dy = objective_grad(y, v_n, objective, p, d_n)
+        d_n = o.delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
+        dy = objective_grad(y, v_n, o.objective, o.p, d_n)
         errors = layer_errors(structure, frozen, cache, dy if g_n is None else g_n[..., None] * dy)
         inputs = cache.inputs  # L x [B, H, C, in]
         # 2. the rule: how each token's weights read, and the state after the last real token.
@@ -177,7 +130,7 @@ def deep_memory_chunk(
         if rule == "muon":
             gates_n = [g[:, :, n] for g in gates]
             apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
-                                             ns_steps, ns_kind, mix)  # fmt: skip
+                                             o.ns_steps, o.ns_kind, mix)  # fmt: skip
         else:
             coef = None if coef_all is None else coef_all.chunk(n)
             gates_n = None if coef_all is not None else [g[:, :, n] for g in gates]

@@ -21,75 +21,34 @@ Reads follow README.md §4. Slow on purpose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from ..newton_schulz import newton_schulz
 from .objectives import objective_loss
+from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors
 from .retention import visible_weights
-from .structure import MOMENTUM_RULES, MemoryStructure, check_inputs, memory_forward
+from .structure import memory_forward
 from .window import extend
 
 
-def deep_memory_naive(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    theta: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    *,
-    structure: MemoryStructure,
-    objective: str = "l2",
-    p: float = 3.0,
-    delta: float | torch.Tensor = 1.0,
-    rule: str = "gd",
-    retention: str = "l2",
-    q_norm: float = 4.0,
-    kl_scale: float = 1.0,
-    read: str = "write_then_read",
-    chunk_size: int = 16,
-    momentum: Sequence[torch.Tensor] | None = None,
-    output_final_state: bool = False,
-    ns_steps: int = 5,
-    ns_kind: str = "quintic",
-    window: int = 1,
-    gamma: torch.Tensor | None = None,
-    window_prefix: Sequence[torch.Tensor] | None = None,
-    dgd_step: str = "explicit",
-) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
-    """Loop form of ``deep_memory`` (same contract as the chunk form, see the package doc)."""
-    check_inputs(
-        structure,
-        q,
-        k,
-        v,
-        (theta, eta, alpha),
-        weights,
-        momentum,
-        rule=rule,
-        read=read,
-        objective=objective,
-        retention=retention,
-        chunk_size=chunk_size,
-        p=p,
-        window=window,
-        gamma=gamma,
-        window_prefix=window_prefix,
-        delta=delta,
-        dgd_step=dgd_step,
-    )
+def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                      weights: Tensors, options: DeepMemoryOptions, *, read: str = "write_then_read",
+                      momentum: Tensors | None = None, output_final_state: bool = False,
+                      delta: Tensor | None = None, gamma: Tensor | None = None,
+                      window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+    """The loop form of :func:`deep_memory`: the oracle (arguments checked by the caller)."""
+    o = options
+    structure, rule, window, chunk_size, retention = (
+        o.structure, o.rule, o.window, o.chunk_size, o.retention)  # fmt: skip
     T = q.shape[1]
     k_ext, v_ext, g_ext = extend(k, v, gamma, window, window_prefix)  # token t at t + window - 1
     state = list(weights)  # L x [B, H, out, in]
     mom = None
-    if rule in MOMENTUM_RULES:
+    if o.has_momentum:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [visible_weights(s, retention, q_norm, kl_scale) for s in states]
+        return [visible_weights(s, retention, o.q_norm, o.kl_scale) for s in states]
 
     def read_out(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return memory_forward(structure, ws, x.unsqueeze(-2))[0].squeeze(-2)  # [B, H, d_out]
@@ -97,7 +56,7 @@ def deep_memory_naive(
     def window_loss(ws, x: torch.Tensor, target: torch.Tensor, d, g) -> torch.Tensor:
         y, _ = memory_forward(structure, ws, x)
         # Summing over (B, H) is harmless: every sequence and head has its own weights.
-        return (g * objective_loss(y, target, objective, p, d)).sum()
+        return (g * objective_loss(y, target, o.objective, o.p, d)).sum()
 
     outs = []
     for t in range(T):
@@ -106,7 +65,7 @@ def deep_memory_naive(
         q_t = q[:, t]  # [B, H, D]
         k_w, v_w = k_ext[:, t : t + window].transpose(1, 2), v_ext[:, t : t + window].transpose(1, 2)
         g_w = g_ext[:, t : t + window].transpose(1, 2)  # [B, H, window]: tokens t-c+1 .. t
-        d_t = delta[:, t, :, None, None] if torch.is_tensor(delta) else delta  # [B, H, 1, 1]
+        d_t = o.delta if delta is None else delta[:, t, :, None, None]  # float or [B, H, 1, 1]
         grads = torch.func.grad(window_loss)(frozen, k_w, v_w, d_t, g_w)  # L x [B, H, out, in]
         k_t = k[:, t, :, None, :]  # [B, H, 1, D]
         th = theta[:, t, :, None, None]  # [B, H, 1, 1]
@@ -120,7 +79,7 @@ def deep_memory_naive(
             new_state, new_mom = [], []
             for i, (W, G, a) in enumerate(zip(state, grads, cache.inputs, strict=True)):
                 step = th  # [B, H, 1, 1]; the proximal step shrinks it by the input's norm
-                if dgd_step == "proximal":
+                if o.dgd_step == "proximal":
                     step = th / (1.0 + th * a.square().sum(-1, keepdim=True))
                 a_col = a.transpose(-1, -2)  # [B, H, in, 1]
                 if rule == "dgd":
@@ -133,7 +92,7 @@ def deep_memory_naive(
             state, mom = new_state, (new_mom or mom)
         elif rule == "muon":
             mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]
-            state = [keep * W - th * newton_schulz(S, ns_steps, ns_kind)
+            state = [keep * W - th * newton_schulz(S, o.ns_steps, o.ns_kind)
                      for W, S in zip(state, mom, strict=True)]  # fmt: skip
         elif rule == "momentum":
             mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]

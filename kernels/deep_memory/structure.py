@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .objectives import OBJECTIVES
-from .retention import RETENTIONS
-
 ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 NORMS = ("layernorm", "none")
 LN_EPS = 1e-5
@@ -230,87 +227,3 @@ def layer_errors(
         g = (g @ weights[i + 1]) * activation_grad(act, cache.preacts[i])
         deltas.append(g)
     return deltas[::-1]
-
-
-RULES = ("gd", "momentum", "dgd", "dgd_momentum", "muon")
-MOMENTUM_RULES = ("momentum", "dgd_momentum", "muon")  # rules that carry a momentum state
-READS = ("write_then_read", "read_then_write", "chunk_start")
-
-
-def check_inputs(
-    structure: MemoryStructure,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Sequence[torch.Tensor],
-    weights: Sequence[torch.Tensor],
-    momentum: Sequence[torch.Tensor] | None,
-    *,
-    rule: str,
-    read: str,
-    objective: str,
-    retention: str,
-    chunk_size: int,
-    p: float,
-    window: int = 1,
-    gamma: torch.Tensor | None = None,
-    window_prefix: Sequence[torch.Tensor] | None = None,
-    delta: float | torch.Tensor = 1.0,
-    dgd_step: str = "explicit",
-) -> None:
-    """Shape / option checks shared by the loop and chunk forms of ``deep_memory``."""
-    if not isinstance(structure, MemoryStructure):
-        raise TypeError(f"structure must be a MemoryStructure, got {type(structure).__name__}")
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"q, k must share a [B, T, H, d_in] shape, got {q.shape}, {k.shape}")
-    B, T, H, D = q.shape
-    if D != structure.d_in or tuple(v.shape) != (B, T, H, structure.d_out):
-        raise ValueError(
-            f"expected q, k [B, T, H, {structure.d_in}] and v [B, T, H, {structure.d_out}], "
-            f"got {tuple(q.shape)}, {tuple(v.shape)}"
-        )
-    for gate in gates:
-        if tuple(gate.shape) != (B, T, H):
-            raise ValueError(f"gates must be [B, T, H] = {(B, T, H)}, got {tuple(gate.shape)}")
-    shapes = [(B, H, o, i) for o, i in structure.shapes()]
-    for name, states in (("weights", weights), ("momentum", momentum)):
-        if states is None:
-            continue
-        got = [tuple(w.shape) for w in states]
-        if got != shapes:
-            raise ValueError(f"{name} must have shapes {shapes}, got {got}")
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if read not in READS:
-        raise ValueError(f"read must be one of {READS}, got {read!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if retention not in RETENTIONS:
-        raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
-    if momentum is not None and rule not in MOMENTUM_RULES:
-        raise ValueError(f"an initial momentum is only used by rules with momentum, got {rule!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    if p <= 1.0:
-        raise ValueError(f"the lp objective needs p > 1, got {p}")
-    if dgd_step not in ("explicit", "proximal"):
-        raise ValueError(f"dgd_step must be 'explicit' or 'proximal', got {dgd_step!r}")
-    if dgd_step == "proximal" and not rule.startswith("dgd"):
-        raise ValueError(f"dgd_step='proximal' is a step of the dgd rules, not of {rule!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if window > 1 and rule.startswith("dgd"):
-        raise ValueError(f"rule={rule!r} is its own (delta-rule) objective; it takes no window")
-    if window > 1 and torch.is_tensor(delta):
-        raise ValueError("a per-token Huber delta is not supported with window > 1")
-    if gamma is not None and tuple(gamma.shape) != (B, T, H):
-        raise ValueError(f"gamma must be [B, T, H] = {(B, T, H)}, got {tuple(gamma.shape)}")
-    if window_prefix is not None:
-        kp, vp, gp = window_prefix
-        P = kp.shape[1]
-        if P > window - 1 or tuple(kp.shape) != (B, P, H, D) or tuple(vp.shape) != (
-            B, P, H, structure.d_out) or tuple(gp.shape) != (B, P, H):  # fmt: skip
-            raise ValueError(
-                f"window_prefix must be (k [B, P, H, {D}], v [B, P, H, {structure.d_out}], "
-                f"gamma [B, P, H]) with P <= window - 1 = {window - 1}"
-            )

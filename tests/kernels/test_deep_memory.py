@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from nestdsl.kernels.deep_memory import (
     ACTIVATIONS,
+    MOMENTUM_RULES,
+    DeepMemoryOptions,
     MemoryStructure,
     deep_memory,
     init_params,
@@ -15,7 +17,7 @@ from nestdsl.kernels.deep_memory import (
     matrix_memory,
 )
 from nestdsl.kernels.deep_memory.objectives import objective_grad, objective_loss
-from nestdsl.kernels.deep_memory.structure import MOMENTUM_RULES, layer_errors, memory_forward
+from nestdsl.kernels.deep_memory.structure import layer_errors, memory_forward
 
 from .helpers import assert_close
 
@@ -27,6 +29,19 @@ GATED = MemoryStructure(4, 4, depth=2, expansion=2, activation="silu", gated=Tru
 DEEP = MemoryStructure(4, 3, depth=3, expansion=2, activation="relu", residual=False)
 TANH = MemoryStructure(4, 4, depth=2, expansion=1, activation="tanh", norm="layernorm")
 MATRIX = matrix_memory(4, 3)
+
+
+# Keywords of the call itself; every other keyword of ``call`` is a DeepMemoryOptions field.
+CALL_ARGS = ("read", "momentum", "output_final_state", "gamma", "window_prefix", "backend")
+
+
+def call(*tensors, structure, delta=None, **kw):
+    """``deep_memory`` with its options given as keywords, as the tests vary them one by one;
+    a float ``delta`` is the options' constant Huber threshold, a tensor the per-token one."""
+    fields = {n: kw.pop(n) for n in list(kw) if n not in CALL_ARGS}
+    if delta is not None and not torch.is_tensor(delta):
+        fields["delta"], delta = delta, None
+    return deep_memory(*tensors, DeepMemoryOptions(structure, **fields), delta=delta, **kw)
 
 
 def make_inputs(structure, B, T, H, seed=0, momentum=False, window=1, prefix=0):
@@ -68,7 +83,7 @@ def run(inputs, dtype, structure, backend, seed=1, **kw):
         kw["gamma"] = leaves["gamma"]
     if "Pk" in leaves:
         kw["window_prefix"] = (leaves["Pk"], leaves["Pv"], leaves["Pg"])
-    o, (Ws, Ss) = deep_memory(
+    o, (Ws, Ss) = call(
         *(leaves[n] for n in ("q", "k", "v", *GATES)),
         initial_weights(params, B),
         structure=structure,
@@ -191,7 +206,7 @@ def test_matrix_memory_gd_is_delta_rule():
     inputs = make_inputs(MATRIX, 2, 21, 3, seed=3)
     q, k, v, theta, eta = (inputs[n] for n in ("q", "k", "v", "theta", "eta"))
     S0 = torch.randn(2, 3, 4, 3, dtype=torch.float64)
-    o, (Ws, _) = deep_memory(
+    o, (Ws, _) = call(
         q,
         k,
         v,
@@ -217,7 +232,7 @@ def test_matrix_memory_dot_is_linear_attention():
     q, k, v = (inputs[n] for n in ("q", "k", "v"))
     ones = torch.ones(2, 21, 3, dtype=torch.float64)
     S0 = torch.randn(2, 3, 4, 3, dtype=torch.float64)
-    o, (Ws, _) = deep_memory(
+    o, (Ws, _) = call(
         q * 4**-0.5,
         k,
         v,
@@ -244,7 +259,7 @@ def test_matrix_memory_dgd_is_gated_delta_rule():
     inputs = make_inputs(MATRIX, 2, 21, 3, seed=9)
     q, k, v, theta, eta, alpha = (inputs[n] for n in ("q", "k", "v", *GATES))
     S0 = torch.randn(2, 3, 4, 3, dtype=torch.float64)
-    o, (Ws, _) = deep_memory(
+    o, (Ws, _) = call(
         q,
         k,
         v,
@@ -316,7 +331,7 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
     def seq(x):
         return x.reshape(1, 2, 1, -1)
 
-    o, (Ws, Ss) = deep_memory(
+    o, (Ws, Ss) = call(
         seq(q),
         seq(k),
         seq(v),
@@ -354,9 +369,9 @@ def test_streaming_equals_one_call(structure, kw):
     W0 = initial_weights([inputs[f"W{i}"] for i in range(len(structure.shapes()))], 2)
     mom = [inputs[n] for n in inputs if n.startswith("S")] or None
     common = dict(structure=structure, chunk_size=4, output_final_state=True, **kw)
-    o, (W, S) = deep_memory(*seq, W0, momentum=mom, **common)
-    o1, (W1, S1) = deep_memory(*(x[:, :12] for x in seq), W0, momentum=mom, **common)
-    o2, (W2, S2) = deep_memory(*(x[:, 12:] for x in seq), W1, momentum=S1, **common)
+    o, (W, S) = call(*seq, W0, momentum=mom, **common)
+    o1, (W1, S1) = call(*(x[:, :12] for x in seq), W0, momentum=mom, **common)
+    o2, (W2, S2) = call(*(x[:, 12:] for x in seq), W1, momentum=S1, **common)
     assert_close("streamed o", o, torch.cat([o1, o2], dim=1), 1e-12)
     for i, (a, b) in enumerate(zip(W, W2, strict=True)):
         assert_close(f"streamed W{i}", a, b, 1e-12)
@@ -374,16 +389,16 @@ def test_omega_streaming_carries_the_window(rule):
     W0 = initial_weights([inputs[f"W{i}"] for i in range(len(BASE.shapes()))], 2)
     mom = [inputs[n] for n in inputs if n.startswith("S")] or None
     common = dict(structure=BASE, chunk_size=4, output_final_state=True, window=4, rule=rule)
-    o, (W, _) = deep_memory(*seq, W0, momentum=mom, gamma=gamma, **common)
-    o1, (W1, S1) = deep_memory(*(x[:, :12] for x in seq), W0, momentum=mom,
+    o, (W, _) = call(*seq, W0, momentum=mom, gamma=gamma, **common)
+    o1, (W1, S1) = call(*(x[:, :12] for x in seq), W0, momentum=mom,
                                gamma=gamma[:, :12], **common)  # fmt: skip
     prefix = (inputs["k"][:, 9:12], inputs["v"][:, 9:12], gamma[:, 9:12])
     rest = [x[:, 12:] for x in seq]
-    o2, (W2, _) = deep_memory(*rest, W1, momentum=S1, gamma=gamma[:, 12:],
+    o2, (W2, _) = call(*rest, W1, momentum=S1, gamma=gamma[:, 12:],
                               window_prefix=prefix, **common)  # fmt: skip
     assert_close("omega streamed o", o, torch.cat([o1, o2], dim=1), 1e-12)
     assert_close("omega streamed W0", W[0], W2[0], 1e-12)
-    o2_cold, _ = deep_memory(*rest, W1, momentum=S1, gamma=gamma[:, 12:], **common)
+    o2_cold, _ = call(*rest, W1, momentum=S1, gamma=gamma[:, 12:], **common)
     assert (o2_cold - o2).abs().max() > 1e-6  # the window really reaches back
 
 
@@ -397,7 +412,7 @@ def test_omega_window_sums_the_gradients_of_its_tokens():
     gamma = torch.tensor([[[0.9], [0.5], [0.7]]], dtype=torch.float64)
     W = torch.randn(1, 1, 3, 3, generator=gen, dtype=torch.float64)
     zeros = torch.zeros_like(theta)
-    o, (Ws, _) = deep_memory(k, k, v, theta, zeros, zeros, [W], structure=structure,
+    o, (Ws, _) = call(k, k, v, theta, zeros, zeros, [W], structure=structure,
                              chunk_size=1, window=2, gamma=gamma, output_final_state=True)  # fmt: skip
     M = W[0, 0]
     for t in range(3):
@@ -449,19 +464,19 @@ def test_argument_checks():
     seq = [inputs[n] for n in ("q", "k", "v", *GATES)]
     W0 = initial_weights([inputs["W0"], inputs["W1"]], 1)
     with pytest.raises(ValueError, match="rule"):
-        deep_memory(*seq, W0, structure=BASE, rule="adam")
+        call(*seq, W0, structure=BASE, rule="adam")
     with pytest.raises(ValueError, match="read"):
-        deep_memory(*seq, W0, structure=BASE, read="never")
+        call(*seq, W0, structure=BASE, read="never")
     with pytest.raises(ValueError, match="weights"):
-        deep_memory(*seq, W0[:1], structure=BASE)
+        call(*seq, W0[:1], structure=BASE)
     with pytest.raises(ValueError, match="momentum"):
-        deep_memory(*seq, W0, structure=BASE, rule="gd", momentum=W0)
+        call(*seq, W0, structure=BASE, rule="gd", momentum=W0)
     with pytest.raises(ValueError, match="objective"):
-        deep_memory(*seq, W0, structure=BASE, objective="cosine")
+        call(*seq, W0, structure=BASE, objective="cosine")
     with pytest.raises(ValueError, match="retention"):
-        deep_memory(*seq, W0, structure=BASE, retention="l1")
+        call(*seq, W0, structure=BASE, retention="l1")
     with pytest.raises(ValueError, match="backend"):
-        deep_memory(*seq, W0, structure=BASE, backend="triton")
+        call(*seq, W0, structure=BASE, backend="triton")
     with pytest.raises(ValueError, match="gated"):
         MemoryStructure(4, 4, depth=3, gated=True)
     with pytest.raises(ValueError, match="residual"):
@@ -481,7 +496,7 @@ def test_data_dependent_huber_threshold_matches_the_loop(objective):
     weights = [w.double() for w in initial_weights(init_params(st, H), B)]
     results = []
     for backend in ("chunk", "naive"):
-        o, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st, objective=objective,
+        o, _ = call(q, k, v, theta, eta, alpha, weights, structure=st, objective=objective,
                            delta=delta, rule="momentum", chunk_size=4, output_final_state=True,
                            backend=backend)  # fmt: skip
         results.append((o, torch.autograd.grad((o * o).sum(), [delta, k, v])))
@@ -490,7 +505,7 @@ def test_data_dependent_huber_threshold_matches_the_loop(objective):
     for name, a, b in zip(("d delta", "d k", "d v"), g_n, g_c):
         assert_close(name, a, b, 1e-9)
     # A smaller threshold clips more: the output really depends on delta.
-    o_small, _ = deep_memory(q, k, v, theta, eta, alpha, weights, structure=st,
+    o_small, _ = call(q, k, v, theta, eta, alpha, weights, structure=st,
                              objective=objective, delta=delta * 0.1, rule="momentum",
                              chunk_size=4)  # fmt: skip
     assert (o_small - o_c).abs().max() > 1e-6
@@ -522,7 +537,7 @@ def test_proximal_dgd_is_the_exact_minimizer_of_nl_eq_57():
     theta = torch.tensor([[[0.3], [0.9], [0.5], [1.5]]], dtype=torch.float64)
     W0 = torch.randn(1, 1, 2, 3, generator=gen, dtype=torch.float64)
     zeros = torch.zeros_like(theta)
-    o, (Ws, _) = deep_memory(k, k, v, theta, zeros, zeros, [W0], structure=structure, rule="dgd",
+    o, (Ws, _) = call(k, k, v, theta, zeros, zeros, [W0], structure=structure, rule="dgd",
                              chunk_size=1, dgd_step="proximal", output_final_state=True)  # fmt: skip
     W = W0[0, 0]
     for t in range(4):

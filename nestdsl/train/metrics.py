@@ -183,8 +183,19 @@ class TensorBoardLog:
 
 
 def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Write a PNG of the run (matplotlib, Agg, no pyplot state): train and validation loss on
-    top, the learning rate and the gradient norm below, resumes as dashed lines."""
+    """Write the run's figure (`loss_figure`) as a PNG, atomically."""
+    figure = loss_figure(records, title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    try:
+        write_file_atomically(Path(path), buffer.getvalue())
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def loss_figure(records: list[dict], title: str = ""):
+    """The run as a matplotlib Figure (Agg, no pyplot state): train and validation loss on top,
+    the learning rate and the gradient norm below, resumes as dashed lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -234,9 +245,4 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    try:
-        write_file_atomically(Path(path), buffer.getvalue())
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return figure

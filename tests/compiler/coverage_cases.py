@@ -10,6 +10,8 @@ exist together (a prefix needs its persistent tokens and its drop). The expected
 - `init`:     the initial parameters differ (same seed, nothing loaded): initialization fields;
 - `trains`:   after a few outer-optimizer steps the logits differ (optimizer settings, frozen
               levels, stop-gradient writes, learned initial states that start equal);
+- `learned`:  a `{kind: learned, init: c}` step size or gate computes what the constant `c`
+              does, and after a few outer steps it no longer does (it is a trained parameter);
 - `rejected`: `check_text` raises a SpecError whose diagnostics all carry a position.
 """
 
@@ -124,8 +126,7 @@ PREFIX = CACHE.replace(
     "      h: {op: rmsnorm, in: s}\n",
 ).replace(
     "      y: {op: linear, in: o, out: d_model}\n",
-    "      od: {op: drop_prefix, in: o, of: s}\n"
-    "      y: {op: linear, in: od, out: d_model}\n",
+    "      od: {op: drop_prefix, in: o, of: s}\n      y: {op: linear, in: od, out: d_model}\n",
 )
 
 # A CMS memory: an MLP trained in context by the model's own loss (NL eq. 71).
@@ -163,6 +164,7 @@ class Case:
     outcome: str = "differs"
     before: tuple[str, ...] = ()
     other: str | None = None  # the variant's base text, when it is not `base`
+    code: str | None = None  # `rejected`: the diagnostic code that must be among the errors
 
 
 def case(base: str, *variant: str, outcome: str = "differs", before=(), other=None) -> Case:
@@ -180,8 +182,9 @@ def inserted(op: str) -> tuple[str, ...]:
     return (f"{N}.z={op}", f"{N}.x1.in=[x, z]")
 
 
-def rejected(base: str, *variant: str, before=()) -> Case:
-    return case(base, *variant, outcome="rejected", before=before)
+def rejected(code: str, base: str, *variant: str, before=()) -> Case:
+    """`validate` refuses the construct with diagnostic `code` (a wrong size, a missing rule)."""
+    return Case(base, tuple(variant), "rejected", tuple(before), None, code)
 
 
 def trains(base: str, *variant: str, before=()) -> Case:
@@ -190,8 +193,19 @@ def trains(base: str, *variant: str, before=()) -> Case:
 
 def optimizer(kind: str, *variant: str) -> Case:
     """An outer-optimizer setting: the same spec trained a few steps with and without it."""
-    return trains("matrix", *variant, before=(f"{OPT}={{kind: {kind}, frequency: 2}}"
-                                              if kind == "m3" else f"{OPT}={{kind: {kind}}}",))
+    return trains(
+        "matrix",
+        *variant,
+        before=(
+            f"{OPT}={{kind: {kind}, frequency: 2}}" if kind == "m3" else f"{OPT}={{kind: {kind}}}",
+        ),
+    )
+
+
+def learned(base: str, path: str, value: float, before=()) -> Case:
+    """A step size or gate as `{kind: learned, init: value}` against the constant `value`."""
+    return Case(base, (f"{path}={{kind: learned, init: {value}}}",), "learned",
+                (*before, f"{path}={value}"))  # fmt: skip
 
 
 def enum_cases(item: str, base: str, path: str, values, fmt=str, before=()) -> dict[str, Case]:
@@ -208,9 +222,11 @@ def enum_cases(item: str, base: str, path: str, values, fmt=str, before=()) -> d
 UNARY = ["silu", "gelu", "relu", "sigmoid", "logsigmoid", "softplus", "tanh", "l2norm", "neg"]
 POSTOPS = [*UNARY, "short_conv", "rmsnorm", "mamba_decay"]
 
+# A table: one line per construct where it fits, so the formatter leaves it as written.
+# fmt: off
 CASES: dict[str, Case] = {
     # ------------------------------------------------------------ the spec, levels, wiring
-    "Spec.nestdsl": rejected("matrix", "nestdsl=2"),
+    "Spec.nestdsl": rejected("version", "matrix", "nestdsl=2"),
     "Spec.dims": case("matrix", "dims.d_head=4"),
     "Level.every": case("matrix", "levels.token.every=4"),
     "Level.every=step": trains(
@@ -223,9 +239,9 @@ CASES: dict[str, Case] = {
                 "blocks.0.level=extra"),
     ),
     "Embed.vocab": case("matrix", "embed.vocab=48"),
-    "Embed.dim": rejected("matrix", "embed.dim=8"),
+    "Embed.dim": rejected("dim-mismatch", "matrix", "embed.dim=8"),
     "Block.repeat": case("matrix", "blocks.0.repeat=2"),
-    "Block.input": rejected("matrix", "blocks.0.input=z"),
+    "Block.input": rejected("dangling-ref", "matrix", "blocks.0.input=z"),
     "Block.level": trains("matrix", "blocks.0.level=extra", before=("levels.extra={every: never}",)),
     "Block.out": case("matrix", "blocks.0.out=h"),
     **enum_cases("Head.norm", "matrix", "head.norm", ["rmsnorm", "layernorm", "none"]),
@@ -257,7 +273,7 @@ CASES: dict[str, Case] = {
     "Memory.level": case("matrix", f"{MEM}.level=chunk"),
     "Memory.keys": case("matrix", f"{MEM}.keys=q"),
     "Memory.values": case("matrix", f"{MEM}.values=q"),
-    "Memory.rule": rejected("matrix", f"{MEM}.rule=null"),
+    "Memory.rule": rejected("missing-key", "matrix", f"{MEM}.rule=null"),
     "Memory.retention": case("matrix", f"{MEM}.retention={{kind: l2, forget: 0.2}}"),
     "Memory.feature_map": case("matrix", f"{MEM}.feature_map=relu"),
     "Memory.window": case("deep", f"{MEM}.window={{tokens: 2}}"),
@@ -269,12 +285,12 @@ CASES: dict[str, Case] = {
     # ------------------------------------------------------------ structures
     "MatrixStructure.kind": case("matrix", f"{MEM}.structure={MATRIX_STRUCT}",
                                  before=(f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}",)),
-    "MatrixStructure.heads": rejected("matrix", f"{MEM}.structure={{kind: matrix, heads: 1, key_dim: 16, value_dim: 16}}"),
-    "MatrixStructure.key_dim": rejected("matrix", f"{MEM}.structure.key_dim=4"),
-    "MatrixStructure.value_dim": rejected("matrix", f"{MEM}.structure.value_dim=4"),
+    "MatrixStructure.heads": rejected("dim-mismatch", "matrix", f"{MEM}.structure={{kind: matrix, heads: 1, key_dim: 16, value_dim: 16}}"),
+    "MatrixStructure.key_dim": rejected("dim-mismatch", "matrix", f"{MEM}.structure.key_dim=4"),
+    "MatrixStructure.value_dim": rejected("dim-mismatch", "matrix", f"{MEM}.structure.value_dim=4"),
     "MLPStructure.kind": case("matrix", f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}"),
-    "MLPStructure.heads": rejected("deep", f"{MEM}.structure={{kind: mlp, heads: 1, dim: 16, expansion: 2}}"),
-    "MLPStructure.dim": rejected("deep", f"{MEM}.structure.dim=4"),
+    "MLPStructure.heads": rejected("dim-mismatch", "deep", f"{MEM}.structure={{kind: mlp, heads: 1, dim: 16, expansion: 2}}"),
+    "MLPStructure.dim": rejected("dim-mismatch", "deep", f"{MEM}.structure.dim=4"),
     "MLPStructure.depth": case("deep", f"{MEM}.structure.depth=3"),
     "MLPStructure.expansion": case("deep", f"{MEM}.structure.expansion=3"),
     "MLPStructure.residual": case("deep", f"{MEM}.structure.residual=false"),
@@ -285,17 +301,17 @@ CASES: dict[str, Case] = {
     **{f"GatedMLPStructure.{k}": case("deep", f"{MEM}.structure.{k}={v}",
                                       before=(f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",))
        for k, v in [("expansion", 2), ("residual", "false")]},
-    "GatedMLPStructure.heads": rejected("deep", f"{MEM}.structure={{kind: gated_mlp, heads: 1, dim: 16}}",
+    "GatedMLPStructure.heads": rejected("dim-mismatch", "deep", f"{MEM}.structure={{kind: gated_mlp, heads: 1, dim: 16}}",
                                     before=(f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",)),
-    "GatedMLPStructure.dim": rejected("deep", f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: 4}}"),
+    "GatedMLPStructure.dim": rejected("dim-mismatch", "deep", f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: 4}}"),
     **enum_cases("GatedMLPStructure.activation", "deep", f"{MEM}.structure.activation",
                  ["gelu", "silu", "relu", "tanh"],
                  before=(f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",)),
     "CacheStructure.kind": case("matrix", f"{MEM}.structure={{kind: cache, heads: n_heads, key_dim: d_head, value_dim: d_head}}",
                                 f"{MEM}.objective=softmax", f"{MEM}.rule=null"),
-    "CacheStructure.heads": rejected("cache", "memories.A.structure={kind: cache, heads: 1, key_dim: 16, value_dim: 16}"),
-    "CacheStructure.key_dim": rejected("cache", "memories.A.structure.key_dim=4"),
-    "CacheStructure.value_dim": rejected("cache", "memories.A.structure.value_dim=4"),
+    "CacheStructure.heads": rejected("dim-mismatch", "cache", "memories.A.structure={kind: cache, heads: 1, key_dim: 16, value_dim: 16}"),
+    "CacheStructure.key_dim": rejected("dim-mismatch", "cache", "memories.A.structure.key_dim=4"),
+    "CacheStructure.value_dim": rejected("dim-mismatch", "cache", "memories.A.structure.value_dim=4"),
     "CacheStructure.window": case("cache", "memories.A.structure.window=4"),
     "CacheStructure.sinks": case("cache", "memories.A.structure.sinks=2",
                                  before=("memories.A.structure.window=4",)),
@@ -380,10 +396,29 @@ CASES: dict[str, Case] = {
     **{f"Learned.per={per}": case("matrix", f"{MEM}.rule.lr.per={per}", outcome="init",
                                   before=(f"{MEM}.rule.lr={{kind: learned, init: 0.3, per: {o}}}",))
        for per, o in [("head", "scalar"), ("scalar", "head")]},
+    # ------------------------------------------------------------ learned step sizes and gates
+    # (values exact in float32: a learned value is made in float32 before `.double()`)
+    "GDRule.lr:learned": learned("deep", f"{MEM}.rule.lr", 0.125),
+    **{f"{rule}.{field}:learned": learned("deep", f"{MEM}.rule.{field}", value,
+                                          before=(f"{MEM}.rule={{kind: {kind}, lr: 0.125, momentum: 0.5}}",))
+       for rule, kind in [("MomentumRule", "momentum"), ("DGDRule", "dgd"), ("MuonRule", "muon")]
+       for field, value in [("lr", 0.125), ("momentum", 0.5)]},
+    "HuberObjective.delta:learned": learned("deep", f"{MEM}.objective.delta", 0.0625,
+                                            before=(f"{MEM}.objective={{kind: huber, delta: 0.0625}}",)),
+    "L2Retention.forget:learned": learned("deep", f"{MEM}.retention.forget", 0.125,
+                                          before=(f"{MEM}.retention={{kind: l2, forget: 0.125}}",)),
+    "L2Retention.log_decay:learned": learned("deep", f"{MEM}.retention.log_decay", -0.125,
+                                             before=(f"{MEM}.retention={{kind: l2, log_decay: -0.125}}",)),
+    "KLRetention.forget:learned": learned("deep", f"{MEM}.retention.forget", 0.125,
+                                          before=(f"{MEM}.retention={{kind: kl, forget: 0.125}}",)),
+    "LqRetention.forget:learned": learned("deep", f"{MEM}.retention.forget", 0.125,
+                                          before=(f"{MEM}.retention={{kind: lq, forget: 0.125}}",)),
+    "Window.weight:learned": learned("deep", f"{MEM}.window.weight", 0.5,
+                                     before=(f"{MEM}.window={{tokens: 4, weight: 0.5}}",)),
     # ------------------------------------------------------------ block ops
     "Linear.op": case("matrix", *inserted("{op: linear, in: y, out: d_model}")),
     "Linear.in_": case("matrix", f"{N}.v.in=x"),
-    "Linear.out": rejected("matrix", f"{N}.y.out=8"),
+    "Linear.out": rejected("dim-mismatch", "matrix", f"{N}.y.out=8"),
     "Linear.bias": trains("matrix", f"{N}.y.bias=true"),
     "BiasInit.init": case("matrix", f"{N}.y.bias={{init: 0.5}}", outcome="init",
                           before=(f"{N}.y.bias=true",)),
@@ -419,13 +454,13 @@ CASES: dict[str, Case] = {
     "WithPrefix.op": case("cache", other="prefix"),
     "DropPrefix.op": case("cache", other="prefix"),
     "Persistent.tokens": case("prefix", f"{N}.p.tokens=3"),
-    "Persistent.dim": rejected("prefix", f"{N}.p.dim=8"),
+    "Persistent.dim": rejected("dim-mismatch", "prefix", f"{N}.p.dim=8"),
     "WithPrefix.in_": case("prefix", f"{N}.s.in=x0", before=(f"{N}.x0={{op: rmsnorm, in: x}}",)),
     "WithPrefix.prefix": case("prefix", f"{N}.s.prefix=[p, p2]",
                               before=(f"{N}.p2={{op: persistent, tokens: 1, dim: d_model}}",)),
     "WithPrefix.segment": case("prefix", f"{N}.s.segment=chunk"),
     "DropPrefix.in_": case("prefix", f"{N}.od.in=v"),
-    "DropPrefix.of": rejected("prefix", f"{N}.od.of=q"),
+    "DropPrefix.of": rejected("dangling-ref", "prefix", f"{N}.od.of=q"),
     "Aggregate.op": case("matrix", f"{N}.z={{op: aggregate, in: [x, y], mode: mean}}", "blocks.0.out=z"),
     "Aggregate.in_": case("matrix", f"{N}.z.in=[x, y, y]",
                           before=(f"{N}.z={{op: aggregate, in: [x, y], mode: mean}}", "blocks.0.out=z")),
@@ -435,3 +470,4 @@ CASES: dict[str, Case] = {
                                               "blocks.0.out=z"))
        for mode, o in [("sum", "mean"), ("mean", "sum"), ("learned", "sum")]},
 }
+# fmt: on

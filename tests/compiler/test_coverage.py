@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 import nestdsl
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
+from nestdsl.spec.common import Learned
 from nestdsl.spec.schema import Spec
 from tests.compiler.coverage_cases import BASES, CASES, Case
 
@@ -83,7 +84,8 @@ def _leaves(annotation):
 
 def schema_items(root: type[BaseModel] = Spec) -> list[str]:
     """`Model.field` for every field, `Model.field=value` for every value of a many-valued
-    Literal. A field that is only such a Literal is covered by its values alone."""
+    Literal (a field that is only such a Literal is covered by its values alone), and
+    `Model.field:learned` for every step size or gate that may be `{kind: learned}`."""
     items: list[str] = []
     seen: set[type] = set()
     todo = [root]
@@ -96,12 +98,16 @@ def schema_items(root: type[BaseModel] = Spec) -> list[str]:
             leaves = list(_leaves(info.annotation))
             literals = [leaf for leaf in leaves if get_origin(leaf) is Literal]
             values = [v for lit in literals for v in get_args(lit)]
-            todo += [leaf for leaf in leaves if isinstance(leaf, type) and issubclass(leaf, BaseModel)]
+            todo += [
+                leaf for leaf in leaves if isinstance(leaf, type) and issubclass(leaf, BaseModel)
+            ]
             only_values = len(values) > 1 and len(literals) == len(leaves)
             if not only_values:
                 items.append(f"{model.__name__}.{name}")
             if len(values) > 1:
                 items += [f"{model.__name__}.{name}={v}" for v in values]
+            if Learned in leaves and model is not Learned:
+                items.append(f"{model.__name__}.{name}:learned")
     return items
 
 
@@ -122,8 +128,16 @@ def test_no_case_or_exemption_is_stale():
 
 
 def test_the_walk_reaches_every_part_of_the_language():
-    for item in ("Spec.dims", "Level.every=never", "M3.ns_kind=cubic", "LevelReset.level",
-                 "Unary.op=neg", "Linear.then=mamba_decay", "Learned.per=scalar", "BiasInit.init"):
+    for item in (
+        "Spec.dims",
+        "Level.every=never",
+        "M3.ns_kind=cubic",
+        "LevelReset.level",
+        "Unary.op=neg",
+        "Linear.then=mamba_decay",
+        "Learned.per=scalar",
+        "BiasInit.init",
+    ):
         assert item in ITEMS, item
 
 
@@ -142,6 +156,14 @@ def _reference(base: str, before: tuple[str, ...]):
     with torch.no_grad():
         logits, state = model(_tokens())
     return model, logits, state
+
+
+@functools.cache
+def _trained_reference(base: str, before: tuple[str, ...]) -> torch.Tensor:
+    """The reference's logits after STEPS outer steps (the reference itself stays untouched)."""
+    model = _build(_checked(base, before))
+    _load_matching(model, _reference(base, before)[0])
+    return _train(model, _checked(base, before))
 
 
 def _build(checked):
@@ -200,7 +222,10 @@ def observe(case: Case) -> str:
         except nestdsl.SpecError as err:
             unpositioned = [d for d in err.diagnostics if d.pos is None or d.pos.line < 1]
             assert not unpositioned, f"diagnostics without a position: {unpositioned}"
-            return f"rejected: {err.diagnostics[0].code}"
+            codes = [d.code for d in err.diagnostics]
+            # A typo in the case (an override of a missing key) must not pass as a rejection.
+            assert case.code in codes, f"rejected, but with {codes}, not `{case.code}`: {err}"
+            return f"rejected: {case.code}"
         return ""
     checked = _checked(case.other or case.base, variant_overrides)
     if case.outcome == "init":
@@ -211,14 +236,19 @@ def observe(case: Case) -> str:
     model = _build(checked)
     _load_matching(model, reference)
     if case.outcome == "trains":
-        trained_ref = _build(_checked(case.base, before))
-        _load_matching(trained_ref, reference)
-        a, b = _train(trained_ref, _checked(case.base, before)), _train(model, checked)
-        return "logits differ after training" if _differences({"l": a}, {"l": b}) else ""
-    assert case.outcome == "differs", case.outcome
+        trained = _trained_reference(case.base, before)
+        changed = _differences({"logits": trained}, {"logits": _train(model, checked)})
+        return "logits differ after training" if changed else ""
     with torch.no_grad():
         logits, state = model(_tokens())
     changed = _differences({"logits": ref_logits, **ref_state}, {"logits": logits, **state})
+    if case.outcome == "learned":
+        # A learned value computes what its initial constant does, until the outer level trains it.
+        assert not changed, f"a learned value differs from its initial constant in {changed}"
+        trained = _trained_reference(case.base, before)
+        moved = _differences({"logits": trained}, {"logits": _train(model, checked)})
+        return "the learned value trains" if moved else ""
+    assert case.outcome == "differs", case.outcome
     return f"differs in {changed}" if changed else ""
 
 

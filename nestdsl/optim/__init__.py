@@ -1,6 +1,6 @@
 """Outer optimizers for training compiled models, built from a spec's optimizer config dict.
 
-`build_optimizer(params, config)` takes the dict a spec's `outer_optimizer()` returns, e.g.
+`build_optimizer(params, config)` takes the dict of one trained level's `optimizer:`, e.g.
 `{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}` or
 `{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}` or
 `{"kind": "delta_momentum", "lr": 3e-4, "momentum": 0.9, "forget": 1.0}`.

@@ -14,7 +14,7 @@ from nestdsl.errors import SpecError, UserError
 from nestdsl.optim import DeltaMomentum, build_optimizer, optimizer_settings
 from nestdsl.spec.schema import DeltaMomentum as DeltaMomentumSpec
 from nestdsl.spec.shipped import read_spec
-from nestdsl.train import train
+from nestdsl.train import spec_source, train
 from nestdsl.train.metrics import read_metrics
 
 
@@ -145,12 +145,14 @@ def test_training_the_toy_model_lowers_the_loss(tmp_path, corpus):
     }
 
 
-def test_a_spec_with_delta_momentum_builds_it():
+def test_a_spec_with_delta_momentum_builds_it(tmp_path):
     text = read_spec("transformer")[0].decode()
     old = "optimizer: {kind: adamw, lr: 2.0e-3, weight_decay: 0.1}"
     assert old in text
     new = "optimizer: {kind: delta_momentum, lr: 0.05, forget: 0.5, weight_decay: 0.1}"
-    config = nestdsl.check_text(text.replace(old, new), "t.yaml").outer_optimizer()
+    spec = tmp_path / "t.yaml"
+    spec.write_text(text.replace(old, new))
+    (config,) = spec_source(str(spec)).trained_levels().values()  # what train builds
     assert config == {
         "kind": "delta_momentum",
         "lr": 0.05,

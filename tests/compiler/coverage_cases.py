@@ -471,3 +471,55 @@ CASES: dict[str, Case] = {
        for mode, o in [("sum", "mean"), ("mean", "sum"), ("learned", "sum")]},
 }
 # fmt: on
+
+# ---------------------------------------------------------------- constructs x memory kinds
+# The table above covers each field where it matters most; a construct may still be ignored on
+# another kind of memory (an initial state for a cache, an expansion for a one-layer MLP).
+# Each memory construct on each kind of memory must change the model or be rejected.
+SETUPS = {  # name -> (base, memory, overrides that make this kind of memory)
+    "matrix@chunk": ("matrix", "M", ("memories.M.level=chunk",)),
+    "mlp@token": ("deep", "M", ("levels.token={every: 1}", "memories.M.level=token")),
+    "gated_mlp@chunk": (
+        "deep",
+        "M",
+        (f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",),
+    ),
+    "mlp(depth=1)@chunk": ("deep", "M", (f"{MEM}.structure.depth=1",)),
+    "cache@token": ("cache", "A", ()),
+    "task@cms": ("cms", "C", ()),
+}
+CONSTRUCTS = {  # name -> overrides ({m}: the memory's path), and whether it shows in training only
+    "feature_map=relu": (("{m}.feature_map=relu",), "differs"),
+    "window": (("{m}.window={{tokens: 2}}",), "differs"),
+    "retention=l2": (("{m}.retention={{kind: l2, forget: 0.2}}",), "differs"),
+    "retention=kl": (("{m}.retention={{kind: kl, forget: 0.2}}",), "differs"),
+    "rule=dgd": (("{m}.rule={{kind: dgd, lr: 0.3}}",), "differs"),
+    "objective=dot": (("{m}.objective=dot",), "differs"),
+    "init=identity": (("{m}.init=identity",), "differs"),
+    "init=learned": (("{m}.init={{kind: learned}}",), "trains"),
+    "init=zeros": (("{m}.init=zeros",), "differs"),
+    "reset=level": (
+        ("levels.slow={{every: 16}}", "{m}.reset={{kind: level, level: slow}}"),
+        "differs",
+    ),
+    "write=stop_gradient": (("{m}.write=stop_gradient",), "trains"),
+    "structure.expansion": (("{m}.structure.expansion=3",), "differs"),
+    "structure.activation": (("{m}.structure.activation=tanh",), "differs"),
+    "structure.residual": (("{m}.structure.residual=false",), "differs"),
+}
+# Pairs where the construct is the setup's own choice already (nothing to switch on).
+NOOP = {
+    ("matrix@chunk", "init=zeros"),
+    ("cache@token", "init=zeros"),
+    ("task@cms", "init=learned"),
+    ("task@cms", "structure.residual"),
+} | {(s, "init=learned") for s in ("mlp@token", "gated_mlp@chunk", "mlp(depth=1)@chunk")}
+
+GRID: dict[str, Case] = {
+    f"{setup}+{name}": Case(
+        base, tuple(o.format(m=f"memories.{mem}") for o in overrides), outcome, before
+    )
+    for setup, (base, mem, before) in SETUPS.items()
+    for name, (overrides, outcome) in CONSTRUCTS.items()
+    if (setup, name) not in NOOP
+}

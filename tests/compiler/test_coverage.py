@@ -6,6 +6,8 @@ the table in `coverage_cases.py` for a case per item: a small spec with and with
 construct, and what must happen (the compiled model differs in its forward pass, its initial
 parameters, or after a few outer-optimizer steps; or `validate` rejects it at a position).
 A new schema field without a case fails `test_every_schema_item_has_a_case`, naming it.
+A second grid puts each memory construct on each kind of memory (matrix on a chunk, MLP per
+token, gated MLP, one-layer MLP, cache, task-loss CMS): lowered, or rejected at a position.
 
 DESIGN.md, "Semantics that must be exact": "A construct is lowered or rejected with a position,
 never ignored."
@@ -25,7 +27,7 @@ import nestdsl
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
 from nestdsl.spec.common import Learned
 from nestdsl.spec.schema import Spec
-from tests.compiler.coverage_cases import BASES, CASES, Case
+from tests.compiler.coverage_cases import BASES, CASES, GRID, Case
 
 # Fields that document or name things and change no computation, with the reason.
 EXEMPT = {
@@ -56,6 +58,15 @@ KNOWN_IGNORED = {
     "nothing in compiler/ or nestdsl/train reads the reset kind (only viz/timeline.py does); "
     "whether state crosses sequences is the train loop's --carry-state, for all memories at once",
     "NeverReset.kind": "as SequenceReset.kind",
+    # A cache starts empty: compiler/modules/memory_kernels.py builds no initial state for it,
+    # and nestdsl/checks/memories.py rejects `rule`/`retention` on a cache but not `init`.
+    "cache@token+init=identity": "a `cache` with `init: identity` validates and is unchanged",
+    "cache@token+init=learned": "a `cache` with `init: {kind: learned}` validates, has no "
+    "initial-state parameter and trains exactly as without it",
+    # A one-layer MLP is `x + W x` (kernels/deep_memory/structure.py: no hidden layer, so no
+    # hidden width and no activation between layers); no check rejects the two settings.
+    "mlp(depth=1)@chunk+structure.expansion": "`expansion` of a `depth: 1` mlp changes nothing",
+    "mlp(depth=1)@chunk+structure.activation": "`activation` of a `depth: 1` mlp changes nothing",
 }
 
 B, T = 2, 40  # T crosses the chunk boundaries of the bases' 8- and 16-token levels
@@ -124,7 +135,7 @@ def test_no_case_or_exemption_is_stale():
     """A case for an item the schema no longer has would hide a rename."""
     stale = sorted(set(CASES) - set(ITEMS)) + sorted((set(EXEMPT) | set(CONTAINERS)) - set(ITEMS))
     assert not stale, f"cases or exemptions for items not in the schema: {stale}"
-    assert not set(KNOWN_IGNORED) - set(CASES)
+    assert not set(KNOWN_IGNORED) - set(CASES) - set(GRID)
 
 
 def test_the_walk_reaches_every_part_of_the_language():
@@ -263,3 +274,20 @@ def test_construct_has_a_consumer(item):
             pytest.fail(f"{item} now has a consumer ({seen}): delete it from KNOWN_IGNORED")
         pytest.fail(f"known ignored construct {item}: {KNOWN_IGNORED[item]}")
     assert seen, f"{item}: validates, but the model is the same with and without it ({case})"
+
+
+@pytest.mark.parametrize("pair", list(GRID))
+def test_memory_construct_on_each_kind_of_memory(pair):
+    """`never ignored` across memory kinds: the model changes, or validate rejects it."""
+    case = GRID[pair]
+    try:
+        _checked(case.base, (*case.before, *case.variant))
+    except nestdsl.SpecError as err:
+        assert all(d.pos is not None and d.pos.line >= 1 for d in err.diagnostics), err
+        return
+    seen = observe(case)
+    if pair in KNOWN_IGNORED:
+        if seen:
+            pytest.fail(f"{pair} now has a consumer ({seen}): delete it from KNOWN_IGNORED")
+        pytest.fail(f"known ignored construct {pair}: {KNOWN_IGNORED[pair]}")
+    assert seen, f"{pair}: validates, but the model is the same with and without it ({case})"

@@ -5,7 +5,8 @@
 - every parameter belongs to a level (blocks name one when there are several step levels);
 - a level that owns (initializes or resets) a memory is slower than the memory's own level,
   and an in-context chunk period divides the period of the level nesting it;
-- a level nothing refers to is reported as a warning.
+- a level nothing refers to is reported as a warning (a trained level other than the first,
+  which owns the embedding, the head and unnamed blocks, trains nothing unless named).
 """
 
 from __future__ import annotations
@@ -110,7 +111,15 @@ def _unused_levels(ctx: CheckContext) -> Iterator[Diagnostic]:
     used |= {b.level for b in spec.blocks}
     used |= {op.segment for b in spec.blocks for op in b.nodes.values()
              if isinstance(op, WithPrefix)}  # fmt: skip
+    trained = [n for n, lv in spec.levels.items() if lv.every == "step" and lv.optimizer]
     for name, level in spec.levels.items():
-        if name not in used and level.every != "step":
+        if name in used:
+            continue
+        if level.every != "step":
             yield ctx.warning("unused-level", f"level `{name}` is used by nothing",
                               ("levels", name), "remove it or put a memory on it")  # fmt: skip
+        elif trained and name != trained[0]:  # the first trained level owns what no one names
+            yield ctx.warning("unused-level",
+                              f"level `{name}` trains nothing: its optimizer would own no parameter",
+                              ("levels", name), "name it in a block's `level:` or an `init: {by:}`, "
+                              "or remove it")  # fmt: skip

@@ -115,3 +115,11 @@ def test_one_lr_flag_does_not_set_two_levels(tmp_path, corpus):
         train(spec_source(str(SPEC)), tiny_config(lr=1e-2), tmp_path / "run", corpus=corpus,
               progress=False)  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_a_trained_level_that_owns_nothing_is_a_warning():
+    text = SPEC.read_text().replace("level: slow", "level: fast")
+    checked = nestdsl.check_text(text, "t.yaml")
+    (warning,) = [w for w in checked.warnings if w.code == "unused-level"]
+    assert "level `slow` trains nothing" in warning.message
+    assert warning.pos.line == next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("  slow:"))

@@ -1,0 +1,46 @@
+"""Titans' deep memories stay stable however large their meta-learned initial weights grow.
+
+The curvature of `1/2 ||M(k) - v||^2` for `M(x) = x + W_1 gelu(W_2 x)` grows with the square of
+the weights, so a fixed inner step (`theta <= 0.02`) that is stable at initialization overshoots
+once the outer loop has grown `M_0` enough, and the in-context state explodes within one
+sequence (nestdsl issue 10: titans-lmm's loss turned NaN at lr 2e-3). The shipped Titans memories
+normalize their output (`norm: layernorm`, TTT's `x + LN(MLP(x))`), which makes the inner step
+scale-free: larger weights give a proportionally smaller update.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nestdsl
+from nestdsl.eval.mqar import MQARShape, mqar_rows
+
+SMALL = ["dims.d_model=32", "dims.n_heads=2", "dims.d_head=16", "dims.n_layers=1"]
+
+
+def state_peak(spec: str, scale: float, extra: list[str] = ()) -> float:
+    """The largest |entry| of the memory state after one MQAR batch, with M_0 scaled."""
+    torch.manual_seed(0)
+    model = nestdsl.compile(nestdsl.load(spec, overrides=[*SMALL, *extra]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".memories.M.initial." in name:
+                p.mul_(scale)
+        tokens, _ = mqar_rows(MQARShape(64, 8, 256), 4, seed=0)
+        _, state = model(tokens)
+    memory = [v for k, v in state.items() if ".M." in k]
+    assert memory, "no memory state returned"
+    peaks = [v.abs().max().item() for v in memory]
+    return float("inf") if any(p != p for p in peaks) else max(peaks)
+
+
+@pytest.mark.parametrize("spec", ["titans-lmm", "titans-mag"])
+def test_shipped_titans_memory_is_stable_at_large_weights(spec):
+    peak = state_peak(spec, 16.0)
+    assert peak < 2 * 16 * state_peak(spec, 1.0)  # grows with the weights, no faster
+
+
+def test_without_the_inner_norm_the_memory_explodes():
+    # The same spec with the norm taken out: the failure the norm prevents.
+    assert state_peak("titans-lmm", 16.0, ["memories.M.structure.norm=none"]) > 1e6

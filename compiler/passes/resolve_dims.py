@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from nestdsl.compiler.plan import Plan
 
+from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.graph.build import outer_level
 from nestdsl.spec.dims import evaluate
+
+LARGEST = 2**31 - 1  # a tensor axis torch indexes with a 32-bit int on every backend
 
 
 def resolve_dims(plan: Plan) -> Plan:
@@ -15,6 +18,18 @@ def resolve_dims(plan: Plan) -> Plan:
     plan.dims = dict(spec.dims)
     plan.d_model = evaluate(spec.embed.dim, plan.dims)
     plan.vocab = evaluate(spec.embed.vocab, plan.dims)
+    # The declared sizes first; a tensor's derived size (`4 * d_model`) only if they fit.
+    sizes = [(("dims", k), v) for k, v in plan.dims.items()]
+    derived = [(("embed", "dim"), plan.d_model), (("embed", "vocab"), plan.vocab)]
+    derived += [(("blocks", b, "nodes", t), n) for b, block in enumerate(spec.blocks)
+                for (name, t), shape in plan.checked.shapes.items()
+                if name == (block.name or f"block{b}") for n in shape]  # fmt: skip
+    for group in (sizes, derived):
+        too_large = [Diagnostic("size", f"size {n:,} is larger than {LARGEST:,}, the largest "
+                                "tensor axis the compiler builds", plan.at(*path))
+                     for path, n in group if n > LARGEST]  # fmt: skip
+        if too_large:
+            raise SpecError(list(dict.fromkeys(too_large)))
     plan.outer = outer_level(spec)
     plan.done.append("resolve_dims")
     return plan

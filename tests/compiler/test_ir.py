@@ -106,3 +106,11 @@ def test_whatever_validates_compiles(name, period, other, T):
     model = nestdsl.compile(checked)
     logits, _ = model(torch.randint(0, checked.plan.vocab, (1, T)))
     assert logits.shape == (1, T, checked.plan.vocab) and torch.isfinite(logits).all()
+
+
+def test_sizes_too_large_to_build_are_rejected_where_declared():
+    """Found by the property test: `vocab: 2**63` validated, then compiling overflowed."""
+    with pytest.raises(SpecError) as err:
+        nestdsl.load("deltanet", ["dims.vocab=9223372036854775808"])
+    assert [d.code for d in err.value.errors] == ["size"]
+    assert err.value.errors[0].pos.file == "--set"

@@ -10,7 +10,7 @@ computes exactly what one pass computes.
 from __future__ import annotations
 
 import torch
-from nestdsl.compiler.modules.memory_base import MemoryModule, mapped_dim
+from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
     DeepMemoryOptions,
@@ -51,12 +51,27 @@ def structure_of(plan, key_dim: int) -> MemoryStructure:
                            activation=st.activation, residual=st.residual, norm=st.norm)  # fmt: skip
 
 
+class Constants(nn.Module):
+    """A list of constant tensors that follow the module's device and dtype (not saved)."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(str(i), t, persistent=False)
+
+    def __iter__(self):
+        return iter(self._buffers.values())
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 class WeightsMemory(MemoryModule):
     """A memory with per-head weight matrices `[H, out, in]`: its initial (or only) state."""
 
     def __init__(self, plan):
         super().__init__(plan)
-        self.structure = structure_of(plan, mapped_dim(self.fm, self.degree, plan.key_dim))
+        self.structure = structure_of(plan, self.lowered.key_dim)
         init = plan.memory.init
         if isinstance(init, ZerosInit):
             start = [torch.zeros(plan.heads, o, i) for o, i in self.structure.shapes()]

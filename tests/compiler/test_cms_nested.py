@@ -4,6 +4,8 @@ in-context level.
 `C1` (every 4) has `init: {kind: learned, by: slow}` (slow: every 8). Its initial state P
 starts each sequence at the outer-trained parameter, takes a step of C1's rule from the task
 gradients summed over each chunk of `slow`, and C1 restarts from it at every `slow` boundary.
+A fixed CMS block `F` (lr 0) every 2 tokens makes the task-loss windows 2 tokens long, so
+every sum runs over several windows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ nestdsl: 1
 name: nested-cms
 dims: {{vocab: 256, d: 6}}
 levels:
+  win: {{every: 2}}
   fast: {{every: 4}}
   slow: {{every: 8}}
   pretrain: {{every: step, optimizer: {{kind: adamw}}}}
@@ -36,12 +39,19 @@ memories:
     objective: task
     rule: {{kind: gd, lr: 0.25}}
     init: learned
+  F:
+    structure: {{kind: mlp, dim: d, expansion: 2}}
+    level: win
+    objective: task
+    rule: {{kind: gd, lr: 0.0}}
+    init: learned
 embed: {{vocab: vocab, dim: d}}
 blocks:
   - nodes:
       c1: {{op: read, memory: C1, query: x, order: chunk_start}}
       c2: {{op: read, memory: C2, query: c1, order: chunk_start}}
-    out: c2
+      f: {{op: read, memory: F, query: c2, order: chunk_start}}
+    out: f
 """
 
 
@@ -63,36 +73,40 @@ def oracle(model, tokens, dgd: bool = False):
     memories = model.layers[0].memories
     C1, C2 = memories["C1"], memories["C2"]
 
+    fixed = [p.detach()[None] for p in memories["F"].initial]
+
     def loss_fn(w1, w2, window):
-        x = model.embed(window[:, :-1]).unsqueeze(2)  # [1, 4, 1, d]
-        y = C2.apply(w2, C1.apply(w1, x))[:, :, 0]
+        x = model.embed(window[:, :-1]).unsqueeze(2)  # [1, 2, 1, d]
+        y = memories["F"].apply(fixed, C2.apply(w2, C1.apply(w1, x)))[:, :, 0]
         logits = model.head(model.norm(y))
         return F.cross_entropy(logits[0], window[0, 1:], reduction="sum")
 
     def inputs(w1, window):  # sum_t a_t a_t^T of C1's two layers
-        a1 = model.embed(window[:, :-1])[0]  # [4, d]
-        a2 = F.gelu(a1 @ w1[0][0, 0].T)  # [4, h]
+        a1 = model.embed(window[:, :-1])[0]  # [2, d]
+        a2 = F.gelu(a1 @ w1[0][0, 0].T)  # [2, h]
         return [a1.T @ a1, a2.T @ a2] if dgd else [0.0, 0.0]
+
+    def add(acc, x):
+        return x if acc is None else [a + b for a, b in zip(acc, x)]
 
     P = [p.detach()[None] for p in C1.initial]
     W1, W2 = list(P), [p.detach()[None] for p in C2.initial]
-    PG = PA = G2 = None
-    for end in range(4, tokens.shape[1], 4):
-        window = tokens[:, end - 4 : end + 1]
+    G1 = A1 = PG = PA = G2 = None
+    for end in range(2, tokens.shape[1], 2):
+        window = tokens[:, end - 2 : end + 1]
         g1, g2 = torch.func.grad(loss_fn, argnums=(0, 1))(W1, W2, window)
         A = inputs(W1, window)
-        PG = g1 if PG is None else [a + b for a, b in zip(PG, g1)]
-        PA = A if PA is None else [a + b for a, b in zip(PA, A)]
-        G2 = g2 if G2 is None else [a + b for a, b in zip(G2, g2)]
-        if end % 8:
-            W1 = [w - 0.5 * g if not dgd else w - 0.05 * (w @ a + g)
-                  for w, g, a in zip(W1, g1, A)]  # fmt: skip
-        else:  # the slow boundary: P learns from the slow chunk; C1 restarts from it
+        G1, A1, PG, PA, G2 = add(G1, g1), add(A1, A), add(PG, g1), add(PA, A), add(G2, g2)
+        if end % 8 == 0:  # the slow boundary: P learns from the slow chunk; C1 restarts from it
             P = [p - 0.5 * g if not dgd else p - 0.05 * (p @ a + g)
                  for p, g, a in zip(P, PG, PA)]  # fmt: skip
             W1 = list(P)
             W2 = [w - 0.25 * g for w, g in zip(W2, G2)]
-            PG = PA = G2 = None
+            G1 = A1 = PG = PA = G2 = None
+        elif end % 4 == 0:
+            W1 = [w - 0.5 * g if not dgd else w - 0.05 * (w @ a + g)
+                  for w, g, a in zip(W1, G1, A1)]  # fmt: skip
+            G1 = A1 = None
     return W1, P, W2
 
 
@@ -100,7 +114,7 @@ def oracle(model, tokens, dgd: bool = False):
                                         ("sequence", DGD)])  # fmt: skip
 def test_nested_cms_matches_the_loop_oracle(reset, rule):
     model = build(reset, rule)
-    tokens = torch.randint(0, 256, (1, 21))  # windows end at 4 .. 20; 5 learned
+    tokens = torch.randint(0, 256, (1, 21))  # windows end at 2 .. 20; 10 learned
     with torch.no_grad():
         _, state = model(tokens)
     W1, P, W2 = oracle(model, tokens, dgd=rule == DGD)

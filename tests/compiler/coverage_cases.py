@@ -523,3 +523,9 @@ GRID: dict[str, Case] = {
     for name, (overrides, outcome) in CONSTRUCTS.items()
     if (setup, name) not in NOOP
 }
+# An MLP memory whose weights all start at zero (`init: zeros`, the schema's default init) has a
+# zero gradient in every layer, so no rule, objective or retention ever moves it: one pair
+# stands for all of them (the gated MLP behaves the same).
+GRID["mlp(init=zeros)@chunk+objective=dot"] = Case(
+    "deep", (f"{MEM}.objective=dot",), "differs", (f"{MEM}.init=zeros",)
+)

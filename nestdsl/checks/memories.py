@@ -43,6 +43,18 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             f"objective `softmax` needs a `cache`, not a `{m.structure.kind}`",
                             path + ("objective",),
                             "use `structure: {kind: cache, ...}` for attention")  # fmt: skip
+        if cache and m.init.kind != "zeros":
+            yield ctx.error("objective-structure",
+                            f"a `cache` starts empty; `init: {m.init.kind}` has nothing to set",
+                            path + ("init",), "remove `init`")  # fmt: skip
+        st = m.structure
+        if getattr(st, "depth", None) == 1:
+            for part in ("expansion", "activation"):
+                if part in st.model_fields_set:
+                    yield ctx.error("objective-structure",
+                                    f"a `depth: 1` mlp is `x + W x`: it has no hidden layer, so "
+                                    f"`{part}` changes nothing", path + ("structure", part),
+                                    f"remove `{part}` or use `depth: 2`")  # fmt: skip
         if cache:
             for part in ("rule", "retention"):
                 if getattr(m, part) is not None:

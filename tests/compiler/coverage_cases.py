@@ -12,7 +12,11 @@ exist together (a prefix needs its persistent tokens and its drop). The expected
               levels, stop-gradient writes, learned initial states that start equal);
 - `learned`:  a `{kind: learned, init: c}` step size or gate computes what the constant `c`
               does, and after a few outer steps it no longer does (it is a trained parameter);
-- `rejected`: `check_text` raises a SpecError whose diagnostics all carry a position.
+- `rejected`: `check_text` raises a SpecError with the case's diagnostic `code` among its
+              errors, every one at a position.
+
+`GRID` (at the end) puts each memory construct on each kind of memory; there either outcome
+passes: the model changes, or validate rejects the construct at a position.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Columns: ``ms``; ``Mtok/s`` = B * T / time; ``GB/s`` = the compulsory bytes (eve
 output, upstream gradient and input gradient once, plus our saved chunk states written and read
 back) / time, and its % of the device's HBM peak; ``TFLOP/s`` = the algorithm FLOPs of the
 chunk form (``flops()`` below: the matmuls of one chunk step, per token) / time, and its % of
-the device's FP32 (non-tensor-core) peak: our kernels compute in float32 with IEEE products
-(``--dot tf32`` lets tl.dot use tf32 tensor cores instead). The FLOP and byte models are the
+the device's FP32 (non-tensor-core) peak. Our kernels compute in float32; ``tl.dot`` takes
+IEEE float32 products for float32 inputs and tf32 ones (tensor cores) for bfloat16 / float16
+inputs (``--dot ieee|tf32`` forces one). The FLOP and byte models are the
 same for every implementation, so the columns compare like with like.
 
 Before timing, each of our kernels is checked against the chunk form at the first T (relative
@@ -25,6 +26,12 @@ error of the output printed). Usage, on a machine with a CUDA GPU::
     python benchmarks/bench_triton.py                      # full table, bfloat16, H=16, K=V=128
     python benchmarks/bench_triton.py --quick              # T=2048 only, small batch
     TRITON_INTERPRET=1 python benchmarks/bench_triton.py --smoke   # CPU: checks the script runs
+    python benchmarks/bench_triton.py --compile-only --arch 90     # no GPU needed, see below
+
+``--compile-only`` compiles every kernel (forward and backward, every feature switch on) for
+the CUDA architecture ``--arch`` with the ptxas that ships with Triton, and prints the compile
+time, shared memory and ptxas's resource usage (registers, stack = spills) per kernel: it
+catches errors that the interpreter forgives, on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -137,7 +144,7 @@ def compulsory_bytes(x: dict, o_bytes: int, states: int, backward: bool) -> int:
 def run(args) -> None:
     import nestdsl.kernels.triton_support as ts
 
-    ts.DOT_PRECISION = args.dot
+    ts.DOT_PRECISION = None if args.dot == "auto" else args.dot
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -200,6 +207,54 @@ def run(args) -> None:
                 torch.cuda.empty_cache()
 
 
+def compile_only(args) -> None:
+    """Compile every kernel for ``args.arch`` without a GPU (see the module docstring)."""
+    import os
+    import pathlib
+    import subprocess
+    import tempfile
+
+    if os.environ.get("TRITON_INTERPRET"):
+        raise SystemExit("--compile-only compiles for the GPU: unset TRITON_INTERPRET")
+    import triton
+    from nestdsl.kernels.delta_rule import triton as delta_rule
+    from nestdsl.kernels.linear_attention import triton as linear_attention
+    from nestdsl.kernels.titans_linear import triton as titans_linear
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    K = args.head_dim
+    switches = ("USE_G", "USE_H0", "SAVE_H", "STORE_HT", "USE_DHT", "USE_M0", "USE_S0",
+                "STORE_FINAL", "USE_DMT", "USE_DST")  # fmt: skip
+    scalars = {"T": "i32", "N": "i32", "C": "i32", "scale": "fp32"}
+    io = {"q", "k", "v", "beta", "g", "o", "do", "dv", "gv"}  # in the input dtype; rest fp32
+    elt = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[args.dtype]
+    cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    print(f"# sm_{args.arch}, K=V={K}, chunk tile {args.chunk}, {args.dtype}, dot={args.dot}")
+    for module in (delta_rule, linear_attention, titans_linear):
+        for kernel in (module._fwd_kernel, module._bwd_kernel):
+            names = kernel.arg_names
+            prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
+            consts = {"H": 4, "K": K, "V": K, "BK": K, "BV": min(K, 64), "PREC": prec}
+            consts["BC" if "BC" in names else "BT"] = min(args.chunk, 64)
+            consts.update({n: True for n in switches if n in names})
+            sig = {n: "constexpr" if n in consts else scalars.get(n, f"*{elt}" if n in io
+                                                                  else "*fp32") for n in names}  # fmt: skip
+            t0 = time.perf_counter()
+            compiled = triton.compile(ASTSource(kernel, sig, consts),
+                                      target=GPUTarget("cuda", args.arch, 32))  # fmt: skip
+            usage = ""
+            if cuobjdump.exists():
+                cubin = pathlib.Path(tempfile.mkdtemp()) / "kernel.cubin"
+                cubin.write_bytes(compiled.asm["cubin"])
+                out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
+                                     capture_output=True, text=True).stdout  # fmt: skip
+                usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
+            print(f"{module.__name__.split('.')[-2]}.{kernel.fn.__name__}: "
+                  f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, "
+                  f"{usage}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
@@ -209,10 +264,16 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
-    parser.add_argument("--dot", default="ieee", choices=("ieee", "tf32"))
+    parser.add_argument("--dot", default="auto", choices=("auto", "ieee", "tf32"),
+                        help="tl.dot precision (auto: ieee for fp32 inputs, tf32 for bf16/fp16)")
     parser.add_argument("--quick", action="store_true", help="T=2048, batch 4")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (interpreter on CPU)")
+    parser.add_argument("--compile-only", action="store_true", help="compile for --arch, no GPU")
+    parser.add_argument("--arch", type=int, default=90, help="CUDA capability for --compile-only")
     args = parser.parse_args()
+    if args.compile_only:
+        compile_only(args)
+        return
     if args.quick:
         args.T, args.batch = [2048], args.batch or 4
     if args.smoke:

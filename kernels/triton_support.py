@@ -3,7 +3,8 @@
 Every ``kernels/<op>/triton.py`` imports this module (and so ``triton``); nothing else in
 nestdsl does, and the dispatcher registers the Triton forms as lazy import paths, so importing
 nestdsl never requires Triton. The Triton kernels load their operands as float32, compute in
-float32 and store in the input dtype; float64 inputs (and head sizes over ``MAX_HEAD_DIM``)
+float32 (``tl.dot`` in IEEE float32 or tf32 by input dtype, :func:`dot_precision`) and store
+in the input dtype; float64 inputs (and head sizes over ``MAX_HEAD_DIM``)
 run the torch chunk form instead (:func:`fallback_reason` says why).
 
 Tests run the kernels in the Triton interpreter on the CPU (``TRITON_INTERPRET=1`` when the
@@ -17,10 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-# tl.dot on float32 operands rounds them to tf32 by default on NVIDIA GPUs (a relative error
-# near 1e-3); "ieee" keeps full float32 products so the Triton forms agree with the chunk forms
-# to float32 rounding, and it is the only precision the interpreter implements.
-DOT_PRECISION = "ieee"
+# tl.dot precision. None picks per input dtype (:func:`dot_precision`); "ieee" or "tf32"
+# forces one (benchmarks/bench_triton.py --dot).
+DOT_PRECISION: str | None = None
 
 # The per-program state tile is [BK, BV] with the whole key dimension in one block (the rows of
 # a matrix-memory state are coupled by k k^T); beyond 256 it no longer fits in registers.
@@ -59,6 +59,23 @@ def fallback_reason(dtype: torch.dtype, *head_dims: int) -> str | None:
     if max(head_dims) > MAX_HEAD_DIM:
         return f"head size {max(head_dims)} > {MAX_HEAD_DIM}: the state tile would not fit"
     return None
+
+
+def dot_precision(dtype: torch.dtype, kernel: object) -> str:
+    """The ``input_precision`` of the kernels' ``tl.dot`` for inputs of ``dtype``.
+
+    float32 inputs get "ieee": full float32 products, so the Triton forms agree with the chunk
+    forms to float32 rounding (tf32 would cost ~1e-3 relative). bfloat16 / float16 inputs get
+    "tf32": their values are exact in tf32, the tensor cores do the products, and the FMA form
+    of an IEEE product keeps both [64, 64] operands in registers (ptxas spills ~20 KB per thread
+    for the linear attention forward at K = 64, sm_90; tf32: 0.4 KB). The interpreter
+    implements "ieee" only.
+    """
+    if interpreted(kernel):
+        return "ieee"
+    if DOT_PRECISION is not None:
+        return DOT_PRECISION
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def block(n: int, low: int = 16) -> int:

@@ -207,7 +207,7 @@ class _GatedDeltaRule(torch.autograd.Function):
             q, k, v, beta, q if g is None else g, q if h0 is None else h0.contiguous(), o, hs,
             ht, T, N, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None,
             USE_H0=h0 is not None, SAVE_H=save, STORE_HT=output_final_state,
-            PREC=ts.DOT_PRECISION,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, beta, g, hs if save else None)
         ctx.meta = (scale, chunk_size, h0 is not None, h0.dtype if h0 is not None else None)
@@ -234,7 +234,7 @@ class _GatedDeltaRule(torch.autograd.Function):
             q, k, v, beta, q if g is None else g, hs, do.contiguous(),
             do if dht is None else dht.contiguous().float(), dq, dk, dv, db, dg, dh0, T, N,
             scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None,
-            USE_DHT=dht is not None, USE_H0=has_h0, PREC=ts.DOT_PRECISION,
+            USE_DHT=dht is not None, USE_H0=has_h0, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
         )  # fmt: skip
         dtype = q.dtype
         return (

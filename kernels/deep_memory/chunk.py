@@ -12,8 +12,12 @@ README.md §5. Per chunk of C tokens, with the visible weights ``W_{t0}`` at the
    l-1's per-token read, and ``W_{l,t} r_t`` is a matmul of the dual form (eq. D2);
 4. the state at the chunk end (row C of eq. D1) starts the next chunk.
 
-kl / lq retention re-normalize only at chunk ends (Miras §5): inside a chunk they read the
-chunk-start visible weights, and write_then_read at a chunk's last token reads the new ones.
+kl / lq retention re-normalize only at chunk ends (Miras §5); inside a chunk their reads see
+the chunk-start visible weights plus the chunk's linear updates (README eq. R1: the dual read
+with ``W_{t0}`` in the place of the raw state), and write_then_read at a chunk's last token
+reads the newly normalized weights. Memora's lag token (Miras eq. 30) makes every chunk two
+spans, its first token and the rest; local retention runs the write pass at the decayed
+chunk-start weights (README §3).
 The Muon rule is not rank one: its per-token weights are formed (muon.py) and read directly.
 Python loops run over chunks and layers, never over tokens.
 """
@@ -98,10 +102,11 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         def written(n: int):  # [B, H, C + pre, D] x 2, [B, H, C + pre]
             return tuple(x[:, :, n * C : n * C + C + pre] for x in (ke, ve, ge))
     mix = band(C, window, q) if pre else None
-    # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon and dgd's
-    # proximal step build their own per chunk.
+    segments = o.segments()
+    # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon, dgd's
+    # proximal step and the lag token's split chunks build their own per segment.
     coef_all = None
-    if rule != "muon" and o.dgd_step != "proximal":
+    if rule != "muon" and o.dgd_step != "proximal" and len(segments) == 1:
         coef_all = chunk_coefficients(*gates, rule)
         coef_all = coef_all.windowed(mix) if pre else coef_all
 
@@ -112,57 +117,73 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
     mom: list[torch.Tensor] | None = None
     if o.has_momentum:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
-    per_token_read = o.retention == "l2" and read != "chunk_start"
     outs = []
     for n in range(N):
-        q_n = qc[:, :, n]  # [B, H, C, D]
+        real = C if n < N - 1 else C - pad  # tokens of this chunk that are not padding
         k_n, v_n, g_n = written(n)  # [B, H, C (+ pre), D]
-        frozen = visible(state)  # W_{t0}
+        for s, e in segments:  # one span, or the lag token and the rest (Memora)
+            span = slice(s, e)
+            row = min(max(real - s, 0), e - s)  # the span's last real token
+            q_s = qc[:, :, n, span]  # [B, H, e - s, D]
+            k_s, v_s = (k_n, v_n) if (s, e) == (0, C) else (k_n[..., span, :], v_n[..., span, :])
+            gates_s = [g[:, :, n, span] for g in gates]  # 3 x [B, H, e - s]
+            frozen = visible(state)  # W_{t0}
 
-        # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
-        y, cache = memory_forward(structure, frozen, k_n)
-        d_n = o.delta if dc is None else dc[:, :, n, :, None]  # float or [B, H, C, 1]
-        dy = objective_grad(y, v_n, o.objective, o.p, d_n)
-        errors = layer_errors(structure, frozen, cache, dy if g_n is None else g_n[..., None] * dy)
-        inputs = cache.inputs  # L x [B, H, C, in]
-        # 2. the rule: how each token's weights read, and the state after the last real token.
-        row = C if n < N - 1 else C - pad
-        if rule == "muon":
-            gates_n = [g[:, :, n] for g in gates]
-            apply, state, mom = _muon_layers(gates_n, state, mom, inputs, errors, read, row,
-                                             o.ns_steps, o.ns_kind, mix)  # fmt: skip
-        else:
-            coef = None if coef_all is None else coef_all.chunk(n)
-            gates_n = None if coef_all is not None else [g[:, :, n] for g in gates]
-            apply, state, mom = _linear_layers(coef, state, mom, inputs, errors, rule, read, row,
-                                               C, gates_n)  # fmt: skip
+            # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
+            # Local retention takes token t's gradient at the decayed weights b_t W_{t0}.
+            b = torch.cumprod(1.0 - gates_s[2], -1)[..., None] if o.retention_mode == "local" else None
+            y, cache = forward_layers(structure, partial(_scaled, frozen, b), k_s)
+            d_s = o.delta if dc is None else dc[:, :, n, span, None]  # float or [B, H, C, 1]
+            dy = objective_grad(y, v_s, o.objective, o.p, d_s)
+            dy = dy if g_n is None else g_n[..., None] * dy
+            errors = layer_errors(structure, frozen, cache, dy, scale=b)
+            inputs = cache.inputs  # L x [B, H, C, in]
+            # 2. the rule: how each token's weights read, and the state after the last real token.
+            # Reads see W_{t0} plus the span's updates: the dual form with W_{t0} in place of
+            # the raw state (the same for l2; for kl / lq the linear in-span update, README §4).
+            if rule == "muon":
+                apply, state_e, mom = _muon_layers(gates_s, state, frozen, mom, inputs, errors,
+                                                   read, row, o.ns_steps, o.ns_kind, mix)  # fmt: skip
+            else:
+                coef = None if coef_all is None else coef_all.chunk(n)
+                apply, state_e, mom = _linear_layers(coef, gates_s, o.dgd_step, state, frozen,
+                                                     mom, inputs, errors, rule, read, row)  # fmt: skip
+            state = state_e
 
-        # 3. reads.
-        if per_token_read:
-            o_n, _ = forward_layers(structure, apply, q_n)  # [B, H, C, d_out]
-        else:
-            o_n, _ = memory_forward(structure, frozen, q_n)
-
-        if not per_token_read and read == "write_then_read" and row == C:
-            # kl / lq: the last token of a full chunk sees the freshly normalized weights.
-            last, _ = memory_forward(structure, visible(state), q_n[..., -1:, :])
-            o_n = torch.cat([o_n[..., :-1, :], last], dim=-2)
-        outs.append(o_n)
+            # 3. reads.
+            if read == "chunk_start":
+                o_s, _ = memory_forward(structure, frozen, q_s)
+            else:
+                o_s, _ = forward_layers(structure, apply, q_s)  # [B, H, e - s, d_out]
+            if o.retention != "l2" and read == "write_then_read" and row == e - s:
+                # kl / lq normalize at a span's end: its last token reads the new weights.
+                last, _ = memory_forward(structure, visible(state), q_s[..., -1:, :])
+                o_s = torch.cat([o_s[..., :-1, :], last], dim=-2)
+            outs.append(o_s)
     o = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, d_out]
     return o, ((state, mom) if output_final_state else None)
 
 
-def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C, proximal_gates=None):
+def _scaled(weights, scale, i: int, a: torch.Tensor) -> torch.Tensor:
+    """Layer i of the write pass, ``a W_i^T`` [..., C, out], every token's weights scaled by
+    its decay ``scale`` [..., C, 1] under local retention (None: unscaled)."""
+    z = a @ weights[i].transpose(-1, -2)
+    return z if scale is None else scale * z
+
+
+def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors, rule, read, row):
     """Rules whose updates are rank one (gd, momentum, dgd and with momentum): the dual-form
-    per-token read and the states after token ``row`` (README eqs. D1-D5), without forming
-    per-token weights. ``proximal_gates`` (theta, eta, alpha of the chunk) selects dgd's
-    proximal step, whose step size differs per layer (README eq. D6)."""
-    if proximal_gates is None:
-        coefs = [coef] * len(state)
-    else:
-        theta, eta, alpha = proximal_gates
+    per-token read (from ``read_from``, the visible chunk-start weights) and the states after
+    token ``row`` (README eqs. D1-D5), without forming per-token weights. Without shared
+    coefficients ``coef`` they come from the span's ``gates`` (theta, eta, alpha); dgd's
+    proximal step has a step size per layer (README eq. D6)."""
+    C = gates[0].shape[-1]
+    if dgd_step == "proximal":
+        theta, eta, alpha = gates
         coefs = [chunk_coefficients(theta / (1.0 + theta * a.square().sum(-1)), eta, alpha, rule)
                  for a in inputs]  # fmt: skip
+    else:
+        coefs = [coef if coef is not None else chunk_coefficients(*gates, rule)] * len(state)
     moms = [None] * len(state) if mom is None else mom
     if rule.startswith("dgd"):  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
         drives = [dgd_drive(c, W, a, e, S)
@@ -170,19 +191,25 @@ def _linear_layers(coef, state, mom, inputs, errors, rule, read, row, C, proxima
     else:
         drives = errors
     rows = read_rows(read, C) if read != "chunk_start" else None
-    apply = partial(_dual_read, coefs, rows, state, moms, inputs, drives)
+    apply = partial(_dual_read, coefs, rows, read_from, moms, inputs, drives)
     ends = [chunk_end(c, row, W, S, a, x)
             for c, W, S, a, x in zip(coefs, state, moms, inputs, drives, strict=True)]  # fmt: skip
     return apply, [W for W, _ in ends], None if mom is None else [S for _, S in ends]
 
 
-def _muon_layers(gates, state, mom, inputs, errors, read, row, ns_steps, ns_kind, band):
-    """The Muon rule (muon.py): reads with the formed per-token weights, states after ``row``."""
+def _muon_layers(gates, state, read_from, mom, inputs, errors, read, row, ns_steps, ns_kind, band):
+    """The Muon rule (muon.py): reads with the formed per-token weights, shifted from the raw
+    chunk-start state to ``read_from`` (the visible one: ``+ b_t (W_{t0} - X_{t0})``, nothing
+    for l2), and the states after ``row``."""
     ends = [muon_chunk(*gates, W, S, a, x, ns_steps, ns_kind, band)
             for W, S, a, x in zip(state, mom, inputs, errors, strict=True)]  # fmt: skip
     rows = read_rows(read, gates[0].shape[-1]) if read != "chunk_start" else None
+    b = F.pad(torch.cumprod(1.0 - gates[2], -1), (1, 0), value=1.0)[..., rows, None, None]
+    shifts = [None if V is X else V - X for V, X in zip(read_from, state, strict=True)]
 
     def apply(i: int, r: torch.Tensor) -> torch.Tensor:
-        return (ends[i][0][..., rows, :, :] @ r.unsqueeze(-1)).squeeze(-1)
+        W = ends[i][0][..., rows, :, :]  # [B, H, C, out, in]
+        W = W if shifts[i] is None else W + b * shifts[i].unsqueeze(-3)
+        return (W @ r.unsqueeze(-1)).squeeze(-1)
 
     return apply, [W[..., row, :, :] for W, _ in ends], [S[..., row, :, :] for _, S in ends]

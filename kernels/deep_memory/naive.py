@@ -16,7 +16,10 @@ of NL eq. 57, ``theta_t / (1 + theta_t ||a_t||^2)``, per layer (its input a_t).
 
 ``W`` here is the layer state (logits for kl, ``A`` for lq). With ``window = c`` (the Omega
 rule, Atlas eq. 9) ``G_t`` is the gradient of ``sum_{i=t-c+1..t} gamma_i l(k_i, v_i)``.
-Reads follow README.md §4. Slow on purpose.
+Local retention takes ``G_t`` at the decayed chunk-start weights ``b_t W_{t0}`` (README §3).
+Reads follow README.md §4: kl / lq normalize at boundaries only and read the linear in-chunk
+update (eq. R1) in between; Memora's lag token (Miras eq. 30) splits every chunk after its
+first token. Slow on purpose.
 """
 
 from __future__ import annotations
@@ -58,21 +61,32 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         # Summing over (B, H) is harmless: every sequence and head has its own weights.
         return (g * objective_loss(y, target, o.objective, o.p, d)).sum()
 
+    # Where gradients are re-anchored (segment starts) and where kl / lq normalize (segment ends):
+    # every chunk, or with Memora's lag token its first token and then the rest (README §4).
+    starts = {s for s, _ in o.segments()}
+    ends = {e - 1 for _, e in o.segments()}
     outs = []
     for t in range(T):
-        if t % chunk_size == 0:
-            frozen = visible(state)  # W_{t0}: every gradient of this chunk is taken here
+        if t % chunk_size in starts:
+            frozen = visible(state)  # W_{t0}: every gradient of this segment is taken here
+            # The reads of the segment see W_{t0} plus its updates: the state plus the decayed
+            # difference between the visible and the raw chunk-start state (0 for l2).
+            offset = [f - x for f, x in zip(frozen, state, strict=True)]
+            decay = 1.0  # prod of the segment's (1 - alpha) so far, for local retention
         q_t = q[:, t]  # [B, H, D]
         k_w, v_w = k_ext[:, t : t + window].transpose(1, 2), v_ext[:, t : t + window].transpose(1, 2)
         g_w = g_ext[:, t : t + window].transpose(1, 2)  # [B, H, window]: tokens t-c+1 .. t
         d_t = o.delta if delta is None else delta[:, t, :, None, None]  # float or [B, H, 1, 1]
-        grads = torch.func.grad(window_loss)(frozen, k_w, v_w, d_t, g_w)  # L x [B, H, out, in]
         k_t = k[:, t, :, None, :]  # [B, H, 1, D]
         th = theta[:, t, :, None, None]  # [B, H, 1, 1]
         keep = 1.0 - alpha[:, t, :, None, None]
+        decay = decay * keep
+        # Local retention takes the gradient at the decayed chunk-start weights (Gated DeltaNet).
+        at = [decay * f for f in frozen] if o.retention_mode == "local" else frozen
+        grads = torch.func.grad(window_loss)(at, k_w, v_w, d_t, g_w)  # L x [B, H, out, in]
 
         if read == "read_then_write":
-            outs.append(read_out(state if retention == "l2" else frozen, q_t))
+            outs.append(read_out(_plus(state, offset), q_t))
 
         if rule.startswith("dgd"):
             _, cache = memory_forward(structure, frozen, k_t)
@@ -100,13 +114,18 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         else:
             state = [keep * W - th * G for W, G in zip(state, grads, strict=True)]
 
+        offset = [keep * d for d in offset]
         if read == "write_then_read":
-            if retention == "l2":
-                outs.append(read_out(state, q_t))
-            else:  # visible weights move only at chunk ends (README §4)
-                at_boundary = (t + 1) % chunk_size == 0
-                outs.append(read_out(visible(state) if at_boundary else frozen, q_t))
+            # kl / lq normalize at a segment's last token (a full one: T may end inside it).
+            if retention != "l2" and t % chunk_size in ends:
+                outs.append(read_out(visible(state), q_t))
+            else:
+                outs.append(read_out(_plus(state, offset), q_t))
         elif read == "chunk_start":
             outs.append(read_out(frozen, q_t))
     o = torch.stack(outs, dim=1)  # [B, T, H, d_out]
     return o, ((state, mom) if output_final_state else None)
+
+
+def _plus(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [x + y for x, y in zip(xs, ys, strict=True)]

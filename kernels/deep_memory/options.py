@@ -28,6 +28,7 @@ RULES = ("gd", "momentum", "dgd", "dgd_momentum", "muon")
 MOMENTUM_RULES = ("momentum", "dgd_momentum", "muon")  # rules that carry a momentum state
 READS = ("write_then_read", "read_then_write", "chunk_start")
 DGD_STEPS = ("explicit", "proximal")
+RETENTION_MODES = ("global", "local")
 NS_KINDS = ("quintic", "cubic")
 
 # Shorthands for the signatures of ``deep_memory`` and its backends.
@@ -56,6 +57,13 @@ class DeepMemoryOptions:
                     iteration of muon
     retention       'l2', 'kl' or 'lq' (how the state maps to the visible weights);
                     ``q_norm`` (lq's q > 1) and ``kl_scale`` (kl's simplex mass c > 0)
+    retention_mode  'global' (Titans: the decay and the gradient step both start from the last
+                    state) or 'local' (Miras's local retention ``||W - r_t W_{t-1}||^2``, Gated
+                    DeltaNet: decay first, gradient at the decayed state); l2 retention with
+                    the gd, momentum or muon rule only
+    lag_token       kl only: Memora's lag token (Miras eq. 30): the first token of every
+                    chunk takes its exact (normalized) step and the chunk's other tokens take
+                    their gradients at the state after it (README §4)
     chunk_size      tokens per chunk, >= 1 (1 = the exact per-token recurrence)
     window          Omega window length c >= 1 (Atlas eq. 9; 1 = the online objective)
     """
@@ -69,8 +77,10 @@ class DeepMemoryOptions:
     ns_steps: int = 5
     ns_kind: str = "quintic"
     retention: str = "l2"
+    retention_mode: str = "global"
     q_norm: float = 4.0
     kl_scale: float = 1.0
+    lag_token: bool = False
     chunk_size: int = 16
     window: int = 1
 
@@ -78,6 +88,12 @@ class DeepMemoryOptions:
         problems = list(_problems(self))
         if problems:
             raise ValueError("DeepMemoryOptions: " + "; ".join(problems))
+
+    def segments(self) -> tuple[tuple[int, int], ...]:
+        """``(start, end)`` token spans of a chunk whose gradients share one state, each ending
+        at a boundary: the whole chunk, or with Memora's lag token its first token, then the rest."""
+        C = self.chunk_size
+        return ((0, 1), (1, C)) if self.lag_token and C > 1 else ((0, C),)
 
     @property
     def has_momentum(self) -> bool:
@@ -96,7 +112,8 @@ def _problems(o: DeepMemoryOptions):
     if not isinstance(o.structure, MemoryStructure):
         yield f"structure must be a MemoryStructure, got {type(o.structure).__name__}"
     for name, allowed in (("objective", OBJECTIVES), ("rule", RULES), ("dgd_step", DGD_STEPS),
-                          ("ns_kind", NS_KINDS), ("retention", RETENTIONS)):  # fmt: skip
+                          ("ns_kind", NS_KINDS), ("retention", RETENTIONS),
+                          ("retention_mode", RETENTION_MODES)):  # fmt: skip
         bad = _choice(name, getattr(o, name), allowed)
         if bad:
             yield bad
@@ -116,6 +133,19 @@ def _problems(o: DeepMemoryOptions):
         yield f"dgd_step='proximal' is a step of the dgd rules, not of rule={o.rule!r}"
     if _is_int(o.window) and o.window > 1 and str(o.rule).startswith("dgd"):
         yield f"rule={o.rule!r} is its own (delta-rule) objective; it takes no window (window=1)"
+    if o.retention_mode == "local":
+        if o.retention != "l2":
+            yield f"retention_mode='local' is the l2 retention's, not retention={o.retention!r}"
+        if str(o.rule).startswith("dgd"):
+            yield f"retention_mode='local' is lowered for gd, momentum and muon, not {o.rule!r}"
+        if _is_int(o.window) and o.window > 1:
+            yield "retention_mode='local' is not lowered together with an Omega window"
+    if not isinstance(o.lag_token, bool):
+        yield f"lag_token must be a bool, got {o.lag_token!r}"
+    elif o.lag_token and o.retention != "kl":
+        yield f"lag_token is Memora's (kl retention), not for retention={o.retention!r}"
+    elif o.lag_token and _is_int(o.window) and o.window > 1:
+        yield "lag_token is not lowered together with an Omega window (window > 1)"
 
 
 def check_inputs(

@@ -207,12 +207,19 @@ def layer_errors(
     weights: Sequence[torch.Tensor],
     cache: ForwardCache,
     grad_y: torch.Tensor,
+    scale: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Local errors ``delta_i = dl/dz_i`` [..., C, out_i] of every matrix (README eqs. B1-B4).
 
     grad_y: dl/dy [..., C, d_out]. The residual path carries no weight, so only the ``N``
-    branch matters. The per-token weight gradient of matrix i is ``delta_i a_i^T``.
+    branch matters. The per-token weight gradient of matrix i is ``delta_i a_i^T``. ``scale``
+    [..., C, 1]: token t's forward ran with every matrix scaled by ``scale_t`` (the decayed
+    weights of local retention), so its errors flow back through the scaled matrices.
     """
+
+    def back(g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:  # (scale_t W)^T g
+        return g @ W if scale is None else scale * (g @ W)
+
     g = grad_y
     if structure.norm == "layernorm":  # B2: dz = rstd (g - mean(g) - n mean(g n))
         n = cache.normed
@@ -220,10 +227,10 @@ def layer_errors(
     act = structure.activation
     if structure.gated:  # B4
         u, lin = cache.preacts[1], cache.preacts[2]
-        dm = g @ weights[0]  # [..., C, h]
+        dm = back(g, weights[0])  # [..., C, h]
         return [g, dm * lin * activation_grad(act, u), dm * activation(act, u)]
     deltas = [g]
     for i in range(structure.depth - 2, -1, -1):  # B3: delta_i = s'(z_i) * W_{i+1}^T delta_{i+1}
-        g = (g @ weights[i + 1]) * activation_grad(act, cache.preacts[i])
+        g = back(g, weights[i + 1]) * activation_grad(act, cache.preacts[i])
         deltas.append(g)
     return deltas[::-1]

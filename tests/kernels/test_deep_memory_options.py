@@ -47,6 +47,13 @@ def test_built_from_plain_values_and_frozen():
         (dict(ns_steps=0), "ns_steps must be an int >= 1"),
         (dict(dgd_step="proximal"), "dgd_step='proximal' is a step of the dgd rules"),
         (dict(rule="dgd", window=3), "takes no window"),
+        (dict(retention_mode="decay"), "retention_mode must be one of"),
+        (dict(retention_mode="local", retention="kl"), "the l2 retention's"),
+        (dict(retention_mode="local", rule="dgd"), "lowered for gd, momentum and muon"),
+        (dict(retention_mode="local", window=2), "not lowered together with an Omega window"),
+        (dict(lag_token=1), "lag_token must be a bool"),
+        (dict(lag_token=True), "lag_token is Memora's"),
+        (dict(lag_token=True, retention="kl", window=2), "lag_token is not lowered together"),
     ],
 )
 def test_each_bad_field_is_named(fields, message):
@@ -58,6 +65,13 @@ def test_all_problems_at_once():
     with pytest.raises(ValueError) as err:
         DeepMemoryOptions(MLP, rule="adam", chunk_size=0, retention="l1")
     assert all(f in str(err.value) for f in ("rule", "chunk_size", "retention"))
+
+
+def test_segments_split_a_chunk_after_the_lag_token():
+    assert DeepMemoryOptions(MLP, chunk_size=8).segments() == ((0, 8),)
+    lag = DeepMemoryOptions(MLP, chunk_size=8, retention="kl", lag_token=True)
+    assert lag.segments() == ((0, 1), (1, 8))
+    assert dataclasses.replace(lag, chunk_size=1).segments() == ((0, 1),)
 
 
 def test_structure_must_be_a_memory_structure():

@@ -136,23 +136,30 @@ class DeepMemory(WeightsMemory):
             rule = "dgd_momentum"
         ret, obj = mem.retention, mem.objective
         window = mem.window.tokens if mem.window is not None else 1
-        # The kernel takes one Huber threshold for a whole window; the spec checks keep it a
-        # constant there (or absent: 1). Without a window the threshold is a per-token gate.
-        self.options = DeepMemoryOptions(
-            structure=self.structure,
-            objective="huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind,
-            p=obj.p if isinstance(obj, LpObjective) else 3.0,
-            delta=float(getattr(obj, "delta", 1.0)) if window > 1 else 1.0,
-            rule=rule,
-            dgd_step=getattr(mem.rule, "step", "explicit"),
-            ns_steps=mem.rule.ns_steps if rule == "muon" else 5,
-            ns_kind=mem.rule.ns_kind if rule == "muon" else "quintic",
-            retention={KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2"),
-            q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
-            kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
-            chunk_size=plan.chunk,
-            window=window,
-        )
+        kl = isinstance(ret, KLRetention)
+        try:
+            self.options = DeepMemoryOptions(
+                structure=self.structure,
+                objective="huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind,
+                p=obj.p if isinstance(obj, LpObjective) else 3.0,
+                # The kernel takes one Huber threshold for a whole window; the spec checks keep
+                # it a constant there (or absent: 1). Without a window it is a per-token gate.
+                delta=float(getattr(obj, "delta", 1.0)) if window > 1 else 1.0,
+                rule=rule,
+                dgd_step=getattr(mem.rule, "step", "explicit"),
+                ns_steps=mem.rule.ns_steps if rule == "muon" else 5,
+                ns_kind=mem.rule.ns_kind if rule == "muon" else "quintic",
+                retention="kl" if kl else "lq" if isinstance(ret, LqRetention) else "l2",
+                retention_mode=getattr(ret, "mode", "global"),
+                q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
+                kl_scale=ret.scale if kl else 1.0,
+                # Memora's lag token (Miras eq. 30) belongs to kl retention (no Omega window).
+                lag_token=kl and window == 1,
+                chunk_size=plan.chunk,
+                window=window,
+            )
+        except ValueError as err:  # the spec checks should have caught it: say which memory
+            raise CompileError(f"memory `{plan.decl}`: {err}") from None
         # Read by the span and state methods of this class.
         o = self.options
         self.rule, self.retention, self.q_norm, self.kl_scale = (

@@ -5,9 +5,29 @@ Conventions follow flash-linear-attention: q, k `[B, T, H, K]`, v `[B, T, H, V]`
 `dispatch` picks the implementation by device; `backend=` or `NESTDSL_KERNEL_BACKEND` forces one.
 """
 
-from nestdsl.kernels.api import delta_rule, gated_delta_rule, linear_attention, softmax_attention
-from nestdsl.kernels.deep_memory import DeepMemoryOptions, MemoryStructure, deep_memory
-from nestdsl.kernels.titans_linear import titans_linear
+import importlib as _importlib
+
+# The op folders share their names with the public functions. Python sets a subpackage as an
+# attribute of this package the first time it is imported, so a lazy import (the dispatcher
+# loads backends on first use) would replace `nestdsl.kernels.linear_attention` the function by
+# the folder. Importing every op folder here first, before the functions are bound, means no
+# later import binds anything on this package.
+for _op in ("delta_rule", "linear_attention", "softmax_attention", "titans_linear", "deep_memory"):
+    _importlib.import_module(f"{__name__}.{_op}")
+del _op
+
+from nestdsl.kernels.api import (  # noqa: E402
+    delta_rule,
+    gated_delta_rule,
+    linear_attention,
+    softmax_attention,
+)
+from nestdsl.kernels.deep_memory import (  # noqa: E402
+    DeepMemoryOptions,
+    MemoryStructure,
+    deep_memory,
+)
+from nestdsl.kernels.titans_linear import titans_linear  # noqa: E402
 
 __all__ = [
     "DeepMemoryOptions",

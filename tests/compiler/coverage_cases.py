@@ -488,7 +488,11 @@ SETUPS = {  # name -> (base, memory, overrides that make this kind of memory)
         "M",
         (f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",),
     ),
-    "mlp(depth=1)@chunk": ("deep", "M", (f"{MEM}.structure.depth=1",)),
+    "mlp(depth=1)@chunk": (
+        "deep",
+        "M",
+        (f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head, depth: 1}}",),
+    ),
     "cache@token": ("cache", "A", ()),
     "task@cms": ("cms", "C", ()),
 }

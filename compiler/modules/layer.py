@@ -30,7 +30,7 @@ from torch import nn
 
 from nestdsl.spec import ops as spec_ops
 from nestdsl.spec.dims import evaluate
-from nestdsl.spec.ops import UNARY, Read, inputs_of
+from nestdsl.spec.ops import UNARY, inputs_of
 
 
 class Layer(nn.Module):

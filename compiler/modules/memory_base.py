@@ -17,7 +17,6 @@ from nestdsl.compiler.plan import MemoryPlan
 from torch import nn
 
 
-
 def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:
     """φ on keys and queries (ATLAS §3): elementwise maps, or a polynomial expansion."""
     if kind in (None, "identity"):

@@ -28,10 +28,6 @@ from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.kernels.deep_memory import memory_forward, visible_weights
 from nestdsl.kernels.newton_schulz import newton_schulz
 
-from nestdsl.errors import Diagnostic, SpecError
-from nestdsl.graph.build import memory_params
-from nestdsl.spec.memory import KLRetention, L2Retention, LearnedInit, LqRetention
-
 _MOMENTUM = ("momentum", "muon", "dgd_momentum")
 
 
@@ -41,26 +37,13 @@ class TaskMemory(WeightsMemory):
 
     def __init__(self, plan):
         super().__init__(plan)
-        mem = plan.memory
-        rule = mem.rule
-        self.rule = rule.kind
-        if self.rule == "dgd" and rule.momentum is not None:
-            self.rule = "dgd_momentum"
-        self.proximal = getattr(rule, "step", "explicit") == "proximal"
-        self.ns = (getattr(rule, "ns_steps", 5), getattr(rule, "ns_kind", "quintic"))
-        ret = mem.retention
-        self.retention = {KLRetention: "kl", LqRetention: "lq"}.get(type(ret), "l2")
-        self.local = isinstance(ret, L2Retention) and ret.mode == "local"
-        self.q_norm = ret.q if isinstance(ret, LqRetention) else 4.0
-        self.kl_scale = ret.scale if isinstance(ret, KLRetention) else 1.0
-        # Nested CMS: the period of the in-context level that owns the initial state (`nest`).
-        self.nest_every: int | None = None
-
-    def nest(self, levels: dict) -> None:
-        """Read the period of an in-context level named by `init: {kind: learned, by: L}`."""
-        init = self.plan.memory.init
-        if isinstance(init, LearnedInit) and init.by and isinstance(levels[init.by].every, int):
-            self.nest_every = levels[init.by].every
+        o = self.lowered
+        self.rule, self.proximal, self.ns = o.rule, o.dgd_step == "proximal", (o.ns_steps,
+                                                                              o.ns_kind)  # fmt: skip
+        self.retention, self.local = o.retention or "l2", o.retention_mode == "local"
+        self.q_norm, self.kl_scale = o.q_norm, o.kl_scale
+        # Nested CMS: the period of the in-context level that owns the initial state.
+        self.nest_every = o.init_every
 
     # ---------------------------------------------------------------- gates, retention
 
@@ -189,23 +172,3 @@ class TaskMemory(WeightsMemory):
 
 def _add(acc, xs):
     return list(xs) if acc is None else [a + x for a, x in zip(acc, xs)]
-
-
-def check_task_memories(plan) -> None:
-    """Eq. 71 sums the chunk's per-token gradients before the step, so every step size and
-    gate of a task-loss memory is one value per chunk: a constant or a learned value, not a
-    per-token tensor. Raises every such use at its YAML position."""
-    errors = []
-    for name, mem in plan.spec.memories.items():
-        if mem.objective.kind != "task":
-            continue
-        for p in memory_params(mem):
-            if isinstance(p.value, str):
-                errors.append(Diagnostic(
-                    "not-lowered", f"memory `{name}` learns from the task loss, whose chunk "
-                    f"gradient is a sum over tokens (NL eq. 71): its `{p.role}` cannot be the "
-                    f"per-token tensor `{p.value}`",
-                    plan.checked.source.find(("memories", name, *p.path)),
-                    "use a constant or `{kind: learned, init: ...}`"))  # fmt: skip
-    if errors:
-        raise SpecError(errors)

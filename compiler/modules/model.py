@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from nestdsl.compiler.modules.layer import Layer
-from nestdsl.compiler.modules.memory_task import TaskMemory, check_task_memories
+from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
 from torch import nn
 
@@ -30,7 +30,6 @@ class CompiledModel(nn.Module):
         self.spec_name = plan.spec.name
         self.vocab, self.d_model = plan.vocab, plan.d_model
         self.task_window = plan.task_window
-        check_task_memories(plan)
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -42,8 +41,6 @@ class CompiledModel(nn.Module):
             self.head = nn.Linear(plan.d_model, plan.vocab, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
-        for memory in self.task_memories.values():
-            memory.nest(plan.spec.levels)
         self._levels = _owning_levels(self, plan)
 
     def parameter_levels(self) -> dict[str, str]:

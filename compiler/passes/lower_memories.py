@@ -52,6 +52,7 @@ class MemoryOptions:
     stop_gradient: bool = False
     init: str = "zeros"  # zeros | identity | learned
     init_level: str | None = None  # the level that trains (or, in context, updates) the start
+    init_every: int | None = None  # the period of `init_level` when it is in context (nested CMS)
     gates: tuple[tuple[str, str], ...] = ()  # (role, source) for every step size and gate
 
     def describe(self) -> str:
@@ -104,6 +105,7 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
     if isinstance(mem.init, LearnedInit) or not isinstance(m.every, int):
         init_level = getattr(mem.init, "by", None) or (m.level if not isinstance(m.every, int)
                                                        else plan.outer)  # fmt: skip
+    init_every = plan.spec.levels[init_level].every if init_level else None
     return MemoryOptions(
         structure=mem.structure.kind,
         heads=m.heads,
@@ -128,6 +130,7 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         stop_gradient=mem.write == "stop_gradient",
         init=mem.init.kind,
         init_level=init_level,
+        init_every=init_every if isinstance(init_every, int) else None,
         gates=tuple((p.role, _source(p.value)) for p in memory_params(mem)),
     )
 
@@ -142,13 +145,21 @@ def _unlowerable(plan: Plan, layer, m: MemoryPlan) -> list[Diagnostic]:
     """What the spec asks of this memory that no kernel or module implements."""
     mem, where = m.memory, ("memories", m.decl)
     errors = []
-    if isinstance(mem.objective, TaskObjective):
-        tensor = [p for p in memory_params(mem) if p.role == "lr" and isinstance(p.value, str)]
-        if tensor:
-            errors.append(Diagnostic(
-                "not-lowered", f"memory `{m.decl}` learns from the task loss, whose chunk "
-                "gradient is a sum over tokens (NL eq. 71): its `lr` cannot be a per-token tensor",
-                plan.at(*where, "rule", "lr"), "use a constant or `{learned: ...}` step size"))  # fmt: skip
+    task = isinstance(mem.objective, TaskObjective)
+    if task:  # eq. 71 sums the chunk's gradients before the step: one value per chunk
+        for p in memory_params(mem):
+            if isinstance(p.value, str):
+                errors.append(Diagnostic(
+                    "not-lowered", f"memory `{m.decl}` learns from the task loss, whose chunk "
+                    f"gradient is a sum over tokens (NL eq. 71): its `{p.role}` cannot be the "
+                    f"per-token tensor `{p.value}`", plan.at(*where, *p.path),
+                    "use a constant or `{kind: learned, init: ...}`"))  # fmt: skip
+    if m.options.init_every is not None and not task:
+        errors.append(Diagnostic(
+            "not-lowered", f"`{m.decl}` takes its initial state from the in-context level "
+            f"`{m.options.init_level}`: that nesting (NL eq. 72) is lowered for task-loss (CMS) "
+            "memories, whose state learns from the loss the slower level sees",
+            plan.at(*where, "init", "by"), "name an `every: step` level in `by:`"))  # fmt: skip
     if mem.normalize and m.chunk > 1:
         nodes = layer.block.nodes
         chunk_start = [r for r in (*m.reads, *m.feedback) if nodes[r].order == "chunk_start"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..newton_schulz import KINDS as NS_KINDS
 from .objectives import OBJECTIVES
 from .retention import RETENTIONS
 from .structure import MemoryStructure
@@ -29,7 +30,6 @@ MOMENTUM_RULES = ("momentum", "dgd_momentum", "muon")  # rules that carry a mome
 READS = ("write_then_read", "read_then_write", "chunk_start")
 DGD_STEPS = ("explicit", "proximal")
 RETENTION_MODES = ("global", "local")
-NS_KINDS = ("quintic", "cubic")
 
 # Shorthands for the signatures of ``deep_memory`` and its backends.
 Tensor = torch.Tensor

@@ -147,13 +147,18 @@ def _chunk_autograd(
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
+def _new_output(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialized buffer that a kernel fills completely (tests swap in a NaN-filled one)."""
+    return like.new_empty(shape)
+
+
 def _head_chunks(x: torch.Tensor, C: int, N: int, mul=None) -> torch.Tensor:
     """x [B, T, H, D] (times ``mul``: scalar or [B, T, H, 1]) -> [B*H, N, C, D], zero padded.
 
     One pass: the product is written straight into the transposed, padded layout.
     """
     B, T, H, D = x.shape
-    out = x.new_empty(B, H, N * C, D)
+    out = _new_output(x, (B, H, N * C, D))
     dst = out[:, :, :T].transpose(1, 2)  # [B, T, H, D] view of the output
     if mul is None:
         dst.copy_(x)

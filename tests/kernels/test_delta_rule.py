@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from nestdsl.kernels.api import delta_rule, gated_delta_rule
 
-from .helpers import RTOL, assert_close, grads
+from .helpers import RTOL, assert_close, grads, nan_poisoned
 
 SHAPES = [(2, 1, 8, 16), (1, 3, 16, 8)]  # (B, H, K, V): H in {1, 3}, K != V both ways
 DTYPES = [torch.float64, torch.float32]
@@ -110,9 +110,17 @@ def _inference_cases():
 @pytest.mark.parametrize("dtype, gated, T, C", list(_inference_cases()))
 def test_inference_path_matches_naive(dtype, gated, T, C, direct, monkeypatch):
     """Without autograd the chunk form takes its inference path (eq. 12), in sub-chunks of 32
-    for C = 64 and 96, with the decay folded into the operands or (forced) the masked matrix."""
+    for C = 64 and 96, with the decay folded into the operands or (forced) the masked matrix.
+    Its preallocated chunk buffers start as NaN, so an element left unwritten fails."""
     from nestdsl.kernels.delta_rule import chunk
 
+    poisoned = []
+
+    def new_output(like, shape):
+        poisoned.append(shape)
+        return nan_poisoned(shape, like.dtype, like.device)
+
+    monkeypatch.setattr(chunk, "_new_output", new_output)
     if direct:
         monkeypatch.setattr(chunk, "FACTORED_DECAY_RANGE", 0.0)
     inputs, _ = make_inputs(2, T, 3, 16, 8, seed=T + C, gated=gated)
@@ -124,6 +132,7 @@ def test_inference_path_matches_naive(dtype, gated, T, C, direct, monkeypatch):
     with torch.no_grad():
         o, s = run({n: x.to(dtype) for n, x in inputs.items()}, chunk_size=C, backend="chunk")
     assert o.is_contiguous() and o.dtype == dtype
+    assert poisoned, "the inference path no longer preallocates: drop the poisoning"
     assert_close("inference o", o_ref.to(dtype), o, RTOL[dtype])
     assert_close("inference state", s_ref.to(dtype), s, RTOL[dtype])
 

@@ -8,6 +8,7 @@ parameters, or after a few outer-optimizer steps; or `validate` rejects it at a 
 A new schema field without a case fails `test_every_schema_item_has_a_case`, naming it.
 A second grid puts each memory construct on each kind of memory (matrix on a chunk, MLP per
 token, gated MLP, one-layer MLP, cache, task-loss CMS): lowered, or rejected at a position.
+Definitions nothing uses (a dim, a level, a block node) must at least draw a warning.
 
 DESIGN.md, "Semantics that must be exact": "A construct is lowered or rejected with a position,
 never ignored."
@@ -62,6 +63,9 @@ KNOWN_IGNORED = {
     # weights or with σ(0) = 0, so the state stays exactly zero (checked: max |W| = 0 at T=40).
     "mlp(init=zeros)@chunk+objective=dot": "an `mlp` (or `gated_mlp`) memory with `init: zeros` "
     "never leaves zero: its rule, objective, retention and window change nothing",
+    # An unused level or node gets a warning; a dim that no size names gets none.
+    "unused:dims": "`dims: {unused: 5}` validates without a word (nestdsl/checks has no unused-dim "
+    "warning, while unused levels and block nodes have one)",
 }
 
 B, T = 2, 40  # T crosses the chunk boundaries of the bases' 8- and 16-token levels
@@ -130,7 +134,7 @@ def test_no_case_or_exemption_is_stale():
     """A case for an item the schema no longer has would hide a rename."""
     stale = sorted(set(CASES) - set(ITEMS)) + sorted((set(EXEMPT) | set(CONTAINERS)) - set(ITEMS))
     assert not stale, f"cases or exemptions for items not in the schema: {stale}"
-    assert not set(KNOWN_IGNORED) - set(CASES) - set(GRID)
+    assert not set(KNOWN_IGNORED) - set(CASES) - set(GRID) - set(UNUSED)
 
 
 def test_the_walk_reaches_every_part_of_the_language():
@@ -296,3 +300,23 @@ def test_memory_construct_on_each_kind_of_memory(pair):
             pytest.fail(f"{pair} now has a consumer ({seen}): delete it from KNOWN_IGNORED")
         pytest.fail(f"known ignored construct {pair}: {KNOWN_IGNORED[pair]}")
     assert seen, f"{pair}: validates, but the model is the same with and without it ({case})"
+
+
+# A definition nothing uses changes nothing either: validate says so (a warning, at its line).
+UNUSED = {
+    "unused:dims": "dims.unused=5",
+    "unused:levels": "levels.spare={every: 4}",
+    "unused:nodes": "blocks.0.nodes.zz={op: silu, in: y}",
+}
+
+
+@pytest.mark.parametrize("item", list(UNUSED))
+def test_an_unused_definition_is_reported(item):
+    name = UNUSED[item].split("=")[0].split(".")[-1]
+    warnings = _checked("matrix", (UNUSED[item],)).warnings
+    named = [w for w in warnings if f"`{name}`" in w.message and w.pos is not None]
+    if item in KNOWN_IGNORED:
+        if named:
+            pytest.fail(f"{item} is now reported ({named[0].code}): delete it from KNOWN_IGNORED")
+        pytest.fail(f"known ignored construct {item}: {KNOWN_IGNORED[item]}")
+    assert named, f"{item}: validate says nothing about the unused `{name}`: {warnings}"

@@ -388,6 +388,8 @@ CASES: dict[str, Case] = {
                              before=("levels.extra={every: never}", f"{MEM}.init={{kind: learned}}")),
     # `never` keeps the state across sequences, `sequence` starts each one afresh. See
     # KNOWN_IGNORED in test_coverage.py: nothing downstream of the schema tells them apart.
+    # These cases compare one forward pass; once a consumer exists (the module told of a new
+    # sequence, or the train loop keeping `never` memories at a fresh batch), observe it here.
     "SequenceReset.kind": case("matrix", f"{MEM}.reset=sequence", before=(f"{MEM}.reset=never",)),
     "NeverReset.kind": case("matrix", f"{MEM}.reset=never"),
     "LevelReset.kind": case("matrix", f"{MEM}.reset={{kind: level, level: chunk}}"),

@@ -126,6 +126,14 @@ class MemoryModule(nn.Module):
             if key.startswith(self.key + "."):
                 stream.new_state[key] = None
 
+    CARRIED = ("W", "S")  # the state proper (weights, momentum), as opposed to chunk bookkeeping
+
+    def carried(self, state: dict) -> dict:
+        """This memory's state proper in `state` (what `reset: never` keeps across sequences)."""
+        prefix = self.key + "."
+        return {k: v for k, v in state.items()
+                if k.startswith(prefix) and k[len(prefix):].split(".")[0] in self.CARRIED}  # fmt: skip
+
     def state_of(self, stream: Stream, name: str):
         """The latest value of one of this memory's state tensors, or None."""
         return stream.get(f"{self.key}.{name}")

@@ -23,6 +23,8 @@ from nestdsl.spec.memory import IdentityInit, LearnedInit
 class CacheMemory(MemoryModule):
     """Keeps every (k, v) pair (or the last `window`), read by softmax."""
 
+    CARRIED = ("k", "v")
+
     def __init__(self, plan):
         super().__init__(plan)
         self.window = plan.memory.structure.window

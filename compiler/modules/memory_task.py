@@ -35,6 +35,8 @@ class TaskMemory(WeightsMemory):
     """A continuum-memory block on a level `every: C`: its weights change only at chunk
     boundaries, by its rule applied to the chunk's summed task-loss gradient (eq. 71)."""
 
+    CARRIED = ("W", "S", "P", "PS")  # weights, momentum, and a nested block's initial state
+
     def __init__(self, plan):
         super().__init__(plan)
         o = self.lowered

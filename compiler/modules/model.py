@@ -43,6 +43,17 @@ class CompiledModel(nn.Module):
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
         self._levels = _owning_levels(self, plan)
 
+    def carried_over(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the next sequence starts from, given this sequence's final state: the state
+        proper of every memory with `reset: never` (continual learning across sequences).
+        Everything else (positions, convolution inputs, partial chunks) starts afresh."""
+        kept = {}
+        for layer in self.layers:
+            for memory in layer.memories.values():
+                if memory.plan.memory.reset.kind == "never":
+                    kept.update(memory.carried(state))
+        return kept
+
     def parameter_levels(self) -> dict[str, str]:
         """Parameter name -> the level whose optimizer trains it (the spec's `every: step` or
         `every: never` levels). A learned initial state belongs to its `init.by` level when that

@@ -43,6 +43,11 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             f"objective `softmax` needs a `cache`, not a `{m.structure.kind}`",
                             path + ("objective",),
                             "use `structure: {kind: cache, ...}` for attention")  # fmt: skip
+        if cache and m.reset.kind == "never" and m.structure.window is None:
+            yield ctx.error("objective-structure",
+                            "a full `cache` with `reset: never` keeps every token of every "
+                            "sequence: it grows without bound", path + ("reset",),
+                            "give the cache a `window:` or reset it with the sequence")  # fmt: skip
         if cache and m.init.kind != "zeros":
             yield ctx.error("objective-structure",
                             f"a `cache` starts empty; `init: {m.init.kind}` has nothing to set",

@@ -1,4 +1,4 @@
-"""Benchmark of the Triton kernels on a GPU: against the torch chunk forms and flash-linear-attention.
+"""Benchmark of the Triton kernels on a GPU, against the torch chunk forms and fla's kernels.
 
 For ``gated_delta_rule``, ``delta_rule``, ``linear_attention`` and ``titans_linear`` at
 T in {2048, 8192, 32768} it times, per implementation,
@@ -92,8 +92,12 @@ def implementations(op: str, chunk: int) -> dict:
 
     def ours(backend):
         if op == "titans_linear":
-            return lambda x: titans_linear(x["q"], x["k"], x["v"], x["theta"], x["eta"],
-                                           x["alpha"], chunk_size=chunk, backend=backend)[0]  # fmt: skip
+            def run(x):
+                gates = x["theta"], x["eta"], x["alpha"]
+                return titans_linear(x["q"], x["k"], x["v"], *gates, chunk_size=chunk,
+                                     backend=backend)[0]  # fmt: skip
+
+            return run
         if op == "linear_attention":
             return lambda x: api.linear_attention(x["q"], x["k"], x["v"], chunk_size=chunk,
                                                   backend=backend)[0]  # fmt: skip
@@ -216,6 +220,7 @@ def compile_only(args) -> None:
 
     if os.environ.get("TRITON_INTERPRET"):
         raise SystemExit("--compile-only compiles for the GPU: unset TRITON_INTERPRET")
+    import nestdsl.kernels.triton_support as ts
     import triton
     from nestdsl.kernels.delta_rule import triton as delta_rule
     from nestdsl.kernels.linear_attention import triton as linear_attention
@@ -236,13 +241,16 @@ def compile_only(args) -> None:
             names = kernel.arg_names
             prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
             consts = {"H": 4, "K": K, "V": K, "BK": K, "BV": min(K, 64), "PREC": prec}
-            consts["BC" if "BC" in names else "BT"] = min(args.chunk, 64)
+            tile = delta_rule.MAX_TILE if module is delta_rule else 64
+            consts["BC" if "BC" in names else "BT"] = min(args.chunk, tile)
             consts.update({n: True for n in switches if n in names})
-            sig = {n: "constexpr" if n in consts else scalars.get(n, f"*{elt}" if n in io
-                                                                  else "*fp32") for n in names}  # fmt: skip
+            sig = {n: scalars.get(n, f"*{elt}" if n in io else "*fp32") for n in names}
+            sig.update({n: "constexpr" for n in consts})
             t0 = time.perf_counter()
-            compiled = triton.compile(ASTSource(kernel, sig, consts),
-                                      target=GPUTarget("cuda", args.arch, 32))  # fmt: skip
+            options = {"num_warps": ts.num_warps(K, consts["BV"])}
+            target = GPUTarget("cuda", args.arch, 32)
+            source = ASTSource(kernel, sig, consts)
+            compiled = triton.compile(source, target=target, options=options)
             usage = ""
             if cuobjdump.exists():
                 cubin = pathlib.Path(tempfile.mkdtemp()) / "kernel.cubin"

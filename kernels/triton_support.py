@@ -40,7 +40,8 @@ def check_launch(op: str, kernel: object, *tensors: torch.Tensor | None) -> None
     """Raise a ``ValueError`` that says what to do when ``kernel`` cannot run on ``tensors``."""
     devices = {t.device for t in tensors if t is not None}
     if len(devices) != 1:
-        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+        found = sorted(map(str, devices))
+        raise ValueError(f"{op}: all tensors must be on one device, got {found}")
     device = devices.pop()
     if device.type != "cuda" and not interpreted(kernel):
         raise ValueError(
@@ -81,6 +82,16 @@ def dot_precision(dtype: torch.dtype, kernel: object) -> str:
 def block(n: int, low: int = 16) -> int:
     """The power-of-two block covering ``n`` (at least ``low``: tl.dot needs 16 per side)."""
     return max(low, triton.next_power_of_2(n))
+
+
+def num_warps(BK: int, BV: int) -> int:
+    """Warps per program: 8 once the state tile reaches 64 x 64, to spread its registers.
+
+    Chosen offline (no GPU here): ptxas for sm_90 (``bench_triton.py --compile-only``) spilled
+    2.0 KB per thread instead of 3.4 KB in the delta rule forward at K = V = 64, BT = 64, and
+    0.3 KB instead of 0.8 KB at BT = 32. To be re-tuned on a GPU.
+    """
+    return 8 if BK * BV >= 64 * 64 else 4
 
 
 def value_block(V: int) -> int:

@@ -133,7 +133,8 @@ class _LinearAttention(torch.autograd.Function):
         _fwd_kernel[(NV, B * H)](
             q, k, v, q if h0 is None else h0.contiguous(), o, hs, ht, T, N, scale, H=H, K=K,
             V=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None, SAVE_H=save,
-            STORE_HT=output_final_state, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
+            STORE_HT=output_final_state,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BK, BV),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, hs if save else None)
         ctx.meta = (scale, chunk_size, None if h0 is None else h0.dtype)
@@ -155,7 +156,8 @@ class _LinearAttention(torch.autograd.Function):
         _bwd_kernel[(NV, B * H)](
             q, k, v, hs, do.contiguous(), do if dht is None else dht.contiguous().float(), dq,
             dk, dv, dh0, T, N, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            USE_DHT=dht is not None, USE_H0=h0_dtype is not None, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
+            USE_DHT=dht is not None, USE_H0=h0_dtype is not None,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BK, BV),
         )  # fmt: skip
         dh0 = dh0.to(h0_dtype) if h0_dtype is not None else None
         return dq.sum(0).to(q.dtype), dk.sum(0).to(q.dtype), dv, None, dh0, None, None

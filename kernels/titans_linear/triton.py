@@ -60,7 +60,8 @@ def _coef(bq, dq, w, bR, dR, sbR, wR, swR, bhn, C, BC: tl.constexpr):
     w_m = tl.load(w + bhn * C * C + c[:, None] * C + c[None, :], mask=mc[:, None] & mc[None, :],
                   other=0.0)  # fmt: skip
     return (b_r, d_r, w_m, tl.load(bR + bhn), tl.load(dR + bhn), tl.load(sbR + bhn),
-            tl.load(wR + pc, mask=mc, other=0.0), tl.load(swR + pc, mask=mc, other=0.0))  # fmt: skip
+            tl.load(wR + pc, mask=mc, other=0.0),
+            tl.load(swR + pc, mask=mc, other=0.0))  # fmt: skip
 
 
 @triton.jit
@@ -200,7 +201,8 @@ class _TitansLinear(torch.autograd.Function):
             q, k, v, *coef_tensors, q if m0 is None else m0.contiguous(),
             q if s0 is None else s0.contiguous(), o, hm, hs, mT, sT, T, N, C, scale, H=H, K=K,
             V=V, BC=BC, BK=BK, BV=BV, USE_M0=m0 is not None, USE_S0=s0 is not None,
-            SAVE_H=save, STORE_FINAL=output_final_state, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
+            SAVE_H=save, STORE_FINAL=output_final_state,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BK, BV),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, *coef_tensors, hm if save else None, hs if save else None)
         ctx.meta = (scale, C, m0 is not None, s0 is not None)
@@ -232,7 +234,8 @@ class _TitansLinear(torch.autograd.Function):
             do if dmT is None else dmT.contiguous().float(),
             do if dsT is None else dsT.contiguous().float(), gq, gk, gv, gbq, gdq, gw, gbR,
             gdR, gsbR, gwR, gswR, gm0, gs0, T, N, C, scale, H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
-            USE_DMT=dmT is not None, USE_DST=dsT is not None, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
+            USE_DMT=dmT is not None, USE_DST=dsT is not None,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BK, BV),
         )  # fmt: skip
         dt = q.dtype
         coef_grads = [g.sum(0) for g in (gbq, gdq, gw, gbR, gdR, gsbR, gwR, gswR)]

@@ -41,7 +41,8 @@ def test_compiled_spec_on_triton_equals_chunk(spec, monkeypatch):
     ref_logits, ref_grads = _logits_and_grads(model, tokens)
     support = load("triton_support")
     launched, check = [], support.check_launch
-    monkeypatch.setattr(support, "check_launch", lambda op, *a: (launched.append(op), check(op, *a)))
+    monkeypatch.setattr(support, "check_launch",
+                        lambda op, *a: (launched.append(op), check(op, *a)))  # fmt: skip
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     logits, grads = _logits_and_grads(model, tokens)
     kernel = "linear_attention" if spec == "linear-attention" else "gated_delta_rule"

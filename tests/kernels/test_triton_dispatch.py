@@ -89,7 +89,8 @@ def test_public_api_reaches_the_triton_forms(interpreter, monkeypatch):  # noqa:
     ref_t = titans_linear(q, k, v, *gates, chunk_size=4, initial_state=s, output_final_state=True,
                           backend="naive")  # fmt: skip
     tol = RTOL[torch.float32]
-    for name, a, b in [("gdr o", ref[0], got[0]), ("gdr S", ref[1], got[1]),
-                       ("la o", ref_la[0], got_env[0]), ("la S", ref_la[1], got_env[1]),
-                       ("titans o", ref_t[0], got_t[0]), ("titans M", ref_t[1][0], got_t[1][0])]:  # fmt: skip
+    pairs = [("gdr o", ref[0], got[0]), ("gdr S", ref[1], got[1]),
+             ("la o", ref_la[0], got_env[0]), ("la S", ref_la[1], got_env[1]),
+             ("titans o", ref_t[0], got_t[0]), ("titans M", ref_t[1][0], got_t[1][0])]  # fmt: skip
+    for name, a, b in pairs:
         assert_close(name, a, b, tol)

@@ -59,9 +59,7 @@ def interpreter(monkeypatch):
     load("triton_support")
     from nestdsl.kernels import triton_support
 
-    monkeypatch.setattr(
-        triton_support, "new_output", lambda shape, dtype, device: nan_poisoned(shape, dtype, device)
-    )
+    monkeypatch.setattr(triton_support, "new_output", nan_poisoned)
     torch.manual_seed(0)
     yield
 

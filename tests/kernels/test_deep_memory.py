@@ -359,8 +359,12 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
         (LN, dict(retention="kl", rule="gd")),
         (GATED, dict(retention="lq", rule="dgd", read="read_then_write")),
         (DEEP, dict(rule="dgd_momentum")),
+        (BASE, dict(rule="gd", retention="kl", lag_token=True)),
+        (LN, dict(rule="momentum", objective="lp", retention="lq")),
+        (BASE, dict(rule="momentum", retention_mode="local")),
     ],
-    ids=["momentum", "kl", "lq-dgd-gated", "dgd-momentum"],
+    ids=["momentum", "kl", "lq-dgd-gated", "dgd-momentum", "memora-lag", "moneta-momentum",
+         "local-momentum"],
 )
 def test_streaming_equals_one_call(structure, kw):
     """Two calls carrying final_state, split at a chunk boundary, equal one call."""

@@ -151,21 +151,3 @@ def test_local_retention_without_decay_is_global():
     o_local, _ = call(*seq, W0, structure=LN, chunk_size=4, retention_mode="local", rule="momentum")
     o_global, _ = call(*seq, W0, structure=LN, chunk_size=4, rule="momentum")
     assert_close("local == global at alpha = 0", o_global, o_local, 1e-12)
-
-
-@pytest.mark.parametrize("kw", [dict(MEMORA, lag_token=True), dict(MONETA, rule="momentum"),
-                                dict(retention_mode="local", rule="momentum")],
-                         ids=["memora-lag", "moneta-momentum", "local"])  # fmt: skip
-def test_streaming_at_a_chunk_boundary_equals_one_call(kw):
-    inputs = make_inputs(BASE, 2, 22, 2, seed=15, momentum=kw.get("rule") == "momentum")
-    seq = [inputs[n] for n in ("q", "k", "v", "theta", "eta", "alpha")]
-    W0 = initial_weights([inputs["W0"], inputs["W1"]], 2)
-    mom = [inputs[n] for n in inputs if n.startswith("S")] or None
-    common = dict(structure=BASE, chunk_size=4, output_final_state=True, **kw)
-    o, (W, _) = call(*seq, W0, momentum=mom, **common)
-    o1, (W1, S1) = call(*(x[:, :12] for x in seq), W0, momentum=mom, **common)
-    o2, (W2, _) = call(*(x[:, 12:] for x in seq), W1, momentum=S1, **common)
-    assert_close("streamed o", o, torch.cat([o1, o2], dim=1), 1e-12)
-    for a, b in zip(W, W2, strict=True):
-        assert_close("streamed W", a, b, 1e-12)
-

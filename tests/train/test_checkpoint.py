@@ -189,3 +189,31 @@ def test_keeps_the_last_n_and_tied_weights_round_trip(tmp_path):
     )
     assert loaded.step == 4 and loaded.meta["aliases"] == {"head.weight": "embed.weight"}
     assert_same_tensors(restored.state_dict(), model.state_dict())
+
+
+def test_a_one_optimizer_checkpoint_of_earlier_versions_still_loads(tmp_path):
+    """Earlier checkpoints held one optimizer: meta "optimizer", tensors "<index>/<name>"."""
+    from safetensors.torch import load_file, save_file
+
+    from nestdsl.optim import LevelOptimizers
+
+    model = ToyRecurrentLM(8)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 3, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=optimizer,
+                           rng_states=[capture_rng()], memory_states=None, extra={}, keep=1)  # fmt: skip
+    meta = json.loads((path / "meta.json").read_text())
+    ((level, info),) = meta.pop("optimizers").items()
+    meta["optimizer"] = info
+    tensors = {k.split("/", 1)[1]: v for k, v in load_file(path / "optimizer.safetensors").items()}
+    save_file(tensors, path / "optimizer.safetensors")
+    meta["files"]["optimizer.safetensors"] = checkpoint._sha256((path / "optimizer.safetensors").read_bytes())
+    (path / "meta.json").write_text(json.dumps(meta))
+
+    restored = ToyRecurrentLM(8)
+    fresh = torch.optim.AdamW(restored.parameters())
+    load_checkpoint(path, restored, LevelOptimizers({"pretrain": fresh}, {"pretrain": 1e-3}))
+    state = fresh.state_dict()["state"]
+    assert level == "outer" and state and all(int(s["step"]) == 1 for s in state.values())
+    assert torch.equal(state[0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])

@@ -14,15 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nestdsl.train.config import (
-    LOG_CHOICES,
-    TrainConfig,
-    TrainingInterrupted,
-    resume_config,
-    resume_overrides,
-    spec_source,
-)
+from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
+from nestdsl.train.folder import resume_config, resume_overrides
 from nestdsl.train.loop import train
 
 HELP = "train a spec as a byte-level language model (Shakespeare by default), with checkpoints"

@@ -2,14 +2,12 @@
 
 from nestdsl.train.config import (
     ModelSource,
-    RunFolder,
     TrainConfig,
     TrainingInterrupted,
     TrainResult,
-    resume_config,
-    resume_overrides,
     spec_source,
 )
+from nestdsl.train.folder import RunFolder, resume_config, resume_overrides
 from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
 from nestdsl.train.loop import train
 from nestdsl.train.metrics import bits_per_byte

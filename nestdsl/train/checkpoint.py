@@ -35,7 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nestdsl.errors import UserError
-from nestdsl.optim.levels import SINGLE_LEVEL
+from nestdsl.train.optimizer_state import load_optimizer_state, optimizer_state
 
 FORMAT = "nestdsl-checkpoint-1"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -121,98 +121,6 @@ def parameter_table(model: torch.nn.Module) -> dict[str, dict]:
     }
 
 
-def _jsonable(value):
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state_dict = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for index, entries in state_dict["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    groups = [{k: _jsonable(v) for k, v in group.items()} for group in state_dict["param_groups"]]
-    return tensors, {
-        "class": type(optimizer).__name__,
-        "param_groups": groups,
-        "scalar_state": scalars,
-    }
-
-
-def _levels(optimizer) -> dict[str, torch.optim.Optimizer]:
-    """Level name -> torch optimizer, for a LevelOptimizers or a single torch optimizer."""
-    if hasattr(optimizer, "optimizers"):
-        return dict(optimizer.optimizers)
-    return {SINGLE_LEVEL: optimizer}
-
-
-def _all_optimizer_parts(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Every level's state: tensors keyed "<level>/<index>/<name>", the rest per level."""
-    tensors: dict[str, torch.Tensor] = {}
-    infos: dict[str, dict] = {}
-    for level, single in _levels(optimizer).items():
-        own, infos[level] = _optimizer_parts(single)
-        tensors.update({f"{level}/{key}": t for key, t in own.items()})
-    return tensors, infos
-
-
-def _load_optimizers(path: Path, optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    levels = _levels(optimizer)
-    if "optimizers" in meta:
-        infos = meta["optimizers"]
-    elif len(levels) == 1:  # earlier versions: one optimizer, tensors keyed "<index>/<name>"
-        only = next(iter(levels))
-        infos = {only: meta["optimizer"]}
-        tensors = {f"{only}/{key}": t for key, t in tensors.items()}
-    else:
-        infos = {SINGLE_LEVEL: meta["optimizer"]}
-    if sorted(infos) != sorted(levels):
-        raise UserError(
-            f"checkpoint {path} holds optimizers for levels {', '.join(sorted(infos))}, but the "
-            f"run trains levels {', '.join(sorted(levels))}"
-        )
-    for level, single in levels.items():
-        info = infos[level]
-        if info["class"] != type(single).__name__:
-            raise UserError(
-                f"checkpoint {path} holds {info['class']} state for level `{level}`, but the run "
-                f"uses {type(single).__name__}"
-            )
-        prefix = f"{level}/"
-        own = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-        try:
-            single.load_state_dict(_optimizer_state_dict(own, info))
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise UserError(
-                f"checkpoint {path}: optimizer state of level `{level}` does not fit ({err})"
-            ) from None
-
-
-def _optimizer_state_dict(tensors: dict[str, torch.Tensor], info: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, tensor in tensors.items():
-        index, name = key.split("/", 1)
-        state.setdefault(int(index), {})[name] = tensor
-    for index, entries in info["scalar_state"].items():
-        state.setdefault(int(index), {}).update(entries)
-    groups = []
-    for group in info["param_groups"]:
-        # JSON has no tuples; optimizers expect e.g. betas as a tuple.
-        groups.append(
-            {
-                k: (tuple(v) if isinstance(v, list) and k != "params" else v)
-                for k, v in group.items()
-            }
-        )
-    return {"state": state, "param_groups": groups}
-
-
 def _ranked(per_rank: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {
         f"{rank}/{name}": t.detach().to("cpu", copy=True).contiguous()
@@ -251,7 +159,7 @@ def save_checkpoint(
     """
     root = Path(root)
     weights, aliases = model_tensors(model)
-    opt_tensors, opt_infos = _all_optimizer_parts(optimizer)
+    opt_tensors, opt_infos = optimizer_state(optimizer)
     rng_tensors: dict[str, torch.Tensor] = {}
     rng_json = []
     for rank, rng in enumerate(rng_states):
@@ -452,7 +360,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer=None) -> Loade
             f"checkpoint {path} does not fit this model: {str(err).splitlines()[0]}"
         ) from None
     if optimizer is not None:
-        _load_optimizers(path, optimizer, tensors("optimizer.safetensors"), meta)
+        load_optimizer_state(path, optimizer, tensors("optimizer.safetensors"), meta)
     world_size = int(meta.get("world_size", 1))
     rng_tensors = _unranked(tensors("rng.safetensors"), world_size)
     rng_states = []

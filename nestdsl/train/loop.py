@@ -34,14 +34,9 @@ from nestdsl.errors import UserError
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
 from nestdsl.train import distributed
 from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
-from nestdsl.train.config import (
-    ModelSource,
-    RunFolder,
-    TrainConfig,
-    TrainingInterrupted,
-    TrainResult,
-)
+from nestdsl.train.config import ModelSource, TrainConfig, TrainingInterrupted, TrainResult
 from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
+from nestdsl.train.folder import RunFolder
 from nestdsl.train.metrics import (
     MetricsLog,
     TensorBoardLog,

@@ -15,7 +15,8 @@ import torch
 
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import load_weights
-from nestdsl.train.config import RunFolder, TrainConfig
+from nestdsl.train.config import TrainConfig
+from nestdsl.train.folder import RunFolder
 from nestdsl.train.metrics import read_metrics
 
 

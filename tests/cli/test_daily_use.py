@@ -3,6 +3,7 @@ caught before a run folder exists (issue 14, items 2 and 9)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ def test_version(capsys):
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"nestdsl {nestdsl.__version__}"
+    assert nestdsl.__version__ == importlib.metadata.version("nestdsl")  # pyproject's, not a copy
 
 
 def test_list_names_every_shipped_spec_with_its_description(capsys):

@@ -240,14 +240,20 @@ def compile_only(args) -> None:
         for kernel in (module._fwd_kernel, module._bwd_kernel):
             names = kernel.arg_names
             prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
-            consts = {"H": 4, "K": K, "V": K, "BK": K, "BV": min(K, 64), "PREC": prec}
-            tile = delta_rule.MAX_TILE if module is delta_rule else 64
-            consts["BC" if "BC" in names else "BT"] = min(args.chunk, tile)
+            if module is titans_linear:
+                # the largest chunk the Triton form takes at this K (beyond: the chunk form)
+                chunk = min(args.chunk, titans_linear.TILE_BUDGET // ts.block(K))
+                BC, BK, BV = titans_linear._tiles(K, K, chunk)
+                tiles = {"BC": BC}
+            else:
+                BT, BK, BV = module._blocks(K, K, args.chunk)
+                tiles = {"BT": BT}
+            consts = {"H": 4, "K": K, "V": K, "BK": BK, "BV": BV, "PREC": prec, **tiles}
             consts.update({n: True for n in switches if n in names})
             sig = {n: scalars.get(n, f"*{elt}" if n in io else "*fp32") for n in names}
             sig.update({n: "constexpr" for n in consts})
             t0 = time.perf_counter()
-            options = {"num_warps": ts.num_warps(K, consts["BV"])}
+            options = {"num_warps": ts.num_warps(BK, BV)}
             target = GPUTarget("cuda", args.arch, 32)
             source = ASTSource(kernel, sig, consts)
             compiled = triton.compile(source, target=target, options=options)
@@ -258,7 +264,7 @@ def compile_only(args) -> None:
                 out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
                                      capture_output=True, text=True).stdout  # fmt: skip
                 usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
-            print(f"{module.__name__.split('.')[-2]}.{kernel.fn.__name__}: "
+            print(f"{module.__name__.split('.')[-2]}.{kernel.fn.__name__} {tiles}, BV={BV}: "
                   f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, "
                   f"{usage}", flush=True)  # fmt: skip
 

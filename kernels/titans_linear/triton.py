@@ -29,7 +29,19 @@ from ..deep_memory.recurrence import chunk_coefficients
 from .chunk import titans_linear_chunk
 
 # Largest chunk one tile holds (the [C, C] score and coefficient blocks live in registers).
-MAX_CHUNK = 128
+MAX_CHUNK = 64
+# Shared-memory budget of the backward kernel, as (key block) x (chunk block): offline ptxas for
+# sm_90 (bf16, tf32 products, 8 warps) gave 154 KB at 64 x 64 with 32-column value tiles, but
+# 250 KB at 128 x 64 (over the 227 KB a block may use), and 146 KB at 128 x 16 with 64 columns
+# (75 KB with 32). Beyond TILE_BUDGET the chunk form runs; above 1024 the value tile is 32.
+TILE_BUDGET = 64 * 64
+
+
+def _tiles(K: int, V: int, C: int) -> tuple[int, int, int]:
+    """(BC, BK, BV) for chunk C and head sizes K, V."""
+    BC, BK = ts.block(C), ts.block(K)
+    BV = ts.value_block(V) if BK * BC <= 1024 else min(32, ts.value_block(V))
+    return BC, BK, BV
 
 
 @triton.jit
@@ -187,7 +199,7 @@ class _TitansLinear(torch.autograd.Function):
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = triton.cdiv(T, C)
-        BC, BK, BV = ts.block(C), ts.block(K), ts.value_block(V)
+        BC, BK, BV = _tiles(K, V, C)
         NV = triton.cdiv(V, BV)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         dev, f32 = q.device, torch.float32
@@ -217,7 +229,7 @@ class _TitansLinear(torch.autograd.Function):
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = triton.cdiv(T, C)
-        BC, BK, BV = ts.block(C), ts.block(K), ts.value_block(V)
+        BC, BK, BV = _tiles(K, V, C)
         NV = triton.cdiv(V, BV)
         dev, f32, BH = q.device, torch.float32, B * H
 
@@ -294,10 +306,12 @@ def titans_linear_triton(
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; theta, eta, alpha: [B, T, H]; initial_state (M),
     initial_momentum (S): [B, H, K, V]. Returns o [B, T, H, V] and ``(M_T, S_T)`` (or None).
-    float64 inputs, K over 256 and chunks over 128 tokens run :func:`titans_linear_chunk`.
+    float64 inputs, chunks over 64 tokens and chunk x key tiles over ``TILE_BUDGET`` (64 x 64,
+    i.e. C <= 32 for K = 128) run :func:`titans_linear_chunk`.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if ts.fallback_reason(q.dtype, q.shape[-1]) is not None or chunk_size > MAX_CHUNK:
+    too_big = chunk_size > MAX_CHUNK or ts.block(chunk_size) * ts.block(q.shape[-1]) > TILE_BUDGET
+    if ts.fallback_reason(q.dtype, q.shape[-1]) is not None or too_big:
         return titans_linear_chunk(
             q, k, v, theta, eta, alpha, chunk_size=chunk_size, scale=scale,
             initial_state=initial_state, initial_momentum=initial_momentum,

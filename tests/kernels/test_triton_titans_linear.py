@@ -24,6 +24,7 @@ CASES = [  # B, T, H, K, V, chunk, initial states
     pytest.param((1, 23, 3, 20, 12, 5, True), id="C=5,H=3"),
     pytest.param((1, 6, 1, 4, 4, 1, True), id="C=1"),
     pytest.param((1, 19, 1, 16, 80, 8, True), id="V=80,two-value-tiles"),
+    pytest.param((1, 70, 1, 32, 40, 64, True), id="C=64,32-column-tiles"),
 ]
 
 
@@ -66,6 +67,16 @@ def test_zero_gates():
     inputs = {"q": q, "k": k, "v": v, "theta": theta, "eta": eta, "alpha": alpha, "M0": M0,
               "S0": None}  # fmt: skip
     check_against_oracle(_call(8), titans_linear_naive, tr.titans_linear_triton, inputs)
+
+
+def test_tiles_over_the_shared_memory_budget_run_the_chunk_form():
+    tr = load("titans_linear.triton")
+    q, k, v, M0 = rand_inputs(1, 9, 1, 128, 8, h0=True, dtype=torch.float32)
+    gates = _gates(1, 9, 1, torch.float32)
+    kw = {"chunk_size": 64, "initial_state": M0, "output_final_state": True}
+    o, (M, S) = tr.titans_linear_triton(q, k, v, *gates, **kw)
+    o_ref, (M_ref, S_ref) = titans_linear_chunk(q, k, v, *gates, **kw)
+    assert torch.equal(o, o_ref) and torch.equal(M, M_ref) and torch.equal(S, S_ref)
 
 
 def test_no_grad_without_final_state():

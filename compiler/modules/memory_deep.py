@@ -24,14 +24,10 @@ from nestdsl.kernels.deep_memory import (
 from nestdsl.kernels.titans_linear import titans_linear
 from torch import nn
 
-from nestdsl.errors import CompileError
 from nestdsl.spec.memory import (
     GatedMLPStructure,
     IdentityInit,
-    KLRetention,
     LearnedInit,
-    LpObjective,
-    LqRetention,
     MatrixStructure,
     MLPStructure,
     ZerosInit,
@@ -80,11 +76,12 @@ class WeightsMemory(MemoryModule):
                      for o, i in self.structure.shapes()]  # fmt: skip
         else:
             start = init_params(self.structure, plan.heads)
-        learned = isinstance(init, LearnedInit) or not isinstance(plan.every, int)
-        frozen = plan.every == "never"
-        self.initial = nn.ParameterList(
-            nn.Parameter(w, requires_grad=learned and not frozen) for w in start
-        )
+        if isinstance(init, LearnedInit) or not isinstance(plan.every, int):
+            frozen = plan.every == "never"
+            self.initial = nn.ParameterList(nn.Parameter(w, requires_grad=not frozen)
+                                            for w in start)  # fmt: skip
+        else:  # a constant start (zeros, identity) is part of the spec, not a parameter
+            self.initial = Constants(start)
 
     def initial_weights(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
         return initial_weights([w.to(like.dtype) for w in self.initial], batch)
@@ -127,39 +124,17 @@ class DeepMemory(WeightsMemory):
 
     def __init__(self, plan):
         super().__init__(plan)
-        mem = plan.memory
-        if mem.normalize:
-            raise CompileError(f"memory `{plan.decl}`: `normalize` is lowered for memories "
-                               "updated every token without retention (linear attention)")  # fmt: skip
-        rule = mem.rule.kind
-        if rule == "dgd" and mem.rule.momentum is not None:
-            rule = "dgd_momentum"
-        ret, obj = mem.retention, mem.objective
-        window = mem.window.tokens if mem.window is not None else 1
-        kl = isinstance(ret, KLRetention)
+        o = self.lowered
         try:
             self.options = DeepMemoryOptions(
-                structure=self.structure,
-                objective="huber_norm" if getattr(obj, "switch", None) == "norm" else obj.kind,
-                p=obj.p if isinstance(obj, LpObjective) else 3.0,
-                # The kernel takes one Huber threshold for a whole window; the spec checks keep
-                # it a constant there (or absent: 1). Without a window it is a per-token gate.
-                delta=float(getattr(obj, "delta", 1.0)) if window > 1 else 1.0,
-                rule=rule,
-                dgd_step=getattr(mem.rule, "step", "explicit"),
-                ns_steps=mem.rule.ns_steps if rule == "muon" else 5,
-                ns_kind=mem.rule.ns_kind if rule == "muon" else "quintic",
-                retention="kl" if kl else "lq" if isinstance(ret, LqRetention) else "l2",
-                retention_mode=getattr(ret, "mode", "global"),
-                q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
-                kl_scale=ret.scale if kl else 1.0,
-                # Memora's lag token (Miras eq. 30) belongs to kl retention (no Omega window).
-                lag_token=kl and window == 1,
-                chunk_size=plan.chunk,
-                window=window,
-            )
-        except ValueError as err:  # the spec checks should have caught it: say which memory
-            raise CompileError(f"memory `{plan.decl}`: {err}") from None
+                structure=self.structure, objective=o.objective, p=o.p,
+                delta=o.window_delta or 1.0, rule=o.rule, dgd_step=o.dgd_step,
+                ns_steps=o.ns_steps, ns_kind=o.ns_kind, retention=o.retention or "l2",
+                retention_mode=o.retention_mode, q_norm=o.q_norm, kl_scale=o.kl_scale,
+                lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window)  # fmt: skip
+        except ValueError as err:
+            raise AssertionError(f"`lower_memories` let memory `{plan.decl}` through, but the "
+                                 f"kernel rejects it (a bug in nestdsl): {err}") from None
         # Read by the span and state methods of this class.
         o = self.options
         self.rule, self.retention, self.q_norm, self.kl_scale = (

@@ -45,6 +45,7 @@ class MemoryOptions:
     retention_mode: str = "global"
     q_norm: float = 4.0
     kl_scale: float = 1.0
+    lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
     window: int = 1  # Omega rule: tokens each update fits
     feature_map: str | None = None
     degree: int | None = None
@@ -60,7 +61,8 @@ class MemoryOptions:
         if self.rule:
             parts.append(self.rule + (f" ({self.dgd_step})" if self.rule.startswith("dgd") else ""))
         if self.retention:
-            parts.append(f"retention {self.retention} {self.retention_mode}")
+            parts.append(f"retention {self.retention} {self.retention_mode}"
+                         + (" + lag token" if self.lag_token else ""))  # fmt: skip
         if self.window > 1:
             parts.append(f"window {self.window}")
         if self.feature_map:
@@ -79,7 +81,7 @@ def lower_memories(plan: Plan) -> Plan:
     for layer in plan.layers:
         for m in layer.memories.values():
             m.options = lower(plan, m)
-            errors += _unlowerable(plan, layer, m)
+            errors += _unlowerable(plan, m)
     if errors:
         raise SpecError(list(dict.fromkeys(errors)))
     plan.done.append("lower_memories")
@@ -123,6 +125,7 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         retention_mode=getattr(ret, "mode", "global"),
         q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
         kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
+        lag_token=isinstance(ret, KLRetention) and window == 1,
         window=window,
         feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
         degree=fm.degree if fm else None,
@@ -141,7 +144,7 @@ def _source(value) -> str:
     return f"`{value}`" if isinstance(value, str) else f"{value:g}"
 
 
-def _unlowerable(plan: Plan, layer, m: MemoryPlan) -> list[Diagnostic]:
+def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
     """What the spec asks of this memory that no kernel or module implements."""
     mem, where = m.memory, ("memories", m.decl)
     errors = []
@@ -160,13 +163,4 @@ def _unlowerable(plan: Plan, layer, m: MemoryPlan) -> list[Diagnostic]:
             f"`{m.options.init_level}`: that nesting (NL eq. 72) is lowered for task-loss (CMS) "
             "memories, whose state learns from the loss the slower level sees",
             plan.at(*where, "init", "by"), "name an `every: step` level in `by:`"))  # fmt: skip
-    if mem.normalize and m.chunk > 1:
-        nodes = layer.block.nodes
-        chunk_start = [r for r in (*m.reads, *m.feedback) if nodes[r].order == "chunk_start"]
-        if chunk_start:
-            errors.append(Diagnostic(
-                "not-lowered", f"`normalize` on `{m.decl}` (every {m.chunk} tokens) is lowered "
-                f"for reads after or before each token's write, not for the chunk-start read "
-                f"`{chunk_start[0]}`", plan.at(*where, "normalize"),
-                "read with `order: write_then_read` or `read_then_write`"))  # fmt: skip
     return errors

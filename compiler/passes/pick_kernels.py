@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from nestdsl.compiler.plan import LayerPlan, MemoryPlan, Plan
 
+from nestdsl.errors import Diagnostic, SpecError
+
 
 def pick_kernels(plan: Plan) -> Plan:
+    errors = []
     for layer in plan.layers:
         for m in layer.memories.values():
             m.kernel, m.why = choose(m, _orders(layer, m))
+            if m.options.normalize and m.kernel != "linear_attention":
+                errors.append(Diagnostic(
+                    "not-lowered", f"`normalize` on `{m.decl}` is linear attention's normalizer: "
+                    "it needs a matrix memory with `dot`, `gd`, no retention, and reads after or "
+                    f"before each token's write (this memory runs on {m.kernel})",
+                    plan.at("memories", m.decl, "normalize"), "remove `normalize`"))  # fmt: skip
+    if errors:
+        raise SpecError(list(dict.fromkeys(errors)))
     plan.done.append("pick_kernels")
     return plan
 

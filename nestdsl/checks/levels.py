@@ -84,6 +84,8 @@ def _nesting(ctx: CheckContext, steps: list[str]) -> Iterator[Diagnostic]:
             outer = spec.levels.get(owner)
             if outer is None:
                 continue
+            if owner == memory.level and not isinstance(own.every, int) and what != "reset":
+                continue  # a memory off context: its own level trains (or freezes) its weights
             if slowness(outer.every) <= slowness(own.every):
                 yield ctx.error("level-order",
                                 f"level `{owner}` (every: {outer.every}) owns the {what} of "

@@ -53,6 +53,14 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             f"a `cache` starts empty; `init: {m.init.kind}` has nothing to set",
                             path + ("init",), "remove `init`")  # fmt: skip
         st = m.structure
+        deep = st.kind == "gated_mlp" or st.kind == "mlp" and st.depth > 1
+        if deep and m.init.kind == "zeros":
+            yield ctx.error("objective-structure",
+                            f"an `{st.kind}` memory that starts at zero never learns: every "
+                            "layer's gradient passes through another layer that is zero",
+                            path + ("init",) if "init" in m.model_fields_set else path,
+                            "use `init: {kind: learned}` (a meta-learned start, NL eq. 28)",
+                            key="init" not in m.model_fields_set)  # fmt: skip
         if getattr(st, "depth", None) == 1:
             for part in ("expansion", "activation"):
                 if part in st.model_fields_set:
@@ -111,13 +119,14 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                                 "an identity initial state needs key_dim == value_dim",
                                 path + ("init",))  # fmt: skip
         retention = m.retention
-        if getattr(retention, "mode", None) == "local" and (every != 1 or m.rule is None
-                                                           or m.rule.kind != "gd"):  # fmt: skip
+        if getattr(retention, "mode", None) == "local" and (
+                m.rule is None or m.rule.kind == "dgd" and not task or m.window is not None):  # fmt: skip
             yield ctx.error("objective-structure",
-                            "local retention (decay, then a gradient step at the decayed state) "
-                            "is defined for `gd` updated every token",
+                            "local retention (decay, then the gradient step at the decayed "
+                            "state) is lowered for `gd`, `momentum` and `muon` without a window "
+                            "(and every rule of a `task` memory); `dgd` decays along the key",
                             path + ("retention", "mode"),
-                            "use `mode: global` (weight decay, Titans) for chunked or other rules")  # fmt: skip
+                            "use `mode: global` (weight decay, Titans)")  # fmt: skip
         yield from _window(ctx, name, m, every)
         yield from _normalize(ctx, name, m)
         fm = m.feature_map

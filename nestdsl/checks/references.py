@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 
 from nestdsl.checks.context import CheckContext
@@ -18,6 +19,7 @@ def _hint(name: str, options) -> str | None:
 
 def check_references(ctx: CheckContext) -> Iterator[Diagnostic]:
     spec = ctx.spec
+    yield from unused_dims(ctx)
     used_memories: set[str] = set()
     block_names: dict[str, int] = {}
     for index, bname, block in ctx.blocks():
@@ -76,6 +78,24 @@ def check_references(ctx: CheckContext) -> Iterator[Diagnostic]:
             yield ctx.error("unused-memory", f"memory `{name}` is never read", path,
                             "read it with `{op: read, memory: " + name + ", query: ...}` "
                             "or remove it", key=True)  # fmt: skip
+
+
+def unused_dims(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """A dim no size expression names is a warning, like an unused level or node."""
+    words: set[str] = set()
+    stack = [ctx.spec.model_dump(exclude={"dims"})]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, str):
+            words.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", value))
+    for name in ctx.spec.dims:
+        if name not in words:
+            yield ctx.warning("unused-dim", f"dim `{name}` is used by no size",
+                              ("dims", name), "remove it or use it in a size")  # fmt: skip
 
 
 def _memory_tensors(ctx: CheckContext, name: str, tensors: set[str], index: int):

@@ -70,7 +70,7 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
     if version is not None and (type(version) is not int or version != 1):  # `true` == 1 too
         raise SpecError([Diagnostic("version", f"spec version {json.dumps(version, default=str)} is not supported",
                                     source.find(("nestdsl",)), "this nestdsl reads `nestdsl: 1`")])  # fmt: skip
-    spec, found = _schema(data, source)
+    spec, found, dropped = _schema(data, source)
     if spec is None:
         raise SpecError(_dedupe(found))
     graph = build_graph(spec, source)
@@ -81,6 +81,9 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
         except Exception as err:  # a bug in a check must still end as a report, not a crash
             found.append(Diagnostic("internal", f"check `{name}` failed: {err!r}; this is a bug "
                                     "in nestdsl, please report it", Position(file, 1, 1)))  # fmt: skip
+    # A dropped misspelt key is reported once: not again as the key its mapping now lacks.
+    parents = {source.find(loc[:-1], key=True) for loc in dropped}
+    found = [d for d in found if not (d.code == "missing-key" and d.pos in parents)]
     found = _dedupe(found)
     if any(d.severity == "error" for d in found):
         # Warnings about unused parts mostly echo the errors (a dangling name orphans its
@@ -96,35 +99,38 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
         raise SpecError(_dedupe(err.diagnostics)) from None
     return checked
 
-def _schema(data: Any, source: SourceMap) -> tuple[Spec | None, list[Diagnostic]]:
+def _schema(data: Any, source: SourceMap) -> tuple[Spec | None, list[Diagnostic], list[tuple]]:
     """The spec and the schema's diagnostics. Unknown keys mean nothing, so they are dropped
     and the rest validated again: one run reports a misspelt key and the mistakes the later
     checks find behind it. Any other schema error stops before the checks (their findings
     would rest on a guess)."""
     found: list[Diagnostic] = []
+    dropped: list[tuple] = []  # data paths of the dropped keys
     for _ in range(8):  # each round drops every unknown key pydantic reported
         try:
-            return Spec.model_validate(data), found
+            return Spec.model_validate(data), found, dropped
         except ValidationError as err:
             found += diagnostics_from(err, data, source)
             errors = err.errors()
             if any(e["type"] != "extra_forbidden" for e in errors):
-                return None, found
+                return None, found, dropped
             data = copy.deepcopy(data)
-            for e in errors:
-                _drop(data, e["loc"])
-    return None, found
+            dropped += [_drop(data, e["loc"]) for e in errors]
+    return None, found, dropped
 
 
-def _drop(data: Any, loc: tuple) -> None:
-    """Delete the key at a pydantic `loc`, skipping the parts that are union tags."""
-    node = data
+def _drop(data: Any, loc: tuple) -> tuple:
+    """Delete the key at a pydantic `loc`, skipping the parts that are union tags; returns
+    the key's path in the data."""
+    node, path = data, []
     for part in loc[:-1]:
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(
                 part, int) and part < len(node):  # fmt: skip
             node = node[part]
+            path.append(part)
     if isinstance(node, dict):
         node.pop(loc[-1], None)
+    return (*path, loc[-1])
 
 
 def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:

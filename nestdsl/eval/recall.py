@@ -47,6 +47,8 @@ HELDOUT = "mqar-heldout"  # the split name of the held-out seed; training uses "
 
 @dataclass(frozen=True)
 class RecallSettings:
+    """How each grid point is trained and scored (defaults: the issue's setting)."""
+
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
@@ -66,6 +68,8 @@ class RecallSettings:
                 raise UserError(f"recall: {name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"recall: the learning rate must be positive, got {self.lr}")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise UserError("recall: weight decay and gradient clipping must be non-negative")
         if not 0 < self.warmup_fraction < 1:
             raise UserError(
                 f"recall: warmup_fraction must be in (0, 1), got {self.warmup_fraction}"

@@ -1,0 +1,355 @@
+"""Deep (MLP) memory, Triton form: one fused forward kernel per (batch, head), torch backward.
+
+README.md §5 ("Chunk form") and its "Triton" section; Titans §3.1-3.2 (the LMM and its
+mini-batch gradient form), Nested Learning §4.1 / eqs. 57, 88 (dgd). Covered: the 2-layer
+residual MLP ``M(x) = x + W_2 s(W_1 x)`` (any activation, no norm, not gated), the l2
+objective, the gd / momentum / dgd / dgd_momentum rules with the explicit step, l2 retention in
+the global (Titans) mode, window 1, every read order. That is the LMM of Titans, the memories
+of Hope (eqs. 83-89, dgd, self-generated values: the caller passes ``v = M_{t0}(v)`` read at
+the chunk start) and the l2 variants of Miras and Atlas. Everything else runs
+:func:`deep_memory_chunk`, with the reason in a warning (:func:`unsupported`).
+
+One program per (batch, head) walks the chunks in order with both weight matrices
+(``W1 [h, d]``, ``W2 [d, h]``) and their momenta in registers. Per chunk of C tokens:
+
+1. write pass at the chunk-start weights: ``z = K W1^T``, ``A2 = s(z)``, ``e = K + A2 W2^T - V``,
+   local errors ``delta2 = e``, ``delta1 = (e W2) ⊙ s'(z)`` (README eqs. B1, B3); the per-token
+   gradients ``delta_l a_l^T`` are never formed, only these [C, width] factors, on chip;
+2. the coefficients of eq. D1 from the gates (segment products by ``tl.cumprod``, no division,
+   exact at ``alpha = 1`` / ``eta = 0``; momentum composes them with one [C, C] product, D3);
+3. dgd's drives by the UT transform (eq. D5): one unit-lower inverse per layer;
+4. reads by the dual form (eq. D2) layer by layer, and the chunk end by row ``C`` (or the last
+   real token's row, D4) of eq. D1.
+
+The backward recomputes :func:`deep_memory_chunk` under autograd (float32) and differentiates
+it: exact gradients of every input and initial state, but not fused (the next step).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import triton_support as ts
+from ..triton_support import unit_lower_inverse
+from .chunk import deep_memory_chunk
+from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors, check_inputs
+from .structure import ACTIVATIONS
+
+RULES = ("gd", "momentum", "dgd", "dgd_momentum")  # the rules the kernel covers
+READ_CODES = {"write_then_read": 0, "read_then_write": 1, "chunk_start": 2}
+# Largest chunk tile and largest weight tile [block(h), block(d)] a program holds. Chosen
+# without a GPU (the four weight / momentum tiles plus the [BT, h] activations must stay in
+# registers); to be tuned on one.
+MAX_CHUNK = 64
+TILE_BUDGET = 128 * 128
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    """The activation s(z), indexed as ``ACTIVATIONS`` (gelu is the exact erf form)."""
+    if ACT == 0:
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACT == 1:
+        return z * tl.sigmoid(z)
+    elif ACT == 2:
+        return tl.maximum(z, 0.0)
+    elif ACT == 3:
+        return 2.0 * tl.sigmoid(2.0 * z) - 1.0  # tanh
+    else:
+        return z
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr):
+    """s'(z) written out, as structure.activation_grad."""
+    if ACT == 0:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        return cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACT == 1:
+        sig = tl.sigmoid(z)
+        return sig * (1.0 + z * (1.0 - sig))
+    elif ACT == 2:
+        return (z > 0.0).to(tl.float32)
+    elif ACT == 3:
+        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+        return 1.0 - t * t
+    else:
+        return tl.full(z.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _segments(r, BT: tl.constexpr):
+    """``P[t, i] = prod_{i < l <= t} r_l`` (1 on the diagonal, 0 above) and ``c[t] = prod_{l <= t}
+    r_l`` for one chunk's gates r [BT] (README eq. D1's segment products, by cumprod: a zero
+    gate gives exact zeros)."""
+    idx = tl.arange(0, BT)
+    factors = tl.where(idx[None, :] > idx[:, None], r[None, :], 1.0)  # [BT (i), BT (l)]
+    upto = tl.cumprod(factors, axis=1)  # [i, t] = prod_{i < l <= t} r_l for t >= i
+    P = tl.where(idx[:, None] >= idx[None, :], tl.trans(upto), 0.0)  # [BT (t), BT (i)]
+    return P, tl.cumprod(r, axis=0)
+
+
+@triton.jit
+def _prev(x, idx, first):
+    """Row t - 1 of a per-row vector x [BT] (``first`` at t = 0): the weights before token t."""
+    sel = idx[None, :] == idx[:, None] - 1  # [BT (t), BT (s)], s = t - 1
+    return tl.sum(tl.where(sel, x[None, :], 0.0), axis=1) + tl.where(idx == 0, first, 0.0)
+
+
+@triton.jit
+def _row(x, idx, i):
+    """Row i of x [BT, M], as [M]."""
+    return tl.sum(tl.where(idx[:, None] == i, x, 0.0), axis=0)
+
+
+@triton.jit
+def _entry(x, idx, i):
+    """Entry i of x [BT], as a scalar."""
+    return tl.sum(tl.where(idx == i, x, 0.0), axis=0)
+
+
+@triton.jit
+def _dual(b, d, w, W0, S0, A, X, R, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Per-token ``W_t r_t`` (eq. D2): ``b ⊙ R W0^T + d ⊙ R S0^T + ((R A^T) ⊙ w) X``."""
+    z = b[:, None] * tl.dot(R, tl.trans(W0), input_precision=PREC)  # [BT, out]
+    if MOM:
+        z += d[:, None] * tl.dot(R, tl.trans(S0), input_precision=PREC)
+    scores = tl.dot(R, tl.trans(A), input_precision=PREC) * w  # [BT, BT], causal via w
+    return z + tl.dot(scores, X, input_precision=PREC)
+
+
+@triton.jit
+def _dgd_drive(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.constexpr,
+               BT: tl.constexpr):  # fmt: skip
+    """dgd's drives ``x_t = W_{t-1} a_t + delta_t`` (eq. D5): ``(I - L) X = b' ⊙ A W0^T (+ d' ⊙
+    A S0^T) + E`` with ``L[t, i] = w'[t, i] (a_t . a_i)`` strictly lower (primes: row t - 1)."""
+    L = tl.where(strict, wp * tl.dot(A, tl.trans(A), input_precision=PREC), 0.0)  # [BT, BT]
+    rhs = bp[:, None] * tl.dot(A, tl.trans(W0), input_precision=PREC) + E  # [BT, out]
+    if MOM:
+        rhs += dp[:, None] * tl.dot(A, tl.trans(S0), input_precision=PREC)
+    return tl.dot(unit_lower_inverse(-L, BT), rhs, input_precision=PREC)
+
+
+@triton.jit
+def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s1_out, s2_out,
+                T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
+                BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
+                MOM: tl.constexpr, DGD: tl.constexpr, READ: tl.constexpr,
+                USE_S0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    bh = i_bh.to(tl.int64)
+    idx = tl.arange(0, BT)
+    lower = idx[:, None] >= idx[None, :]
+    strict = idx[:, None] > idx[None, :]
+    jd, jh = tl.arange(0, BD), tl.arange(0, BH)
+    p1 = jh[:, None] * D + jd[None, :]  # [BH, BD] offsets in W1 [h, d]
+    m1 = (jh < HD)[:, None] & (jd < D)[None, :]
+    p2 = jd[:, None] * HD + jh[None, :]  # [BD, BH] offsets in W2 [d, h]
+    m2 = (jd < D)[:, None] & (jh < HD)[None, :]
+    W1 = tl.load(w1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
+    W2 = tl.load(w2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)  # [BD, BH]
+    # Padding (hidden units past h, features past d) stays exactly zero: s(0) = 0 for every
+    # activation and the padded errors are zero, so no update reaches it.
+    if USE_S0:
+        S1 = tl.load(s1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)
+        S2 = tl.load(s2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)
+    else:
+        S1 = tl.zeros([BH, BD], dtype=tl.float32)
+        S2 = tl.zeros([BD, BH], dtype=tl.float32)
+    for n in range(0, N):
+        t = n * C + idx  # [BT] token positions
+        mt = (idx < C) & (t < T)
+        row = i_b.to(tl.int64) * T + t  # [BT], (b, t) row of the [B, T, H, ...] layouts
+        pd = (row * H + i_h)[:, None] * D + jd[None, :]  # [BT, BD]
+        mtd = mt[:, None] & (jd < D)[None, :]
+        Q = tl.load(q + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
+        K = tl.load(k + pd, mask=mtd, other=0.0).to(tl.float32)
+        V = tl.load(v + pd, mask=mtd, other=0.0).to(tl.float32)
+        # Tokens past the chunk or past T: theta = 0, eta = 1, alpha = 0 (no write, no decay).
+        th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
+        r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
+
+        # 1. Write pass at the chunk-start weights (README eqs. B1, B3): inputs and errors.
+        Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]
+        A2 = _act(Z, ACT)  # [BT, BH], layer 2's inputs
+        E = K + tl.dot(A2, tl.trans(W2), input_precision=PREC) - V  # [BT, BD], dl/dy of l2
+        E1 = tl.dot(E, W2, input_precision=PREC) * _act_grad(Z, ACT)  # [BT, BH], delta_1
+
+        # 2. Coefficients of eq. D1, rows t = after token t: W_t = b W0 + d S0 + sum w x a^T.
+        Pr, b = _segments(r, BT)  # [BT, BT], [BT]
+        if MOM:
+            et = tl.load(eta + row * H + i_h, mask=mt, other=1.0).to(tl.float32)
+            Pe, sb = _segments(et, BT)
+            d = tl.sum(Pr * sb[None, :], axis=1)  # [BT], weight of S0 (eq. D3)
+            w = -th[None, :] * tl.dot(Pr, Pe, input_precision=PREC)  # [BT, BT]
+            sw = -th[None, :] * Pe  # [BT, BT], the momentum's own rows
+        else:
+            d = tl.zeros([BT], dtype=tl.float32)
+            w = -th[None, :] * Pr
+        w = tl.where(lower, w, 0.0)
+        # Rows t - 1 (the weights each token's write starts from / read_then_write reads).
+        bp, dp = _prev(b, idx, 1.0), _prev(d, idx, 0.0)
+        shift = (idx[None, :] == idx[:, None] - 1).to(tl.float32)  # [BT, BT]
+        wp = tl.dot(shift, w, input_precision="ieee")  # [BT, BT], exact row shift
+
+        # 3. Drives: the local errors, or dgd's x_t = W_{t-1} a_t + delta_t (eq. D5).
+        if DGD:
+            X1 = _dgd_drive(bp, dp, wp, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
+            X2 = _dgd_drive(bp, dp, wp, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
+        else:
+            X1 = E1
+            X2 = E
+
+        # 4. Reads, layer by layer (eq. D2); chunk_start is the plain MLP at W_{t0}.
+        if READ == 2:
+            Hr = _act(tl.dot(Q, tl.trans(W1), input_precision=PREC), ACT)  # [BT, BH]
+            out = Q + tl.dot(Hr, tl.trans(W2), input_precision=PREC)  # [BT, BD]
+        else:
+            if READ == 0:
+                rb, rd, rw = b, d, w
+            else:
+                rb, rd, rw = bp, dp, wp
+            Hr = _act(_dual(rb, rd, rw, W1, S1, K, X1, Q, MOM, PREC), ACT)  # [BT, BH]
+            out = Q + _dual(rb, rd, rw, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+        tl.store(o + pd, out.to(o.dtype.element_ty), mask=mtd)
+
+        # 5. The state after the chunk's last real token (eq. D4).
+        last = tl.minimum(T - n * C, C) - 1
+        we = _row(w, idx, last)  # [BT]
+        G1 = tl.dot(tl.trans(X1 * we[:, None]), K, input_precision=PREC)  # [BH, BD]
+        G2 = tl.dot(tl.trans(X2 * we[:, None]), A2, input_precision=PREC)  # [BD, BH]
+        be = _entry(b, idx, last)
+        W1n = be * W1 + G1
+        W2n = be * W2 + G2
+        if MOM:
+            de, swe, sbe = _entry(d, idx, last), _row(sw, idx, last), _entry(sb, idx, last)
+            W1n += de * S1
+            W2n += de * S2
+            S1 = sbe * S1 + tl.dot(tl.trans(X1 * swe[:, None]), K, input_precision=PREC)
+            S2 = sbe * S2 + tl.dot(tl.trans(X2 * swe[:, None]), A2, input_precision=PREC)
+        W1 = W1n
+        W2 = W2n
+    tl.store(w1_out + bh * HD * D + p1, W1, mask=m1)
+    tl.store(w2_out + bh * D * HD + p2, W2, mask=m2)
+    if MOM:
+        tl.store(s1_out + bh * HD * D + p1, S1, mask=m1)
+        tl.store(s2_out + bh * D * HD + p2, S2, mask=m2)
+
+
+def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor | None = None,
+                window_prefix: Tensors | None = None) -> str | None:  # fmt: skip
+    """Why the Triton kernel does not run this memory (the chunk form does), or None."""
+    st, o = options.structure, options
+    checks = (
+        (st.gated, "the gated memory"),
+        (st.depth != 2, f"depth {st.depth} (the kernel holds a 2-layer MLP)"),
+        (not st.residual, "a memory without the residual path"),
+        (st.norm != "none", f"norm={st.norm!r}"),
+        (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
+        (o.rule not in RULES, f"rule={o.rule!r} (the kernel has {', '.join(RULES)})"),
+        (o.dgd_step != "explicit", f"dgd_step={o.dgd_step!r}"),
+        (o.retention != "l2", f"retention={o.retention!r} (the kernel has l2)"),
+        (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
+        (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
+        (o.lag_token, "the lag token"),
+        (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
+        (ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET,
+         f"weight tile {st.hidden} x {st.d_in} over {TILE_BUDGET} elements"),
+    )  # fmt: skip
+    for bad, why in checks:
+        if bad:
+            return why
+    return ts.fallback_reason(dtype, st.d_in, st.hidden)
+
+
+class _DeepMemory(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, options, read, q, k, v, theta, eta, alpha, w1, w2, s1, s2):
+        st = options.structure
+        B, T, H, D = q.shape
+        HD, C = st.hidden, options.chunk_size
+        BT, BD, BH = ts.block(C), ts.block(D), ts.block(HD)
+        mom = options.has_momentum
+        dev, f32 = q.device, torch.float32
+        args = [x.contiguous() for x in (q, k, v, theta, eta, alpha, w1, w2)]
+        s0 = [x.contiguous() for x in (s1, s2)] if s1 is not None else [w1, w2]
+        o = ts.new_output((B, T, H, D), q.dtype, dev)
+        finals = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)]
+        moms = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if mom else finals
+        _fwd_kernel[(B * H,)](
+            *args, *s0, o, *finals, *moms, T, -(-T // C), H=H, D=D, HD=HD, C=C, BT=BT, BD=BD,
+            BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
+            DGD=options.rule.startswith("dgd"), READ=READ_CODES[read], USE_S0=s1 is not None,
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BH, BD),
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2)
+        ctx.options, ctx.read = options, read
+        ctx.set_materialize_grads(False)
+        finals = [f.to(w.dtype) for f, w in zip(finals, (w1, w2), strict=True)]
+        moms = [m.to(w1.dtype) for m in moms] if mom else [o.new_zeros(0), o.new_zeros(0)]
+        return o, *finals, *moms
+
+    @staticmethod
+    def backward(ctx, do, dw1, dw2, ds1, ds2):
+        # Recompute the chunk form (float32) under autograd and differentiate it: exact
+        # gradients (second-order terms of the write pass included), not fused.
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        leaves = [None if x is None else x.detach().float().requires_grad_(need)
+                  for x, need in zip(saved, needs, strict=True)]  # fmt: skip
+        wanted = [x for x in leaves if x is not None and x.requires_grad]
+        ups = (do, dw1, dw2, ds1, ds2)
+        if not wanted or all(u is None for u in ups):
+            return (None,) * (2 + len(saved))
+        q, k, v, theta, eta, alpha, w1, w2, s1, s2 = leaves
+        with torch.enable_grad():
+            o, (W, S) = deep_memory_chunk(
+                q, k, v, theta, eta, alpha, [w1, w2], ctx.options, read=ctx.read,
+                momentum=None if s1 is None else [s1, s2], output_final_state=True,
+            )  # fmt: skip
+            outs = [o, *W, *(S if S is not None else (None, None))]
+            pairs = [(y, u.float()) for y, u in zip(outs, ups, strict=True)
+                     if y is not None and u is not None]  # fmt: skip
+            got = torch.autograd.grad([y for y, _ in pairs], wanted, [u for _, u in pairs],
+                                      allow_unused=True)  # fmt: skip
+        found = dict(zip(map(id, wanted), got, strict=True))
+        grads = []
+        for x, leaf in zip(saved, leaves, strict=True):
+            g = found.get(id(leaf)) if leaf is not None else None
+            grads.append(None if g is None else g.to(x.dtype))
+        return None, None, *grads
+
+
+def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                       weights: Tensors, options: DeepMemoryOptions, *,
+                       read: str = "write_then_read", momentum: Tensors | None = None,
+                       output_final_state: bool = False, delta: Tensor | None = None,
+                       gamma: Tensor | None = None,
+                       window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+    """The Triton form of :func:`deep_memory` (same contract), differentiable w.r.t. every
+    input, the initial weights and the initial momentum. Memories the kernel does not cover
+    (:func:`unsupported`) run :func:`deep_memory_chunk`, with a warning that says why.
+    ``delta`` (a Huber threshold) has no effect on the l2 objective the kernel covers."""
+    check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
+                 delta=delta, gamma=gamma, window_prefix=window_prefix)  # fmt: skip
+    reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix)
+    if reason is not None:
+        warnings.warn(f"deep_memory: the triton backend runs the torch chunk form for {reason}",
+                      stacklevel=2)  # fmt: skip
+        return deep_memory_chunk(
+            q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
+            output_final_state=output_final_state, delta=delta, gamma=gamma,
+            window_prefix=window_prefix,
+        )  # fmt: skip
+    s1, s2 = (None, None) if momentum is None else momentum
+    ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2)
+    o, w1, w2, m1, m2 = _DeepMemory.apply(options, read, q, k, v, theta, eta, alpha,
+                                          weights[0], weights[1], s1, s2)  # fmt: skip
+    if not output_final_state:
+        return o, None
+    return o, ([w1, w2], [m1, m2] if options.has_momentum else None)

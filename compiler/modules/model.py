@@ -43,6 +43,12 @@ class CompiledModel(nn.Module):
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
         self._levels = _owning_levels(self, plan)
 
+    @property
+    def continual(self) -> bool:
+        """Whether some memory keeps its state across sequences (`reset: never`)."""
+        return any(memory.plan.memory.reset.kind == "never"
+                   for layer in self.layers for memory in layer.memories.values())  # fmt: skip
+
     def carried_over(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the next sequence starts from, given this sequence's final state: the state
         proper of every memory with `reset: never` (continual learning across sequences).

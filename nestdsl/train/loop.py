@@ -193,11 +193,26 @@ class _Trainer:
             restore_rng(loaded.rng_states[rank])
         else:  # another number of processes: data is still identical, dropout masks are not
             seed_everything(self.config.seed + 7919 * rank + loaded.step)
-        if loaded.memory_states is not None and self.config.carry_state:
+        if loaded.memory_states is not None and self._carries():
             self.memory = {k: v.to(self.device) for k, v in loaded.memory_states[rank].items()}
         self._say(f"resuming {self.folder.root} from step {loaded.step}")
 
     # ------------------------------------------------------------------ one update, one evaluation
+
+    def _carries(self) -> bool:
+        """Whether a step's final state matters to the next: a stream (`--carry-state`), or a
+        model that keeps memories across sequences (`reset: never`)."""
+        return self.config.carry_state or bool(getattr(self.model, "continual", False))
+
+    def _carried(self, fresh: bool) -> dict | None:
+        """The state a step starts from: all of the last one inside a stream; at a new
+        sequence, what the model keeps across sequences (none for most models)."""
+        if self.memory is None:
+            return None
+        if self.config.carry_state and not fresh:
+            return self.memory
+        keep = getattr(self.model, "carried_over", None)
+        return (keep(self.memory) or None) if keep is not None else None
 
     def _train_step(
         self, model, batches: ByteBatches, step: int, stop: StopRequest
@@ -208,7 +223,7 @@ class _Trainer:
         batch = batches.batch(step)
         inputs = batch.inputs.to(self.device, non_blocking=True)
         targets = batch.targets.to(self.device, non_blocking=True)
-        carried = None if batch.fresh_state or not self.config.carry_state else self.memory
+        carried = self._carried(batch.fresh_state)
         with self.autocast():
             logits, state = call_model(model, inputs, carried)
         loss = language_model_loss(logits, targets)
@@ -219,7 +234,7 @@ class _Trainer:
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.optimizer.parameters(), clip))
         self.optimizer.step()
-        if self.config.carry_state:
+        if self._carries():
             # Truncated backpropagation through time: the next step starts from this state.
             self.memory = {k: v.detach() for k, v in state.items()}
         # Every rank has the same number of rows, so the mean of rank means is the global mean.
@@ -249,7 +264,7 @@ class _Trainer:
     def _checkpoint(self, step: int) -> None:
         rng_states = self.context.gather_to_main(capture_rng())
         memory = None
-        if self.config.carry_state:
+        if self._carries():
             own = {k: v.detach().cpu() for k, v in (self.memory or {}).items()}
             memory = self.context.gather_to_main(own)
         extra = {

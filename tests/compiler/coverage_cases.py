@@ -226,6 +226,8 @@ def enum_cases(item: str, base: str, path: str, values, fmt=str, before=()) -> d
 UNARY = ["silu", "gelu", "relu", "sigmoid", "logsigmoid", "softplus", "tanh", "l2norm", "neg"]
 POSTOPS = [*UNARY, "short_conv", "rmsnorm", "mamba_decay"]
 
+LEARNED_INIT = f"{MEM}.init={{kind: learned}}"  # a deep memory cannot start at zero
+
 # A table: one line per construct where it fits, so the formatter leaves it as written.
 # fmt: off
 CASES: dict[str, Case] = {
@@ -288,11 +290,13 @@ CASES: dict[str, Case] = {
                                           before=(f"{MEM}.write=stop_gradient",)),
     # ------------------------------------------------------------ structures
     "MatrixStructure.kind": case("matrix", f"{MEM}.structure={MATRIX_STRUCT}",
-                                 before=(f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}",)),
+                                 before=(f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}",
+                                         LEARNED_INIT)),
     "MatrixStructure.heads": rejected("dim-mismatch", "matrix", f"{MEM}.structure={{kind: matrix, heads: 1, key_dim: 16, value_dim: 16}}"),
     "MatrixStructure.key_dim": rejected("dim-mismatch", "matrix", f"{MEM}.structure.key_dim=4"),
     "MatrixStructure.value_dim": rejected("dim-mismatch", "matrix", f"{MEM}.structure.value_dim=4"),
-    "MLPStructure.kind": case("matrix", f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}"),
+    "MLPStructure.kind": case("matrix", f"{MEM}.structure={{kind: mlp, heads: n_heads, dim: d_head}}",
+                              LEARNED_INIT),
     "MLPStructure.heads": rejected("dim-mismatch", "deep", f"{MEM}.structure={{kind: mlp, heads: 1, dim: 16, expansion: 2}}"),
     "MLPStructure.dim": rejected("dim-mismatch", "deep", f"{MEM}.structure.dim=4"),
     "MLPStructure.depth": case("deep", f"{MEM}.structure.depth=3"),
@@ -390,8 +394,9 @@ CASES: dict[str, Case] = {
     # KNOWN_IGNORED in test_coverage.py: nothing downstream of the schema tells them apart.
     # These cases compare one forward pass; once a consumer exists (the module told of a new
     # sequence, or the train loop keeping `never` memories at a fresh batch), observe it here.
-    "SequenceReset.kind": case("matrix", f"{MEM}.reset=sequence", before=(f"{MEM}.reset=never",)),
-    "NeverReset.kind": case("matrix", f"{MEM}.reset=never"),
+    "SequenceReset.kind": case("matrix", f"{MEM}.reset=sequence", outcome="carries",
+                               before=(f"{MEM}.reset=never",)),  # fmt: skip
+    "NeverReset.kind": case("matrix", f"{MEM}.reset=never", outcome="carries"),
     "LevelReset.kind": case("matrix", f"{MEM}.reset={{kind: level, level: chunk}}"),
     "LevelReset.level": case("matrix", f"{MEM}.reset.level=slow",
                              before=(f"{MEM}.reset={{kind: level, level: chunk}}",)),
@@ -534,8 +539,5 @@ GRID: dict[str, Case] = {
     if (setup, name) not in NOOP
 }
 # An MLP memory whose weights all start at zero (`init: zeros`, the schema's default init) has a
-# zero gradient in every layer, so no rule, objective or retention ever moves it: one pair
-# stands for all of them (the gated MLP behaves the same).
-GRID["mlp(init=zeros)@chunk+objective=dot"] = Case(
-    "deep", (f"{MEM}.objective=dot",), "differs", (f"{MEM}.init=zeros",)
-)
+# zero gradient in every layer, so no rule, objective or retention would ever move it: rejected.
+GRID["mlp@chunk+init=zeros"] = Case("deep", (f"{MEM}.init=zeros",), "differs", ())

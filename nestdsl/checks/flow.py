@@ -15,7 +15,7 @@ import networkx as nx
 
 from nestdsl.checks.context import CheckContext
 from nestdsl.errors import Diagnostic
-from nestdsl.graph.build import memory_params
+from nestdsl.graph.build import write_sources
 from nestdsl.spec.ops import Read, inputs_of
 
 
@@ -31,9 +31,7 @@ def step_graph(ctx: CheckContext, block) -> nx.DiGraph:
             memory = ctx.spec.memories.get(op.memory)
             if memory is None:
                 continue
-            sources = [memory.keys, memory.values]
-            sources += [p.value for p in memory_params(memory) if isinstance(p.value, str)]
-            for src in sources:
+            for _, src in write_sources(memory):
                 if src in block.nodes:  # src == name is a read feeding its own write
                     g.add_edge(src, name, why=f"write of `{op.memory}`")
     return g

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from nestdsl.checks.context import CheckContext
 from nestdsl.checks.flow import step_graph
 from nestdsl.errors import Diagnostic
-from nestdsl.graph.build import memory_params
+from nestdsl.graph.build import write_sources
 from nestdsl.spec.ops import Read
 
 
@@ -23,9 +23,7 @@ def check_reachability(ctx: CheckContext) -> Iterator[Diagnostic]:
             memory = ctx.spec.memories.get(op.memory) if isinstance(op, Read) else None
             if memory is None:
                 continue
-            sources = [memory.keys, memory.values]
-            sources += [p.value for p in memory_params(memory) if isinstance(p.value, str)]
-            for src in sources:
+            for _, src in write_sources(memory):
                 if src in block.nodes and src != name:
                     g.add_edge(src, name)
         if block.out not in g:

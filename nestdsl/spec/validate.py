@@ -49,14 +49,12 @@ class CheckedSpec:
         """The level that trains the embedding, the head and what names no level."""
         return outer_level(self.spec)
 
-    def outer_optimizer(self) -> dict[str, Any]:
-        optimizer = self.spec.levels[self.outer_level()].optimizer
-        return optimizer.model_dump(mode="json")
 
 def load(name_or_path: str | Path, overrides: list[str] | None = None) -> CheckedSpec:
     """Read a shipped spec by name or a spec file by path, apply `--set` overrides, check it."""
     raw, file = read_spec(name_or_path)
     return check_text(raw, file, overrides or [])
+
 
 def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = ()) -> CheckedSpec:
     loaded = load_yaml(text, file)
@@ -137,6 +135,7 @@ def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
     unique = list(dict.fromkeys(found))
     return sorted(unique, key=lambda d: (d.severity != "error", d.pos.line if d.pos else 0,
                                          d.pos.col if d.pos else 0))  # fmt: skip
+
 
 def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
     """`dims.d_model=128` sets one value; its diagnostics cite the `--set` flag."""

@@ -128,7 +128,7 @@ def test_exponent_floats(text, value):
 def test_learning_rate_without_a_dot_reaches_the_optimizer(loaded):
     assert loaded.data["levels"]["pretrain"]["optimizer"]["lr"] == 3e-4
     text = (SPECS / "transformer.yaml").read_text().replace("lr: 2.0e-3", "lr: 3e-4")
-    assert nestdsl.check_text(text, "t.yaml").outer_optimizer()["lr"] == 3e-4
+    assert nestdsl.check_text(text, "t.yaml").spec.levels["pretrain"].optimizer.lr == 3e-4
 
 
 def test_other_scalars():

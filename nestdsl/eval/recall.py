@@ -19,7 +19,8 @@ so does a step whose gradient norm is not finite (before its update; `diverged_i
 The point is still evaluated, so a diverged model scores what it scores. Every `log_every`
 steps the curve records the mean training loss, the learning rate, and since the last record
 the largest gradient norm before clipping and the largest absolute entry of the returned
-in-context state (`state_max`): a memory that blows up shows there before the loss does.
+in-context memory state (`state_max`, short-convolution buffers left out): a memory that blows
+up shows there before the loss does.
 """
 
 from __future__ import annotations
@@ -90,10 +91,13 @@ def one_cycle(step: int, steps: int, warmup_fraction: float) -> float:
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
-def _state_max(state: dict) -> float:
-    """The largest |entry| over the returned in-context state tensors (0 when there are none)."""
+def _state_max(state: dict, memories: set[str]) -> float:
+    """The largest |entry| of the memories' returned state (keys `layer.<i>.<memory>.<part>`),
+    leaving out what other ops carry (short-convolution buffers); 0 when there is none."""
     peaks = [
-        t.detach().abs().max().item() for t in state.values() if t.is_floating_point() and t.numel()
+        t.detach().abs().max().item()
+        for key, t in state.items()
+        if t.is_floating_point() and t.numel() and memories & set(key.split("."))
     ]
     return max(peaks, default=0.0)
 
@@ -148,6 +152,7 @@ def train_point(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
     )
+    memories = set(checked.spec.memories)
     curve, window, diverged, last_loss = [], [], None, float("nan")
     peak_grad = peak_state = 0.0  # the largest gradient norm and state entry since the last record
 
@@ -166,7 +171,7 @@ def train_point(
         )
         logits, state = model(inputs.to(device))  # [B, L, vocab]
         loss = _query_loss(logits, labels.to(device))
-        state_now = _state_max(state)
+        state_now = _state_max(state, memories)
         peak_state = max(peak_state, state_now)
         if not torch.isfinite(loss):
             diverged = {"step": step, "in": "loss"}

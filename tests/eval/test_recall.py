@@ -131,3 +131,16 @@ def test_one_cycle_schedule_by_hand():
     assert values[6] == pytest.approx(1 / 25e4 + (1 - 1 / 25e4) / 2)  # half way down
     assert values[10] == pytest.approx(1 / 25e4)
     assert one_cycle(0, 1, 0.1) == pytest.approx(1 / 25)  # one step: no division by zero
+
+
+def test_state_peak_reads_memories_only():
+    from nestdsl.eval.recall import _state_max
+
+    state = {
+        "layer.0.M.W.0": torch.tensor([3.0, -5.0]),
+        "layer.1.M.S.0": torch.tensor([[1.0]]),
+        "layer.0.q.conv0": torch.tensor([9.0]),  # a short convolution's buffer: not a memory
+        "layer.0.M.count": torch.tensor([70]),  # integer bookkeeping: not a value
+    }
+    assert _state_max(state, {"M"}) == 5.0
+    assert _state_max({"layer.0.q.conv0": torch.tensor([9.0])}, {"M"}) == 0.0

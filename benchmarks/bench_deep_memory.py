@@ -22,6 +22,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.deep_memory import (
     DeepMemoryOptions,
     MemoryStructure,

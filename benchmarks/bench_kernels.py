@@ -38,6 +38,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.api import gated_delta_rule, linear_attention
 
 OPS = ("linear_attention", "gated_delta_rule")

@@ -220,13 +220,14 @@ def compile_only(args) -> None:
 
     if os.environ.get("TRITON_INTERPRET"):
         raise SystemExit("--compile-only compiles for the GPU: unset TRITON_INTERPRET")
-    import nestdsl.kernels.triton_support as ts
     import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import nestdsl.kernels.triton_support as ts
     from nestdsl.kernels.delta_rule import triton as delta_rule
     from nestdsl.kernels.linear_attention import triton as linear_attention
     from nestdsl.kernels.titans_linear import triton as titans_linear
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     K = args.head_dim
     switches = ("USE_G", "USE_H0", "SAVE_H", "STORE_HT", "USE_DHT", "USE_M0", "USE_S0",

@@ -196,3 +196,6 @@ register("gated_delta_rule", "triton", ".delta_rule.triton:gated_delta_rule_trit
 register("titans_linear", "triton", ".titans_linear.triton:titans_linear_triton")
 register("deep_memory", "naive", ".deep_memory.naive:deep_memory_naive")
 register("deep_memory", "chunk", ".deep_memory.chunk:deep_memory_chunk")
+# Triton runs the covered memories (deep_memory/triton.py: unsupported) and hands every other
+# one to the chunk form with a warning that names the reason.
+register("deep_memory", "triton", ".deep_memory.triton:deep_memory_triton")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from nestdsl.compiler.modules.memory_factory import build_memory
 from nestdsl.compiler.modules.ops import (
     Aggregate,
@@ -26,8 +28,6 @@ from nestdsl.compiler.modules.ops import (
     unary,
 )
 from nestdsl.compiler.modules.prefix import Region
-from torch import nn
-
 from nestdsl.spec import ops as spec_ops
 from nestdsl.spec.dims import evaluate
 from nestdsl.spec.ops import UNARY, inputs_of

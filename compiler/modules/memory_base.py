@@ -11,10 +11,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from nestdsl.compiler.modules.gates import Gates
 from nestdsl.compiler.modules.ops import Stream
 from nestdsl.compiler.plan import MemoryPlan
-from torch import nn
 
 
 def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ computes exactly what one pass computes.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
@@ -22,8 +24,6 @@ from nestdsl.kernels.deep_memory import (
     visible_weights,
 )
 from nestdsl.kernels.titans_linear import titans_linear
-from torch import nn
-
 from nestdsl.spec.memory import (
     GatedMLPStructure,
     IdentityInit,

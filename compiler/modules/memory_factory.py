@@ -6,7 +6,6 @@ from nestdsl.compiler.modules.memory_deep import DeepMemory, StaticMemory
 from nestdsl.compiler.modules.memory_kernels import CacheMemory, MatrixMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.plan import MemoryPlan
-
 from nestdsl.errors import CompileError
 
 _MODULES = {

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from nestdsl.compiler.modules.memory_base import MemoryModule
-from nestdsl.kernels import api
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nestdsl.compiler.modules.memory_base import MemoryModule
+from nestdsl.kernels import api
 from nestdsl.spec.memory import IdentityInit, LearnedInit
 
 

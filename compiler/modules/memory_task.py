@@ -24,6 +24,7 @@ restarts from it at every boundary of L. docs/semantics.md §7 states all of thi
 from __future__ import annotations
 
 import torch
+
 from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.kernels.deep_memory import memory_forward, visible_weights
 from nestdsl.kernels.newton_schulz import newton_schulz

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
-from torch import nn
 
 REPLAY = "replay."
 

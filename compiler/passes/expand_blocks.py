@@ -4,7 +4,6 @@ level that trains its parameters, and its own memory instances."""
 from __future__ import annotations
 
 from nestdsl.compiler.plan import LayerPlan, MemoryPlan, Plan
-
 from nestdsl.graph.build import block_name, write_sources
 from nestdsl.spec.dims import evaluate
 from nestdsl.spec.memory import CacheStructure, MatrixStructure

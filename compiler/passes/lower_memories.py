@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nestdsl.compiler.plan import MemoryPlan, Plan
-
 from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.graph.build import memory_params
 from nestdsl.spec.common import Learned

@@ -8,7 +8,6 @@ general `deep_memory` kernel, which computes the same function.
 from __future__ import annotations
 
 from nestdsl.compiler.plan import LayerPlan, MemoryPlan, Plan
-
 from nestdsl.errors import Diagnostic, SpecError
 
 

@@ -4,7 +4,6 @@ and the level that trains the embedding, the head and whatever names no level.""
 from __future__ import annotations
 
 from nestdsl.compiler.plan import Plan
-
 from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.graph.build import outer_level
 from nestdsl.spec.dims import evaluate

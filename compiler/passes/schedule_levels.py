@@ -18,8 +18,8 @@ from __future__ import annotations
 from math import gcd
 
 import networkx as nx
-from nestdsl.compiler.plan import LayerPlan, Plan
 
+from nestdsl.compiler.plan import LayerPlan, Plan
 from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.spec.memory import CacheStructure, LevelReset, TaskObjective
 from nestdsl.spec.ops import DropPrefix, Read, WithPrefix, inputs_of

@@ -97,6 +97,7 @@ def check_text(text: str | bytes, file: str = "<spec>", overrides: list[str] = (
         raise SpecError(_dedupe(err.diagnostics)) from None
     return checked
 
+
 def _schema(data: Any, source: SourceMap) -> tuple[Spec | None, list[Diagnostic], list[tuple]]:
     """The spec and the schema's diagnostics. Unknown keys mean nothing, so they are dropped
     and the rest validated again: one run reports a misspelt key and the mistakes the later

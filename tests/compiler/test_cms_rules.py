@@ -15,10 +15,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from nestdsl.kernels.newton_schulz import newton_schulz
 
 import nestdsl
 from nestdsl.errors import SpecError
+from nestdsl.kernels.newton_schulz import newton_schulz
 
 SPEC = """
 nestdsl: 1

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+import nestdsl
 from nestdsl.compiler import run_passes
 from nestdsl.compiler.modules.memory_deep import DeepMemory
 from nestdsl.compiler.modules.ops import Stream
-
-import nestdsl
 
 H, K, V, T, B = 2, 8, 8, 23, 2
 

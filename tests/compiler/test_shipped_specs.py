@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from nestdsl.compiler import run_passes
 
 import nestdsl
+from nestdsl.compiler import run_passes
 
 SPECS = nestdsl.shipped_names()
 # Splits inside chunks (8, 16), segments and task-loss windows, and a one-token piece.

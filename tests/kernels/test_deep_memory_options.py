@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from nestdsl.kernels import DeepMemoryOptions as Exported
 from nestdsl.kernels.deep_memory import (
     DeepMemoryOptions,

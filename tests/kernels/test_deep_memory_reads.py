@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels.deep_memory import MemoryStructure, initial_weights
 
 from .helpers import assert_close

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.api import delta_rule, gated_delta_rule
 
 from .helpers import RTOL, assert_close, grads, nan_poisoned

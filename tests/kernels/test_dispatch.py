@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels import api, dispatch
 from nestdsl.kernels.deep_memory import deep_memory_chunk, deep_memory_naive
 from nestdsl.kernels.delta_rule import gated_delta_rule_chunk, gated_delta_rule_naive

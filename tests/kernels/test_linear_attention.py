@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels.api import linear_attention
 
 from .helpers import RTOL, assert_close, grads

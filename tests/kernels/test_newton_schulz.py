@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels.newton_schulz import newton_schulz
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.api import softmax_attention
 
 from .helpers import RTOL, assert_close, grads

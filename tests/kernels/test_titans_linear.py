@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.titans_linear import titans_linear, titans_linear_chunk, titans_linear_naive
 
 from .helpers import assert_close

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from nestdsl.kernels import dispatch
 
 import nestdsl
+from nestdsl.kernels import dispatch
 
 from ..compiler.helpers import load_small
 from .helpers import RTOL, assert_close

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.delta_rule import gated_delta_rule_chunk, gated_delta_rule_naive
 
 from .helpers import RTOL, assert_close, grads

@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+
 from nestdsl.kernels import api, dispatch
 
 from .helpers import RTOL, assert_close

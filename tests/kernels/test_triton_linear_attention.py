@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels.linear_attention import linear_attention_naive
 
 from .helpers import RTOL, assert_close

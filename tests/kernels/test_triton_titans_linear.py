@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from nestdsl.kernels.titans_linear import titans_linear_chunk, titans_linear_naive
 
 from .helpers import RTOL, assert_close

@@ -1,4 +1,5 @@
-"""Memory-update kernels: loop references (`naive.py`, the oracles) and chunk-parallel torch forms.
+"""Memory-update kernels: loop references (`naive.py`, the oracles), chunk-parallel torch forms,
+and Triton forms (`triton.py`, chosen for CUDA tensors).
 
 Conventions follow flash-linear-attention: q, k `[B, T, H, K]`, v `[B, T, H, V]`, a matrix state
 `[B, H, K, V]`, `scale=None` meaning `K ** -0.5`, and every op returns `(o, final_state)`.

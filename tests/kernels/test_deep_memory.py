@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from nestdsl.kernels.deep_memory import (
     ACTIVATIONS,
     MOMENTUM_RULES,
@@ -479,8 +480,9 @@ def test_argument_checks():
         call(*seq, W0, structure=BASE, objective="cosine")
     with pytest.raises(ValueError, match="retention"):
         call(*seq, W0, structure=BASE, retention="l1")
-    with pytest.raises(ValueError, match="backend"):
-        call(*seq, W0, structure=BASE, backend="triton")
+    # (backend="triton" exists; test_triton_deep_memory.py checks that it refuses CPU tensors.)
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        call(*seq, W0, structure=BASE, backend="no_such_backend")
     with pytest.raises(ValueError, match="gated"):
         MemoryStructure(4, 4, depth=3, gated=True)
     with pytest.raises(ValueError, match="residual"):

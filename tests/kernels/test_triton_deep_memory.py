@@ -1,0 +1,278 @@
+"""Triton deep (MLP) memory against the loop oracle and the chunk form.
+
+Runs in the Triton interpreter on the CPU (float32, H=2, d=8, expansion 2, chunk 4); the
+references run in float64. Outputs and final weights / momentum against the loop oracle
+``deep_memory_naive``; gradients of q, k, v, the gates, the per-head initial parameters and the
+initial momentum against the chunk form's autograd; every kernel buffer starts as NaN (the
+``interpreter`` fixture). Also: every rule x read order, T shorter than a chunk and not a
+multiple of it, other activations, Hope's self-generated values over two segments, the
+fallback to the chunk form (with its reason) for every uncovered option, and the dispatcher.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nestdsl.kernels.deep_memory import (
+    DeepMemoryOptions,
+    MemoryStructure,
+    deep_memory,
+    deep_memory_chunk,
+    deep_memory_naive,
+    init_params,
+    initial_weights,
+    memory_forward,
+)
+
+from .helpers import RTOL, assert_close
+from .triton_interp import fresh_dispatch, interpreter, load  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("interpreter")
+
+B, H, D = 1, 2, 8
+MLP = MemoryStructure(D, D, depth=2, expansion=2, activation="gelu", residual=True)
+RULES = ("gd", "momentum", "dgd", "dgd_momentum")
+READS = ("write_then_read", "read_then_write", "chunk_start")
+TOL = RTOL[torch.float32]
+SEQ_INPUTS = ("q", "k", "v", "theta", "eta", "alpha")
+
+
+def _inputs(structure, T, *, momentum, seed=0):
+    """float64 leaves: unit keys, theta in (0, 0.5), eta in (0, 1), alpha in (0, 0.2), per-head
+    initial parameters [H, out, in] and optionally an initial momentum [B, H, out, in]."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    d = structure.d_in
+    x = {
+        "q": randn(B, T, H, d),
+        "k": F.normalize(randn(B, T, H, d), dim=-1),
+        "v": randn(B, T, H, structure.d_out),
+        "theta": 0.5 * randn(B, T, H).sigmoid(),
+        "eta": randn(B, T, H).sigmoid(),
+        "alpha": 0.2 * randn(B, T, H).sigmoid(),
+    }
+    for i, p in enumerate(init_params(structure, H, generator=gen, dtype=torch.float64)):
+        x[f"W{i}"] = p
+        if momentum:
+            x[f"S{i}"] = 0.1 * randn(B, *p.shape)
+    return x
+
+
+def _run(fn, x, options, read, dtype, *, grad=True):
+    """Outputs, final states and (grad=True) gradients of a fixed random functional of them
+    w.r.t. every input. The initial weights are per-head parameters expanded over the batch."""
+    leaves = {n: t.detach().to(dtype).requires_grad_(grad) for n, t in x.items()}
+    weights = initial_weights([leaves["W0"], leaves["W1"]], B)
+    mom = [leaves["S0"], leaves["S1"]] if "S0" in leaves else None
+    o, (W, S) = fn(*(leaves[n] for n in SEQ_INPUTS), weights,
+                   options, read=read, momentum=mom, output_final_state=True)  # fmt: skip
+    outs = {"o": o, "W0_T": W[0], "W1_T": W[1]}
+    if S is not None:
+        outs.update({"S0_T": S[0], "S1_T": S[1]})
+    if not grad:
+        return outs
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)).sum()
+               for y in outs.values())  # fmt: skip
+    names = list(leaves)
+    got = torch.autograd.grad(loss, [leaves[n] for n in names], materialize_grads=True)
+    return {**outs, **{f"d{n}": g for n, g in zip(names, got, strict=True)}}
+
+
+def _check(options, T, read, *, momentum, seed=0):
+    tr = load("deep_memory.triton")
+    x = _inputs(options.structure, T, momentum=momentum, seed=seed)
+    got = _run(tr.deep_memory_triton, x, options, read, torch.float32)
+    loop = _run(deep_memory_naive, x, options, read, torch.float64, grad=False)
+    chunk = _run(deep_memory_chunk, x, options, read, torch.float64)
+    assert set(got) == set(chunk)
+    for name, ref in loop.items():  # the forward against the loop oracle
+        assert_close(f"{name} (vs loop)", ref.float(), got[name], TOL)
+    for name, ref in chunk.items():  # and everything, gradients included, against the chunk form
+        assert_close(name, ref.float(), got[name], TOL)
+        if name.startswith("d") and (name != "deta" or options.has_momentum):
+            assert ref.abs().sum() > 0, f"{name} is identically zero: the check would be empty"
+
+
+@pytest.mark.parametrize("read", READS)
+@pytest.mark.parametrize("rule", RULES)
+def test_matches_oracle(rule, read):
+    """T = 10: two full chunks and a partial one; initial momentum for the momentum rules."""
+    options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
+    _check(options, 10, read, momentum=options.has_momentum)
+
+
+@pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])
+def test_without_initial_momentum(rule):
+    _check(DeepMemoryOptions(MLP, rule=rule, chunk_size=4), 10, "read_then_write", momentum=False)
+
+
+@pytest.mark.parametrize("rule", ["gd", "dgd_momentum"])
+def test_sequence_shorter_than_a_chunk(rule):
+    options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
+    _check(options, 3, "write_then_read", momentum=options.has_momentum, seed=3)
+
+
+@pytest.mark.parametrize("act", ["silu", "relu", "tanh", "identity"])
+def test_other_activations(act):
+    st = MemoryStructure(D, D, depth=2, expansion=2, activation=act)
+    _check(DeepMemoryOptions(st, rule="dgd", chunk_size=4), 10, "write_then_read", momentum=False)
+
+
+def test_chunk_of_one_and_odd_hidden_width():
+    """chunk 1 (the exact per-token recurrence) and widths that are no power of two."""
+    st = MemoryStructure(5, 5, depth=2, expansion=3, activation="gelu")
+    _check(DeepMemoryOptions(st, rule="momentum", chunk_size=1), 5, "read_then_write",
+           momentum=True)  # fmt: skip
+
+
+def test_hope_self_generated_values_over_two_segments():
+    """Hope (NL eqs. 83-88): each segment's values are the memory's own chunk-start read of v,
+    ``v_hat = M_{t0}(v)``, then a dgd write with read_then_write reads; the state carries into
+    the next segment. Outputs, states and gradients through the values and the carried state."""
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(MLP, rule="dgd", chunk_size=4)
+    x = _inputs(MLP, 8, momentum=False, seed=5)
+
+    def hope(fn, dtype):
+        leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items()}
+        W = initial_weights([leaves["W0"], leaves["W1"]], B)
+        outs = []
+        for s in (slice(0, 4), slice(4, 8)):
+            q, k, v, th, et, al = (leaves[n][:, s] for n in SEQ_INPUTS)
+            v_hat, _ = memory_forward(MLP, W, v.transpose(1, 2))  # [B, H, 4, D]
+            o, (W, _) = fn(q, k, v_hat.transpose(1, 2), th, et, al, W, options,
+                           read="read_then_write", output_final_state=True)  # fmt: skip
+            outs.append(o)
+        o = torch.cat(outs, dim=1)
+        loss = (o * o).sum() + (W[0] * W[1].transpose(-1, -2)).sum()
+        return o, W, torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+
+    o_ref, W_ref, g_ref = hope(deep_memory_chunk, torch.float64)
+    o, W, g = hope(tr.deep_memory_triton, torch.float32)
+    assert_close("o", o_ref.float(), o, TOL)
+    for i in range(2):
+        assert_close(f"W{i}_T", W_ref[i].float(), W[i], TOL)
+    for name, a, b in zip(x, g_ref, g, strict=True):
+        assert_close(f"d{name}", a.float(), b, TOL)
+
+
+UNCOVERED = [
+    pytest.param({"objective": "huber"}, "objective='huber'", id="huber"),
+    pytest.param({"rule": "muon"}, "rule='muon'", id="muon"),
+    pytest.param({"rule": "dgd", "dgd_step": "proximal"}, "proximal", id="proximal"),
+    pytest.param({"retention": "kl"}, "retention='kl'", id="kl"),
+    pytest.param({"retention": "lq"}, "retention='lq'", id="lq"),
+    pytest.param({"retention_mode": "local"}, "local", id="local"),
+    pytest.param({"window": 2}, "Omega window", id="window"),
+    pytest.param({"retention": "kl", "lag_token": True}, "retention='kl'", id="lag"),
+    pytest.param({"structure": MemoryStructure(D, D, depth=2, expansion=2, gated=True)},
+                 "gated", id="gated"),  # fmt: skip
+    pytest.param({"structure": MemoryStructure(D, D, depth=3, expansion=2)}, "depth 3", id="depth3"),
+    pytest.param({"structure": MemoryStructure(D, D, expansion=2, residual=False)}, "residual",
+                 id="no-residual"),  # fmt: skip
+    pytest.param({"structure": MemoryStructure(D, D, expansion=2, norm="layernorm")},
+                 "layernorm", id="layernorm"),  # fmt: skip
+    pytest.param({"chunk_size": 128}, "chunk_size 128", id="chunk128"),
+    pytest.param({"structure": MemoryStructure(256, 256, expansion=4)}, "weight tile",
+                 id="too-wide"),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize(("fields", "reason"), UNCOVERED)
+def test_uncovered_options_run_the_chunk_form_and_say_why(fields, reason):
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(**{"structure": MLP, "chunk_size": 4, **fields})
+    st = options.structure
+    q, k, v = (torch.randn(B, 6, H, n) for n in (st.d_in, st.d_in, st.d_out))
+    gates = (0.3 * torch.rand(B, 6, H), torch.rand(B, 6, H), 0.1 * torch.rand(B, 6, H))
+    W = initial_weights(init_params(st, H), B)
+    assert tr.unsupported(options, torch.float32) is not None and reason in tr.unsupported(
+        options, torch.float32)  # fmt: skip
+    with pytest.warns(UserWarning, match="runs the torch chunk form for .*" + reason.split("'")[0]):
+        o, _ = tr.deep_memory_triton(q, k, v, *gates, W, options)
+    o_ref, _ = deep_memory_chunk(q, k, v, *gates, W, options)
+    assert torch.equal(o, o_ref)
+
+
+def test_float64_runs_the_chunk_form():
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(MLP, chunk_size=4)
+    x = _inputs(MLP, 6, momentum=False)
+    with pytest.warns(UserWarning, match="float64"):
+        got = _run(tr.deep_memory_triton, x, options, "write_then_read", torch.float64, grad=False)
+    ref = _run(deep_memory_chunk, x, options, "write_then_read", torch.float64, grad=False)
+    assert all(torch.equal(ref[n], got[n]) for n in ref)
+
+
+def test_covered_options_claim_the_kernel():
+    tr = load("deep_memory.triton")
+    for rule in RULES:
+        assert tr.unsupported(DeepMemoryOptions(MLP, rule=rule), torch.float32) is None
+
+
+def test_no_final_state_and_no_grad():
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(MLP, rule="momentum", chunk_size=4)
+    x = {n: t.float() for n, t in _inputs(MLP, 7, momentum=False).items()}
+    args = [x[n] for n in SEQ_INPUTS]
+    W = initial_weights([x["W0"], x["W1"]], B)
+    with torch.no_grad():
+        o, final = tr.deep_memory_triton(*args, W, options)
+    assert final is None
+    o_ref, _ = deep_memory_naive(*args, W, options)
+    assert_close("o", o_ref, o, TOL)
+
+
+def test_public_entry_reaches_the_kernel(monkeypatch):
+    """deep_memory(..., backend='triton') launches the Triton kernel (through the dispatcher)."""
+    load("deep_memory.triton")
+    fresh_dispatch(monkeypatch)
+    support = load("triton_support")
+    launched, check = [], support.check_launch
+    monkeypatch.setattr(support, "check_launch",
+                        lambda op, *a: (launched.append(op), check(op, *a)))  # fmt: skip
+    options = DeepMemoryOptions(MLP, rule="dgd", chunk_size=4)
+    x = {n: t.float() for n, t in _inputs(MLP, 6, momentum=False).items()}
+    args = [x[n] for n in SEQ_INPUTS]
+    W = initial_weights([x["W0"], x["W1"]], B)
+    o, _ = deep_memory(*args, W, options, backend="triton")
+    o_ref, _ = deep_memory(*args, W, options, backend="naive")
+    assert launched == ["deep_memory"]
+    assert_close("o", o_ref, o, TOL)
+
+
+def test_dispatcher_picks_triton_on_cuda_and_refuses_cpu_tensors():
+    """In a fresh process (kernels compiled, not interpreted): CUDA tensors choose the Triton
+    form, CPU tensors forced onto it get an error that says what to do."""
+    code = """
+        import os, torch
+        os.environ.pop("TRITON_INTERPRET", None)
+        from nestdsl.kernels import dispatch
+        from nestdsl.kernels.deep_memory import (DeepMemoryOptions, MemoryStructure, deep_memory,
+                                                 init_params, initial_weights)
+        print(dispatch.resolve("deep_memory", "cuda").__name__,
+              dispatch.resolve("deep_memory", "cpu").__name__)
+        st = MemoryStructure(4, 4, expansion=2)
+        x = torch.randn(1, 3, 1, 4)
+        g = torch.rand(1, 3, 1)
+        try:
+            deep_memory(x, x, x, g, g, g, initial_weights(init_params(st, 1), 1),
+                        DeepMemoryOptions(st), backend="triton")
+        except ValueError as e:
+            print("refused:", e)
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deep_memory_triton deep_memory_chunk" in proc.stdout
+    assert "refused: deep_memory: the triton backend runs on CUDA tensors" in proc.stdout

@@ -1,7 +1,7 @@
 """Benchmark of the Triton kernels on a GPU, against the torch chunk forms and fla's kernels.
 
-For ``gated_delta_rule``, ``delta_rule``, ``linear_attention`` and ``titans_linear`` at
-T in {2048, 8192, 32768} it times, per implementation,
+For ``gated_delta_rule``, ``delta_rule``, ``linear_attention``, ``titans_linear`` and
+``deep_memory`` at T in {2048, 8192, 32768} it times, per implementation,
 
 * ``fwd``: the forward under ``torch.no_grad()``;
 * ``fwd+bwd``: the forward with autograd plus ``backward`` of a random upstream gradient;
@@ -10,6 +10,9 @@ with ``triton.testing.do_bench`` (median), for our Triton backend (``triton``), 
 form on the same GPU (``chunk``) and, where ``fla`` (flash-linear-attention) is installed,
 ``chunk_gated_delta_rule`` / ``chunk_delta_rule`` / ``chunk_linear_attn`` (``fla``; Titans has
 no public kernel). Batch x heads fills the chip: ``B = ceil(2 * SMs / H)`` unless ``--batch``.
+``deep_memory`` is the Titans LMM: a 2-layer residual gelu MLP memory ``d -> 2d -> d`` per head
+(``d = --deep-dim``, 32 by default), l2 objective, momentum, chunks of ``--deep-chunk`` (16);
+its Triton backward is the torch chunk form's (README "Triton"), so its ``fwd+bwd`` is that.
 
 Columns: ``ms``; ``Mtok/s`` = B * T / time; ``GB/s`` = the compulsory bytes (every input,
 output, upstream gradient and input gradient once, plus our saved chunk states written and read
@@ -43,7 +46,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-OPS = ("gated_delta_rule", "delta_rule", "linear_attention", "titans_linear")
+OPS = ("gated_delta_rule", "delta_rule", "linear_attention", "titans_linear", "deep_memory")
 
 # Device peaks (dense, from the vendors' data sheets): FP32 CUDA-core FLOP/s, HBM bytes/s.
 PEAKS = {
@@ -61,6 +64,10 @@ def flops(op: str, C: int, K: int, V: int) -> tuple[float, float]:
         return 2 * C * (K + V) + 4 * K * V, 6 * C * K + 4 * C * V + 8 * K * V
     if op == "titans_linear":
         return 2 * C * (K + V) + 10 * K * V, 6 * C * K + 4 * C * V + 26 * K * V
+    if op == "deep_memory":  # K = d, V = h: write pass 6dh, two dual reads, two chunk ends
+        # with momentum; the backward (torch chunk form, recomputed) counted as 2x forward
+        fwd = 4 * C * (K + V) + 22 * K * V
+        return fwd, 2 * fwd
     # delta rule: A, P, the triangular inverse (C^3 per chunk), U, the reads and the update
     return 4 * C * (K + V) + 6 * K * V + 2 * C * C, 10 * C * (K + V) + 14 * K * V + 2 * C * C
 
@@ -78,11 +85,21 @@ def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
         x["beta"] = rnd(B, T, H).float().sigmoid().to(dtype)
     if op == "gated_delta_rule":
         x["g"] = F.logsigmoid(rnd(B, T, H).float() + 3.0).to(dtype)
-    if op == "titans_linear":
+    if op in ("titans_linear", "deep_memory"):
         x["theta"] = 0.1 * rnd(B, T, H).float().sigmoid().to(dtype)
         x["eta"] = rnd(B, T, H).float().sigmoid().to(dtype)
         x["alpha"] = 0.01 * rnd(B, T, H).float().sigmoid().to(dtype)
+    if op == "deep_memory":  # per-head initial weights of the MLP d -> 2d -> d (V unused)
+        x["W1"] = rnd(H, 2 * K, K) * K**-0.5
+        x["W2"] = rnd(H, K, 2 * K) * (2 * K) ** -0.5
     return x
+
+
+def deep_options(d: int, chunk: int):
+    """The benchmarked deep memory (the Titans LMM, see the module docstring)."""
+    from nestdsl.kernels.deep_memory import DeepMemoryOptions, MemoryStructure
+
+    return DeepMemoryOptions(MemoryStructure(d, d, expansion=2), rule="momentum", chunk_size=chunk)
 
 
 def implementations(op: str, chunk: int) -> dict:
@@ -91,6 +108,17 @@ def implementations(op: str, chunk: int) -> dict:
     from nestdsl.kernels.titans_linear import titans_linear
 
     def ours(backend):
+        if op == "deep_memory":
+            from nestdsl.kernels.deep_memory import deep_memory, initial_weights
+
+            def run(x):
+                gates = x["theta"], x["eta"], x["alpha"]
+                W = initial_weights([x["W1"], x["W2"]], x["q"].shape[0])
+                options = deep_options(x["q"].shape[-1], chunk)
+                return deep_memory(x["q"], x["k"], x["v"], *gates, W, options,
+                                   backend=backend)[0]  # fmt: skip
+
+            return run
         if op == "titans_linear":
             def run(x):
                 gates = x["theta"], x["eta"], x["alpha"]
@@ -169,6 +197,16 @@ def run(args) -> None:
     print("| op | T | pass | impl | ms | Mtok/s | GB/s | % HBM | TFLOP/s | % FP32 |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for op in args.ops:
+        deep = op == "deep_memory"
+        C = args.deep_chunk if deep else args.chunk
+        K = V = args.deep_dim if deep else args.head_dim
+        if deep:
+            from nestdsl.kernels.deep_memory.triton import unsupported
+
+            why = unsupported(deep_options(K, C), dtype)
+            if why is not None:
+                print(f"# deep_memory: the Triton kernel does not cover it ({why}); skipped")
+                continue
         impls = implementations(op, C)
         for i, T in enumerate(args.T):
             x = make_inputs(op, B, T, H, K, V, dtype, device)
@@ -179,11 +217,12 @@ def run(args) -> None:
                 print(f"# {op}: triton vs chunk at T={T}: relative error {err:.2e}")
             o_bytes = B * T * H * V * x["q"].element_size()
             n_states = (2 if op == "titans_linear" else 1) * B * H * math.ceil(T / C) * K * V * 4
-            f_fwd, f_bwd = flops(op, C, K, V)
+            n_states = 0 if deep else n_states  # its backward recomputes, saves no states
+            f_fwd, f_bwd = flops(op, C, K, 2 * K if deep else V)
             for name_impl, fn in impls.items():
                 for backward in (False, True):
                     xs = {n: t.detach().requires_grad_(backward) for n, t in x.items()}
-                    do = torch.randn_like(xs["v"]) if backward else None
+                    do = torch.randn_like(xs["v"]) if backward else None  # [B, T, H, V]
 
                     def step(fn=fn, xs=xs, do=do, backward=backward):
                         if not backward:
@@ -225,6 +264,7 @@ def compile_only(args) -> None:
     from triton.compiler import ASTSource
 
     import nestdsl.kernels.triton_support as ts
+    from nestdsl.kernels.deep_memory import triton as deep_memory
     from nestdsl.kernels.delta_rule import triton as delta_rule
     from nestdsl.kernels.linear_attention import triton as linear_attention
     from nestdsl.kernels.titans_linear import triton as titans_linear
@@ -268,6 +308,28 @@ def compile_only(args) -> None:
             print(f"{module.__name__.split('.')[-2]}.{kernel.fn.__name__} {tiles}, BV={BV}: "
                   f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, "
                   f"{usage}", flush=True)  # fmt: skip
+    # The deep memory's forward (its backward is torch's): every switch on, tiles as run.
+    d, C = args.deep_dim, min(args.deep_chunk, deep_memory.MAX_CHUNK)
+    kernel = deep_memory._fwd_kernel
+    BT, BD, BH = ts.block(C), ts.block(d), ts.block(2 * d)
+    prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
+    consts = {"H": 4, "D": d, "HD": 2 * d, "C": C, "BT": BT, "BD": BD, "BH": BH, "ACT": 0,
+              "MOM": True, "DGD": True, "READ": 1, "USE_S0": True, "PREC": prec}  # fmt: skip
+    seq = {"q", "k", "v", "theta", "eta", "alpha", "o"}  # in the input dtype; rest fp32
+    sig = {n: scalars.get(n, f"*{elt}" if n in seq else "*fp32") for n in kernel.arg_names}
+    sig.update({n: "constexpr" for n in consts})
+    t0 = time.perf_counter()
+    compiled = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", args.arch, 32),
+                              options={"num_warps": deep_memory.num_warps(BH, BD)})  # fmt: skip
+    usage = ""
+    if cuobjdump.exists():
+        cubin = pathlib.Path(tempfile.mkdtemp()) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
+    print(f"deep_memory._fwd_kernel d={d} h={2 * d} BT={BT} (dgd_momentum): "
+          f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, {usage}")
 
 
 def main() -> None:
@@ -278,6 +340,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--deep-dim", type=int, default=32, help="deep_memory: d (h = 2d)")
+    parser.add_argument("--deep-chunk", type=int, default=16, help="deep_memory: chunk size")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--dot", default="auto", choices=("auto", "ieee", "tf32"),
                         help="tl.dot precision (auto: ieee for fp32 inputs, tf32 for bf16/fp16)")
@@ -293,6 +357,7 @@ def main() -> None:
         args.T, args.batch = [2048], args.batch or 4
     if args.smoke:
         args.T, args.batch, args.heads, args.head_dim, args.chunk = [40], 1, 2, 16, 16
+        args.deep_dim, args.deep_chunk = 8, 8
     run(args)
 
 

@@ -48,6 +48,14 @@ MAX_CHUNK = 64
 TILE_BUDGET = 128 * 128
 
 
+def num_warps(BH: int, BD: int) -> int:
+    """Warps per program: 8 from a 64 x 32 weight tile on. Offline ptxas for sm_90
+    (``bench_triton.py --compile-only``, dgd with momentum, chunk tile 16, tf32) spilled 360 B
+    per thread with 4 warps at d = 32, h = 64 and 88 B with 8; 16 warps cap the registers at
+    128 and spill more (1.8 KB instead of 1.5 KB at d = 64, h = 128). To be re-tuned on a GPU."""
+    return 8 if BH * BD >= 64 * 32 else 4
+
+
 @triton.jit
 def _act(z, ACT: tl.constexpr):
     """The activation s(z), indexed as ``ACTIVATIONS`` (gelu is the exact erf form)."""
@@ -285,7 +293,7 @@ class _DeepMemory(torch.autograd.Function):
             *args, *s0, o, *finals, *moms, T, -(-T // C), H=H, D=D, HD=HD, C=C, BT=BT, BD=BD,
             BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
             DGD=options.rule.startswith("dgd"), READ=READ_CODES[read], USE_S0=s1 is not None,
-            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=ts.num_warps(BH, BD),
+            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=num_warps(BH, BD),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2)
         ctx.options, ctx.read = options, read

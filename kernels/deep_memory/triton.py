@@ -32,6 +32,7 @@ import warnings
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
@@ -303,9 +304,12 @@ class _DeepMemory(torch.autograd.Function):
         return o, *finals, *moms
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, do, dw1, dw2, ds1, ds2):
         # Recompute the chunk form (float32) under autograd and differentiate it: exact
-        # gradients (second-order terms of the write pass included), not fused.
+        # gradients (second-order terms of the write pass included), not fused. The gradients
+        # come from detached copies, so a second differentiation (create_graph) is refused
+        # rather than silently wrong.
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         leaves = [None if x is None else x.detach().float().requires_grad_(need)

@@ -311,3 +311,16 @@ def test_compiled_hope_on_triton_equals_chunk(monkeypatch):
     for name, g in ref_grads.items():
         if g.norm() > 0:
             assert_close(f"hope d{name}", g, grads[name], TOL)
+
+
+def test_double_backward_is_refused():
+    """The backward is the chunk form's on detached copies: differentiating it again must fail
+    loudly instead of returning second derivatives that miss the inputs' graph."""
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(MLP, rule="gd", chunk_size=4)
+    x = {n: t.float().requires_grad_() for n, t in _inputs(MLP, 5, momentum=False).items()}
+    W = initial_weights([x["W0"], x["W1"]], B)
+    o, _ = tr.deep_memory_triton(*(x[n] for n in SEQ_INPUTS), W, options)
+    (dq,) = torch.autograd.grad(o.square().sum(), [x["q"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dq.sum().backward()

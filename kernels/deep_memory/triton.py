@@ -32,7 +32,6 @@ import warnings
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
@@ -304,20 +303,28 @@ class _DeepMemory(torch.autograd.Function):
         return o, *finals, *moms
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, do, dw1, dw2, ds1, ds2):
-        # Recompute the chunk form (float32) under autograd and differentiate it: exact
-        # gradients (second-order terms of the write pass included), not fused. The gradients
-        # come from detached copies, so a second differentiation (create_graph) is refused
-        # rather than silently wrong.
+        # Recompute the chunk form (float32) from the saved inputs and differentiate it: exact
+        # gradients (second-order terms of the write pass included), not fused. Under
+        # create_graph (grad mode is on here) the recomputation hangs off the inputs' own graph
+        # (one view per argument, so an input passed twice gets each slot's part), and the
+        # gradients are differentiable again: second-order training works as on the chunk form.
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
-        leaves = [None if x is None else x.detach().float().requires_grad_(need)
-                  for x, need in zip(saved, needs, strict=True)]  # fmt: skip
-        wanted = [x for x in leaves if x is not None and x.requires_grad]
         ups = (do, dw1, dw2, ds1, ds2)
-        if not wanted or all(u is None for u in ups):
+        if not any(needs) or all(u is None for u in ups):
             return (None,) * (2 + len(saved))
+        create = torch.is_grad_enabled()
+
+        def prepared(x, need):
+            if x is None:
+                return None
+            if create and need:
+                return x.float().view_as(x)
+            return x.detach().float().requires_grad_(need)
+
+        leaves = [prepared(x, need) for x, need in zip(saved, needs, strict=True)]
+        wanted = [x for x, need in zip(leaves, needs, strict=True) if x is not None and need]
         q, k, v, theta, eta, alpha, w1, w2, s1, s2 = leaves
         with torch.enable_grad():
             o, (W, S) = deep_memory_chunk(
@@ -328,7 +335,7 @@ class _DeepMemory(torch.autograd.Function):
             pairs = [(y, u.float()) for y, u in zip(outs, ups, strict=True)
                      if y is not None and u is not None]  # fmt: skip
             got = torch.autograd.grad([y for y, _ in pairs], wanted, [u for _, u in pairs],
-                                      allow_unused=True)  # fmt: skip
+                                      allow_unused=True, create_graph=create)  # fmt: skip
         found = dict(zip(map(id, wanted), got, strict=True))
         grads = []
         for x, leaf in zip(saved, leaves, strict=True):

@@ -313,14 +313,48 @@ def test_compiled_hope_on_triton_equals_chunk(monkeypatch):
             assert_close(f"hope d{name}", g, grads[name], TOL)
 
 
-def test_double_backward_is_refused():
-    """The backward is the chunk form's on detached copies: differentiating it again must fail
-    loudly instead of returning second derivatives that miss the inputs' graph."""
+
+@pytest.mark.parametrize("rule", ["momentum", "dgd"])
+def test_second_order_gradients_match_the_chunk_form(rule):
+    """create_graph through the kernel (second-order training, e.g. Hope's task-loss memories):
+    the gradients of a functional of the first gradients equal the chunk form's."""
+    tr = load("deep_memory.triton")
+    options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
+    x = _inputs(MLP, 6, momentum=options.has_momentum, seed=2)
+    gen = torch.Generator().manual_seed(4)
+    ups = {n: torch.randn(t.shape, generator=gen, dtype=torch.float64) for n, t in x.items()}
+
+    def second(fn, dtype):
+        leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items()}
+        W = initial_weights([leaves["W0"], leaves["W1"]], B)
+        mom = [leaves["S0"], leaves["S1"]] if "S0" in leaves else None
+        o, (Wt, _) = fn(*(leaves[n] for n in SEQ_INPUTS), W, options, momentum=mom,
+                        output_final_state=True)  # fmt: skip
+        first = torch.autograd.grad(o.square().sum() + Wt[1].square().sum(),
+                                    [leaves["q"], leaves["W0"]], create_graph=True)  # fmt: skip
+        total = sum((g * ups[n].to(dtype)).sum() for g, n in zip(first, ("q", "W0"), strict=True))
+        return dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()),
+                                                    materialize_grads=True), strict=True))  # fmt: skip
+
+    ref, got = second(deep_memory_chunk, torch.float64), second(tr.deep_memory_triton, torch.float32)
+    for name in ref:
+        assert_close(f"d2 {name}", ref[name].float(), got[name], TOL)
+    assert ref["k"].abs().sum() > 0 and ref["theta"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_one_tensor_in_two_slots(create_graph):
+    """The same tensor as theta and alpha: its gradient is the sum of both slots' parts (also
+    when the backward records its graph)."""
     tr = load("deep_memory.triton")
     options = DeepMemoryOptions(MLP, rule="gd", chunk_size=4)
-    x = {n: t.float().requires_grad_() for n, t in _inputs(MLP, 5, momentum=False).items()}
-    W = initial_weights([x["W0"], x["W1"]], B)
-    o, _ = tr.deep_memory_triton(*(x[n] for n in SEQ_INPUTS), W, options)
-    (dq,) = torch.autograd.grad(o.square().sum(), [x["q"]], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        dq.sum().backward()
+    x = _inputs(MLP, 6, momentum=False)
+
+    def run(fn, dtype):
+        g = (0.2 * x["alpha"]).to(dtype).requires_grad_()
+        W = initial_weights([x["W0"].to(dtype), x["W1"].to(dtype)], B)
+        o, _ = fn(*(x[n].to(dtype) for n in ("q", "k", "v")), g, x["eta"].to(dtype), g, W, options)
+        return torch.autograd.grad(o.square().sum(), [g], create_graph=create_graph)[0].detach()
+
+    assert_close("d gate", run(deep_memory_chunk, torch.float64).float(),
+                 run(tr.deep_memory_triton, torch.float32), TOL)  # fmt: skip

@@ -22,7 +22,8 @@ One program per (batch, head) walks the chunks in order with both weight matrice
    real token's row, D4) of eq. D1.
 
 The backward recomputes :func:`deep_memory_chunk` under autograd (float32) and differentiates
-it: exact gradients of every input and initial state, but not fused (the next step).
+it: exact gradients of every input and initial state, differentiable again under
+``create_graph``, but not fused (the next step).
 """
 
 from __future__ import annotations

@@ -88,9 +88,11 @@ def _run(fn, x, options, read, dtype, *, grad=True):
     return {**outs, **{f"d{n}": g for n, g in zip(names, got, strict=True)}}
 
 
-def _check(options, T, read, *, momentum, seed=0):
+def _check(options, T, read, *, momentum, seed=0, tweak=None):
     tr = load("deep_memory.triton")
     x = _inputs(options.structure, T, momentum=momentum, seed=seed)
+    if tweak is not None:
+        tweak(x)
     got = _run(tr.deep_memory_triton, x, options, read, torch.float32)
     loop = _run(deep_memory_naive, x, options, read, torch.float64, grad=False)
     chunk = _run(deep_memory_chunk, x, options, read, torch.float64)
@@ -109,6 +111,20 @@ def test_matches_oracle(rule, read):
     """T = 10: two full chunks and a partial one; initial momentum for the momentum rules."""
     options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
     _check(options, 10, read, momentum=options.has_momentum)
+
+
+@pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])
+def test_gates_at_their_limits(rule):
+    """alpha = 1 (full forget), eta = 0 (no momentum carried) and theta = 0 (no write) on some
+    tokens: the segment products must give exact zeros there, not 0/0."""
+
+    def limits(x):
+        x["alpha"][:, 2] = 1.0
+        x["eta"][:, 5] = 0.0
+        x["theta"][:, 7] = 0.0
+
+    options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
+    _check(options, 10, "write_then_read", momentum=True, tweak=limits)
 
 
 @pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])

@@ -80,9 +80,13 @@ def run(args) -> int:
     if checked.spec.description:
         print(checked.spec.description)
     print()
-    print(table(level_rows(checked), ("level", "every", "members", "parameters", "state")))
-    print("\nparameters: trained by the level's optimizer (frozen under `never`); state: numbers "
-          "of in-context memory weights per sequence")  # fmt: skip
-    for line in notes(checked):
-        print(f"note: {line}")
+    print(summary(checked))
     return 0
+
+
+def summary(checked) -> str:
+    """The level table with its legend and the plan's cost notes (also printed by `train`)."""
+    lines = [table(level_rows(checked), ("level", "every", "members", "parameters", "state")),
+             "", "parameters: trained by the level's optimizer (frozen under `never`); state: "
+             "numbers of in-context memory weights per sequence"]  # fmt: skip
+    return "\n".join(lines + [f"note: {line}" for line in notes(checked)])

@@ -11,9 +11,12 @@ alone writes files and prints the summary.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import nestdsl
+from nestdsl.commands.show import summary
 from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
 from nestdsl.train.folder import resume_config, resume_overrides
@@ -153,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         config = resume_config(out, given)
     else:
         config = TrainConfig(**given)
+    checked = nestdsl.load(args.spec, source.overrides)
+    if int(os.environ.get("RANK", "0")) == 0 and getattr(checked, "plan", None) is not None:
+        # What is about to train: its size by level, and what makes it slow.
+        print(summary(checked), end="\n\n", flush=True)
     try:
         result = train(source, config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as interrupted:

@@ -89,4 +89,9 @@ def summary(checked) -> str:
     lines = [table(level_rows(checked), ("level", "every", "members", "parameters", "state")),
              "", "parameters: trained by the level's optimizer (frozen under `never`); state: "
              "numbers of in-context memory weights per sequence"]  # fmt: skip
+    from nestdsl.compiler.count import flops_per_token
+
+    flops = flops_per_token(checked.plan)
+    lines.append(f"forward: about {flops / 1e6:.2f} MFLOP per token (matrix products and memory "
+                 "updates; attention over 1,024 tokens of context)")  # fmt: skip
     return "\n".join(lines + [f"note: {line}" for line in notes(checked)])

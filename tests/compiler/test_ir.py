@@ -114,3 +114,19 @@ def test_sizes_too_large_to_build_are_rejected_where_declared():
         nestdsl.load("deltanet", ["dims.vocab=9223372036854775808"])
     assert [d.code for d in err.value.errors] == ["size"]
     assert err.value.errors[0].pos.file == "--set"
+
+
+@pytest.mark.parametrize("name", ["transformer", "gated-deltanet", "titans-lmm", "atlas", "hope"])
+def test_flops_estimate_is_near_torchs_count(name):
+    """`show`'s FLOPs per token, from sizes alone, against torch's count of one forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nestdsl.compiler.count import flops_per_token
+
+    checked = nestdsl.load(name, small_overrides(name))
+    T = 64
+    model = nestdsl.compile(checked).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, T, dtype=torch.long))
+    ratio = flops_per_token(checked.plan, context=T) / (counter.get_total_flops() / T)
+    assert 0.5 < ratio < 2.0, f"{name}: estimate / counted = {ratio:.2f}"

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from nestdsl.compiler.modules.ops import Linear, MambaDecay, Stream
 
 import nestdsl
+from nestdsl.compiler.modules.ops import Linear, MambaDecay, Stream
 
 
 def test_mamba_decay_matches_its_formula_in_float64():

@@ -183,7 +183,7 @@ def test_frozen_mlp_memory_is_a_feed_forward_layer():
     text = text.replace("structure: {kind: matrix, heads: h, key_dim: k, value_dim: v}",
                         "structure: {kind: mlp, heads: 1, dim: d, expansion: 2}")  # fmt: skip
     text = text.replace("level: token\n    keys: kk\n    values: vv\n    objective: l2",
-                        "level: pretrain\n    objective: task")  # fmt: skip
+                        "level: pretrain\n    objective: task\n    init: {kind: learned}")  # fmt: skip
     text = text.replace("query: q,", "query: x,")
     checked = nestdsl.check_text(text, "ffn.yaml")
     plan = run_passes(checked)
@@ -195,7 +195,7 @@ def test_frozen_mlp_memory_is_a_feed_forward_layer():
     expected = x + F.gelu(x @ W1[0].T) @ W2[0].T
     got = memory.run({"x": x}, [(x, "write_then_read")], Stream(0, {}), T)[0]
     close(got, expected)
-    assert all(p.requires_grad for p in memory.initial)
+    assert all(p.requires_grad for p in memory.initial) and W2.abs().max() > 0
 
 
 def test_a_block_on_a_frozen_level_trains_nothing():

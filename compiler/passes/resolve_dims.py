@@ -9,6 +9,7 @@ from nestdsl.graph.build import outer_level
 from nestdsl.spec.dims import evaluate
 
 LARGEST = 2**31 - 1  # a tensor axis torch indexes with a 32-bit int on every backend
+MOST_LAYERS = 4096  # block repetitions: the plan and the module hold one layer for each
 
 
 def resolve_dims(plan: Plan) -> Plan:
@@ -23,6 +24,12 @@ def resolve_dims(plan: Plan) -> Plan:
     derived += [(("blocks", b, "nodes", t), n) for b, block in enumerate(spec.blocks)
                 for (name, t), shape in plan.checked.shapes.items()
                 if name == (block.name or f"block{b}") for n in shape]  # fmt: skip
+    repeats = [Diagnostic("size", f"`repeat` is {n:,}: more than {MOST_LAYERS:,} layers, and the "
+                          "compiler builds one per repetition", plan.at("blocks", b, "repeat"))
+               for b, block in enumerate(spec.blocks)
+               if (n := evaluate(block.repeat, plan.dims)) > MOST_LAYERS]  # fmt: skip
+    if repeats:
+        raise SpecError(repeats)
     for group in (sizes, derived):
         too_large = [Diagnostic("size", f"size {n:,} is larger than {LARGEST:,}, the largest "
                                 "tensor axis the compiler builds", plan.at(*path))

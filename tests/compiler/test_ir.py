@@ -130,3 +130,10 @@ def test_flops_estimate_is_near_torchs_count(name):
         model(torch.zeros(1, T, dtype=torch.long))
     ratio = flops_per_token(checked.plan, context=T) / (counter.get_total_flops() / T)
     assert 0.5 < ratio < 2.0, f"{name}: estimate / counted = {ratio:.2f}"
+
+
+def test_a_repeat_too_large_to_expand_is_rejected_where_declared():
+    """Found by the property test: `n_layers: 10**9` validated by expanding a billion layers."""
+    with pytest.raises(SpecError) as err:
+        nestdsl.load("hope", ["dims.n_layers=1000000000"])
+    assert [d.code for d in err.value.errors] == ["size"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import nestdsl
 
 CMS = ("C_1", "C_2", "C_3")
-LR = 1.0e-2  # the shipped CMS step size
+LR = nestdsl.load("hope").spec.memories["C_1"].rule.lr  # the shipped CMS step size
 
 
 def small_hope(memory_every: int, cms_every: int):

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import nestdsl
 from nestdsl.commands.show import summary
 from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
@@ -156,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         config = resume_config(out, given)
     else:
         config = TrainConfig(**given)
-    checked = nestdsl.load(args.spec, source.overrides)
+    checked = source.checked
     if int(os.environ.get("RANK", "0")) == 0 and getattr(checked, "plan", None) is not None:
         # What is about to train: its size by level, and what makes it slow.
         print(summary(checked), end="\n\n", flush=True)

@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,6 +127,7 @@ class ModelSource:
     levels: dict[str, dict] | None = None
     vocab: int | None = None
     vocab_at: Position | None = None
+    checked: Any = None  # the CheckedSpec it came from, if any (what `train` summarizes)
 
     def trained_levels(self) -> dict[str, dict]:
         """Level name -> optimizer config, in the spec's order (the first is the primary)."""
@@ -178,6 +180,7 @@ def spec_source(name_or_path: str, overrides: list[str] | None = None) -> ModelS
         levels=levels,
         vocab=vocab,
         vocab_at=vocab_at,
+        checked=spec,
     )
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
-
 from nestdsl.errors import Position
 from nestdsl.spec.memory import Memory
 from nestdsl.spec.schema import Block
@@ -32,7 +30,6 @@ class MemoryPlan:
     heads: int
     key_dim: int
     value_dim: int
-    src: Position | None = None
     writes: tuple[str, ...] = ()  # block tensors its update reads (keys, values, gate tensors)
     # schedule_levels
     chunk: int = 1  # in-context chunk (tokens between boundaries); 1 for step/never levels
@@ -67,7 +64,6 @@ class LayerPlan:
 @dataclass
 class Plan:
     checked: Any  # nestdsl.CheckedSpec (its spec, source map and shapes)
-    graph: nx.MultiDiGraph | None = None  # the level graph every stage reads
     dims: dict[str, int] = field(default_factory=dict)
     d_model: int = 0
     vocab: int = 0

@@ -37,4 +37,4 @@ def _instance(plan: Plan, layer: LayerPlan, decl: str) -> MemoryPlan:
     every = plan.spec.levels[memory.level].every
     writes = tuple(dict.fromkeys(t for _, t in write_sources(memory) if t in layer.block.nodes))
     return MemoryPlan(f"{layer.name}.{decl}", decl, memory, memory.level, every, heads, key_dim,
-                      value_dim, src=plan.at("memories", decl), writes=writes)  # fmt: skip
+                      value_dim, writes=writes)  # fmt: skip

@@ -14,7 +14,6 @@ MOST_LAYERS = 4096  # block repetitions: the plan and the module hold one layer 
 
 def resolve_dims(plan: Plan) -> Plan:
     spec = plan.spec
-    plan.graph = plan.checked.graph
     plan.dims = dict(spec.dims)
     plan.d_model = evaluate(spec.embed.dim, plan.dims)
     plan.vocab = evaluate(spec.embed.vocab, plan.dims)

@@ -11,11 +11,19 @@
 docs/evaluation.md gives the protocols and the measured recall of the shipped specs.
 """
 
+import importlib
+
 from nestdsl.eval.bpb import run_bpb
 from nestdsl.eval.mqar import IGNORE, MQARShape, mqar_rows, row_accuracy
 from nestdsl.eval.recall import GRID_KEYS, RecallSettings, run_recall
 
-TASKS = ("recall", "bpb")
+TASKS = ("recall", "bpb")  # each the module of the same name (dashes as underscores)
+
+
+def task_module(task: str):
+    """The module of `task`: FLAGS, run_cli and summary for `nestdsl eval` (commands/eval.py)."""
+    return importlib.import_module(f"nestdsl.eval.{task.replace('-', '_')}")
+
 
 __all__ = [
     "GRID_KEYS",
@@ -27,4 +35,5 @@ __all__ = [
     "row_accuracy",
     "run_bpb",
     "run_recall",
+    "task_module",
 ]

@@ -118,3 +118,30 @@ def run_bpb(
         "bytes": count,
         "bpb": round(bpb, 6),
     }
+
+
+# `nestdsl eval --task bpb` (nestdsl/commands/eval.py reads these three names).
+FLAGS = {
+    "data": {"metavar": "FILE", "help": "corpus whose held-out tail is scored"},
+    "seq_len": {"type": int, "metavar": "T", "help": "bytes per window (default: the run's)"},
+    "max_bytes": {
+        "type": int,
+        "metavar": "N",
+        "help": f"bytes scored (default {DEFAULT_MAX_BYTES})",
+    },
+}
+
+
+def run_cli(subject: str, given: dict, context) -> dict:
+    return run_bpb(
+        subject, given.get("data"), given.get("seq_len"),
+        given.get("max_bytes", DEFAULT_MAX_BYTES), device=context.device,
+        overrides=context.overrides, seed=context.seed, progress=context.progress,
+    )  # fmt: skip
+
+
+def summary(result: dict) -> str:
+    return (
+        f"{result['spec']}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} "
+        f"held-out bytes (trained steps: {result['trained_steps']})"
+    )

@@ -250,3 +250,43 @@ def run_recall(
         "settings": {**asdict(settings), "overrides": list(overrides), "device": str(device)},
         "points": results,
     }
+
+
+# `nestdsl eval --task recall` (nestdsl/commands/eval.py reads these three names).
+_NUMBERS = {"steps": int, "batch_size": int, "lr": float, "weight_decay": float,
+            "grad_clip": float, "eval_rows": int, "heads": int, "layers": int, "vocab": int}  # fmt: skip
+FLAGS = {
+    "grid": {
+        "action": "append", "metavar": "K=V,...",
+        "help": f"grid points, keys {', '.join(GRID_KEYS)}; '/' lists values (default "
+        f"{','.join(f'{k}={v}' for k, v in GRID_KEYS.items())}), repeatable",
+    },
+    **{
+        name: {"type": kind, "metavar": "X", "help": f"default {getattr(RecallSettings(), name)}"}
+        for name, kind in _NUMBERS.items()
+    },
+}  # fmt: skip
+
+
+def run_cli(subject: str, given: dict, context) -> dict:
+    from nestdsl.eval.grid import parse_grid
+
+    if context.run_folder:
+        raise UserError("recall trains from scratch: give a spec (name or file), not a run folder")
+    points = parse_grid(given.pop("grid", None) or [], GRID_KEYS)
+    settings = RecallSettings(**given, seed=context.seed)
+    return run_recall(
+        subject, points, settings, context.device, context.overrides, context.progress
+    )
+
+
+def summary(result: dict) -> str:
+    lines = [f"{result['spec']}: MQAR recall, {result['settings']['steps']} steps"]
+    lines.append(f"{'L':>5} {'N':>4} {'d_model':>8} {'accuracy':>9} {'rows ok':>8}  note")
+    for p in result["points"]:
+        note = f"diverged at step {p['diverged_at']}" if p["diverged_at"] is not None else ""
+        lines.append(
+            f"{p['L']:>5} {p['N']:>4} {p['d_model']:>8} {p['accuracy']:>9.3f} "
+            f"{p['rows_all_correct']:>8.3f}  {note}"
+        )
+    return "\n".join(lines)

@@ -73,3 +73,14 @@ def load_resized(spec: str, size: Resize, extra: list[str] = ()) -> nestdsl.Chec
 def is_run_folder(path: str) -> bool:
     root = Path(path)
     return root.is_dir() and (root / "config.json").is_file() and (root / "spec.yaml").is_file()
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What every task run from `nestdsl eval` shares: device, `--set` overrides, seed, bars."""
+
+    device: object  # torch.device
+    overrides: list[str]
+    seed: int = 0
+    progress: bool = True
+    run_folder: bool = False  # the subject is a run folder, not a spec

@@ -55,8 +55,8 @@ def test_bpb_of_a_trained_run(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["transformer", "--task", "bpb", "--grid", "L=16"], "belong to --task recall"),
-        (["transformer", "--task", "recall", "--data", "x.txt"], "belong to --task bpb"),
+        (["transformer", "--task", "bpb", "--grid", "L=16"], "--grid \\(belongs to --task recall"),
+        (["transformer", "--task", "recall", "--data", "x.txt"], "--data \\(belongs to --task bpb"),
         (["transformer", "--task", "recall", "--grid", "Q=1"], "grid key `Q` is unknown"),
         (["transformer", "--task", "bpb", "--device", "tpu"], "unknown device"),
     ],

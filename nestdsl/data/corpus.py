@@ -1,10 +1,20 @@
-"""Byte-level text corpora: loading one and splitting it into training and validation parts.
+"""Byte-level text corpora: the embedded ones by name, any file by path, and the held-out split.
 
-Models in nestdsl read raw bytes (vocabulary 256), so a corpus is simply a `bytes` object. The
-default corpus is the complete works of Shakespeare (public domain, Project Gutenberg), shipped
-gzipped inside the package; any other file can be given by path (gzipped when its name ends in
-`.gz`). Problems a user can cause (a missing, unreadable or empty file) raise `UserError` with a
-one-line message, so the command line never shows a traceback for them.
+Models in nestdsl read raw bytes (vocabulary 256), so a corpus is simply a `bytes` object. Four
+public-domain English corpora ship gzipped inside the package (sources and licences in
+CORPORA.md beside this file) and are named wherever a corpus is accepted (`nestdsl train
+--data kjv`, `nestdsl eval --task bpb --data milton`, the domains of the `continual` task):
+
+* `shakespeare`: 42 works of Shakespeare (the default corpus);
+* `kjv`: the King James Bible, with chapter and verse numbers;
+* `milton`: Milton's Areopagitica, poetical works and Latin poemata;
+* `jargon`: the Jargon File 4.4.7, a hacker glossary.
+
+How a corpus argument resolves: an existing file of that name wins (so a user's file is never
+shadowed by an embedded name); otherwise an embedded name; otherwise a `UserError` that lists
+the embedded names. A file whose name ends in `.gz` is decompressed. Problems a user can cause
+(a missing, unreadable or empty file) raise `UserError` with a one-line message, so the command
+line never shows a traceback for them.
 """
 
 from __future__ import annotations
@@ -17,24 +27,63 @@ from pathlib import Path
 
 from nestdsl.errors import UserError
 
-DEFAULT_CORPUS = Path(__file__).with_name("shakespeare.txt.gz")
+_HERE = Path(__file__).parent
+# The embedded corpora by name, in the continual task's default domain order.
+EMBEDDED = {
+    "shakespeare": _HERE / "shakespeare.txt.gz",
+    "kjv": _HERE / "kjv.txt.gz",
+    "milton": _HERE / "milton.txt.gz",
+    "jargon": _HERE / "jargon.txt.gz",
+}
 DEFAULT_CORPUS_NAME = "shakespeare"
+DEFAULT_CORPUS = EMBEDDED[DEFAULT_CORPUS_NAME]
 
 # The last 5% of the bytes are held out: a contiguous tail (rather than random windows) keeps
 # validation text disjoint from training text, since windows would otherwise straddle both.
 VALIDATION_FRACTION = 0.05
 
 
+def resolve_corpus(name_or_path: str | Path | None) -> tuple[Path, str]:
+    """The file a corpus argument names and how to show it: (path, shown name).
+
+    None is the default corpus; an existing file wins over an embedded name of the same
+    spelling; a string that is neither gets a `UserError` listing the embedded names.
+    """
+    if name_or_path is None:
+        return DEFAULT_CORPUS, DEFAULT_CORPUS_NAME
+    path = Path(name_or_path)
+    if path.exists():
+        return path, str(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path], name_or_path
+    raise UserError(
+        f"data file {name_or_path} does not exist and is not an embedded corpus "
+        f"(embedded: {', '.join(EMBEDDED)})"
+    )
+
+
+def corpus_label(name_or_path: str | Path | None) -> str:
+    """A short name for a corpus argument: the embedded name, or the file's name without
+    `.txt` / `.gz` (for table headings and plot labels)."""
+    if name_or_path is None:
+        return DEFAULT_CORPUS_NAME
+    text = str(name_or_path)
+    if text in EMBEDDED and not Path(text).exists():
+        return text
+    name = Path(text).name
+    for suffix in (".gz", ".txt"):
+        name = name.removesuffix(suffix)
+    return name or text
+
+
 def load_corpus(path: str | Path | None = None) -> bytes:
-    """The bytes of a text corpus: the embedded Shakespeare when `path` is None, else the file.
+    """The bytes of a text corpus: the embedded Shakespeare when `path` is None, an embedded
+    corpus by name (`kjv`, ...), else the file (see `resolve_corpus` for the order).
 
     A file whose name ends in `.gz` is decompressed. Raises `UserError` when the file is missing,
     unreadable, not valid gzip, or empty.
     """
-    source = DEFAULT_CORPUS if path is None else Path(path)
-    shown = DEFAULT_CORPUS_NAME if path is None else str(path)
-    if not source.exists():
-        raise UserError(f"data file {shown} does not exist")
+    source, shown = resolve_corpus(path)
     if source.is_dir():
         raise UserError(f"data file {shown} is a directory, not a text file")
     try:

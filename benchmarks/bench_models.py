@@ -1,0 +1,255 @@
+"""Training-step speed and peak memory of every shipped spec beside a hand-written Transformer++.
+
+Issue 13's table: each spec resized to d_model 256, 4 layers, 4 heads of 64 (d_ff 704 where the
+spec has one), one training step = forward, next-token loss, backward and an AdamW step on a
+batch of B x T random bytes; the median of ``--steps`` steps after ``--warmup`` steps. Every row
+runs in a fresh subprocess (no allocator or cache state carried between rows), and the parent
+records ``os.getloadavg()`` before and after the table, because on a shared machine absolute
+times drift: read the ``x hand`` column (tokens/s over the hand-written Transformer++'s tokens/s
+in the same run at the same T), not the absolute numbers.
+
+Memory. CPU: ``peak RSS`` is the child's ``ru_maxrss`` (peak resident set, allocator effects
+included) and ``delta`` is that peak minus the resident set just before the first step (model,
+optimizer and the torch runtime excluded): the step's own cost. CUDA: ``torch.cuda``'s peak
+allocated bytes over the steps, and the same minus what was allocated before the first step.
+A child whose resident set passes ``--max-gb`` is killed and its row says so.
+
+    python benchmarks/bench_models.py                                  # every spec, T 512 and 2048
+    python benchmarks/bench_models.py --specs hand,transformer,hope --seq-lens 512 --steps 3
+    python benchmarks/bench_models.py --device cuda
+
+Threads: 1 by default (``--threads``), so other processes on a shared 2-core machine disturb
+the ratios less (an OpenMP team stalls at every barrier while another process holds a core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HAND = "hand"  # the hand-written Transformer++ row
+SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_head": 64, "d_ff": 704}
+
+
+def _rss_bytes() -> int:
+    """The current resident set of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def build(name: str, device: str):
+    """(model, returns_state) for a shipped spec resized to SIZE, or the hand-written one."""
+    if name == HAND:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_transformer import HandTransformer
+
+        s = SIZE
+        model = HandTransformer(256, s["d_model"], s["n_heads"], s["d_head"], s["d_ff"],
+                                s["n_layers"])  # fmt: skip
+        return model.to(device), False
+    import nestdsl
+
+    has = nestdsl.load(name).spec.dims  # resize only the sizes the spec declares (d_ff)
+    sets = [f"dims.{k}={v}" for k, v in SIZE.items() if k in has]
+    return nestdsl.compile(nestdsl.load(name, sets)).to(device), True
+
+
+def child(args) -> None:
+    """One row: build, warm up, time ``args.steps`` steps; print one JSON line."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = args.device
+    model, stateful = build(args.child, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, 256, (args.batch, args.seq + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        out = model(x)
+        logits = out[0] if stateful else out
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_bytes()
+    for _ in range(args.warmup):
+        step()
+    if args.profile:
+        profile(step, args.profile)
+        return
+    times = [step() for _ in range(args.steps)]
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes()
+    t = statistics.median(times)
+    print(json.dumps({"spec": args.child, "T": args.seq, "s_per_step": t,
+                      "tok_s": args.batch * args.seq / t, "peak": peak, "delta": peak - base,
+                      "params": sum(p.numel() for p in model.parameters())}))  # fmt: skip
+
+
+def profile(step, rows: int) -> None:
+    """One step under torch.profiler: the top ops by self time and by memory, and how much of
+    the wall time no op accounts for (Python, dispatch and autograd bookkeeping)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        wall = step()
+    events = prof.key_averages()
+    # Self times of all ops sum to the time spent inside ops; the rest of the step is overhead.
+    in_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    calls = sum(e.count for e in events)
+    print(
+        f"step under the profiler: {wall:.2f} s wall, {in_ops:.2f} s inside ops "
+        f"({in_ops / wall:.0%}), {calls:,} op calls ({wall / calls * 1e6:.1f} us per call)"
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    print(events.table(sort_by="self_cpu_memory_usage", row_limit=rows, max_name_column_width=40))
+
+
+def child_command(args, spec: str, T: int) -> tuple[list[str], dict]:
+    cmd = [sys.executable, __file__, "--child", spec, "--seq", str(T), "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
+           str(args.threads), "--device", args.device, "--profile", str(args.profile)]  # fmt: skip
+    return cmd, {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+
+
+def run_child(args, spec: str, T: int) -> dict:
+    """Run one row in a fresh interpreter, killing it past ``--max-gb`` resident or the timeout."""
+    cmd, env = child_command(args, spec, T)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    limit, t0, why = args.max_gb * 2**30, time.time(), None
+    while proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with open(f"/proc/{proc.pid}/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            continue
+        if rss > limit:
+            why = f"over {args.max_gb:g} GB"
+        elif time.time() - t0 > args.timeout:
+            why = f"over {args.timeout:g} s"
+        if why:
+            proc.kill()
+            break
+    out, err = proc.communicate()
+    if why:
+        return {"spec": spec, "T": T, "error": why}
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (err.strip().splitlines() or ["no output"])[-1]
+        return {"spec": spec, "T": T, "error": f"failed: {tail[:120]}"}
+    return json.loads(lines[-1])
+
+
+def table(rows: list[dict], seq_lens: list[int]) -> str:
+    hand = {r["T"]: r["tok_s"] for r in rows if r["spec"] == HAND and "tok_s" in r}
+    head = "| spec |" + "".join(f" tok/s T={T} | x hand | peak RSS | delta |" for T in seq_lens)
+    lines = [head, "|---|" + "---:|---:|---:|---:|" * len(seq_lens)]
+    for spec in dict.fromkeys(r["spec"] for r in rows):
+        cells = []
+        for T in seq_lens:
+            r = next((r for r in rows if r["spec"] == spec and r["T"] == T), None)
+            if r is None:
+                cells.append(" | | | |")
+            elif "error" in r:
+                cells.append(f" {r['error']} | | | |")
+            else:
+                ratio = f"{r['tok_s'] / hand[T]:.3f}" if T in hand else ""
+                cells.append(f" {r['tok_s']:,.0f} | {ratio} | {r['peak'] / 2**30:.2f} GB"
+                             f" | {r['delta'] / 2**30:.2f} GB |")  # fmt: skip
+        name = "hand-written Transformer++" if spec == HAND else f"`{spec}`"
+        lines.append(f"| {name} |" + "".join(cells))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--specs",
+        default="all",
+        help="comma-separated names (`hand` is the "
+        "hand-written Transformer++, always run first); default every shipped spec",
+    )
+    ap.add_argument("--seq-lens", default="512,2048")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--max-gb", type=float, default=8.0, help="kill a row past this resident set")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="profile one step of each spec instead of timing (prints ROWS rows)",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    from nestdsl.spec.shipped import shipped_names
+
+    names = shipped_names() if args.specs == "all" else args.specs.split(",")
+    names = [HAND, *[n for n in names if n != HAND]]
+    seq_lens = [int(t) for t in args.seq_lens.split(",")]
+    load_before = os.getloadavg()
+    if args.profile:  # the profiles, one process each, straight to stdout
+        for T in seq_lens:
+            for name in names:
+                print(f"\n## {name}, T={T} (load average {os.getloadavg()[0]:.2f})", flush=True)
+                subprocess.run(child_command(args, name, T)[0], env=child_command(args, name, T)[1])
+        return
+    rows = []
+    for T in seq_lens:
+        for name in names:
+            row = run_child(args, name, T)
+            row["load"] = os.getloadavg()[0]
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    load_after = os.getloadavg()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s)"
+    )
+    print(f"config: d_model 256, 4 layers, 4 heads of 64; B={args.batch}; forward + loss + "
+          f"backward + AdamW; median of {args.steps} steps after {args.warmup} warm-up; "
+          f"one process per row")  # fmt: skip
+    print(f"load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.2f}' for x in load_after)}\n")  # fmt: skip
+    print(table(rows, seq_lens))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,13 @@
 Special cases are equalities (DESIGN: "linear memory + dot + gd is linear attention"), so the
 choice changes speed, never results: anything the specialised kernels do not cover runs on the
 general `deep_memory` kernel, which computes the same function.
+
+On a CUDA device the chosen op runs its Triton form where one exists. The fused deep-memory
+kernel covers a subset of `deep_memory` (kernels/deep_memory/README.md §8); `why` says whether
+a deep memory is in it and, if not, the reason it runs the torch chunk form there, so
+`nestdsl show --after pick_kernels` answers "does this memory run fused on a GPU?" before any
+GPU is involved. The kernel's own check (`deep_memory.triton.unsupported`) decides at run
+time; a test holds the two to the same answer on every shipped spec.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ def pick_kernels(plan: Plan) -> Plan:
     for layer in plan.layers:
         for m in layer.memories.values():
             m.kernel, m.why = choose(m, _orders(layer, m))
+            if m.kernel == "deep_memory":
+                reason = triton_fallback(m)
+                m.why += ("; triton: fused kernel" if reason is None
+                          else f"; triton runs the torch chunk form: {reason}")  # fmt: skip
             if m.options.normalize and m.kernel != "linear_attention":
                 errors.append(Diagnostic(
                     "not-lowered", f"`normalize` on `{m.decl}` is linear attention's normalizer: "
@@ -59,3 +70,45 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
             and orders == {"write_then_read"}):  # fmt: skip
         return "titans_linear", "matrix + l2 + momentum + weight decay"
     return "deep_memory", "general chunk-parallel memory update"
+
+
+# The fused deep-memory kernel's limits (kernels/deep_memory/triton.py: MAX_CHUNK,
+# TILE_BUDGET, triton_support.MAX_HEAD_DIM), repeated here so that validating a spec never
+# imports torch or triton.
+TRITON_MAX_CHUNK = 64
+TRITON_TILE_BUDGET = 128 * 128
+TRITON_MAX_HEAD_DIM = 256
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def triton_fallback(m: MemoryPlan) -> str | None:
+    """Why the fused Triton deep-memory kernel does not run memory ``m`` (None: it does)."""
+    o, st = m.options, m.memory.structure
+    kind = getattr(st, "kind", o.structure)
+    depth = getattr(st, "depth", 1 if kind == "matrix" else 2)
+    hidden = getattr(st, "expansion", 1) * o.key_dim
+    checks = (
+        (kind == "matrix", "a matrix memory (the kernel holds a 2-layer MLP)"),
+        (kind == "gated_mlp", "the gated memory"),
+        (depth != 2, f"depth {depth} (the kernel holds a 2-layer MLP)"),
+        (not getattr(st, "residual", False), "a memory without the residual path"),
+        (getattr(st, "norm", "none") != "none", f"norm={getattr(st, 'norm', None)!r}"),
+        (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
+        (o.rule not in ("gd", "momentum", "dgd", "dgd_momentum"), f"rule={o.rule!r}"),
+        (o.retention not in (None, "l2"), f"retention={o.retention!r} (the kernel has l2)"),
+        (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
+        (o.window != 1, "an Omega window"),
+        (o.lag_token, "the lag token"),
+        (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
+        (_pow2(hidden) * _pow2(o.key_dim) > TRITON_TILE_BUDGET,
+         f"weight tile {hidden} x {o.key_dim} over {TRITON_TILE_BUDGET} elements"),
+        (max(hidden, o.key_dim) > TRITON_MAX_HEAD_DIM,
+         f"head size {max(hidden, o.key_dim)} > {TRITON_MAX_HEAD_DIM}"),
+    )  # fmt: skip
+    for bad, why in checks:
+        if bad:
+            return why
+    return None

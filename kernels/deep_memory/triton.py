@@ -122,6 +122,23 @@ def _entry(x, idx, i):
 
 
 @triton.jit
+def _proximal(th, A):
+    """dgd's proximal step per token, ``theta_t / (1 + theta_t ||a_t||^2)`` (NL eq. 57; README
+    eq. D6) for one layer's inputs A [BT, width]; padded rows have theta = 0 and stay 0."""
+    return th / (1.0 + th * tl.sum(A * A, axis=1))
+
+
+@triton.jit
+def _steps(th, Mw, Pe, lower, shift):
+    """One layer's rows of eq. D1 for the step ``th`` [BT]: ``w`` (weights, causal), ``sw``
+    (momentum) and ``wp`` (row t - 1 of w, by an exact shift matmul)."""
+    w = tl.where(lower, -th[None, :] * Mw, 0.0)  # [BT, BT]
+    sw = -th[None, :] * Pe  # [BT, BT]
+    wp = tl.dot(shift, w, input_precision="ieee")  # [BT, BT]
+    return w, sw, wp
+
+
+@triton.jit
 def _dual(b, d, w, W0, S0, A, X, R, MOM: tl.constexpr, PREC: tl.constexpr):
     """Per-token ``W_t r_t`` (eq. D2): ``b ⊙ R W0^T + d ⊙ R S0^T + ((R A^T) ⊙ w) X``."""
     z = b[:, None] * tl.dot(R, tl.trans(W0), input_precision=PREC)  # [BT, out]
@@ -147,7 +164,7 @@ def _dgd_drive(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.con
 def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s1_out, s2_out,
                 T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
-                MOM: tl.constexpr, DGD: tl.constexpr, READ: tl.constexpr,
+                MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
                 USE_S0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
@@ -190,26 +207,37 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
         E1 = tl.dot(E, W2, input_precision=PREC) * _act_grad(Z, ACT)  # [BT, BH], delta_1
 
         # 2. Coefficients of eq. D1, rows t = after token t: W_t = b W0 + d S0 + sum w x a^T.
+        # Every coefficient is a gate-only matrix times the step theta of the token written;
+        # dgd's proximal step (eq. D6) gives each layer its own step, so its own w.
         Pr, b = _segments(r, BT)  # [BT, BT], [BT]
         if MOM:
             et = tl.load(eta + row * H + i_h, mask=mt, other=1.0).to(tl.float32)
             Pe, sb = _segments(et, BT)
             d = tl.sum(Pr * sb[None, :], axis=1)  # [BT], weight of S0 (eq. D3)
-            w = -th[None, :] * tl.dot(Pr, Pe, input_precision=PREC)  # [BT, BT]
-            sw = -th[None, :] * Pe  # [BT, BT], the momentum's own rows
+            Mw = tl.dot(Pr, Pe, input_precision=PREC)  # [BT, BT], w without the step
         else:
+            Pe = Pr
             d = tl.zeros([BT], dtype=tl.float32)
-            w = -th[None, :] * Pr
-        w = tl.where(lower, w, 0.0)
+            Mw = Pr
         # Rows t - 1 (the weights each token's write starts from / read_then_write reads).
         bp, dp = _prev(b, idx, 1.0), _prev(d, idx, 0.0)
         shift = (idx[None, :] == idx[:, None] - 1).to(tl.float32)  # [BT, BT]
-        wp = tl.dot(shift, w, input_precision="ieee")  # [BT, BT], exact row shift
+        if PROX:
+            th1 = _proximal(th, K)  # [BT], theta / (1 + theta ||k||^2)
+            th2 = _proximal(th, A2)  # [BT], theta / (1 + theta ||a_2||^2)
+        else:
+            th1 = th
+            th2 = th
+        w1c, sw1, wp1 = _steps(th1, Mw, Pe, lower, shift)
+        if PROX:
+            w2c, sw2, wp2 = _steps(th2, Mw, Pe, lower, shift)
+        else:
+            w2c, sw2, wp2 = w1c, sw1, wp1
 
         # 3. Drives: the local errors, or dgd's x_t = W_{t-1} a_t + delta_t (eq. D5).
         if DGD:
-            X1 = _dgd_drive(bp, dp, wp, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
-            X2 = _dgd_drive(bp, dp, wp, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
+            X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
+            X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
         else:
             X1 = E1
             X2 = E
@@ -220,27 +248,28 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
             out = Q + tl.dot(Hr, tl.trans(W2), input_precision=PREC)  # [BT, BD]
         else:
             if READ == 0:
-                rb, rd, rw = b, d, w
+                rb, rd, rw1, rw2 = b, d, w1c, w2c
             else:
-                rb, rd, rw = bp, dp, wp
-            Hr = _act(_dual(rb, rd, rw, W1, S1, K, X1, Q, MOM, PREC), ACT)  # [BT, BH]
-            out = Q + _dual(rb, rd, rw, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+                rb, rd, rw1, rw2 = bp, dp, wp1, wp2
+            Hr = _act(_dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC), ACT)  # [BT, BH]
+            out = Q + _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
         tl.store(o + pd, out.to(o.dtype.element_ty), mask=mtd)
 
         # 5. The state after the chunk's last real token (eq. D4).
         last = tl.minimum(T - n * C, C) - 1
-        we = _row(w, idx, last)  # [BT]
-        G1 = tl.dot(tl.trans(X1 * we[:, None]), K, input_precision=PREC)  # [BH, BD]
-        G2 = tl.dot(tl.trans(X2 * we[:, None]), A2, input_precision=PREC)  # [BD, BH]
+        we1, we2 = _row(w1c, idx, last), _row(w2c, idx, last)  # [BT]
+        G1 = tl.dot(tl.trans(X1 * we1[:, None]), K, input_precision=PREC)  # [BH, BD]
+        G2 = tl.dot(tl.trans(X2 * we2[:, None]), A2, input_precision=PREC)  # [BD, BH]
         be = _entry(b, idx, last)
         W1n = be * W1 + G1
         W2n = be * W2 + G2
         if MOM:
-            de, swe, sbe = _entry(d, idx, last), _row(sw, idx, last), _entry(sb, idx, last)
+            de, sbe = _entry(d, idx, last), _entry(sb, idx, last)
+            swe1, swe2 = _row(sw1, idx, last), _row(sw2, idx, last)
             W1n += de * S1
             W2n += de * S2
-            S1 = sbe * S1 + tl.dot(tl.trans(X1 * swe[:, None]), K, input_precision=PREC)
-            S2 = sbe * S2 + tl.dot(tl.trans(X2 * swe[:, None]), A2, input_precision=PREC)
+            S1 = sbe * S1 + tl.dot(tl.trans(X1 * swe1[:, None]), K, input_precision=PREC)
+            S2 = sbe * S2 + tl.dot(tl.trans(X2 * swe2[:, None]), A2, input_precision=PREC)
         W1 = W1n
         W2 = W2n
     tl.store(w1_out + bh * HD * D + p1, W1, mask=m1)
@@ -261,7 +290,6 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (st.norm != "none", f"norm={st.norm!r}"),
         (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
         (o.rule not in RULES, f"rule={o.rule!r} (the kernel has {', '.join(RULES)})"),
-        (o.dgd_step != "explicit", f"dgd_step={o.dgd_step!r}"),
         (o.retention != "l2", f"retention={o.retention!r} (the kernel has l2)"),
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
@@ -293,7 +321,8 @@ class _DeepMemory(torch.autograd.Function):
         _fwd_kernel[(B * H,)](
             *args, *s0, o, *finals, *moms, T, -(-T // C), H=H, D=D, HD=HD, C=C, BT=BT, BD=BD,
             BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
-            DGD=options.rule.startswith("dgd"), READ=READ_CODES[read], USE_S0=s1 is not None,
+            DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
+            READ=READ_CODES[read], USE_S0=s1 is not None,
             PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=num_warps(BH, BD),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2)

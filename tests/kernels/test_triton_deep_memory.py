@@ -113,6 +113,27 @@ def test_matches_oracle(rule, read):
     _check(options, 10, read, momentum=options.has_momentum)
 
 
+@pytest.mark.parametrize("read", READS)
+@pytest.mark.parametrize("rule", ["dgd", "dgd_momentum"])
+def test_proximal_step_matches_oracle(rule, read):
+    """dgd's proximal step (NL eq. 57, shipped Hope's): a step per layer from its input's norm.
+    T = 10 (a partial last chunk), with an initial momentum where the rule has one."""
+    options = DeepMemoryOptions(MLP, rule=rule, dgd_step="proximal", chunk_size=4)
+    _check(options, 10, read, momentum=options.has_momentum, seed=7)
+
+
+@pytest.mark.parametrize("T", [3, 9])
+def test_proximal_step_without_initial_momentum(T):
+    """T shorter than a chunk and not a multiple of it, large steps (theta up to 2, so the
+    proximal shrink differs from the explicit step by a factor of ~2-3), no initial momentum."""
+
+    def big_steps(x):
+        x["theta"].mul_(4.0)
+
+    options = DeepMemoryOptions(MLP, rule="dgd_momentum", dgd_step="proximal", chunk_size=4)
+    _check(options, T, "read_then_write", momentum=False, seed=T, tweak=big_steps)
+
+
 @pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])
 def test_gates_at_their_limits(rule):
     """alpha = 1 (full forget), eta = 0 (no momentum carried) and theta = 0 (no write) on some
@@ -185,7 +206,6 @@ def test_hope_self_generated_values_over_two_segments():
 UNCOVERED = [
     pytest.param({"objective": "huber"}, "objective='huber'", id="huber"),
     pytest.param({"rule": "muon"}, "rule='muon'", id="muon"),
-    pytest.param({"rule": "dgd", "dgd_step": "proximal"}, "proximal", id="proximal"),
     pytest.param({"retention": "kl"}, "retention='kl'", id="kl"),
     pytest.param({"retention": "lq"}, "retention='lq'", id="lq"),
     pytest.param({"retention_mode": "local"}, "local", id="local"),
@@ -234,6 +254,9 @@ def test_covered_options_claim_the_kernel():
     tr = load("deep_memory.triton")
     for rule in RULES:
         assert tr.unsupported(DeepMemoryOptions(MLP, rule=rule), torch.float32) is None
+    for rule in ("dgd", "dgd_momentum"):
+        prox = DeepMemoryOptions(MLP, rule=rule, dgd_step="proximal")
+        assert tr.unsupported(prox, torch.float32) is None
 
 
 def test_no_final_state_and_no_grad():
@@ -378,3 +401,33 @@ def test_one_tensor_in_two_slots(create_graph):
 
     assert_close("d gate", run(deep_memory_chunk, torch.float64).float(),
                  run(tr.deep_memory_triton, torch.float32), TOL)  # fmt: skip
+
+
+DEEP_SPECS = ["hope", "titans-lmm", "titans-mag", "titans-mal", "titans-mac", "moneta", "yaad",
+              "memora", "atlas"]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", DEEP_SPECS)
+def test_pick_kernels_names_the_kernels_own_verdict(spec):
+    """`show --after pick_kernels` says whether each deep memory runs fused on a GPU; the
+    kernel's run-time check (``unsupported``) gives the same answer for every shipped spec's
+    memories (the compiled module's options), and shipped hope runs fused."""
+    import nestdsl
+    from nestdsl.compiler.modules.memory_deep import DeepMemory
+
+    from ..compiler.helpers import load_small
+
+    tr = load("deep_memory.triton")
+    model = nestdsl.compile(load_small(spec))
+    memories = [m for m in model.modules() if isinstance(m, DeepMemory)
+                and m.plan.kernel == "deep_memory"]  # fmt: skip
+    assert memories
+    for m in memories:
+        kernel_says = tr.unsupported(m.options, torch.float32)
+        fused = m.plan.why.endswith("triton: fused kernel")
+        assert fused == (kernel_says is None), (m.plan.name, m.plan.why, kernel_says)
+        if not fused:
+            assert "triton runs the torch chunk form: " in m.plan.why
+    if spec == "hope":
+        assert all(m.options.dgd_step == "proximal" for m in memories)
+        assert all(m.plan.why.endswith("triton: fused kernel") for m in memories)

@@ -3,7 +3,9 @@
 ``NESTDSL_KERNEL_BACKEND=triton`` reaches the kernels through the compiler (gates as step
 sizes, ``scale=1``, read-before-write shifts, the normalized linear attention's extra value
 channel, learned initial states); logits and every parameter gradient must agree. The shipped
-specs at reduced width, in the Triton interpreter.
+specs at reduced width, in the Triton interpreter. Deep memories (hope's five dgd memories
+with the proximal step, titans-lmm with and without its memory norm) run one AdamW step and
+the updated parameters must agree too.
 """
 
 from __future__ import annotations
@@ -53,3 +55,60 @@ def test_compiled_spec_on_triton_equals_chunk(spec, monkeypatch):
     for name, g in ref_grads.items():
         if g.norm() > 0:
             assert_close(f"{spec} d{name}", g, grads[name], tol)
+
+
+DEEP = [
+    # shipped hope: dgd with the proximal step, 5 memories, 8-token segments (~18 s interpreted)
+    pytest.param("hope", [], "fused", id="hope", marks=pytest.mark.slow),
+    pytest.param("titans-lmm", ["memories.M.structure.norm=none"], "fused", id="titans-lmm-no-norm"),
+    pytest.param("titans-lmm", [], "norm='layernorm'", id="titans-lmm"),  # falls back, says why
+]
+
+
+@pytest.mark.parametrize(("spec", "overrides", "verdict"), DEEP)
+def test_deep_memory_training_step_on_triton_equals_chunk(spec, overrides, verdict, monkeypatch):
+    """One AdamW training step of a compiled deep-memory spec (reduced width) on the Triton
+    backend: logits, every parameter gradient and every updated parameter equal the chunk
+    backend's. Memories the fused kernel covers launch it; the others run the chunk form and
+    warn with the reason `show --after pick_kernels` prints."""
+    import copy
+    import warnings
+
+    from ..compiler.helpers import small_overrides
+
+    tr = load("deep_memory.triton")
+    fresh_dispatch(monkeypatch)
+    torch.manual_seed(0)
+    model = nestdsl.compile(nestdsl.load(spec, [*small_overrides(spec), *overrides]))
+    twin = copy.deepcopy(model)
+    tokens = torch.randint(0, 256, (1, 17))  # past a 16-token chunk, two 8-token ones
+
+    def step(m):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        logits, grads = _logits_and_grads(m, tokens)
+        opt.step()
+        return logits, grads, {n: p.detach().clone() for n, p in m.named_parameters()}
+
+    ref_logits, ref_grads, ref_params = step(model)
+    launches, apply = [], tr._DeepMemory.apply
+    monkeypatch.setattr(tr._DeepMemory, "apply", lambda *a: (launches.append(1), apply(*a))[1])
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logits, grads, params = step(twin)
+    said = [str(w.message) for w in caught if "runs the torch chunk form" in str(w.message)]
+    if verdict == "fused":
+        assert launches and not said, said
+    else:
+        assert not launches and said and all(verdict in s for s in said)
+    tol = RTOL[torch.float32]
+    assert_close(f"{spec} logits", ref_logits, logits, tol)
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        if g.norm() > 0:
+            assert_close(f"{spec} d{name}", g, grads[name], tol)
+    for name, p in ref_params.items():
+        assert_close(f"{spec} {name} after the step", p, params[name], tol)
+    # The memories' learned initial states get a gradient through the kernel's backward.
+    init = [n for n in ref_grads if ".memories.M" in n and ".initial." in n]
+    assert init and all(ref_grads[n].norm() > 0 for n in init), init

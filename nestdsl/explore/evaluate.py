@@ -68,8 +68,9 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
         train(source, config, run_dir, resume=resume and run_dir.exists(), progress=False)
     except (UserError, SpecError) as err:
         return {"error": str(err).splitlines()[0][:240], "steps": steps}
-    except RuntimeError as err:  # e.g. a kernel refusing a shape: the candidate fails, not the search
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", "steps": steps}
+    except Exception as err:  # noqa: BLE001 - a candidate that crashes fails, not the search
+        first = (str(err).splitlines() or [""])[0][:200]
+        return {"error": f"crash {type(err).__name__}: {first}", "steps": steps}
     from nestdsl.eval.bpb import run_bpb
 
     scored = run_bpb(str(run_dir), max_bytes=settings.score_bytes, progress=False)

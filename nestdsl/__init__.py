@@ -3,6 +3,7 @@
     spec = nestdsl.load("hope")          # a shipped name or a YAML path; checked
     model = nestdsl.compile(spec)        # a torch.nn.Module: model(tokens, state) -> (logits, state)
     run = nestdsl.load_run("runs/hope")  # a trained run: run.model, run.spec, run.config, run.state
+    opt = nestdsl.optimizer("dmgd", model.parameters(), lr=1e-3)  # any model, a declared optimizer
 """
 
 from nestdsl.errors import Diagnostic, Position, SpecError, UserError
@@ -28,6 +29,15 @@ def load_run(run_dir, device="cpu"):
     return _load_run(run_dir, device)
 
 
+def optimizer(name_or_path, params, **settings):
+    """A `torch.optim.Optimizer` from an optimizer spec: a shipped name (`sgd-momentum`,
+    `adamw`, `delta-momentum`, `m3`, `dmgd`) or a YAML path, with `settings` (`lr`, `momentum`,
+    `weight_decay`, `betas`, ...) over the spec's defaults; state_dict / load_state_dict work."""
+    from nestdsl.optim.library import optimizer as _optimizer  # torch loads only when needed
+
+    return _optimizer(name_or_path, params, **settings)
+
+
 __all__ = [
     "CheckedSpec",
     "Diagnostic",
@@ -38,5 +48,6 @@ __all__ = [
     "compile",
     "load",
     "load_run",
+    "optimizer",
     "shipped_names",
 ]

@@ -1,12 +1,21 @@
 """Outer optimizers for training compiled models, built from a spec's optimizer config dict.
 
-`build_optimizer(params, config)` takes the dict of one trained level's `optimizer:`, e.g.
-`{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}` or
-`{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}` or
-`{"kind": "delta_momentum", "lr": 3e-4, "momentum": 0.9, "forget": 1.0}`.
+Every optimizer is a set of memories of the gradients (NL §4; nestdsl/optim/declared.py is the
+one implementation). `build_optimizer(params, config)` takes the dict of one trained level's
+`optimizer:`: a shorthand kind with its settings, e.g.
+`{"kind": "adamw", "lr": 3e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8}`,
+`{"kind": "m3", "lr": 3e-4, "betas": [0.9, 0.999, 0.9], "alpha": 1.0, "frequency": 8}`,
+`{"kind": "delta_momentum", ...}`, `{"kind": "sgd_momentum", ...}`, `{"kind": "dmgd", ...}`
+(each the shipped declaration specs/optimizers/<kind>.yaml with those settings), or
+`{"kind": "memories", "lr": ..., "memories": {...}, "update": {...}}` declared in place; any of
+them with the level options `period` and `schedule`.
 `build_level_optimizers` (levels.py) makes one such optimizer per `every: step` level.
 Weight decay applies to parameters with two or more dimensions only: decaying biases and norm
 gains pulls them towards zero for no benefit, so they go in a group without decay.
+
+AdamW at period 1 without its own schedule is built as `torch.optim.AdamW`: the declaration
+computes the same steps (tests/optim/test_torch_equal.py), torch's fused loop is faster, as
+`pick_kernels` picks the fastest exact kernel for a memory.
 """
 
 from __future__ import annotations
@@ -16,49 +25,45 @@ from collections.abc import Iterable
 import torch
 
 from nestdsl.errors import UserError
+from nestdsl.optim.declared import DeclaredOptimizer, newton_schulz
 from nestdsl.optim.delta_momentum import DeltaMomentum
 from nestdsl.optim.levels import LevelOptimizers, build_level_optimizers
-from nestdsl.optim.m3 import M3, newton_schulz
+from nestdsl.optim.library import optimizer, read_declaration, shipped_optimizers
+from nestdsl.optim.m3 import M3
+from nestdsl.spec.optimizer import SHORTHANDS, Declaration
 
-# Accepted keys per optimizer kind, with defaults ("kind" itself is always accepted).
-ADAMW_DEFAULTS = {"lr": 3e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
-M3_DEFAULTS = {  # the spec schema's defaults, so a config dict from a spec and from code agree
-    "lr": 3e-4,
-    "weight_decay": 0.0,
-    "betas": (0.9, 0.999, 0.9),
-    "alpha": 1.0,
-    "frequency": 8,
-    "ns_steps": 5,
-    "ns_kind": "quintic",
-    "eps": 1e-8,
-    "momentum_decay": 1.0,
-    "variance_decay": 1.0,
-}
-DELTA_MOMENTUM_DEFAULTS = {  # the spec schema's defaults too
-    "lr": 3e-4,
-    "momentum": 0.9,
-    "forget": 1.0,
-    "weight_decay": 0.0,
-    "eps": 1e-8,
-}
-KIND_DEFAULTS = {
-    "adamw": ADAMW_DEFAULTS,
-    "m3": M3_DEFAULTS,
-    "delta_momentum": DELTA_MOMENTUM_DEFAULTS,
-}
+# Level options every kind takes (not settings of the optimizer's memories).
+LEVEL_OPTIONS = ("period", "schedule")
 
 
-def _settings(config: dict) -> tuple[str, dict]:
-    """The optimizer kind and its full settings (defaults filled in); UserError on unknown keys."""
+def _defaults(kind: str) -> dict:
+    """A shorthand's settings with their defaults: its shipped declaration's."""
+    settings = read_declaration(SHORTHANDS[kind]).settings
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
+ADAMW_DEFAULTS = _defaults("adamw")
+M3_DEFAULTS = _defaults("m3")  # the spec schema's defaults too (a test checks they agree)
+DELTA_MOMENTUM_DEFAULTS = _defaults("delta_momentum")
+KIND_DEFAULTS = {kind: _defaults(kind) for kind in SHORTHANDS}
+
+
+def _settings(config: dict) -> tuple[str, dict, dict]:
+    """The kind, its full settings (defaults filled in) and the level options; UserError on
+    unknown keys."""
     kind = str(config.get("kind", "adamw")).lower()
+    options = {k: config[k] for k in LEVEL_OPTIONS if k in config and config[k] is not None}
+    if kind == "memories":
+        settings = {k: v for k, v in config.items() if k != "kind" and k not in LEVEL_OPTIONS}
+        return kind, settings, options
     if kind not in KIND_DEFAULTS:
         raise UserError(
-            f"unknown optimizer kind {kind!r}: expected one of {', '.join(KIND_DEFAULTS)}"
+            f"unknown optimizer kind {kind!r}: expected one of {', '.join(KIND_DEFAULTS)}, memories"
         )
     defaults = KIND_DEFAULTS[kind]
     settings = dict(defaults)
     for key, value in config.items():
-        if key == "kind":
+        if key == "kind" or key in LEVEL_OPTIONS:
             continue
         if kind == "m3" and key in ("beta1", "beta2", "beta3"):
             betas = list(settings["betas"])
@@ -69,11 +74,11 @@ def _settings(config: dict) -> tuple[str, dict]:
             raise UserError(
                 f"optimizer {kind!r} has no setting {key!r}; known: {', '.join(sorted(defaults))}"
             )
-        settings[key] = tuple(value) if key == "betas" else value
-    want = 3 if kind == "m3" else 2
-    if "betas" in settings and len(settings["betas"]) != want:
+        settings[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    want = len(defaults["betas"]) if "betas" in defaults else None
+    if want is not None and len(settings["betas"]) != want:
         raise UserError(f"optimizer {kind!r} takes {want} betas, got {list(settings['betas'])}")
-    return kind, settings
+    return kind, settings, options
 
 
 def _param_groups(params: Iterable, weight_decay: float) -> list[dict]:
@@ -91,33 +96,69 @@ def _param_groups(params: Iterable, weight_decay: float) -> list[dict]:
 
 def build_optimizer(params: Iterable, config: dict) -> torch.optim.Optimizer:
     """An optimizer for `params` (tensors or (name, tensor) pairs) from a spec's config dict."""
-    kind, settings = _settings(config)
-    groups = _param_groups(params, float(settings.pop("weight_decay")))
+    kind, settings, options = _settings(config)
+    groups = _param_groups(params, float(settings.get("weight_decay", 0.0)))
     try:
-        if kind == "adamw":
+        if kind == "memories":
+            body = {k: settings.pop(k) for k in ("settings", "decoupled", "memories", "update")
+                    if k in settings}  # fmt: skip
+            declaration = Declaration.model_validate(body)
+            values = {**declaration.settings, **settings}
+            return DeclaredOptimizer(groups, declaration, values, **options)
+        settings.pop("weight_decay", None)
+        if kind == "adamw" and not options:
             return torch.optim.AdamW(groups, **settings)
+        if kind == "m3":
+            return M3(groups, **settings, **options)
         if kind == "delta_momentum":
-            return DeltaMomentum(groups, **settings)
-        return M3(groups, **settings)
+            return DeltaMomentum(groups, **settings, **options)
+        declaration = read_declaration(SHORTHANDS[kind])
+        values = {**declaration.settings, **settings, "weight_decay": 0.0}
+        return DeclaredOptimizer(groups, declaration, values, **options)
     except (ValueError, TypeError) as err:
         raise UserError(f"bad {kind} optimizer settings: {err}") from None
 
 
 def optimizer_settings(config: dict) -> dict:
     """The effective settings (defaults filled in) as a JSON-friendly dict, for config.json."""
-    kind, settings = _settings(config)
+    kind, settings, options = _settings(config)
     return {
         "kind": kind,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+        **options,
     }
+
+
+def describe_optimizer(config: dict) -> str:
+    """One line for `nestdsl show`: the kind, its lr, period and schedule, and its memories."""
+    kind, settings, options = _settings(config)
+    if kind == "memories":
+        body = {k: settings[k] for k in ("settings", "decoupled", "memories", "update") if k in settings}
+        declaration = Declaration.model_validate(body)
+    else:
+        declaration = read_declaration(SHORTHANDS[kind])
+    parts = [f"{kind}, lr {settings['lr']:g}"]
+    if options.get("period", 1) != 1:
+        parts.append(f"every {options['period']} steps (sums their gradients)")
+    schedule = options.get("schedule")
+    parts.append(f"own schedule {schedule['kind']}" if schedule else "the run's schedule")
+    memories = ", ".join(
+        f"{name} ({m.structure.kind}" + (f", every {m.every}" if m.every != 1 else "") + ")"
+        for name, m in declaration.memories.items()
+    )
+    return f"{'; '.join(parts)}; memories: {memories}"
 
 
 __all__ = [
     "M3",
+    "DeclaredOptimizer",
     "DeltaMomentum",
     "LevelOptimizers",
     "build_level_optimizers",
     "build_optimizer",
+    "describe_optimizer",
     "newton_schulz",
+    "optimizer",
     "optimizer_settings",
+    "shipped_optimizers",
 ]

@@ -7,7 +7,9 @@ gradient step is the delta rule
 
 Plain momentum decays its memory by alpha in every direction; here the direction of the new
 gradient is also erased before the gradient is written, so the momentum "learns to forget"
-instead of accumulating. For every parameter `p` with gradient `g` this optimizer computes
+instead of accumulating. The computation is the declaration specs/optimizers/delta-momentum.yaml
+(one elementwise memory written by the `dgd` rule) run by the one implementation,
+`DeclaredOptimizer`; this class is its preset. For every parameter `p` with gradient `g`:
 
     k = g / sqrt(||g||² + eps²)                       the key: the unit gradient
     m <- alpha m - forget <m, k> k + g                 momentum_buffer (alpha = `momentum`)
@@ -39,8 +41,9 @@ Choices made where the paper leaves room:
   gradient decay by alpha only, as in heavy ball, so the old directions stay remembered.
 * `weight_decay` is decoupled (as in AdamW) and, through `build_optimizer`, applies to 2-D and
   larger parameters only; it is 0 unless configured.
-* State is one tensor per parameter, `momentum_buffer`, in the parameter's dtype (it is saved
-  in safetensors checkpoints; there are no scalar counters). The two scalars `<m, g>` and
+* State is one tensor per parameter, `momentum_buffer`, in the parameter's dtype, and the
+  memory's written weight `momentum_buffer.mass` (a scalar every declared memory keeps;
+  both are saved in safetensors checkpoints). The two scalars `<m, g>` and
   `||g||²` are reduced in float32 (float64 for float64 parameters) and stay on the device: no
   host synchronization per parameter.
 """
@@ -49,10 +52,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
+from nestdsl.optim.declared import DeclaredOptimizer
+from nestdsl.optim.library import read_declaration
 
 
-class DeltaMomentum(torch.optim.Optimizer):
+class DeltaMomentum(DeclaredOptimizer):
     """Delta Momentum (Nested Learning eqs. 48-49) with a unit-gradient key; see the module doc."""
 
     def __init__(
@@ -63,6 +67,8 @@ class DeltaMomentum(torch.optim.Optimizer):
         forget: float = 1.0,
         weight_decay: float = 0.0,
         eps: float = 1e-8,
+        period: int = 1,
+        schedule: dict | None = None,
     ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -74,41 +80,5 @@ class DeltaMomentum(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        defaults = dict(lr=lr, momentum=momentum, forget=forget, weight_decay=weight_decay, eps=eps)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, alpha, forget = group["lr"], group["momentum"], group["forget"]
-            eps, weight_decay = group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if grad.is_sparse:
-                    raise RuntimeError("DeltaMomentum does not support sparse gradients")
-                state = self.state[param]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        param, memory_format=torch.preserve_format
-                    )
-                buffer = state["momentum_buffer"]
-                if forget:
-                    # forget <m, k> k = forget <m, g> g / (||g||² + eps²), with m before decay.
-                    work = torch.float64 if grad.dtype == torch.float64 else torch.float32
-                    wide = grad.to(work)
-                    inner = (buffer.to(work) * wide).sum()
-                    erase = inner / ((wide * wide).sum() + eps * eps)
-                    buffer.mul_(alpha).addcmul_(grad, erase, value=-forget)
-                else:
-                    buffer.mul_(alpha)
-                buffer.add_(grad)
-                if weight_decay:
-                    param.mul_(1.0 - lr * weight_decay)
-                param.add_(buffer, alpha=-lr)
-        return loss
+        settings = dict(lr=lr, momentum=momentum, forget=forget, weight_decay=weight_decay, eps=eps)
+        super().__init__(params, read_declaration("delta-momentum"), settings, period, schedule)

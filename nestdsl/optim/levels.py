@@ -7,8 +7,12 @@ torch optimizer per trained level, each owning exactly the parameters the compil
 `parameter_levels()` assigns to that level. Parameters of `every: never` levels belong to no
 optimizer: they are never updated.
 
-The schedule is shared: at each update every level runs at `its peak lr * schedule factor`, so
-levels keep the ratio of their spec rates through warmup and decay.
+The run's schedule is shared: at each update every level runs at `its peak lr * schedule
+factor`, so levels keep the ratio of their spec rates through warmup and decay. A level whose
+optimizer names its own `schedule` is left alone: its optimizer scales its peak by its own
+curve, counted in its own updates (nestdsl/optim/declared.py). A level with `period: N` gets
+its gradients every step and updates every Nth (also in its optimizer), so the training loop
+is the same for every level: `set_lr_factor`, `step`, `zero_grad`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class LevelOptimizers:
         """Every level at its peak rate times the schedule's factor for this update."""
         for level, optimizer in self.optimizers.items():
             for group in optimizer.param_groups:
-                group["lr"] = self.peaks[level] * factor
+                if not group.get("schedule"):  # a level with its own curve keeps its peak
+                    group["lr"] = self.peaks[level] * factor
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers.values():
@@ -53,6 +58,11 @@ class LevelOptimizers:
     def step(self) -> None:
         for optimizer in self.optimizers.values():
             optimizer.step()
+
+    def describe(self) -> dict[str, str]:
+        """Level -> the optimizer's class and its trained parameter count (for messages)."""
+        return {level: f"{type(opt).__name__}, {sum(p.numel() for g in opt.param_groups for p in g['params']):,} parameters"
+                for level, opt in self.optimizers.items()}  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.optimizers)

@@ -1,5 +1,9 @@
 """M3, the Multi-scale Momentum Muon optimizer of Nested Learning (Algorithm 1), as printed.
 
+The computation is the declaration specs/optimizers/m3.yaml (three memories of the gradients:
+a fast and a slow momentum and Adam's second moment) run by the one implementation,
+`DeclaredOptimizer`; this class is its preset with the settings as keyword arguments, checked.
+
 For every parameter `theta` with gradient `g_t` at update `t`:
 
     fast momentum   M1 += beta1 * g_t                               (every update)
@@ -39,22 +43,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
+from nestdsl.optim.declared import DeclaredOptimizer, newton_schulz
+from nestdsl.optim.library import read_declaration
 
-from nestdsl.kernels.newton_schulz import newton_schulz as orthogonalize
-
-
-def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> torch.Tensor:
-    """Approximately orthogonalize a 2-D matrix (its polar factor U V^T) with `steps` iterations.
-
-    Computed in float32 whatever the parameter dtype, so results are reproducible on the CPU.
-    """
-    if matrix.ndim != 2:
-        raise ValueError(f"Newton-Schulz needs a matrix, got shape {tuple(matrix.shape)}")
-    return orthogonalize(matrix.float(), steps, kind).to(matrix.dtype)
+__all__ = ["M3", "newton_schulz"]
 
 
-class M3(torch.optim.Optimizer):
+class M3(DeclaredOptimizer):
     """Multi-scale Momentum Muon (Nested Learning, Algorithm 1); see the module docstring."""
 
     def __init__(
@@ -70,6 +65,8 @@ class M3(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum_decay: float = 1.0,
         variance_decay: float = 1.0,
+        period: int = 1,
+        schedule: dict | None = None,
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
@@ -84,7 +81,7 @@ class M3(torch.optim.Optimizer):
         for name, decay in (("momentum_decay", momentum_decay), ("variance_decay", variance_decay)):
             if not 0.0 <= decay <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {decay}")
-        defaults = dict(
+        settings = dict(
             lr=lr,
             betas=tuple(betas),
             alpha=alpha,
@@ -96,56 +93,4 @@ class M3(torch.optim.Optimizer):
             momentum_decay=momentum_decay,
             variance_decay=variance_decay,
         )
-        super().__init__(params, defaults)
-
-    def _orthogonalize(self, momentum: torch.Tensor, group: dict) -> torch.Tensor:
-        if momentum.ndim == 2:
-            return newton_schulz(momentum, group["ns_steps"], group["ns_kind"])
-        return momentum.clone()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2, beta3 = group["betas"]
-            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-            momentum_decay, variance_decay = group["momentum_decay"], group["variance_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if grad.is_sparse:
-                    raise RuntimeError("M3 does not support sparse gradients")
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    for name in (
-                        "fast_momentum",
-                        "slow_momentum",
-                        "second_moment",
-                        "block_grad_sum",
-                    ):
-                        state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["slow_direction"] = torch.zeros_like(param)
-                t = state["step"]
-                if t > 0 and t % group["frequency"] == 0:
-                    # First update of a new low-frequency block: fold in the previous block.
-                    state["slow_momentum"].mul_(momentum_decay).add_(
-                        state["block_grad_sum"], alpha=beta3
-                    )
-                    state["block_grad_sum"].zero_()
-                    state["slow_direction"] = self._orthogonalize(state["slow_momentum"], group)
-                state["block_grad_sum"].add_(grad)
-                state["fast_momentum"].mul_(momentum_decay).add_(grad, alpha=beta1)
-                state["second_moment"].mul_(variance_decay).addcmul_(grad, grad, value=beta2)
-                fast_direction = self._orthogonalize(state["fast_momentum"], group)
-                direction = fast_direction.add_(state["slow_direction"], alpha=alpha)
-                denominator = state["second_moment"].add(eps).sqrt_()
-                if group["weight_decay"]:
-                    param.mul_(1.0 - lr * group["weight_decay"])
-                param.addcdiv_(direction, denominator, value=-lr)
-                state["step"] = t + 1
-        return loss
+        super().__init__(params, read_declaration("m3"), settings, period, schedule)

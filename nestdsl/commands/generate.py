@@ -1,5 +1,6 @@
 """`nestdsl generate RUN_DIR --prompt TEXT`: sample text from a trained run's latest checkpoint,
-with temperature, top-k, top-p and a repetition penalty; the text ends at a character boundary."""
+with temperature, top-k, top-p and a repetition penalty; the run's tokenizer (bytes or its BPE)
+encodes the prompt and decodes the text, which ends at a character boundary."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 from nestdsl.train.generate import generate_from_run
 
-HELP = "sample text from a trained run, one byte at a time, carrying the in-context state"
+HELP = "sample text from a trained run, one token at a time, carrying the in-context state"
 EXAMPLE = 'nestdsl generate runs/transformer --prompt "ROMEO:" --tokens 300 --temperature 0.8'
 
 
@@ -18,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt", default="", metavar="TEXT", help="text to continue (default: empty)"
     )
     parser.add_argument(
-        "--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)"
+        "--tokens",
+        type=int,
+        default=200,
+        metavar="N",
+        help="tokens to generate: bytes, or BPE tokens for a BPE run (default 200)",
     )
     parser.add_argument(
         "--temperature",
@@ -28,21 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sampling temperature; 0 = greedy, which tends to loop (default 0.8)",
     )
     parser.add_argument(
-        "--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest bytes"
+        "--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens"
     )
     parser.add_argument(
         "--top-p",
         type=float,
         default=None,
         metavar="P",
-        help="sample among the likeliest bytes holding probability P (nucleus sampling)",
+        help="sample among the likeliest tokens holding probability P (nucleus sampling)",
     )
     parser.add_argument(
         "--repetition-penalty",
         type=float,
         default=1.0,
         metavar="R",
-        help="divide the logits of bytes already in the text by R, e.g. 1.2 (default 1: off)",
+        help="divide the logits of tokens already in the text by R, e.g. 1.2 (default 1: off)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"

@@ -1,4 +1,8 @@
-"""`nestdsl train SPEC`: train a spec on bytes of text, with checkpoints, metrics and a loss plot.
+"""`nestdsl train SPEC`: train a spec on text, with checkpoints, metrics and a loss plot.
+
+The text is read as bytes, or (`--tokenizer bpe:N`) as the tokens of a byte-level BPE trained
+on its training part and saved in the run folder; the spec's vocabulary follows the tokenizer
+(a `dims.vocab=N` override, shown before training and recorded with the run's overrides).
 
 Flags left out keep their defaults on a new run and the run's saved values on `--resume`
 (which refuses changes that would alter the run's trajectory); `--resume` also reuses the run's
@@ -16,12 +20,13 @@ import sys
 from pathlib import Path
 
 from nestdsl.commands.show import summary
+from nestdsl.data.tokenizer import BYTES
 from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
 from nestdsl.train.folder import resume_config, resume_overrides
 from nestdsl.train.loop import train
 
-HELP = "train a spec as a byte-level language model (Shakespeare by default), with checkpoints"
+HELP = "train a spec as a language model on bytes or BPE tokens (Shakespeare by default)"
 EXAMPLE = "nestdsl train transformer --steps 300 --out runs/transformer"
 
 # (flag destination, TrainConfig field) for every setting the command line can give.
@@ -40,6 +45,7 @@ SETTINGS = {
     "carry_state": "carry_state",
     "data": "data",
     "log": "log",
+    "tokenizer": "tokenizer",
 }
 
 
@@ -52,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", metavar="FILE", help="text file to train on (.gz ok); default: Shakespeare"
     )
     parser.add_argument(
+        "--tokenizer",
+        metavar="NAME",
+        help="bytes (default), or bpe:N: a byte-level BPE of N tokens trained on the training "
+        "text and saved in the run folder; the spec's vocabulary follows it",
+    )
+    parser.add_argument(
         "--steps", type=int, metavar="N", help=f"optimizer updates (default {defaults.steps})"
     )
     parser.add_argument(
@@ -61,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"global batch, split over processes (default {defaults.batch_size})",
     )
     parser.add_argument(
-        "--seq-len", type=int, metavar="T", help=f"bytes per row (default {defaults.seq_len})"
+        "--seq-len", type=int, metavar="T", help=f"tokens per row (default {defaults.seq_len})"
     )
     parser.add_argument(
         "--lr", type=float, metavar="LR", help="peak learning rate (default: the spec's)"
@@ -140,23 +152,32 @@ def _given_settings(args: argparse.Namespace) -> dict:
     return given
 
 
-def _format_loss(loss: float | None, bpb: float | None) -> str:
-    return "n/a" if loss is None else f"{loss:.4f} ({bpb:.4f} bits/byte)"
+def _format_loss(loss: float | None, bpb: float | None, tokenizer: str) -> str:
+    if loss is None:
+        return "n/a"
+    unit = "" if tokenizer == BYTES else " nats/token"  # a byte run's line is as it always was
+    return f"{loss:.4f}{unit} ({bpb:.4f} bits/byte)"
 
 
 def run(args: argparse.Namespace) -> int:
     source = spec_source(args.spec, args.set)
     out = Path(args.out) if args.out else Path("runs") / source.name.replace("/", "_")
     given = _given_settings(args)
+    overrides = list(args.set)
     if args.resume:
         overrides = resume_overrides(out, args.set)
-        if overrides != list(args.set):
-            source = spec_source(args.spec, overrides)
         config = resume_config(out, given)
     else:
         config = TrainConfig(**given)
+    if overrides != list(args.set) or config.tokenizer != BYTES:
+        source = spec_source(args.spec, overrides, config.tokenizer)
     checked = source.checked
     if int(os.environ.get("RANK", "0")) == 0 and getattr(checked, "plan", None) is not None:
+        if config.tokenizer != BYTES:
+            derived = [o for o in source.overrides if o not in overrides]
+            shown = f" (spec override: {', '.join(derived)})" if derived else ""
+            print(f"tokenizer: {config.tokenizer}, vocabulary {source.vocab}{shown}; trained on "
+                  "the training text, saved as tokenizer.json in the run folder")  # fmt: skip
         # What is about to train: its size by level, and what makes it slow.
         print(summary(checked), end="\n\n", flush=True)
     try:
@@ -169,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"loss plot:   {result.plot}")
         print(f"checkpoint:  {result.checkpoint}")
         print(
-            f"final loss:  train {_format_loss(result.train_loss, result.train_bpb)}, "
-            f"validation {_format_loss(result.val_loss, result.val_bpb)}"
+            f"final loss:  train {_format_loss(result.train_loss, result.train_bpb, config.tokenizer)}, "
+            f"validation {_format_loss(result.val_loss, result.val_bpb, config.tokenizer)}"
         )
     return 0

@@ -17,7 +17,9 @@ Two layouts:
   memory state of row `b` at the end of step `s` is the right context for step `s + 1`. When the
   lanes are exhausted the reading wraps around and `Batch.fresh_state` says to start over.
 
-Inputs are `[B, T]` int64 byte values; targets are the same windows shifted by one byte.
+Inputs are `[B, T]` int64 token ids; targets are the same windows shifted by one token. The
+data is the text's bytes (the `bytes` tokenizer) or its token ids under another tokenizer
+(nestdsl/data/tokenizer.py): a batch is cut from ids the same way whatever they stand for.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ import torch
 
 from nestdsl.errors import UserError
 
-# The data's tokenizer: one token per byte, so a model trained on it has 256 token ids.
+# The default tokenizer's vocabulary: one token per byte, so 256 token ids.
 VOCAB = 256
 
 
 @dataclass(frozen=True)
 class Batch:
     inputs: torch.Tensor  # [rows, seq_len] int64
-    targets: torch.Tensor  # [rows, seq_len] int64, inputs shifted left by one byte
+    targets: torch.Tensor  # [rows, seq_len] int64, inputs shifted left by one token
     fresh_state: bool  # start these rows from fresh in-context memories
 
 
@@ -54,7 +56,8 @@ def bytes_to_tensor(data: bytes) -> torch.Tensor:
 class ByteBatches:
     """The batches of one split of a corpus, as seen by one rank.
 
-    `batch(step)` is a pure function of the constructor arguments and `step`.
+    `data` is the split's bytes or its token ids (a 1-D integer tensor); `unit` names what one
+    id is, for messages. `batch(step)` is a pure function of the constructor arguments and `step`.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class ByteBatches:
         rank: int = 0,
         world_size: int = 1,
         contiguous: bool = False,
+        unit: str = "bytes",
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise UserError(
@@ -91,16 +95,16 @@ class ByteBatches:
         n = self.data.numel()
         if contiguous:
             self.lane_length = n // batch_size
-            # A chunk needs seq_len + 1 bytes (the target of the last input is the next byte).
+            # A chunk needs seq_len + 1 ids (the target of the last input is the next one).
             self.chunks_per_lane = (self.lane_length - 1) // seq_len
             if self.chunks_per_lane < 1:
                 raise UserError(
-                    f"the {split} text ({n} bytes) is too short for {batch_size} streams of "
-                    f"{seq_len + 1} bytes; use a smaller --batch-size or --seq-len, or more data"
+                    f"the {split} text ({n} {unit}) is too short for {batch_size} streams of "
+                    f"{seq_len + 1} {unit}; use a smaller --batch-size or --seq-len, or more data"
                 )
         elif n < seq_len + 1:
             raise UserError(
-                f"the {split} text has {n} bytes, fewer than seq_len + 1 = {seq_len + 1}; "
+                f"the {split} text has {n} {unit}, fewer than seq_len + 1 = {seq_len + 1}; "
                 "use a shorter --seq-len or a larger --data file"
             )
         self._offsets = torch.arange(seq_len + 1)
@@ -118,7 +122,7 @@ class ByteBatches:
             lanes = torch.arange(self.batch_size) * self.lane_length
             return lanes + chunk * self.seq_len
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.split, step))
-        high = self.data.numel() - self.seq_len  # exclusive: the last window ends at the last byte
+        high = self.data.numel() - self.seq_len  # exclusive: the last window ends at the last id
         return torch.randint(0, high, (self.batch_size,), generator=generator)
 
     def batch(self, step: int) -> Batch:

@@ -5,15 +5,21 @@ Protocol (the byte-level form of the perplexity evaluations of Titans §5.2 and 
 
 * the text is the validation part of a corpus, its last `val_fraction` (5%) of bytes, as
   `nestdsl train` holds it out: the embedded Shakespeare, a run's own `--data`, or `--data FILE`;
-* it is cut into consecutive, non-overlapping windows of `seq_len + 1` bytes that share one
-  byte at each border, so every byte after the first is predicted exactly once; every window
-  starts from fresh in-context memories (as `nestdsl train` validates); at most `max_bytes` are
-  scored, from the start of the held-out text, so a run is comparable with itself;
-* bpb = (sum of next-byte cross-entropies in nats) / (bytes predicted) / ln 2. A uniform guess
-  over 256 bytes scores exactly 8.
+* its first `max_bytes + 1` bytes are encoded with the subject's tokenizer (bytes, or the BPE
+  a run trained and saved in its folder), and the token ids are cut into consecutive,
+  non-overlapping windows of `seq_len + 1` tokens that share one token at each border, so
+  every token after the first is predicted exactly once; every window starts from fresh
+  in-context memories (as `nestdsl train` validates); the tail shorter than a window is
+  dropped, so at most `max_bytes` bytes are scored, from the start of the held-out text;
+* bpb = (sum of next-token cross-entropies in nats) / (bytes of text the predicted tokens
+  stand for) / ln 2. For bytes that is nats per byte / ln 2, and a uniform guess over 256
+  bytes scores exactly 8; for a BPE the nats of a token are spread over its bytes, so the
+  number is the same kind of quantity whatever the tokenizer (the cost, in bits, of coding the
+  text's bytes with the model), and byte and BPE models compare.
 
-The subject is a run folder (its latest checkpoint; seq_len and corpus default to the run's) or
-a spec, which is compiled with its seeded initial weights: an untrained baseline.
+The subject is a run folder (its latest checkpoint and tokenizer; seq_len and corpus default to
+the run's) or a spec, read as bytes and compiled with its seeded initial weights: an untrained
+baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from tqdm import tqdm
 
 import nestdsl
 from nestdsl.data.corpus import VALIDATION_FRACTION, load_corpus, split_corpus
+from nestdsl.data.tokenizer import ByteTokenizer, Tokenizer
 from nestdsl.errors import UserError
 from nestdsl.eval.subject import is_run_folder
 from nestdsl.train.metrics import bits_per_byte, language_model_loss
@@ -33,18 +40,23 @@ DEFAULT_SEQ_LEN = 128
 DEFAULT_MAX_BYTES = 1 << 18  # 256 KiB: all of Shakespeare's held-out tail at the default split
 
 
-def heldout_windows(text: bytes, seq_len: int, max_bytes: int) -> torch.Tensor:
-    """Windows `[n, seq_len + 1]` of the first `max_bytes + 1` bytes, consecutive, sharing borders.
+def heldout_windows(
+    text: bytes, seq_len: int, max_bytes: int, tokenizer: Tokenizer | None = None
+) -> torch.Tensor:
+    """Windows `[n, seq_len + 1]` of the token ids of the first `max_bytes + 1` bytes (bytes by
+    default), consecutive, sharing borders.
 
-    The tail shorter than a window is dropped, so every scored byte has a full context window.
+    The tail shorter than a window is dropped, so every scored token has a full context window.
     """
     if seq_len < 1 or max_bytes < 1:
         raise UserError(f"bpb: seq_len and max_bytes must be positive, got {seq_len}, {max_bytes}")
-    data = torch.frombuffer(bytearray(text[: max_bytes + 1]), dtype=torch.uint8).long()
+    tokenizer = tokenizer or ByteTokenizer()
+    data = tokenizer.encode(text[: max_bytes + 1]).long()  # [n_tokens]
     n = (data.numel() - 1) // seq_len
     if n < 1:
+        unit = "bytes" if isinstance(tokenizer, ByteTokenizer) else f"{tokenizer.name} tokens"
         raise UserError(
-            f"bpb: the held-out text has {data.numel()} bytes, fewer than seq_len + 1 = "
+            f"bpb: the held-out text has {data.numel()} {unit}, fewer than seq_len + 1 = "
             f"{seq_len + 1}; use a smaller --seq-len or a larger --data file"
         )
     starts = torch.arange(n) * seq_len  # [n]
@@ -53,18 +65,28 @@ def heldout_windows(text: bytes, seq_len: int, max_bytes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def bits_per_byte_of(
-    model, windows: torch.Tensor, batch_size: int, device, progress: bool = False
+    model,
+    windows: torch.Tensor,
+    batch_size: int,
+    device,
+    progress: bool = False,
+    token_bytes: torch.Tensor | None = None,
 ) -> tuple[float, int]:
-    """(bpb, bytes predicted) of `model` over `windows`, fresh memory per window."""
+    """(bpb, bytes predicted) of `model` over `windows`, fresh memory per window.
+
+    `token_bytes` (`[V]`, the tokenizer's bytes per token id; None: one byte each) gives the
+    bytes each predicted token stands for: bpb = all nats / all those bytes / ln 2.
+    """
     model.eval()
-    total, count = 0.0, 0
+    total, covered = 0.0, 0
     starts = range(0, windows.shape[0], batch_size)
     for start in tqdm(starts, desc="bpb", disable=not progress, file=sys.stderr, leave=False):
-        rows = windows[start : start + batch_size].to(device)  # [b, T + 1]
-        logits, _ = model(rows[:, :-1])  # [b, T, vocab]
-        total += language_model_loss(logits, rows[:, 1:], reduction="sum").item()
-        count += rows[:, 1:].numel()
-    return bits_per_byte(total / count), count
+        rows = windows[start : start + batch_size]  # [b, T + 1]
+        logits, _ = model(rows[:, :-1].to(device))  # [b, T, vocab]
+        total += language_model_loss(logits, rows[:, 1:].to(device), reduction="sum").item()
+        targets = rows[:, 1:]  # [b, T]
+        covered += targets.numel() if token_bytes is None else int(token_bytes[targets].sum())
+    return bits_per_byte(total / covered), covered
 
 
 def run_bpb(
@@ -87,6 +109,7 @@ def run_bpb(
             )
         run = nestdsl.load_run(subject, device)
         model, name, step = run.model, run.spec.name, run.state["step"]
+        tokenizer = run.tokenizer
         data = data if data is not None else run.config.data
         seq_len = seq_len or run.config.seq_len
         val_fraction = run.config.val_fraction
@@ -96,26 +119,34 @@ def run_bpb(
         model, name, step = nestdsl.compile(checked).to(device), checked.name, 0
         seq_len = seq_len or DEFAULT_SEQ_LEN
         val_fraction = VALIDATION_FRACTION
-    if getattr(model, "vocab", 256) != 256:
-        raise UserError(f"bpb: the model's vocabulary is {model.vocab}, not the 256 bytes")
+        tokenizer = ByteTokenizer()
+    if getattr(model, "vocab", tokenizer.vocab_size) != tokenizer.vocab_size:
+        raise UserError(
+            f"bpb: the model's vocabulary is {model.vocab}, not the {tokenizer.vocab_size} "
+            f"token ids of {tokenizer.name}"
+        )
     text = split_corpus(load_corpus(data), val_fraction).validation
-    windows = heldout_windows(text, seq_len, max_bytes)
-    bpb, count = bits_per_byte_of(model, windows, batch_size, device, progress)
+    windows = heldout_windows(text, seq_len, max_bytes, tokenizer)
+    bpb, count = bits_per_byte_of(
+        model, windows, batch_size, device, progress, tokenizer.token_bytes
+    )
     return {
         "task": "bpb",
         "spec": name,
         "subject": subject,
         "trained_steps": step,
-        "protocol": "bits per byte on the held-out tail of the corpus, non-overlapping windows, "
-        "fresh memory per window",
+        "protocol": "bits per byte on the held-out tail of the corpus, non-overlapping windows "
+        "of tokens, fresh memory per window; nats over the bytes the predicted tokens cover",
         "settings": {
             "data": data or "shakespeare (embedded)",
             "val_fraction": val_fraction,
             "seq_len": seq_len,
+            "tokenizer": tokenizer.name,
             "max_bytes": max_bytes,
             "device": str(device),
         },
         "bytes": count,
+        "tokens": int(windows[:, 1:].numel()),
         "bpb": round(bpb, 6),
     }
 
@@ -123,7 +154,7 @@ def run_bpb(
 # `nestdsl eval --task bpb` (nestdsl/commands/eval.py reads these three names).
 FLAGS = {
     "data": {"metavar": "FILE", "help": "corpus whose held-out tail is scored"},
-    "seq_len": {"type": int, "metavar": "T", "help": "bytes per window (default: the run's)"},
+    "seq_len": {"type": int, "metavar": "T", "help": "tokens per window (default: the run's)"},
     "max_bytes": {
         "type": int,
         "metavar": "N",

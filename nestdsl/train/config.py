@@ -4,8 +4,10 @@
   CPU); `resolved()` fills in the values that depend on others so config.json is explicit.
 * `ModelSource` is what gets trained: a spec's name, text, overrides, the optimizer of each
   trained (`every: step`) level, its vocabulary, and a function building a fresh model.
-  `spec_source()` makes one with `nestdsl.load` and `nestdsl.compile` and checks the spec's
-  vocabulary against the byte data before anything is written; tests build one around a toy.
+  `spec_source()` makes one with `nestdsl.load` and `nestdsl.compile`; under a tokenizer other
+  than bytes the spec's vocabulary follows the tokenizer's (a `dims.vocab=N` override, recorded
+  with the run's overrides); the loop checks the vocabulary against the tokenizer before
+  anything is written. Tests build one around a toy.
 * `TrainResult` is what a finished run reports; `TrainingInterrupted` is how Ctrl-C or SIGTERM
   ends one.
 """
@@ -21,9 +23,9 @@ from typing import Any
 
 import torch
 
+from nestdsl.data.tokenizer import BYTES, check_name, vocab_of
 from nestdsl.errors import Diagnostic, Position, SpecError, UserError
 from nestdsl.optim.levels import SINGLE_LEVEL
-from nestdsl.train.metrics import bits_per_byte
 from nestdsl.train.schedule import default_warmup
 
 LOG_CHOICES = ("jsonl", "tensorboard")
@@ -50,6 +52,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     data: str | None = None  # corpus file; None: the embedded Shakespeare
     log: str = "jsonl"  # also "tensorboard": event files beside metrics.jsonl
+    tokenizer: str = BYTES  # or "bpe:N", trained on the training text (data/tokenizer.py)
 
     def __post_init__(self) -> None:
         positive = (
@@ -81,6 +84,7 @@ class TrainConfig:
             raise UserError(f"--log must be one of {', '.join(LOG_CHOICES)}, got {self.log!r}")
         if self.grad_clip < 0:
             raise UserError(f"--grad-clip must be non-negative, got {self.grad_clip}")
+        check_name(self.tokenizer)
 
     def resolved(self, spec_lr: float) -> TrainConfig:
         """A copy with lr, warmup and schedule length explicit (what config.json records)."""
@@ -135,16 +139,17 @@ class ModelSource:
             SINGLE_LEVEL: dict(self.optimizer)
         }
 
-    def check_vocab(self, data_vocab: int) -> None:
+    def check_vocab(self, data_vocab: int, tokenizer: str = BYTES) -> None:
         """SpecError at the spec's vocabulary unless it is the data's: nothing else fits."""
         if self.vocab is None or self.vocab == data_vocab:
             return
         waste = "its logits for the extra ids are never a target" if self.vocab > data_vocab else (
-            "bytes above it have no embedding row"
+            "token ids above it have no embedding row"
         )
+        reads = "bytes" if tokenizer == BYTES else f"tokens of {tokenizer}"
         raise SpecError([Diagnostic(
             "vocab-mismatch",
-            f"the spec's vocabulary is {self.vocab}, but training reads bytes: "
+            f"the spec's vocabulary is {self.vocab}, but training reads {reads}: "
             f"{data_vocab} token ids ({waste})",
             self.vocab_at,
             f"use vocab {data_vocab} (e.g. --set dims.vocab={data_vocab})",
@@ -158,13 +163,25 @@ class ModelSource:
         return {"name": self.name, "sha256": self.spec_sha256, "overrides": list(self.overrides)}
 
 
-def spec_source(name_or_path: str, overrides: list[str] | None = None) -> ModelSource:
-    """A ModelSource for a shipped spec name or a spec file, via nestdsl.load / nestdsl.compile."""
+def spec_source(
+    name_or_path: str, overrides: list[str] | None = None, tokenizer: str = BYTES
+) -> ModelSource:
+    """A ModelSource for a shipped spec name or a spec file, via nestdsl.load / nestdsl.compile.
+
+    Under a `tokenizer` other than bytes, a spec whose vocabulary differs from the tokenizer's
+    gets one more override that sets it (`vocab_override`), unless the given overrides set the
+    vocabulary themselves (then the loop's check_vocab refuses a mismatch at that --set flag).
+    """
     import nestdsl
 
     if not (hasattr(nestdsl, "load") and hasattr(nestdsl, "compile")):
         raise UserError("this nestdsl build has no spec compiler (nestdsl.load / nestdsl.compile)")
-    spec = nestdsl.load(name_or_path, overrides=list(overrides) if overrides else None)
+    overrides = list(overrides or [])
+    spec = nestdsl.load(name_or_path, overrides=overrides or None)
+    extra = vocab_override(spec, tokenizer, overrides)
+    if extra is not None:
+        overrides.append(extra)
+        spec = nestdsl.load(name_or_path, overrides=overrides)
     levels = {
         name: level.optimizer.model_dump(mode="json")
         for name, level in spec.spec.levels.items()
@@ -176,12 +193,29 @@ def spec_source(name_or_path: str, overrides: list[str] | None = None) -> ModelS
         spec_text=spec.source_text,
         build=lambda: nestdsl.compile(spec),
         optimizer=next(iter(levels.values())),
-        overrides=list(overrides or []),
+        overrides=overrides,
         levels=levels,
         vocab=vocab,
         vocab_at=vocab_at,
         checked=spec,
     )
+
+
+def vocab_override(spec, tokenizer: str, overrides: list[str]) -> str | None:
+    """The `--set` override that gives `spec` the vocabulary of `tokenizer`, or None when none
+    is needed: bytes (a spec is refused, not changed, when its vocabulary is not 256), a spec
+    that already has it, or overrides that set it already."""
+    if tokenizer == BYTES:
+        return None
+    size, _ = _spec_vocab(spec)
+    if size == vocab_of(tokenizer):
+        return None
+    written = spec.spec.embed.vocab
+    key = f"dims.{written}" if isinstance(written, str) and written in spec.spec.dims else (
+        "embed.vocab")  # fmt: skip
+    if any(item.partition("=")[0].strip() == key for item in overrides):
+        return None
+    return f"{key}={vocab_of(tokenizer)}"
 
 
 def _spec_vocab(spec) -> tuple[int, Position | None]:
@@ -206,6 +240,8 @@ class TrainingInterrupted(UserError):
 
 @dataclass
 class TrainResult:
+    """Losses in nats per token; `*_bpb` in bits per byte (equal up to ln 2 for bytes)."""
+
     run_dir: Path
     plot: Path
     checkpoint: Path | None
@@ -213,11 +249,5 @@ class TrainResult:
     train_loss: float | None
     val_loss: float | None
     is_main: bool = True
-
-    @property
-    def train_bpb(self) -> float | None:
-        return None if self.train_loss is None else bits_per_byte(self.train_loss)
-
-    @property
-    def val_bpb(self) -> float | None:
-        return None if self.val_loss is None else bits_per_byte(self.val_loss)
+    train_bpb: float | None = None
+    val_bpb: float | None = None

@@ -1,9 +1,10 @@
-"""The run folder: `RUN/spec.yaml` and `RUN/config.json` record what a run is, and resuming it
+"""The run folder: `RUN/spec.yaml` and `RUN/config.json` record what a run is (and
+`RUN/tokenizer.json` its trained tokenizer, for tokenizers other than bytes), and resuming it
 continues exactly that run.
 
 `RunFolder` refuses to start a run over one that has checkpoints (or over a folder that is not a
-run), and on `--resume` checks that the spec, its overrides, the data and the settings are the
-run's. `resume_overrides()` gives a run's recorded `--set` overrides (refusing only a conflict)
+run), and on `--resume` checks that the spec, its overrides, the data, the tokenizer and the
+settings are the run's. `resume_overrides()` gives a run's recorded `--set` overrides (refusing only a conflict)
 and `resume_config()` its settings with the changeable ones applied.
 """
 
@@ -13,26 +14,39 @@ import json
 import shutil
 from pathlib import Path
 
+from nestdsl.data.tokenizer import BYTES, Tokenizer, tokenizer_from_json
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import latest_checkpoint, step_dirs, write_file_atomically
 from nestdsl.train.config import ModelSource, TrainConfig, flag_name
 
 CONFIG_FORMAT = "nestdsl-run-1"
 # Everything a run folder may contain (and so may be replaced when a new run starts there).
-RUN_FILES = {"spec.yaml", "config.json", "metrics.jsonl", "loss.png", "checkpoints", "tensorboard"}
+RUN_FILES = {
+    "spec.yaml",
+    "config.json",
+    "tokenizer.json",
+    "metrics.jsonl",
+    "loss.png",
+    "checkpoints",
+    "tensorboard",
+}
 
 # Settings a resumed run may change: they do not alter the trajectory of the weights. A larger
 # `steps` extends the run past its schedule (`schedule_steps`, fixed at the start) at the floor
 # rate: the learning rate never jumps on resume.
 CHANGEABLE_ON_RESUME = ("steps", "device", "eval_every", "ckpt_every", "keep_checkpoints", "log")
+# Settings that runs written before the setting existed had at this value.
+IMPLICIT_SETTINGS = {"tokenizer": BYTES}
 
 class RunFolder:
-    """The files of one run: spec.yaml, config.json, metrics.jsonl, loss.png, checkpoints/."""
+    """The files of one run: spec.yaml, config.json, tokenizer.json, metrics.jsonl, loss.png,
+    checkpoints/."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.spec = self.root / "spec.yaml"
         self.config = self.root / "config.json"
+        self.tokenizer = self.root / "tokenizer.json"
         self.metrics = self.root / "metrics.jsonl"
         self.plot = self.root / "loss.png"
         self.checkpoints = self.root / "checkpoints"
@@ -62,8 +76,40 @@ class RunFolder:
             raise UserError(f"{self.config} is not a nestdsl run config")
         return saved
 
-    def start(self, source: ModelSource, config: TrainConfig, record: dict) -> None:
-        """Begin a new run here: refuse a folder with checkpoints, clear old logs, write the spec."""
+    def read_tokenizer(self) -> Tokenizer:
+        """The run's tokenizer: bytes, or the BPE saved in tokenizer.json, checked against the
+        SHA-256 config.json recorded when the run started."""
+        saved = self.read_config()
+        name = saved.get("train", {}).get("tokenizer", BYTES)
+        if name == BYTES:
+            return tokenizer_from_json(name, None)
+        try:
+            text = self.tokenizer.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.root} was trained with tokenizer {name}, but its {self.tokenizer.name} "
+                "is missing"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read {self.tokenizer}: {err}") from None
+        tokenizer = tokenizer_from_json(name, text)
+        expected = saved.get("tokenizer", {}).get("sha256")
+        if tokenizer.sha256 != expected:
+            raise UserError(
+                f"{self.tokenizer} is not the tokenizer {self.root} was trained with "
+                "(its SHA-256 differs from the one in config.json)"
+            )
+        return tokenizer
+
+    def start(
+        self,
+        source: ModelSource,
+        config: TrainConfig,
+        record: dict,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        """Begin a new run here: refuse a folder with checkpoints, clear old logs, write the spec
+        (and the tokenizer, when it has a file)."""
         if self.has_checkpoints():
             raise UserError(
                 f"{self.root} already holds a run with checkpoints; "
@@ -89,6 +135,11 @@ class RunFolder:
                 stale.unlink(missing_ok=True)
             shutil.rmtree(self.root / "tensorboard", ignore_errors=True)  # an earlier start's
             write_file_atomically(self.spec, source.spec_text.encode())
+            saved = tokenizer.to_json() if tokenizer is not None else None
+            if saved is None:
+                self.tokenizer.unlink(missing_ok=True)  # an earlier start's
+            else:
+                write_file_atomically(self.tokenizer, saved.encode())
             body = {
                 "format": CONFIG_FORMAT,
                 "spec": source.identity(),
@@ -141,7 +192,7 @@ class RunFolder:
                 f"the training data differs from the data {self.root} was trained on "
                 f"({data_then.get('name', '?')}); resume with the same --data"
             )
-        then, now = saved["train"], config.as_dict()
+        then, now = {**IMPLICIT_SETTINGS, **saved["train"]}, config.as_dict()
         for name, value in now.items():
             if name in CHANGEABLE_ON_RESUME or then.get(name) == value:
                 continue

@@ -1,17 +1,21 @@
-"""Text generation from a trained run, one byte at a time, carrying the in-context state.
+"""Text generation from a trained run, one token at a time, carrying the in-context state.
 
-The prompt is fed once; after that every new byte is fed alone together with the state the
-model returned for everything before it (`logits, state = model(byte, state=state)`), so the
-cost per byte does not grow with the text and nothing is ever re-fed. By the model contract
+A token is a byte, or a token of the run's BPE (nestdsl/data/tokenizer.py): the prompt is
+encoded with the run's tokenizer and what the model writes is decoded with it.
+
+The prompt is fed once; after that every new token is fed alone together with the state the
+model returned for everything before it (`logits, state = model(token, state=state)`), so the
+cost per token does not grow with the text and nothing is ever re-fed. By the model contract
 (feeding a sequence in pieces while carrying the state equals feeding it whole) this samples
 from the same distributions as re-feeding the whole text each time.
 
-Sampling: a repetition penalty (CTRL, Keskar et al. 2019: a logit of a byte already in the text
-is divided by the penalty when positive, multiplied when negative), then temperature, top-k and
-top-p (nucleus: the smallest set of likeliest bytes whose probability reaches p). Temperature 0
-is greedy decoding, which on small models soon repeats one phrase forever; a penalty or
-sampling avoids that. Bytes are not characters: the text stops at a character boundary (up to
-three more bytes finish a started UTF-8 sequence), so no U+FFFD appears at its end.
+Sampling: a repetition penalty (CTRL, Keskar et al. 2019: a logit of a token already in the
+text is divided by the penalty when positive, multiplied when negative), then temperature,
+top-k and top-p (nucleus: the smallest set of likeliest tokens whose probability reaches p).
+Temperature 0 is greedy decoding, which on small models soon repeats one phrase forever; a
+penalty or sampling avoids that. Tokens are not characters: the text stops at a character
+boundary (up to three more tokens finish a started UTF-8 sequence), so no U+FFFD appears at
+its end.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from nestdsl.data.tokenizer import ByteTokenizer, Tokenizer
 from nestdsl.errors import UserError
 from nestdsl.train.distributed import resolve_device
 
@@ -28,7 +33,7 @@ from nestdsl.train.distributed import resolve_device
 EMPTY_PROMPT = b"\n"
 
 
-def pick_next_byte(
+def pick_next_token(
     logits: torch.Tensor,
     *,
     temperature: float,
@@ -38,9 +43,9 @@ def pick_next_byte(
     penalty: float = 1.0,
     seen: torch.Tensor | None = None,
 ) -> int:
-    """Sample a byte from one row of logits; temperature 0 (or top_k 1) picks the most likely.
+    """Sample a token from one row of logits; temperature 0 (or top_k 1) picks the most likely.
 
-    `seen` marks the bytes already in the text (`[256]` bool) for the repetition `penalty`.
+    `seen` marks the tokens already in the text (`[V]` bool) for the repetition `penalty`.
     """
     logits = logits.float().cpu()  # [V]
     if penalty != 1.0 and seen is not None:
@@ -55,10 +60,13 @@ def pick_next_byte(
     probabilities = torch.softmax(logits, dim=-1)  # [V]
     if top_p is not None and top_p < 1.0:
         sorted_p, order = torch.sort(probabilities, descending=True)
-        before = torch.cumsum(sorted_p, dim=0) - sorted_p  # mass of the likelier bytes
-        drop = order[before >= top_p]  # the likeliest byte always stays (before = 0)
+        before = torch.cumsum(sorted_p, dim=0) - sorted_p  # mass of the likelier tokens
+        drop = order[before >= top_p]  # the likeliest token always stays (before = 0)
         probabilities = probabilities.index_fill(0, drop, 0.0)
     return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+pick_next_byte = pick_next_token  # the name from byte-only days
 
 
 def incomplete_tail(data: bytes) -> int:
@@ -84,11 +92,17 @@ def _check_sampling(max_new_bytes, top_k, top_p, penalty) -> None:
         raise UserError(f"--repetition-penalty must be positive, got {penalty}")
 
 
+def generate_bytes(model: torch.nn.Module, prompt: bytes, max_new_bytes: int, **sampling) -> bytes:
+    """The `max_new_bytes` bytes a byte-level model writes after `prompt` (see generate_text)."""
+    return generate_text(model, prompt, max_new_bytes, ByteTokenizer(), **sampling)
+
+
 @torch.no_grad()
-def generate_bytes(
+def generate_text(
     model: torch.nn.Module,
     prompt: bytes,
-    max_new_bytes: int,
+    max_new_tokens: int,
+    tokenizer: Tokenizer,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -98,12 +112,13 @@ def generate_bytes(
     device: torch.device | str = "cpu",
     whole_characters: bool = False,
 ) -> bytes:
-    """The `max_new_bytes` bytes the model writes after `prompt` (the prompt itself excluded).
+    """The text of the `max_new_tokens` tokens the model writes after `prompt` (the prompt
+    itself excluded), as bytes: the prompt is encoded and the tokens decoded by `tokenizer`.
 
-    With `whole_characters`, up to three more bytes finish a UTF-8 sequence the last bytes
+    With `whole_characters`, up to three more tokens finish a UTF-8 sequence the last ones
     started, and a sequence still unfinished then is dropped: the text ends at a character.
     """
-    _check_sampling(max_new_bytes, top_k, top_p, repetition_penalty)
+    _check_sampling(max_new_tokens, top_k, top_p, repetition_penalty)
     device = torch.device(device)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -112,17 +127,17 @@ def generate_bytes(
         if device.type == "cuda"
         else contextlib.nullcontext
     )
-    context = prompt or EMPTY_PROMPT
-    tokens = torch.tensor([list(context)], dtype=torch.long, device=device)  # [1, T]
-    seen = torch.zeros(256, dtype=torch.bool)
-    seen[list(context)] = True
-    written = bytearray()
-    if max_new_bytes == 0:
-        return bytes(written)
+    prompt_ids = tokenizer.encode(prompt or EMPTY_PROMPT).tolist()
+    tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, T]
+    seen = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)  # [V]
+    seen[prompt_ids] = True
+    written: list[int] = []
+    if max_new_tokens == 0:
+        return b""
     with autocast():
         logits, state = model(tokens, state=None)
     while True:
-        byte = pick_next_byte(
+        token = pick_next_token(
             logits[0, -1],
             temperature=temperature,
             top_k=top_k,
@@ -131,17 +146,18 @@ def generate_bytes(
             seen=seen,
             generator=generator,
         )
-        written.append(byte)
-        seen[byte] = True
-        if len(written) >= max_new_bytes:
-            tail = incomplete_tail(written) if whole_characters else 0
+        written.append(token)
+        seen[token] = True
+        if len(written) >= max_new_tokens:
+            text = tokenizer.decode(written)
+            tail = incomplete_tail(text) if whole_characters else 0
             if not tail:
-                return bytes(written)
-            if len(written) - max_new_bytes >= 3:  # no UTF-8 sequence is longer: give it up
-                return bytes(written[:-tail])
+                return text
+            if len(written) - max_new_tokens >= 3:  # no UTF-8 sequence is longer: give it up
+                return text[:-tail]
         with autocast():
             logits, state = model(
-                torch.tensor([[byte]], dtype=torch.long, device=device), state=state
+                torch.tensor([[token]], dtype=torch.long, device=device), state=state
             )
 
 
@@ -164,16 +180,20 @@ def generate_from_run(
     seed: int = 0,
     device: str = "auto",
 ) -> str:
-    """The prompt followed by about `tokens` generated bytes, ending at a character boundary,
-    decoded as UTF-8 (a byte the model got wrong inside the text becomes U+FFFD)."""
+    """The prompt followed by about `tokens` generated tokens of the run's tokenizer, ending at
+    a character boundary, decoded as UTF-8 (a byte the model got wrong inside the text becomes
+    U+FFFD)."""
+    from nestdsl.train.run import load_run
+
     _check_sampling(tokens, top_k, top_p, repetition_penalty)
     torch_device = resolve_device(device)
-    model = load_run_model(run_dir, torch_device)
+    run = load_run(run_dir, torch_device)
     prompt_bytes = prompt.encode("utf-8")
-    new = generate_bytes(
-        model,
+    new = generate_text(
+        run.model,
         prompt_bytes,
         tokens,
+        run.tokenizer,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

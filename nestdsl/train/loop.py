@@ -1,9 +1,11 @@
-"""The training loop: byte-level language modelling of a compiled model, resumable exactly.
+"""The training loop: language modelling of a compiled model on text, resumable exactly.
 
-`train(source, config, out_dir)` trains `source.build()` on a byte corpus with one optimizer per
+`train(source, config, out_dir)` trains `source.build()` on a text corpus, read as bytes or as
+the tokens of a BPE trained on its training part (`config.tokenizer`), with one optimizer per
 trained (`every: step`) level of the spec, each over the parameters the model assigns to that
 level, under one warmup-cosine schedule and one gradient clip; evaluates on held-out text; logs
-to metrics.jsonl, loss.png (and TensorBoard); checkpoints atomically, also when Ctrl-C or
+to metrics.jsonl, loss.png (and TensorBoard), with bits per byte beside every loss so that
+tokenizers compare; checkpoints atomically, also when Ctrl-C or
 SIGTERM stops it. It runs unchanged as one process or as
 one rank of a torchrun job (DistributedDataParallel; rank 0 alone writes files).
 
@@ -13,7 +15,8 @@ optimizer state, every random generator, the carried in-context memory and the l
 window bit for bit. Evaluation consumes no randomness.
 
 The model contract: `logits, state = model(tokens, state=None)` with tokens `[B, T]` int64,
-logits `[B, T, 256]`, `state` a flat dict of tensors (in-context memories).
+logits `[B, T, V]` (V the tokenizer's vocabulary, 256 for bytes), `state` a flat dict of
+tensors (in-context memories).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nestdsl.data.batches import VOCAB, ByteBatches
+from nestdsl.data.batches import ByteBatches
 from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
+from nestdsl.data.tokenizer import BYTES, Tokenizer, train_tokenizer, vocab_of
 from nestdsl.errors import UserError
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
 from nestdsl.train import distributed
@@ -77,8 +81,8 @@ class _Trainer:
         self.folder = RunFolder(out_dir)
         self.resume = resume
         self.progress = progress and context.is_main
-        # Before anything is read or written: a vocabulary the bytes do not fit cannot train.
-        source.check_vocab(VOCAB)
+        # Before anything is read or written: a vocabulary the tokens do not fit cannot train.
+        source.check_vocab(vocab_of(config.tokenizer), config.tokenizer)
         if resume and config.schedule_steps is None:  # a resumed run keeps its schedule
             config = dataclasses.replace(config, schedule_steps=self.folder.schedule_steps())
         text = corpus if corpus is not None else load_corpus(config.data)
@@ -123,6 +127,10 @@ class _Trainer:
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self.memory: dict[str, torch.Tensor] | None = None
+        self.tokenizer: Tokenizer | None = None  # trained or read in _prepare_folder
+        self.window_bytes = 0.0  # bytes covered by the targets of the window's updates
+        self.last_train_bpb: float | None = None
+        self.last_val_bpb: float | None = None
         self.last_checkpoint: Path | None = None
         self.step = 0
         self.elapsed_before = 0.0  # seconds trained before this session (a resumed run)
@@ -144,15 +152,28 @@ class _Trainer:
             raise UserError("stopped because rank 0 failed (see its message)")
 
     def _prepare_folder(self) -> None:
+        if not self.resume:  # every rank trains the same tokenizer: training is deterministic
+            self._use_tokenizer(train_tokenizer(self.config.tokenizer, self.split.train))
+
         def prepare() -> None:
             if self.resume:
                 self.folder.check_resume(self.source, self.config, self.record)
+                self._use_tokenizer(self.folder.read_tokenizer())
                 remove_leftovers(self.folder.checkpoints)
                 self.folder.update_config(self.source, self.config, self.record)
             else:
-                self.folder.start(self.source, self.config, self.record)
+                self.folder.start(self.source, self.config, self.record, self.tokenizer)
 
         self._on_main(prepare)
+        if self.tokenizer is None:  # another rank of a resumed run: rank 0 checked the folder
+            self._use_tokenizer(self.folder.read_tokenizer())
+
+    def _use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.token_bytes = tokenizer.token_bytes  # [V] bytes each token id stands for
+        self.record["tokenizer"] = {"name": tokenizer.name, "vocab": tokenizer.vocab_size}
+        if tokenizer.sha256 is not None:
+            self.record["tokenizer"]["sha256"] = tokenizer.sha256
 
     def _build(self) -> None:
         seed_everything(self.config.seed)
@@ -185,6 +206,11 @@ class _Trainer:
         self.window_steps = loop["window_steps"]
         self.last_train_loss = loop["last_train_loss"]
         self.last_val_loss = loop["last_val_loss"]
+        # Checkpoints of byte runs written before tokenizers existed: one byte per token.
+        tokens = self.config.batch_size * self.config.seq_len
+        self.window_bytes = loop.get("window_bytes", float(self.window_steps * tokens))
+        self.last_train_bpb = loop.get("last_train_bpb", _bpb(self.last_train_loss))
+        self.last_val_bpb = loop.get("last_val_bpb", _bpb(self.last_val_loss))
         self.elapsed_before = float(loop.get("elapsed_s", 0.0))
         self.last_checkpoint = path
         self.checkpointed_step = loaded.step
@@ -216,16 +242,17 @@ class _Trainer:
 
     def _train_step(
         self, model, batches: ByteBatches, step: int, stop: StopRequest
-    ) -> tuple[float, float, bool]:
-        """One update; returns the mean loss, the gradient norm before clipping, and whether
-        any process was asked to stop (agreed by all, so every rank stops at the same step)."""
+    ) -> tuple[float, float, bool, float]:
+        """One update; returns the mean loss, the gradient norm before clipping, whether any
+        process was asked to stop (agreed by all, so every rank stops at the same step), and the
+        bytes of text the global batch's targets cover."""
         self.optimizer.set_lr_factor(self.schedule.factor_at(step))
         batch = batches.batch(step)
         inputs = batch.inputs.to(self.device, non_blocking=True)
         targets = batch.targets.to(self.device, non_blocking=True)
         carried = self._carried(batch.fresh_state)
         with self.autocast():
-            logits, state = call_model(model, inputs, carried)
+            logits, state = call_model(model, inputs, carried, self.tokenizer.vocab_size)
         loss = language_model_loss(logits, targets)
         # Frozen (`every: never`) parameters get gradients too; clearing the model's keeps them
         # from piling up. The clip and the logged norm cover the trained parameters.
@@ -239,25 +266,32 @@ class _Trainer:
             self.memory = {k: v.detach() for k, v in state.items()}
         # Every rank has the same number of rows, so the mean of rank means is the global mean.
         # Read after the update, so a signal that arrived during it stops the run right here.
-        total, stops = self.context.all_reduce_sum([loss.item(), float(stop.requested)])
-        return total / self.context.world_size, grad_norm, stops > 0
+        covered = float(self.token_bytes[batch.targets].sum())
+        total, stops, covered = self.context.all_reduce_sum(
+            [loss.item(), float(stop.requested), covered]
+        )
+        return total / self.context.world_size, grad_norm, stops > 0, covered
 
     @torch.no_grad()
-    def evaluate(self, batches: ByteBatches) -> float:
-        """Mean validation loss over the same fixed batches every time, fresh memories each."""
+    def evaluate(self, batches: ByteBatches) -> tuple[float, float]:
+        """Validation over the same fixed batches every time, fresh memories each: the mean
+        loss in nats per token and bits per byte (all nats / all bytes covered / ln 2)."""
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, covered = 0.0, 0, 0
         for index in range(self.config.eval_batches):
             batch = batches.batch(index)
             with self.autocast():
-                logits, _ = call_model(self.model, batch.inputs.to(self.device), None)
+                logits, _ = call_model(
+                    self.model, batch.inputs.to(self.device), None, self.tokenizer.vocab_size
+                )
             total += language_model_loss(
                 logits, batch.targets.to(self.device), reduction="sum"
             ).item()
             count += batch.targets.numel()
+            covered += int(self.token_bytes[batch.targets].sum())
         self.model.train()
-        total, count = self.context.all_reduce_sum([total, float(count)])
-        return total / count
+        total, count, covered = self.context.all_reduce_sum([total, float(count), float(covered)])
+        return total / count, bits_per_byte(total / count, covered / count)
 
     # ------------------------------------------------------------------ checkpoints and logs
 
@@ -274,6 +308,9 @@ class _Trainer:
                 "window_steps": self.window_steps,
                 "last_train_loss": self.last_train_loss,
                 "last_val_loss": self.last_val_loss,
+                "window_bytes": self.window_bytes,
+                "last_train_bpb": self.last_train_bpb,
+                "last_val_bpb": self.last_val_bpb,
                 "elapsed_s": self._elapsed(),
             },
             "data": {
@@ -326,18 +363,19 @@ class _Trainer:
         if self.resume:
             self._on_main(lambda: self.metrics.truncate_after(self.step))
             self._on_main(lambda: self.board.truncate_after(self.step))
+        unit = "bytes" if self.tokenizer.name == BYTES else "tokens"
         common = dict(
-            batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank
-        )
+            batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=context.rank,
+            world_size=context.world_size, unit=unit,
+        )  # fmt: skip
         train_batches = ByteBatches(
-            self.split.train,
+            self.tokenizer.encode(self.split.train),
             split="train",
-            world_size=context.world_size,
             contiguous=cfg.carry_state,
             **common,
         )
         val_batches = ByteBatches(
-            self.split.validation, split="val", world_size=context.world_size, **common
+            self.tokenizer.encode(self.split.validation), split="val", **common
         )
         model = self.model
         if context.distributed:
@@ -347,7 +385,7 @@ class _Trainer:
             self._say(
                 f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue"
             )
-            self.last_val_loss = self.evaluate(val_batches)
+            self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
             self.metrics.close()
             self.board.close()
             return self._result()
@@ -376,11 +414,13 @@ class _Trainer:
         try:
             with stop_on_signals() as stop:
                 if self.step == 0:
-                    self.last_val_loss = self.evaluate(val_batches)
-                    loss0 = self.last_val_loss
-                    self._on_main(lambda: self._write_logs([self._val_record(0, loss0)], False))
+                    self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
+                    record0 = self._val_record(0)
+                    self._on_main(lambda: self._write_logs([record0], False))
                 for step in range(self.step, cfg.steps):
-                    loss, grad_norm, stopping = self._train_step(model, train_batches, step, stop)
+                    loss, grad_norm, stopping, covered = self._train_step(
+                        model, train_batches, step, stop
+                    )
                     if not math.isfinite(loss):
                         raise UserError(
                             f"the loss became {loss} at step {step + 1}; try a smaller --lr"
@@ -388,6 +428,7 @@ class _Trainer:
                     self.step = done = step + 1
                     self.window_loss_sum += loss
                     self.window_steps += 1
+                    self.window_bytes += covered
                     now = time.perf_counter()
                     bar.update(1)
                     session_rate = tokens_per_step * (done - first_step) / max(now - started, 1e-9)
@@ -397,6 +438,8 @@ class _Trainer:
                     records = []
                     if done % cfg.log_every == 0 or done == cfg.steps:
                         mean = self.window_loss_sum / self.window_steps
+                        per_token = self.window_bytes / (self.window_steps * tokens_per_step)
+                        self.last_train_bpb = bits_per_byte(mean, per_token)
                         tokens_per_s = (
                             self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
                         )
@@ -405,7 +448,7 @@ class _Trainer:
                                 "kind": "train",
                                 "step": done,
                                 "loss": mean,
-                                "bpb": bits_per_byte(mean),
+                                "bpb": self.last_train_bpb,
                                 "lr": self.schedule.lr_at(step),
                                 "grad_norm": grad_norm,
                                 "tokens_per_s": round(tokens_per_s, 1),
@@ -413,12 +456,12 @@ class _Trainer:
                             }
                         )
                         self.last_train_loss = mean
-                        self.window_loss_sum, self.window_steps = 0.0, 0
+                        self.window_loss_sum, self.window_steps, self.window_bytes = 0.0, 0, 0.0
                         window_started = now
                     evaluated = done % cfg.eval_every == 0 or done == cfg.steps
                     if evaluated:
-                        self.last_val_loss = self.evaluate(val_batches)
-                        records.append(self._val_record(done, self.last_val_loss))
+                        self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
+                        records.append(self._val_record(done))
                     if records:
                         self._on_main(
                             lambda records=records, plot=evaluated: self._write_logs(records, plot)
@@ -439,8 +482,8 @@ class _Trainer:
             self.board.close()
         return self._result()
 
-    def _val_record(self, step: int, loss: float) -> dict:
-        return {"kind": "val", "step": step, "loss": loss, "bpb": bits_per_byte(loss)}
+    def _val_record(self, step: int) -> dict:
+        return {"kind": "val", "step": step, "loss": self.last_val_loss, "bpb": self.last_val_bpb}
 
     def _write_logs(self, records: list[dict], plot: bool) -> None:
         for record in records:
@@ -450,7 +493,8 @@ class _Trainer:
             self._plot()
 
     def _plot(self) -> None:
-        plot_losses(self.metrics.records, self.folder.plot, title=self.source.name)
+        per_byte = self.tokenizer.name != BYTES
+        plot_losses(self.metrics.records, self.folder.plot, self.source.name, per_byte)
 
     def _interrupted_message(self) -> str:
         if self.last_checkpoint is None:
@@ -474,4 +518,11 @@ class _Trainer:
             train_loss=self.last_train_loss,
             val_loss=self.last_val_loss,
             is_main=self.context.is_main,
+            train_bpb=self.last_train_bpb,
+            val_bpb=self.last_val_bpb,
         )
+
+
+def _bpb(loss: float | None) -> float | None:
+    """Bits per byte of a loss logged by a byte run (one byte per token)."""
+    return None if loss is None else bits_per_byte(loss)

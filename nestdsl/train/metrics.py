@@ -11,8 +11,11 @@ metrics.jsonl holds one JSON object per line:
 `lr` is the primary level's rate for that update and `grad_norm` the global norm of the trained
 parameters' gradients before clipping. `elapsed_s` counts training time across resumes; a
 `resume` record marks where a resumed session started (a dashed line on the plot). `step` counts completed optimizer updates; a train record's loss is the mean over the updates
-since the previous train record. Losses are in nats per byte; `bpb` (bits per byte) is
-loss / ln 2, since every token is one byte.
+since the previous train record. `loss` is the cross-entropy in nats per *token* (what the
+optimizer minimizes); `bpb` is bits per *byte*: the same nats summed over the tokens and divided
+by the bytes of text those tokens stand for, then by ln 2. With the `bytes` tokenizer every
+token is one byte and `bpb` is loss / ln 2; with `bpe:N` a token covers several bytes, and
+`bpb` is the number that compares models with different tokenizers.
 
 On resume the log is cut back to the records up to the checkpoint's step, so the finished log
 of an interrupted-and-resumed run has the same records as an uninterrupted one.
@@ -29,34 +32,41 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nestdsl.data.batches import VOCAB  # byte-level models
+from nestdsl.data.batches import VOCAB
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import write_file_atomically
 
 
-def bits_per_byte(loss_nats: float) -> float:
-    """Cross-entropy in nats per byte converted to bits per byte."""
-    return loss_nats / math.log(2)
+def bits_per_byte(loss_nats: float, bytes_per_token: float = 1.0) -> float:
+    """Cross-entropy in nats per token converted to bits per byte of the text the tokens cover.
+
+    `bytes_per_token` is the bytes of the scored tokens over their number (1 for bytes), so
+    this is (total nats) / (total bytes) / ln 2.
+    """
+    return loss_nats / bytes_per_token / math.log(2)
 
 
 def language_model_loss(
     logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Cross-entropy in nats per byte, computed in float32 whatever the autocast dtype."""
+    """Cross-entropy in nats per token, computed in float32 whatever the autocast dtype."""
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction
     )
 
 
-def call_model(model, tokens: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-    """`model(tokens, state=state)`, checked against the contract so a bad model fails clearly."""
+def call_model(
+    model, tokens: torch.Tensor, state: dict | None, vocab: int = VOCAB
+) -> tuple[torch.Tensor, dict]:
+    """`model(tokens, state=state)`, checked against the contract (logits over `vocab` ids) so a
+    bad model fails clearly."""
     output = model(tokens, state=state)
     if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict)):
         raise UserError(
             f"the model returned {type(output).__name__}; the contract is (logits, state dict)"
         )
     logits, state = output
-    expected = (*tokens.shape, VOCAB)
+    expected = (*tokens.shape, vocab)
     if tuple(logits.shape) != expected:
         raise UserError(
             f"the model returned logits of shape {tuple(logits.shape)}, expected {expected}"
@@ -182,9 +192,11 @@ class TensorBoardLog:
             self._writer = None
 
 
-def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
+def plot_losses(
+    records: list[dict], path: str | Path, title: str = "", per_byte: bool = False
+) -> None:
     """Write the run's figure (`loss_figure`) as a PNG, atomically."""
-    figure = loss_figure(records, title)
+    figure = loss_figure(records, title, per_byte)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     try:
@@ -193,14 +205,19 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> None:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def loss_figure(records: list[dict], title: str = ""):
+def loss_figure(records: list[dict], title: str = "", per_byte: bool = False):
     """The run as a matplotlib Figure (Agg, no pyplot state): train and validation loss on top,
-    the learning rate and the gradient norm below, resumes as dashed lines."""
+    the learning rate and the gradient norm below, resumes as dashed lines.
+
+    `per_byte` (runs whose tokens are not bytes) plots the records' bits per byte on top: nats
+    per token have no fixed bits-per-byte scale beside them when tokens cover several bytes.
+    """
+    key = "bpb" if per_byte else "loss"
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-    val = [(r["step"], r["loss"]) for r in records if r.get("kind") == "val"]
+    train = [(r["step"], r[key]) for r in records if r.get("kind") == "train" and key in r]
+    val = [(r["step"], r[key]) for r in records if r.get("kind") == "val" and key in r]
     lr = [(r["step"], r["lr"]) for r in records if r.get("kind") == "train" and "lr" in r]
     norms = [(r["step"], r["grad_norm"]) for r in records
              if r.get("kind") == "train" and r.get("grad_norm") is not None]  # fmt: skip
@@ -234,11 +251,14 @@ def loss_figure(records: list[dict], title: str = ""):
         )
     if resumes:
         axes.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="resumed")
-    axes.set_ylabel("loss (nats per byte)")
-    # A second scale in bits per byte, the unit byte-level results are usually quoted in.
-    axes.secondary_yaxis("right", functions=(bits_per_byte, lambda b: b * math.log(2))).set_ylabel(
-        "bits per byte"
-    )
+    if per_byte:
+        axes.set_ylabel("bits per byte")
+    else:
+        axes.set_ylabel("loss (nats per byte)")
+        # A second scale in bits per byte, the unit byte-level results are usually quoted in.
+        axes.secondary_yaxis(
+            "right", functions=(bits_per_byte, lambda b: b * math.log(2))
+        ).set_ylabel("bits per byte")
     axes.grid(alpha=0.3)
     if train or val:
         axes.legend()

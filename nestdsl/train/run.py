@@ -8,11 +8,12 @@ later edit of the shipped spec does not change it), loads the latest checkpoint'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from nestdsl.data.tokenizer import ByteTokenizer, Tokenizer
 from nestdsl.errors import UserError
 from nestdsl.train.checkpoint import load_weights
 from nestdsl.train.config import TrainConfig
@@ -28,9 +29,12 @@ class Run:
     * `spec`: the `CheckedSpec` it was built from (the run's spec.yaml and overrides);
     * `config`: the `TrainConfig` the run trained with;
     * `state`: where the run stands: `step`, `checkpoint` (its folder), `train_loss` and
-      `val_loss` (the last logged, nats per byte, or None) and `memory`, the in-context state
-      carried at that step (`--carry-state` runs; otherwise None);
-    * `folder`: the run folder.
+      `val_loss` (the last logged, nats per token, or None), `val_bpb` (the last validation in
+      bits per byte) and `memory`, the in-context state carried at that step (`--carry-state`
+      runs; otherwise None);
+    * `folder`: the run folder;
+    * `tokenizer`: what the model reads and writes (`run.tokenizer.encode(text_bytes)`, `decode`):
+      bytes, or the run's BPE from its tokenizer.json.
     """
 
     model: torch.nn.Module
@@ -38,6 +42,7 @@ class Run:
     config: TrainConfig
     state: dict
     folder: Path
+    tokenizer: Tokenizer = field(default_factory=ByteTokenizer)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -53,6 +58,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     checkpoint = folder.latest_checkpoint()
     if checkpoint is None:
         raise UserError(f"{folder.root} has no checkpoint yet; train it first")
+    tokenizer = folder.read_tokenizer()
     spec = nestdsl.load(folder.spec, overrides=list(saved["spec"].get("overrides") or []) or None)
     model = nestdsl.compile(spec).to(device)
     loaded = load_weights(checkpoint, model)
@@ -63,11 +69,14 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     records = [r for r in read_metrics(folder.metrics) if r.get("step", 0) <= loaded.step]
     last = {kind: next((r["loss"] for r in reversed(records) if r.get("kind") == kind), None)
             for kind in ("train", "val")}  # fmt: skip
+    val_bpb = next((r.get("bpb") for r in reversed(records) if r.get("kind") == "val"), None)
     state = {
         "step": loaded.step,
         "checkpoint": checkpoint,
         "train_loss": last["train"],
         "val_loss": last["val"],
+        "val_bpb": val_bpb,
         "memory": memory,
     }
-    return Run(model, spec, TrainConfig.from_dict(saved["train"]), state, folder.root)
+    config = TrainConfig.from_dict(saved["train"])
+    return Run(model, spec, config, state, folder.root, tokenizer)

@@ -17,7 +17,7 @@ from nestdsl.eval.bpb import run_bpb
 from nestdsl.eval.mqar import IGNORE, MQARShape, mqar_rows, row_accuracy
 from nestdsl.eval.recall import GRID_KEYS, RecallSettings, run_recall
 
-TASKS = ("recall", "bpb", "continual")  # each the module of the same name (dashes as underscores)
+TASKS = ("recall", "bpb", "needle", "in-context", "continual")  # module names ('-' as '_')
 
 
 def task_module(task: str):

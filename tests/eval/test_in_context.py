@@ -43,22 +43,28 @@ def test_stream_offsets_spread_over_the_text():
 
 
 class Uniform(torch.nn.Module):
-    """A model that always guesses uniformly and counts the bytes it has been fed."""
+    """A model that always guesses uniformly and records what each call was given."""
 
     vocab = 256
 
+    def __init__(self):
+        super().__init__()
+        self.calls = []  # (bytes fed, the state it was handed)
+
     def forward(self, tokens, state=None):
-        seen = (state or {}).get("seen", 0)
+        self.calls.append((tokens.shape[1], state))
         logits = torch.zeros(*tokens.shape, 256)  # [B, T, 256]
-        return logits, {"seen": seen + tokens.shape[1]}
+        return logits, {"call": len(self.calls)}
 
 
-def test_uniform_guess_scores_eight_bits_and_sees_the_whole_stream():
+def test_uniform_guess_scores_eight_bits_and_carries_the_state():
     model = Uniform()
     streams = torch.randint(0, 256, (3, 101))
     curve = position_losses(model, streams, piece=30, device="cpu")
     assert curve.shape == (100,)
     assert torch.allclose(curve / math.log(2), torch.full((100,), 8.0, dtype=torch.float64))
+    # Pieces of 30 bytes, the last one short; each call gets the state the one before returned.
+    assert model.calls == [(30, None), (30, {"call": 1}), (30, {"call": 2}), (10, {"call": 3})]
 
 
 @pytest.mark.parametrize("spec", ["transformer", "deltanet", "gated-deltanet", "titans-lmm"])

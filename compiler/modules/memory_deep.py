@@ -33,6 +33,12 @@ from nestdsl.spec.memory import (
     ZerosInit,
 )
 
+# Chunks per recomputed group of the chunk form (DeepMemoryOptions.recompute): training keeps
+# one state per 8 chunks and 8 chunks of intermediates instead of every chunk's (titans-lmm at
+# B=4, T=2048, d_model 256: docs/benchmarks.md, issue 13). Spans of at most 8 chunks (Hope's
+# and MAC's segments) run the plain loop.
+RECOMPUTE = 8
+
 
 def structure_of(plan, key_dim: int) -> MemoryStructure:
     st = plan.memory.structure
@@ -131,7 +137,8 @@ class DeepMemory(WeightsMemory):
                 delta=o.window_delta or 1.0, rule=o.rule, dgd_step=o.dgd_step,
                 ns_steps=o.ns_steps, ns_kind=o.ns_kind, retention=o.retention or "l2",
                 retention_mode=o.retention_mode, q_norm=o.q_norm, kl_scale=o.kl_scale,
-                lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window)  # fmt: skip
+                lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window,
+                recompute=RECOMPUTE)  # fmt: skip
         except ValueError as err:
             raise AssertionError(f"`lower_memories` let memory `{plan.decl}` through, but the "
                                  f"kernel rejects it (a bug in nestdsl): {err}") from None

@@ -28,6 +28,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .muon import muon_chunk
 from .objectives import objective_grad
@@ -113,12 +114,9 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [visible_weights(s, o.retention, o.q_norm, o.kl_scale) for s in states]
 
-    state = list(weights)  # L x [B, H, out, in]
-    mom: list[torch.Tensor] | None = None
-    if o.has_momentum:
-        mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
-    outs = []
-    for n in range(N):
+    def run_chunk(n: int, state: list[torch.Tensor], mom: list[torch.Tensor] | None):
+        """Chunk n from the state at its start: its outputs and the state at its end."""
+        outs = []
         real = C if n < N - 1 else C - pad  # tokens of this chunk that are not padding
         k_n, v_n, g_n = written(n)  # [B, H, C (+ pre), D]
         for s, e in segments:  # one span, or the lag token and the rest (Memora)
@@ -131,7 +129,8 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
 
             # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
             # Local retention takes token t's gradient at the decayed weights b_t W_{t0}.
-            b = torch.cumprod(1.0 - gates_s[2], -1)[..., None] if o.retention_mode == "local" else None
+            local = o.retention_mode == "local"
+            b = torch.cumprod(1.0 - gates_s[2], -1)[..., None] if local else None
             y, cache = forward_layers(structure, partial(_scaled, frozen, b), k_s)
             d_s = o.delta if dc is None else dc[:, :, n, span, None]  # float or [B, H, C, 1]
             dy = objective_grad(y, v_s, o.objective, o.p, d_s)
@@ -160,8 +159,46 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                 last, _ = memory_forward(structure, visible(state), q_s[..., -1:, :])
                 o_s = torch.cat([o_s[..., :-1, :], last], dim=-2)
             outs.append(o_s)
-    o = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, d_out]
-    return o, ((state, mom) if output_final_state else None)
+        return outs, state, mom
+
+    state = list(weights)  # L x [B, H, out, in]
+    mom: list[torch.Tensor] | None = None
+    if o.has_momentum:
+        mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
+    group = o.recompute
+    if group and N > group and torch.is_grad_enabled():
+        outs, state, mom = _recomputed(run_chunk, N, group, state, mom)
+    else:
+        outs = []
+        for n in range(N):
+            outs_n, state, mom = run_chunk(n, state, mom)
+            outs += outs_n
+    # (`out`, not `o`: run_chunk reads the options `o` again when backward recomputes it)
+    out = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, d_out]
+    return out, ((state, mom) if output_final_state else None)
+
+
+def _recomputed(run_chunk, N: int, g: int, state, mom):
+    """The chunk loop in groups of ``g`` chunks, each under activation checkpointing: autograd
+    keeps the state at group starts and the group's inputs, and backward reruns the group's
+    chunks (the same ops on the same values, so the same numbers) to get what it drops."""
+    L = len(state)
+
+    def group(n0: int, n1: int, *flat: torch.Tensor):
+        st, mm = list(flat[:L]), (list(flat[L:]) or None)
+        outs = []
+        for n in range(n0, n1):
+            outs_n, st, mm = run_chunk(n, st, mm)
+            outs += outs_n
+        return (torch.cat(outs, dim=2), *st, *(mm or []))  # [B, H, (n1 - n0) C, d_out], ...
+
+    outs = []
+    for n0 in range(0, N, g):
+        o_g, *flat = checkpoint(group, n0, min(N, n0 + g), *state, *(mom or []),
+                                use_reentrant=False)  # fmt: skip
+        outs.append(o_g)
+        state, mom = flat[:L], (flat[L:] or None)
+    return outs, list(state), None if mom is None else list(mom)
 
 
 def _scaled(weights, scale, i: int, a: torch.Tensor) -> torch.Tensor:

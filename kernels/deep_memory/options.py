@@ -66,6 +66,11 @@ class DeepMemoryOptions:
                     their gradients at the state after it (README §4)
     chunk_size      tokens per chunk, >= 1 (1 = the exact per-token recurrence)
     window          Omega window length c >= 1 (Atlas eq. 9; 1 = the online objective)
+    recompute       chunk form, under autograd only: 0 keeps every chunk's intermediates for
+                    backward; g >= 1 keeps the state at every g-th chunk boundary and
+                    recomputes the g chunks in between during backward (activation memory
+                    about N / g states plus g chunks instead of N chunks, for one more
+                    forward pass; the results are the same numbers). Speed, never semantics.
     """
 
     structure: MemoryStructure
@@ -83,6 +88,7 @@ class DeepMemoryOptions:
     lag_token: bool = False
     chunk_size: int = 16
     window: int = 1
+    recompute: int = 0
 
     def __post_init__(self) -> None:
         problems = list(_problems(self))
@@ -129,6 +135,8 @@ def _problems(o: DeepMemoryOptions):
         value = getattr(o, name)
         if not _is_int(value) or value < 1:
             yield f"{name} must be an int >= 1, got {value!r}"
+    if not _is_int(o.recompute) or o.recompute < 0:
+        yield f"recompute must be an int >= 0 (chunks per recomputed group), got {o.recompute!r}"
     if o.dgd_step == "proximal" and not str(o.rule).startswith("dgd"):
         yield f"dgd_step='proximal' is a step of the dgd rules, not of rule={o.rule!r}"
     if _is_int(o.window) and o.window > 1 and str(o.rule).startswith("dgd"):

@@ -7,8 +7,9 @@ Every kernel op (``linear_attention``, ``gated_delta_rule``, ``softmax_attention
 * ``"naive"``  - the per-token loop, the reference oracle;
 * ``"chunk"``  - the chunk-parallel PyTorch form;
 * ``"triton"`` - fused GPU kernels (``kernels/<op>/triton.py``): forward and backward for
-  ``linear_attention``, ``gated_delta_rule`` and ``titans_linear``; for ``deep_memory`` the
-  forward is fused and the backward is the chunk form's. They import ``triton`` lazily:
+  ``linear_attention``, ``gated_delta_rule``, ``titans_linear`` and ``deep_memory`` (the
+  memories its kernels cover; under ``create_graph`` its backward is the chunk form's, which
+  stays differentiable). They import ``triton`` lazily:
   importing nestdsl never requires it.
 
 An implementation is registered either as a callable or as a lazy import path

@@ -1,10 +1,10 @@
-"""Deep (MLP) memory, Triton form: one fused forward kernel per (batch, head), torch backward.
+"""Deep (MLP) memory, Triton form: the fused forward kernel and the autograd Function.
 
 README.md §5 ("Chunk form") and its "Triton" section; Titans §3.1-3.2 (the LMM and its
 mini-batch gradient form), Nested Learning §4.1 / eqs. 57, 88 (dgd). Covered: the 2-layer
 residual MLP ``M(x) = x + W_2 s(W_1 x)`` (any activation, no norm, not gated), the l2
-objective, the gd / momentum / dgd / dgd_momentum rules with the explicit step, l2 retention in
-the global (Titans) mode, window 1, every read order. That is the LMM of Titans, the memories
+objective, the gd / momentum / dgd / dgd_momentum rules with the explicit or the proximal
+step (NL eq. 57), l2 retention in the global (Titans) mode, window 1, every read order. That is the LMM of Titans, the memories
 of Hope (eqs. 83-89, dgd, self-generated values: the caller passes ``v = M_{t0}(v)`` read at
 the chunk start) and the l2 variants of Miras and Atlas. Everything else runs
 :func:`deep_memory_chunk`, with the reason in a warning (:func:`unsupported`).
@@ -21,9 +21,10 @@ One program per (batch, head) walks the chunks in order with both weight matrice
 4. reads by the dual form (eq. D2) layer by layer, and the chunk end by row ``C`` (or the last
    real token's row, D4) of eq. D1.
 
-The backward recomputes :func:`deep_memory_chunk` under autograd (float32) and differentiates
-it: exact gradients of every input and initial state, differentiable again under
-``create_graph``, but not fused (the next step).
+The forward also writes every chunk-start state; the backward kernel (triton_backward.py)
+walks the chunks in reverse from them. Under ``create_graph`` (second-order training) the
+backward instead recomputes :func:`deep_memory_chunk` under autograd (float32), so the
+gradients are differentiable again.
 """
 
 from __future__ import annotations
@@ -162,10 +163,10 @@ def _dgd_drive(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.con
 
 @triton.jit
 def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s1_out, s2_out,
-                T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
+                ws1, ws2, ss1, ss2, T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
                 MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
-                USE_S0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                USE_S0: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     bh = i_bh.to(tl.int64)
@@ -188,6 +189,13 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
         S1 = tl.zeros([BH, BD], dtype=tl.float32)
         S2 = tl.zeros([BD, BH], dtype=tl.float32)
     for n in range(0, N):
+        if SAVE:  # the chunk-start states the backward kernel restarts every chunk from
+            off = (bh * N + n) * HD * D
+            tl.store(ws1 + off + p1, W1, mask=m1)
+            tl.store(ws2 + off + p2, W2, mask=m2)
+            if MOM:
+                tl.store(ss1 + off + p1, S1, mask=m1)
+                tl.store(ss2 + off + p2, S2, mask=m2)
         t = n * C + idx  # [BT] token positions
         mt = (idx < C) & (t < T)
         row = i_b.to(tl.int64) * T + t  # [BT], (b, t) row of the [B, T, H, ...] layouts
@@ -318,14 +326,22 @@ class _DeepMemory(torch.autograd.Function):
         o = ts.new_output((B, T, H, D), q.dtype, dev)
         finals = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)]
         moms = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if mom else finals
+        # The state at every chunk start, [B, H, N, out, in] (and the momentum's), for the
+        # backward kernel; not written when nothing needs a gradient.
+        N = -(-T // C)
+        save = any(ctx.needs_input_grad[2:])
+        shapes = [(B, H, N, *w.shape[-2:]) for w in (w1, w2)] if save else []
+        starts = [torch.empty(sh, dtype=f32, device=dev) for sh in shapes * (2 if mom else 1)]
+        slots = starts if mom else starts * 2
         _fwd_kernel[(B * H,)](
-            *args, *s0, o, *finals, *moms, T, -(-T // C), H=H, D=D, HD=HD, C=C, BT=BT, BD=BD,
-            BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
+            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, H=H, D=D, HD=HD, C=C,
+            BT=BT, BD=BD, BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
             DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
-            READ=READ_CODES[read], USE_S0=s1 is not None,
+            READ=READ_CODES[read], USE_S0=s1 is not None, SAVE=save,
             PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=num_warps(BH, BD),
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2)
+        ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2, *starts)
+        ctx.n_starts = len(starts)
         ctx.options, ctx.read = options, read
         ctx.set_materialize_grads(False)
         finals = [f.to(w.dtype) for f, w in zip(finals, (w1, w2), strict=True)]
@@ -334,17 +350,28 @@ class _DeepMemory(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dw1, dw2, ds1, ds2):
-        # Recompute the chunk form (float32) from the saved inputs and differentiate it: exact
-        # gradients (second-order terms of the write pass included), not fused. Under
-        # create_graph (grad mode is on here) the recomputation hangs off the inputs' own graph
-        # (one view per argument, so an input passed twice gets each slot's part), and the
-        # gradients are differentiable again: second-order training works as on the chunk form.
-        saved = ctx.saved_tensors
+        every = ctx.saved_tensors
+        saved, starts = every[: len(every) - ctx.n_starts], every[len(every) - ctx.n_starts :]
         needs = ctx.needs_input_grad[2:]
         ups = (do, dw1, dw2, ds1, ds2)
         if not any(needs) or all(u is None for u in ups):
             return (None,) * (2 + len(saved))
         create = torch.is_grad_enabled()
+        if not create:
+            # The fused kernel (triton_backward.py): a reverse chunk walk from the saved
+            # chunk-start states, every chunk's forward recomputed on chip.
+            from .triton_backward import backward
+
+            seq, w0, s0 = backward(ctx.options, ctx.read, list(saved), list(starts), list(ups))
+            got = [*seq, *w0, *(s0 if s0 is not None else (None, None))]
+            return None, None, *(None if g is None or not need else g.to(x.dtype)
+                                 for g, x, need in zip(got, saved, needs, strict=True))  # fmt: skip
+        # Under create_graph (second-order training: grad mode is on here) the fused kernel's
+        # gradients would not be differentiable again, so the chunk form is recomputed (float32)
+        # from the saved inputs and differentiated: exact, second-order terms of the write pass
+        # included. The recomputation hangs off the inputs' own graph (one view per argument,
+        # so an input passed twice gets each slot's part), and the gradients are
+        # differentiable again: second-order training works as on the chunk form.
 
         def prepared(x, need):
             if x is None:

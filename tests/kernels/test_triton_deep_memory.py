@@ -1,10 +1,10 @@
 """Triton deep (MLP) memory against the loop oracle and the chunk form.
 
 Runs in the Triton interpreter on the CPU (float32, H=2, d=8, expansion 2, chunk 4); the
-references run in float64. Outputs and final weights / momentum against the loop oracle
-``deep_memory_naive``; gradients of q, k, v, the gates, the per-head initial parameters and the
-initial momentum against the chunk form's autograd; every kernel buffer starts as NaN (the
-``interpreter`` fixture). Also: every rule x read order, T shorter than a chunk and not a
+references run in float64. Outputs, final weights / momentum and the gradients of q, k, v, the
+gates, the per-head initial parameters and the initial momentum (the fused backward kernel,
+triton_backward.py) against torch.autograd through the loop oracle ``deep_memory_naive``;
+every kernel buffer starts as NaN (the ``interpreter`` fixture). Also: every rule x read order, T shorter than a chunk and not a
 multiple of it, other activations, Hope's self-generated values over two segments, the
 fallback to the chunk form (with its reason) for every uncovered option, and the dispatcher.
 """
@@ -89,18 +89,18 @@ def _run(fn, x, options, read, dtype, *, grad=True):
 
 
 def _check(options, T, read, *, momentum, seed=0, tweak=None):
+    """Outputs, final states and the gradient of every input and initial state of the Triton
+    form (float32, fused forward and backward kernels) against torch.autograd through the loop
+    oracle (float64), to relative error 1e-4."""
     tr = load("deep_memory.triton")
     x = _inputs(options.structure, T, momentum=momentum, seed=seed)
     if tweak is not None:
         tweak(x)
     got = _run(tr.deep_memory_triton, x, options, read, torch.float32)
-    loop = _run(deep_memory_naive, x, options, read, torch.float64, grad=False)
-    chunk = _run(deep_memory_chunk, x, options, read, torch.float64)
-    assert set(got) == set(chunk)
-    for name, ref in loop.items():  # the forward against the loop oracle
+    loop = _run(deep_memory_naive, x, options, read, torch.float64)
+    assert set(got) == set(loop)
+    for name, ref in loop.items():
         assert_close(f"{name} (vs loop)", ref.float(), got[name], TOL)
-    for name, ref in chunk.items():  # and everything, gradients included, against the chunk form
-        assert_close(name, ref.float(), got[name], TOL)
         if name.startswith("d") and (name != "deta" or options.has_momentum):
             assert ref.abs().sum() > 0, f"{name} is identically zero: the check would be empty"
 
@@ -315,6 +315,43 @@ def test_dispatcher_picks_triton_on_cuda_and_refuses_cpu_tensors():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "deep_memory_triton deep_memory_chunk" in proc.stdout
     assert "refused: deep_memory: the triton backend runs on CUDA tensors" in proc.stdout
+
+
+@pytest.mark.parametrize("rule", ["gd", "dgd_momentum"])
+def test_backward_is_the_fused_kernel(rule, monkeypatch):
+    """A plain backward runs triton_backward (never the chunk form); only an upstream gradient
+    on one output (the other outputs unused: None in the backward) still gives every input's
+    gradient, equal to the loop oracle's."""
+    tr = load("deep_memory.triton")
+    bwd = load("deep_memory.triton_backward")
+    calls, fused = [], bwd.backward
+    monkeypatch.setattr(bwd, "backward", lambda *a: (calls.append(1), fused(*a))[1])
+
+    def refuse(*a, **kw):
+        raise AssertionError("the chunk form ran in a plain backward")
+
+    options = DeepMemoryOptions(MLP, rule=rule, chunk_size=4)
+    x = _inputs(MLP, 7, momentum=options.has_momentum, seed=11)
+    for pick in ("o", "W1_T"):  # the output alone, then one final weight alone
+
+        def one(fn, dtype, pick=pick):
+            leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items()}
+            W = initial_weights([leaves["W0"], leaves["W1"]], B)
+            mom = [leaves["S0"], leaves["S1"]] if "S0" in leaves else None
+            o, (Wt, _) = fn(*(leaves[n] for n in SEQ_INPUTS), W, options, momentum=mom,
+                            output_final_state=True)  # fmt: skip
+            y = o if pick == "o" else Wt[1]
+            up = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y).to(dtype)
+            return torch.autograd.grad((y * up).sum(), list(leaves.values()),
+                                       materialize_grads=True)  # fmt: skip
+
+        ref = one(deep_memory_naive, torch.float64)
+        monkeypatch.setattr(tr, "deep_memory_chunk", refuse)
+        got = one(tr.deep_memory_triton, torch.float32)
+        monkeypatch.setattr(tr, "deep_memory_chunk", deep_memory_chunk)
+        for name, a, b in zip(x, ref, got, strict=True):
+            assert_close(f"d{name} (upstream on {pick} only)", a.float(), b, TOL)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("rule", ["momentum", "dgd"])

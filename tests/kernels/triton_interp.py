@@ -30,8 +30,8 @@ def _forget_compiled_triton() -> None:
     if tl is None or type(tl.cumsum).__name__ == "InterpretedFunction":
         return
     for name in list(sys.modules):
-        kernel = name.startswith("nestdsl.kernels.") and name.rsplit(".", 1)[-1] in (
-            "triton", "triton_support")  # fmt: skip
+        kernel = name.startswith("nestdsl.kernels.") and name.rsplit(".", 1)[-1].startswith(
+            "triton")  # triton.py, triton_support.py, deep_memory/triton_backward.py
         python_triton = (name == "triton" or name.startswith("triton.")) and "._C" not in name
         if kernel or python_triton:
             del sys.modules[name]

@@ -1,0 +1,423 @@
+"""Deep (MLP) memory, Triton backward: a reverse chunk walk that recomputes each chunk on chip.
+
+README.md §8 ("Backward kernel"), the adjoint of §5.3 / eqs. B1-B3, D1-D5 for the variant the
+forward kernel covers (triton.py: the 2-layer residual MLP, l2, gd / momentum / dgd /
+dgd_momentum with the explicit or the proximal step, global l2 retention, every read order).
+
+The forward saves the state at every chunk start. One program per (batch, head) walks the
+chunks from last to first holding the gradient of the state at the current chunk's end
+(``dW1, dW2`` and with momentum ``dS1, dS2``) in registers. Per chunk it reloads the saved
+start state, recomputes the chunk's forward on chip (write pass, coefficients, drives, reads)
+and runs its adjoint in reverse order:
+
+5. chunk end (D4): the end-state gradient reaches the start state, the drives, the layer
+   inputs and row ``last`` of the coefficients;
+4. reads (D2), layer 2 then layer 1 (chunk_start: the plain MLP at the start state);
+3. dgd's drives (D5): ``drhs = (I - L)^{-T} dX``, ``dL = drhs X^T`` (strictly lower);
+2. the coefficients: row shifts undone, ``w = -theta ⊙ P^r P^eta`` split into the gate
+   matrices and the (per-layer, proximal) steps, and the segment products of ``r = 1 - alpha``
+   and ``eta`` differentiated without division (README §8 gives the formula);
+1. the write pass (B1, B3), including the second-order term ``s''(z)`` of ``delta_1``.
+
+Per-token gradients, like the forward's per-token updates, exist only as [C, width] factors.
+The result is the gradient of q, k, v, theta, eta, alpha and of the chunk-start state of chunk
+0, i.e. of the initial weights and momentum.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import triton_support as ts
+from ..triton_support import unit_lower_inverse
+from .triton import _act, _act_grad, _dual, _entry, _prev, _proximal, _row, _segments, _steps
+
+
+@triton.jit
+def _act_grad2(z, ACT: tl.constexpr):
+    """s''(z), indexed as ``ACTIVATIONS`` (the write pass's delta_1 holds s'(z))."""
+    if ACT == 0:
+        return tl.exp(-0.5 * z * z) * 0.3989422804014327 * (2.0 - z * z)  # gelu
+    elif ACT == 1:
+        sig = tl.sigmoid(z)
+        return sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))  # silu
+    elif ACT == 3:
+        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+        return -2.0 * t * (1.0 - t * t)  # tanh
+    else:
+        return tl.zeros(z.shape, tl.float32)  # relu, identity
+
+
+@triton.jit
+def _drive_parts(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.constexpr,
+                 BT: tl.constexpr):  # fmt: skip
+    """dgd's drives (eq. D5) and the inverse ``(I - L)^{-1}`` the backward needs again."""
+    L = tl.where(strict, wp * tl.dot(A, tl.trans(A), input_precision=PREC), 0.0)  # [BT, BT]
+    rhs = bp[:, None] * tl.dot(A, tl.trans(W0), input_precision=PREC) + E  # [BT, out]
+    if MOM:
+        rhs += dp[:, None] * tl.dot(A, tl.trans(S0), input_precision=PREC)
+    Minv = unit_lower_inverse(-L, BT)  # [BT, BT]
+    return tl.dot(Minv, rhs, input_precision=PREC), Minv
+
+
+@triton.jit
+def _dual_bwd(b, d, w, W0, S0, A, X, R, dY, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Adjoint of ``Y = b ⊙ R W0^T + d ⊙ R S0^T + ((R A^T) ⊙ w) X`` (eq. D2) for dY [BT, out]:
+    returns dR, dW0, dS0, dX, dA, dw [BT, BT], db [BT], dd [BT]."""
+    bY = b[:, None] * dY  # [BT, out]
+    dR = tl.dot(bY, W0, input_precision=PREC)  # [BT, in]
+    dW0 = tl.dot(tl.trans(bY), R, input_precision=PREC)  # [out, in]
+    db = tl.sum(dY * tl.dot(R, tl.trans(W0), input_precision=PREC), axis=1)
+    if MOM:
+        dYd = d[:, None] * dY
+        dR += tl.dot(dYd, S0, input_precision=PREC)
+        dS0 = tl.dot(tl.trans(dYd), R, input_precision=PREC)
+        dd = tl.sum(dY * tl.dot(R, tl.trans(S0), input_precision=PREC), axis=1)
+    else:
+        dS0 = tl.zeros(W0.shape, tl.float32)
+        dd = tl.zeros(b.shape, tl.float32)
+    RA = tl.dot(R, tl.trans(A), input_precision=PREC)  # [BT, BT]
+    YX = tl.dot(dY, tl.trans(X), input_precision=PREC)  # [BT, BT]
+    dR += tl.dot(YX * w, A, input_precision=PREC)
+    dX = tl.dot(tl.trans(RA * w), dY, input_precision=PREC)  # [BT, out]
+    dA = tl.dot(tl.trans(YX * w), R, input_precision=PREC)  # [BT, in]
+    return dR, dW0, dS0, dX, dA, RA * YX, db, dd
+
+
+@triton.jit
+def _end_bwd(GW, GS, W0, S0, A, X, we, swe, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Adjoint of the chunk end (eq. D4) for one layer, upstream GW (and GS) [out, in]:
+    returns dX, dA, dwe [BT], dswe [BT], dbe, dde, dsbe (scalars)."""
+    P = tl.dot(A, tl.trans(GW), input_precision=PREC)  # [BT, out], row t: GW a_t
+    dX = we[:, None] * P
+    dwe = tl.sum(X * P, axis=1)
+    dA = tl.dot(X * we[:, None], GW, input_precision=PREC)  # [BT, in]
+    dbe = tl.sum(tl.sum(GW * W0, axis=1), axis=0)
+    if MOM:
+        PS = tl.dot(A, tl.trans(GS), input_precision=PREC)
+        dX += swe[:, None] * PS
+        dswe = tl.sum(X * PS, axis=1)
+        dA += tl.dot(X * swe[:, None], GS, input_precision=PREC)
+        dde = tl.sum(tl.sum(GW * S0, axis=1), axis=0)
+        dsbe = tl.sum(tl.sum(GS * S0, axis=1), axis=0)
+    else:
+        dswe = tl.zeros(we.shape, tl.float32)
+        dde = 0.0
+        dsbe = 0.0
+    return dX, dA, dwe, dswe, dbe, dde, dsbe
+
+
+@triton.jit
+def _segments_bwd(P, dP, dc, cprev, shift, lower, PREC: tl.constexpr):
+    """Gradient of the gates r [BT] from those of ``P[t, i] = prod_{i < l <= t} r_l`` and
+    ``c_t = prod_{l <= t} r_l`` (no division, so exact at r = 0):
+    ``dr_l = sum_t P[t, l] (sum_{i < l} dP[t, i] P[l - 1, i] + dc_t c_{l - 1})``."""
+    dP = tl.where(lower, dP, 0.0)
+    F = tl.dot(dP, tl.trans(P), input_precision=PREC)  # [t, j] = sum_i dP[t, i] P[j, i]
+    G = tl.dot(F, tl.trans(shift), input_precision="ieee")  # [t, l] = F[t, l - 1]
+    G += dc[:, None] * cprev[None, :]
+    return tl.sum(P * G, axis=0)
+
+
+@triton.jit
+def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds1, ds2,
+                dq, dk, dv, dtheta, deta, dalpha, dw1_0, dw2_0, ds1_0, ds2_0,
+                T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
+                BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
+                MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
+                HAS_DO: tl.constexpr, HAS_DW: tl.constexpr, HAS_DS: tl.constexpr,
+                PREC: tl.constexpr):  # fmt: skip
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    bh = i_bh.to(tl.int64)
+    idx = tl.arange(0, BT)
+    lower = idx[:, None] >= idx[None, :]
+    strict = idx[:, None] > idx[None, :]
+    shift = (idx[None, :] == idx[:, None] - 1).to(tl.float32)  # [BT, BT], row t <- row t - 1
+    jd, jh = tl.arange(0, BD), tl.arange(0, BH)
+    p1 = jh[:, None] * D + jd[None, :]  # [BH, BD] offsets in W1 [h, d]
+    m1 = (jh < HD)[:, None] & (jd < D)[None, :]
+    p2 = jd[:, None] * HD + jh[None, :]  # [BD, BH] offsets in W2 [d, h]
+    m2 = (jd < D)[:, None] & (jh < HD)[None, :]
+    # Gradients of the state at the end of the current chunk (the upstream ones at the end).
+    if HAS_DW:
+        GW1 = tl.load(dw1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
+        GW2 = tl.load(dw2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)  # [BD, BH]
+    else:
+        GW1 = tl.zeros([BH, BD], dtype=tl.float32)
+        GW2 = tl.zeros([BD, BH], dtype=tl.float32)
+    if HAS_DS:
+        GS1 = tl.load(ds1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)
+        GS2 = tl.load(ds2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)
+    else:
+        GS1 = tl.zeros([BH, BD], dtype=tl.float32)
+        GS2 = tl.zeros([BD, BH], dtype=tl.float32)
+    for nn in range(0, N):
+        n = N - 1 - nn
+        # ---- the chunk's forward again, from its saved start state (triton.py, steps 1-4)
+        off1 = (bh * N + n) * HD * D
+        W1 = tl.load(ws1 + off1 + p1, mask=m1, other=0.0)  # [BH, BD]
+        W2 = tl.load(ws2 + off1 + p2, mask=m2, other=0.0)  # [BD, BH]
+        if MOM:
+            S1 = tl.load(ss1 + off1 + p1, mask=m1, other=0.0)
+            S2 = tl.load(ss2 + off1 + p2, mask=m2, other=0.0)
+        else:
+            S1 = tl.zeros([BH, BD], dtype=tl.float32)
+            S2 = tl.zeros([BD, BH], dtype=tl.float32)
+        t = n * C + idx
+        mt = (idx < C) & (t < T)
+        row = i_b.to(tl.int64) * T + t
+        pd = (row * H + i_h)[:, None] * D + jd[None, :]  # [BT, BD]
+        mtd = mt[:, None] & (jd < D)[None, :]
+        Q = tl.load(q + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
+        K = tl.load(k + pd, mask=mtd, other=0.0).to(tl.float32)
+        V = tl.load(v + pd, mask=mtd, other=0.0).to(tl.float32)
+        th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
+        r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
+        Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]
+        A2 = _act(Z, ACT)
+        sZ = _act_grad(Z, ACT)
+        E = K + tl.dot(A2, tl.trans(W2), input_precision=PREC) - V  # [BT, BD]
+        EW2 = tl.dot(E, W2, input_precision=PREC)  # [BT, BH]
+        E1 = EW2 * sZ
+        Pr, b = _segments(r, BT)
+        if MOM:
+            et = tl.load(eta + row * H + i_h, mask=mt, other=1.0).to(tl.float32)
+            Pe, sb = _segments(et, BT)
+            d = tl.sum(Pr * sb[None, :], axis=1)
+            Mw = tl.dot(Pr, Pe, input_precision=PREC)
+        else:
+            Pe, sb = Pr, b
+            d = tl.zeros([BT], dtype=tl.float32)
+            Mw = Pr
+        bp, dp = _prev(b, idx, 1.0), _prev(d, idx, 0.0)
+        if PROX:
+            th1 = _proximal(th, K)
+            th2 = _proximal(th, A2)
+        else:
+            th1 = th
+            th2 = th
+        w1c, sw1, wp1 = _steps(th1, Mw, Pe, lower, shift)
+        w2c, sw2, wp2 = _steps(th2, Mw, Pe, lower, shift)
+        if DGD:
+            X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)
+            X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)
+        else:
+            X1 = E1
+            X2 = E
+        last = tl.minimum(T - n * C, C) - 1
+
+        # ---- adjoint. 5. chunk end (eq. D4).
+        we1, we2 = _row(w1c, idx, last), _row(w2c, idx, last)
+        swe1, swe2 = _row(sw1, idx, last), _row(sw2, idx, last)
+        dX1, dK, dwe1, dswe1, dbe1, dde1, dsbe1 = _end_bwd(GW1, GS1, W1, S1, K, X1, we1, swe1,
+                                                           MOM, PREC)  # fmt: skip
+        dX2, dA2, dwe2, dswe2, dbe2, dde2, dsbe2 = _end_bwd(GW2, GS2, W2, S2, A2, X2, we2, swe2,
+                                                            MOM, PREC)  # fmt: skip
+        at_last = idx[:, None] == last  # [BT, 1] row `last`
+        dw1 = tl.where(at_last, dwe1[None, :], 0.0)  # [BT, BT]
+        dw2 = tl.where(at_last, dwe2[None, :], 0.0)
+        dsw1 = tl.where(at_last, dswe1[None, :], 0.0)
+        dsw2 = tl.where(at_last, dswe2[None, :], 0.0)
+        db = tl.where(idx == last, dbe1 + dbe2, 0.0)  # [BT]
+        dd = tl.where(idx == last, dde1 + dde2, 0.0)
+        dsb = tl.where(idx == last, dsbe1 + dsbe2, 0.0)
+        be, de = _entry(b, idx, last), _entry(d, idx, last)
+        dS1n = de * GW1  # gradients of the chunk-start momentum, accumulated below
+        dS2n = de * GW2
+        if MOM:
+            sbe = _entry(sb, idx, last)
+            dS1n += sbe * GS1
+            dS2n += sbe * GS2
+        dW1n = be * GW1  # gradients of the chunk-start state, accumulated below
+        dW2n = be * GW2
+        dbp = tl.zeros([BT], dtype=tl.float32)
+        ddp = tl.zeros([BT], dtype=tl.float32)
+        dwp1 = tl.zeros([BT, BT], dtype=tl.float32)
+        dwp2 = tl.zeros([BT, BT], dtype=tl.float32)
+
+        # 4. reads (eq. D2; chunk_start: the MLP at the start state).
+        if HAS_DO:
+            dO = tl.load(do + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
+        else:
+            dO = tl.zeros([BT, BD], dtype=tl.float32)
+        dQ = dO
+        if READ == 2:
+            Zq = tl.dot(Q, tl.trans(W1), input_precision=PREC)  # [BT, BH]
+            Hr = _act(Zq, ACT)
+            dW2n += tl.dot(tl.trans(dO), Hr, input_precision=PREC)
+            dZq = tl.dot(dO, W2, input_precision=PREC) * _act_grad(Zq, ACT)  # [BT, BH]
+            dQ += tl.dot(dZq, W1, input_precision=PREC)
+            dW1n += tl.dot(tl.trans(dZq), Q, input_precision=PREC)
+        else:
+            if READ == 0:
+                rb, rd, rw1, rw2 = b, d, w1c, w2c
+            else:
+                rb, rd, rw1, rw2 = bp, dp, wp1, wp2
+            U = _dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC)  # [BT, BH]
+            Hr = _act(U, ACT)
+            dHr, gW, gS, gX, gA, gw, gb, gd = _dual_bwd(rb, rd, rw2, W2, S2, A2, X2, Hr, dO,
+                                                        MOM, PREC)  # fmt: skip
+            dW2n += gW
+            dS2n += gS
+            dX2 += gX
+            dA2 += gA
+            dU = dHr * _act_grad(U, ACT)  # [BT, BH]
+            dQ1, gW1, gS1, gX1, gA1, gw1, gb1, gd1 = _dual_bwd(rb, rd, rw1, W1, S1, K, X1, Q, dU,
+                                                               MOM, PREC)  # fmt: skip
+            dQ += dQ1
+            dW1n += gW1
+            dS1n += gS1
+            dX1 += gX1
+            dK += gA1
+            if READ == 0:
+                dw1 += gw1
+                dw2 += gw
+                db += gb + gb1
+                dd += gd + gd1
+            else:
+                dwp1 += gw1
+                dwp2 += gw
+                dbp += gb + gb1
+                ddp += gd + gd1
+
+        # 3. drives: dgd's x = (I - L)^{-1} rhs (eq. D5); otherwise x is the local error.
+        if DGD:
+            R1 = tl.dot(tl.trans(Mi1), dX1, input_precision=PREC)  # [BT, BH], d rhs
+            R2 = tl.dot(tl.trans(Mi2), dX2, input_precision=PREC)  # [BT, BD]
+            dL1 = tl.where(strict, tl.dot(R1, tl.trans(X1), input_precision=PREC), 0.0)
+            dL2 = tl.where(strict, tl.dot(R2, tl.trans(X2), input_precision=PREC), 0.0)
+            KK = tl.dot(K, tl.trans(K), input_precision=PREC)  # [BT, BT]
+            AA = tl.dot(A2, tl.trans(A2), input_precision=PREC)
+            dwp1 += dL1 * KK
+            dwp2 += dL2 * AA
+            G1 = dL1 * wp1
+            G2 = dL2 * wp2
+            dK += tl.dot(G1 + tl.trans(G1), K, input_precision=PREC)
+            dA2 += tl.dot(G2 + tl.trans(G2), A2, input_precision=PREC)
+            bR1, bR2 = bp[:, None] * R1, bp[:, None] * R2
+            dK += tl.dot(bR1, W1, input_precision=PREC)
+            dA2 += tl.dot(bR2, W2, input_precision=PREC)
+            dW1n += tl.dot(tl.trans(bR1), K, input_precision=PREC)
+            dW2n += tl.dot(tl.trans(bR2), A2, input_precision=PREC)
+            dbp += tl.sum(R1 * tl.dot(K, tl.trans(W1), input_precision=PREC), axis=1)
+            dbp += tl.sum(R2 * tl.dot(A2, tl.trans(W2), input_precision=PREC), axis=1)
+            if MOM:
+                dR1, dR2 = dp[:, None] * R1, dp[:, None] * R2
+                dK += tl.dot(dR1, S1, input_precision=PREC)
+                dA2 += tl.dot(dR2, S2, input_precision=PREC)
+                dS1n += tl.dot(tl.trans(dR1), K, input_precision=PREC)
+                dS2n += tl.dot(tl.trans(dR2), A2, input_precision=PREC)
+                ddp += tl.sum(R1 * tl.dot(K, tl.trans(S1), input_precision=PREC), axis=1)
+                ddp += tl.sum(R2 * tl.dot(A2, tl.trans(S2), input_precision=PREC), axis=1)
+            dE1 = R1
+            dE = R2
+        else:
+            dE1 = dX1
+            dE = dX2
+
+        # 2. coefficients: undo the row shifts, then w = -theta (.) Mw, sw = -theta (.) Pe.
+        db += tl.sum(tl.trans(shift) * dbp[None, :], axis=1)  # db[t] += dbp[t + 1]
+        dd += tl.sum(tl.trans(shift) * ddp[None, :], axis=1)
+        dw1 += tl.dot(tl.trans(shift), dwp1, input_precision="ieee")
+        dw2 += tl.dot(tl.trans(shift), dwp2, input_precision="ieee")
+        dw1 = tl.where(lower, dw1, 0.0)
+        dw2 = tl.where(lower, dw2, 0.0)
+        dMw = -th1[None, :] * dw1 - th2[None, :] * dw2  # [BT, BT]
+        dth1 = -tl.sum(dw1 * Mw, axis=0)  # [BT]
+        dth2 = -tl.sum(dw2 * Mw, axis=0)
+        if MOM:
+            dPe = -th1[None, :] * dsw1 - th2[None, :] * dsw2
+            dth1 -= tl.sum(dsw1 * Pe, axis=0)
+            dth2 -= tl.sum(dsw2 * Pe, axis=0)
+            dPr = dd[:, None] * sb[None, :] + tl.dot(dMw, tl.trans(Pe), input_precision=PREC)
+            dPe += tl.dot(tl.trans(Pr), dMw, input_precision=PREC)
+            dsb += tl.sum(Pr * dd[:, None], axis=0)
+            d_eta = _segments_bwd(Pe, dPe, dsb, _prev(sb, idx, 1.0), shift, lower, PREC)
+        else:
+            dPr = dMw
+            d_eta = tl.zeros([BT], dtype=tl.float32)
+        dr = _segments_bwd(Pr, dPr, db, bp, shift, lower, PREC)
+        if PROX:  # th_l = th / (1 + th n_l), n_l = ||a_l||^2
+            n1 = tl.sum(K * K, axis=1)
+            n2 = tl.sum(A2 * A2, axis=1)
+            f1 = 1.0 / (1.0 + th * n1)
+            f2 = 1.0 / (1.0 + th * n2)
+            dth = dth1 * f1 * f1 + dth2 * f2 * f2
+            dK += (-2.0 * dth1 * th * th * f1 * f1)[:, None] * K
+            dA2 += (-2.0 * dth2 * th * th * f2 * f2)[:, None] * A2
+        else:
+            dth = dth1 + dth2
+
+        # 1. write pass (B1, B3): E1 = (E W2) (.) s'(Z), E = K + s(Z) W2^T - V, Z = K W1^T.
+        dEW2 = dE1 * sZ  # [BT, BH]
+        dE += tl.dot(dEW2, tl.trans(W2), input_precision=PREC)
+        dW2n += tl.dot(tl.trans(E), dEW2, input_precision=PREC)
+        dZ = dE1 * EW2 * _act_grad2(Z, ACT)
+        dK += dE
+        dA2 += tl.dot(dE, W2, input_precision=PREC)
+        dW2n += tl.dot(tl.trans(dE), A2, input_precision=PREC)
+        dZ += dA2 * sZ
+        dK += tl.dot(dZ, W1, input_precision=PREC)
+        dW1n += tl.dot(tl.trans(dZ), K, input_precision=PREC)
+
+        tl.store(dq + pd, dQ, mask=mtd)
+        tl.store(dk + pd, dK, mask=mtd)
+        tl.store(dv + pd, -dE, mask=mtd)
+        tl.store(dtheta + row * H + i_h, dth, mask=mt)
+        tl.store(dalpha + row * H + i_h, -dr, mask=mt)
+        tl.store(deta + row * H + i_h, d_eta, mask=mt)
+        GW1, GW2, GS1, GS2 = dW1n, dW2n, dS1n, dS2n
+    tl.store(dw1_0 + bh * HD * D + p1, GW1, mask=m1)
+    tl.store(dw2_0 + bh * D * HD + p2, GW2, mask=m2)
+    if MOM:
+        tl.store(ds1_0 + bh * HD * D + p1, GS1, mask=m1)
+        tl.store(ds2_0 + bh * D * HD + p2, GS2, mask=m2)
+
+
+def backward(options, read: str, saved: list, starts: list, ups: list):
+    """Gradients of q, k, v, theta, eta, alpha, the initial weights and momentum (float32).
+
+    saved: the forward's inputs (q, k, v, theta, eta, alpha, w1, w2, s1, s2); starts: the
+    chunk-start states the forward wrote, [B, H, N, out, in] each (momentum ones with a
+    momentum rule); ups: the upstream gradients (do, dw1, dw2, ds1, ds2), None where absent.
+    """
+    from .structure import ACTIVATIONS
+    from .triton import READ_CODES, num_warps
+
+    q, k, v, theta, eta, alpha, w1, w2, s1, s2 = saved
+    do, dw1, dw2, ds1, ds2 = ups
+    st = options.structure
+    B, T, H, D = q.shape
+    HD, C = st.hidden, options.chunk_size
+    N = -(-T // C)
+    BT, BD, BH = ts.block(C), ts.block(D), ts.block(HD)
+    mom = options.has_momentum
+    dev, f32 = q.device, torch.float32
+    grads = [ts.new_output(x.shape, f32, dev) for x in (q, k, v, theta, eta, alpha)]
+    g0 = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)]
+    gs0 = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if mom else g0
+    # One of a pair of upstream state gradients may be None (the other output unused).
+    if dw1 is not None or dw2 is not None:
+        dw1, dw2 = (torch.zeros_like(w1) if g is None else g for g in (dw1, dw2))
+    if mom and (ds1 is not None or ds2 is not None):
+        ds1, ds2 = (torch.zeros_like(w1 if i == 0 else w2) if g is None else g
+                    for i, g in enumerate((ds1, ds2)))  # fmt: skip
+    dummy = grads[0]
+
+    def arg(x):
+        return dummy if x is None else x.contiguous()
+
+    ins = [x.contiguous() for x in (q, k, v, theta, eta, alpha)]
+    ss = starts[2:] if mom else starts[:2]
+    _bwd_kernel[(B * H,)](
+        *ins, starts[0], starts[1], *ss, arg(do), arg(dw1), arg(dw2), arg(ds1), arg(ds2),
+        *grads, *g0, *gs0, T, N, H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH,
+        ACT=ACTIVATIONS.index(st.activation), MOM=mom, DGD=options.rule.startswith("dgd"),
+        PROX=options.dgd_step == "proximal", READ=READ_CODES[read], HAS_DO=do is not None,
+        HAS_DW=dw1 is not None, HAS_DS=mom and ds1 is not None,
+        PREC=ts.dot_precision(q.dtype, _bwd_kernel), num_warps=num_warps(BH, BD),
+    )  # fmt: skip
+    return grads, g0, (gs0 if mom and s1 is not None else None)

@@ -143,7 +143,7 @@ def describe_optimizer(config: dict) -> str:
     schedule = options.get("schedule")
     parts.append(f"own schedule {schedule['kind']}" if schedule else "the run's schedule")
     memories = ", ".join(
-        f"{name} ({m.structure.kind}" + (f", every {m.every}" if m.every != 1 else "") + ")"
+        f"{name} ({m.structure.kind}" + (f", every {_number(m.every)}" if m.every != 1 else "") + ")"
         for name, m in declaration.memories.items()
     )
     return f"{'; '.join(parts)}; memories: {memories}"
@@ -162,3 +162,8 @@ __all__ = [
     "optimizer_settings",
     "shipped_optimizers",
 ]
+
+
+def _number(value) -> str:
+    """A declaration's number as written: `8`, `0.9` or a setting's name."""
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -131,15 +131,6 @@ class DeclaredOptimizer(torch.optim.Optimizer):
         out["eps"] = float(evaluate(pre.eps, group)) if pre is not None else 0.0
         return out
 
-    def describe(self) -> str:
-        """One line: the memories and what the update reads (for `nestdsl show`)."""
-        parts = []
-        for name, memory in self.declaration.memories.items():
-            every = f", every {memory.every}" if memory.every != 1 else ""
-            parts.append(f"{name} ({memory.structure.kind}, {memory.objective}, "
-                         f"{memory.rule.kind}{every})")  # fmt: skip
-        return "memories " + "; ".join(parts)
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None

@@ -107,7 +107,7 @@ class GradMemory(Node):
     rule: GradRule = Field(default_factory=lambda: GradGD(kind="gd"))
     retention: Expr = Field(1.0, description="factor α the state keeps before each write")
     every: Expr = Field(
-        1,
+        1.0,
         description="writes every N updates, the sum of the N previous gradients (M3's slow momentum)",
     )
 
@@ -135,7 +135,7 @@ class Term(Node):
     map: Literal["identity", "newton_schulz"] = Field(
         "identity", description="newton_schulz: orthogonalize matrices (Muon, NL eq. 44, 52)"
     )
-    ns_steps: Expr = 5
+    ns_steps: Expr = 5.0
     ns_kind: str = Field("quintic", description="quintic, cubic, or the name of a setting")
     debias: bool = Field(False, description="divide by the total weight written (Adam's 1 - β^t)")
 

@@ -206,6 +206,23 @@ def optimizer(kind: str, *variant: str) -> Case:
     )
 
 
+# An outer optimizer declared as memories of the gradients (nestdsl/spec/optimizer.py): a
+# momentum `m`, and `v`, `w` keyed by the gradient (always >= 0, so they can precondition).
+DECLARED = ("{kind: memories, lr: 0.01, memories: {m: {structure: elementwise}, "
+            "v: {structure: elementwise, keys: grad}, w: {structure: elementwise, keys: grad, "
+            "retention: 0.5}}, update: {direction: [{memory: m}]}}")
+D_M = f"{OPT}.memories.m"
+D_U = f"{OPT}.update"
+COSINE = "{kind: warmup_cosine, warmup: 1, total: 3}"
+MLP_MEMORY = (f"{D_M}.structure={{kind: mlp}}", f"{D_M}.keys=grad")
+PRECONDITIONED = (f"{D_U}.precondition={{memory: v}}",)
+
+
+def declared(*variant: str, before=()) -> Case:
+    """A setting of a declared optimizer: trained a few steps with and without it."""
+    return trains("matrix", *variant, before=(f"{OPT}={DECLARED}", *before))
+
+
 def learned(base: str, path: str, value: float, before=()) -> Case:
     """A step size or gate as `{kind: learned, init: value}` against the constant `value`."""
     return Case(base, (f"{path}={{kind: learned, init: {value}}}",), "learned",
@@ -275,6 +292,81 @@ CASES: dict[str, Case] = {
     "DeltaMomentum.momentum": optimizer("delta_momentum", f"{OPT}.momentum=0.3"),
     "DeltaMomentum.forget": optimizer("delta_momentum", f"{OPT}.forget=0.0"),
     "DeltaMomentum.weight_decay": optimizer("delta_momentum", f"{OPT}.weight_decay=0.9"),
+    # ------------------------------------------------------------ levels every k steps, own schedules
+    **{f"{kind}.period": optimizer(key, f"{OPT}.period=2")
+       for kind, key in (("AdamW", "adamw"), ("M3", "m3"), ("DeltaMomentum", "delta_momentum"),
+                         ("SGDMomentum", "sgd_momentum"), ("DMGD", "dmgd"))},
+    **{f"{kind}.schedule": optimizer(key, f"{OPT}.schedule={{kind: constant, warmup: 2}}")
+       for kind, key in (("AdamW", "adamw"), ("M3", "m3"), ("DeltaMomentum", "delta_momentum"),
+                         ("SGDMomentum", "sgd_momentum"), ("DMGD", "dmgd"))},
+    "LevelSchedule.kind=constant": trains("matrix", f"{OPT}.schedule={{kind: constant, warmup: 2}}",
+                                          before=(f"{OPT}={{kind: adamw, lr: 0.01, schedule: {COSINE}}}",)),
+    "LevelSchedule.kind=warmup_cosine": trains("matrix", f"{OPT}.schedule={COSINE}",
+                                               before=(f"{OPT}={{kind: adamw, lr: 0.01, schedule: {{kind: constant}}}}",)),
+    "LevelSchedule.warmup": trains("matrix", f"{OPT}.schedule.warmup=2",
+                                   before=(f"{OPT}={{kind: adamw, lr: 0.01, schedule: {{kind: constant}}}}",)),
+    "LevelSchedule.total": trains("matrix", f"{OPT}.schedule.total=2",
+                                  before=(f"{OPT}={{kind: adamw, lr: 0.01, schedule: {COSINE}}}",)),
+    "LevelSchedule.min_ratio": trains("matrix", f"{OPT}.schedule.min_ratio=0.9",
+                                      before=(f"{OPT}={{kind: adamw, lr: 0.01, schedule: {COSINE}}}",)),
+    # ------------------------------------------------------------ shipped optimizer kinds
+    "SGDMomentum.kind": trains("matrix", f"{OPT}={{kind: sgd_momentum}}"),
+    "SGDMomentum.lr": optimizer("sgd_momentum", f"{OPT}.lr=0.05"),
+    "SGDMomentum.momentum": optimizer("sgd_momentum", f"{OPT}.momentum=0.3"),
+    "SGDMomentum.weight_decay": optimizer("sgd_momentum", f"{OPT}.weight_decay=0.9"),
+    "DMGD.kind": trains("matrix", f"{OPT}={{kind: dmgd}}"),
+    "DMGD.lr": optimizer("dmgd", f"{OPT}.lr=0.05"),
+    "DMGD.momentum": optimizer("dmgd", f"{OPT}.momentum=0.3"),
+    "DMGD.inner_lr": optimizer("dmgd", f"{OPT}.inner_lr=1.0"),
+    "DMGD.weight_decay": optimizer("dmgd", f"{OPT}.weight_decay=0.9"),
+    # ------------------------------------------------------------ optimizers declared as memories
+    "Declared.kind": trains("matrix", f"{OPT}={DECLARED}"),
+    "Declared.lr": declared(f"{OPT}.lr=0.05"),
+    "Declared.weight_decay": declared(f"{OPT}.weight_decay=0.5"),
+    "Declared.decoupled": declared(f"{OPT}.decoupled=false", before=(f"{OPT}.weight_decay=0.5",)),
+    "Declared.settings": declared(f"{OPT}.settings={{r: 0.2}}",
+                                  before=(f"{OPT}.settings={{r: 0.9}}", f"{D_M}.retention=r")),
+    "Declared.memories": declared(f"{OPT}.memories={{m: {{structure: elementwise, keys: grad}}, "
+                                  "v: {structure: elementwise, keys: grad}, w: {structure: elementwise}}"),
+    "Declared.update": declared(f"{OPT}.update={{direction: [{{memory: v}}]}}"),
+    "Declared.period": declared(f"{OPT}.period=2"),
+    "Declared.schedule": declared(f"{OPT}.schedule={{kind: constant, warmup: 2}}"),
+    "GradMemory.structure": declared(f"{D_M}.structure=matrix", f"{D_M}.keys=grad"),
+    **{f"GradMemory.objective={o}": declared(f"{D_M}.objective={o}", before=(f"{D_M}.objective={p}",))
+       for o, p in (("dot", "l2"), ("l2", "dot"))},
+    **{f"GradMemory.keys={k}": declared(f"{D_M}.keys={k}", before=(f"{D_M}.keys={p}",))
+       for k, p in (("one", "grad"), ("grad", "one"))},
+    "GradMemory.rule": declared(f"{D_M}.rule={{kind: gd, lr: 0.5}}"),
+    "GradMemory.retention": declared(f"{D_M}.retention=0.5"),
+    "GradMemory.every": declared(f"{D_M}.every=2"),
+    "Update.direction": declared(f"{D_U}.direction=[{{memory: m, weight: 3.0}}]"),
+    "Update.precondition": declared(f"{D_U}.precondition={{memory: v}}"),
+    "Elementwise.kind": declared(f"{D_M}.structure=elementwise",
+                                 before=(f"{D_M}.structure=matrix", f"{D_M}.keys=grad")),
+    "Preconditioner.kind": declared(f"{D_M}.structure={{kind: matrix}}", f"{D_M}.keys=grad"),
+    "MomentumMLP.kind": declared(f"{D_M}.structure={{kind: mlp}}", f"{D_M}.keys=grad"),
+    "MomentumMLP.hidden": declared(f"{D_M}.structure.hidden=4", before=MLP_MEMORY),
+    **{f"MomentumMLP.activation={a}": declared(f"{D_M}.structure.activation={a}",
+                                               before=(*MLP_MEMORY, f"{D_M}.structure.activation={p}"))
+       for a, p in (("tanh", "relu"), ("relu", "gelu"), ("gelu", "silu"), ("silu", "tanh"))},
+    "MomentumMLP.seed": declared(f"{D_M}.structure.seed=3", before=MLP_MEMORY),
+    "GradGD.kind": declared(f"{D_M}.rule={{kind: gd}}", before=(f"{D_M}.rule={{kind: dgd}}",)),
+    "GradGD.lr": declared(f"{D_M}.rule.lr=0.5", before=(f"{D_M}.rule={{kind: gd}}",)),
+    "GradDGD.kind": declared(f"{D_M}.rule={{kind: dgd}}"),
+    "GradDGD.lr": declared(f"{D_M}.rule.lr=0.5", before=(f"{D_M}.rule={{kind: dgd}}",)),
+    "GradDGD.erase": declared(f"{D_M}.rule.erase=0.0", before=(f"{D_M}.rule={{kind: dgd}}",)),
+    "GradDGD.eps": declared(f"{D_M}.rule.eps=10.0", before=(f"{D_M}.rule={{kind: dgd}}",)),
+    "Term.memory": declared(f"{D_U}.direction.0.memory=v"),
+    "Term.weight": declared(f"{D_U}.direction.0.weight=3.0"),
+    **{f"Term.map={m}": declared(f"{D_U}.direction.0.map={m}", before=(f"{D_U}.direction.0.map={p}",))
+       for m, p in (("identity", "newton_schulz"), ("newton_schulz", "identity"))},
+    "Term.ns_steps": declared(f"{D_U}.direction.0.ns_steps=1", before=(f"{D_U}.direction.0.map=newton_schulz",)),
+    "Term.ns_kind": declared(f"{D_U}.direction.0.ns_kind=cubic", before=(f"{D_U}.direction.0.map=newton_schulz",)),
+    "Term.debias": declared(f"{D_U}.direction.0.debias=true"),
+    "Precondition.memory": declared(f"{D_U}.precondition.memory=w", before=PRECONDITIONED),
+    "Precondition.eps": declared(f"{D_U}.precondition.eps=1.0", before=PRECONDITIONED),
+    "Precondition.eps_inside": declared(f"{D_U}.precondition.eps_inside=true", before=PRECONDITIONED),
+    "Precondition.debias": declared(f"{D_U}.precondition.debias=true", before=PRECONDITIONED),
     # ------------------------------------------------------------ memory: the box itself
     "Memory.level": case("matrix", f"{MEM}.level=chunk"),
     "Memory.keys": case("matrix", f"{MEM}.keys=q"),

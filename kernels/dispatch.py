@@ -26,7 +26,9 @@ Choice of backend for one call, first match wins:
    registered and importable, otherwise ``"chunk"`` (``"naive"`` if no chunk form exists).
 
 The name ``"auto"`` (or ``None``, or an empty environment variable) selects step 4
-explicitly, which lets an inner ``use_backend("auto")`` undo an outer forced backend.
+explicitly, which lets an inner ``use_backend("auto")`` undo an outer forced backend. A
+backend forced by steps 2-3 that an op does not have (``softmax_attention`` has no Triton
+form) leaves that op to step 4; the ``backend=`` keyword of step 1 is strict.
 """
 
 from __future__ import annotations
@@ -173,6 +175,11 @@ def resolve(
     """
     entries = _op_entries(op_name)
     name = _requested(backend)
+    if backend is None and name not in entries:
+        # A backend forced for every call (context or environment) applies to the ops that
+        # have it: NESTDSL_KERNEL_BACKEND=triton must not stop a model at its softmax
+        # attention, which has no Triton form (SDPA is already fused on a GPU).
+        name = AUTO
     if name == AUTO:
         dev = torch.device("cpu") if device is None else torch.device(device)
         name = _auto(entries, dev)

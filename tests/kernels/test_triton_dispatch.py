@@ -95,3 +95,25 @@ def test_public_api_reaches_the_triton_forms(interpreter, monkeypatch):  # noqa:
              ("titans o", ref_t[0], got_t[0]), ("titans M", ref_t[1][0], got_t[1][0])]  # fmt: skip
     for name, a, b in pairs:
         assert_close(name, a, b, tol)
+
+
+def test_forced_triton_leaves_ops_without_it_to_the_automatic_choice(monkeypatch):
+    """NESTDSL_KERNEL_BACKEND=triton (or use_backend) runs a transformer: its softmax attention
+    has no Triton form and takes the automatic one; backend="triton" on that op still refuses."""
+    import nestdsl
+
+    from ..compiler.helpers import load_small
+
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    assert dispatch.resolve("softmax_attention", "cpu").__name__ == "softmax_attention_chunk"
+    with dispatch.use_backend("triton"):
+        assert dispatch.resolve("softmax_attention", "cuda").__name__ == "softmax_attention_chunk"
+    with pytest.raises(ValueError, match="no implementation of 'softmax_attention'"):
+        dispatch.resolve("softmax_attention", "cpu", backend="triton")
+    torch.manual_seed(0)
+    model = nestdsl.compile(load_small("transformer"))
+    tokens = torch.randint(0, 256, (1, 8))
+    logits, _ = model(tokens)
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    ref, _ = model(tokens)
+    assert torch.equal(logits, ref)

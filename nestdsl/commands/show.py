@@ -1,7 +1,9 @@
-"""`nestdsl show SPEC`: the levels of a spec from the fastest to the slowest."""
+"""`nestdsl show SPEC`: the levels of a spec from the fastest to the slowest, and each outer
+level's optimizer (its memories of the gradients, period and schedule: NL §4)."""
 
 from __future__ import annotations
 
+from nestdsl.checks.levels import slowness
 from nestdsl.errors import UserError
 from nestdsl.spec.validate import load
 
@@ -20,15 +22,16 @@ def add_arguments(parser) -> None:
 
 def level_rows(checked) -> list[tuple[str, str, str, str, str]]:
     """(level, period, members, parameters, state) from the fastest level to the slowest."""
-    from nestdsl.checks.levels import slowness
     from nestdsl.compiler.count import count_by_level
 
     spec = checked.spec
     counts = count_by_level(checked.plan)
     rows = []
-    for name, level in sorted(spec.levels.items(), key=lambda kv: slowness(kv[1].every)):
+    for name, level in sorted(spec.levels.items(), key=lambda kv: _order(kv[1])):
         members = [m for m, mem in spec.memories.items() if mem.level == name]
         outer = name == checked.outer_level()
+        if not outer:  # blocks the spec puts on this level (the outer one owns "blocks")
+            members += [f"block {b.name or i}" for i, b in enumerate(spec.blocks) if b.level == name]
         inits = [m for m, mem in spec.memories.items() if mem.init.kind == "learned"
                  and (mem.init.by == name or (outer and mem.init.by is None))]  # fmt: skip
         # Many meta-learned initial states (Hope has 8) would make the row too wide to read.
@@ -39,11 +42,29 @@ def level_rows(checked) -> list[tuple[str, str, str, str, str]]:
             period = f"{level.every} token" + ("s" if level.every != 1 else "")
         else:
             period = level.every
+            every = getattr(level.optimizer, "period", 1)
+            if every != 1:
+                period = f"{every} steps"
         count = counts[name]
         rows.append((name, period, ", ".join(members + owned) or "-",
                      f"{count.parameters:,}" if count.parameters else "-",
                      f"{count.state:,}" if count.state else "-"))  # fmt: skip
     return rows
+
+
+def _order(level) -> tuple:
+    """Fastest first: in-context periods, then outer levels by their period in steps, then never."""
+    return (*slowness(level.every), getattr(level.optimizer, "period", 1))
+
+
+def optimizer_rows(checked) -> list[tuple[str, str]]:
+    """(level, its optimizer in one line) for every trained outer level, fastest first."""
+    from nestdsl.optim import describe_optimizer
+
+    levels = checked.spec.levels
+    return [(name, describe_optimizer(level.optimizer.model_dump(mode="json")))
+            for name, level in sorted(levels.items(), key=lambda kv: _order(kv[1]))
+            if level.every == "step" and level.optimizer is not None]  # fmt: skip
 
 
 def notes(checked) -> list[str]:
@@ -81,6 +102,11 @@ def run(args) -> int:
         print(checked.spec.description)
     print()
     print(summary(checked))
+    rows = optimizer_rows(checked)
+    width = max(len(name) for name, _ in rows)
+    print("\noptimizers (the memories of the gradients each outer level keeps; docs/language.md):")
+    for name, line in rows:
+        print(f"  {name:<{width}}  {line}")
     return 0
 
 

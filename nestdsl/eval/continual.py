@@ -115,6 +115,8 @@ class Domain:
 
 
 def load_domains(settings: ContinualSettings) -> list[Domain]:
+    """Every domain of `settings`, in training order: its training part cut into seeded random
+    windows, its held-out tail into the `bpb` task's windows."""
     out = []
     for name in settings.domains:
         text = load_corpus(name)
@@ -151,8 +153,8 @@ class Learner:
         )
 
     def lr_factor(self, step: int) -> float:
-        """Linear warm-up over the first updates of the whole sequence, then constant."""
-        warm = self.settings.warmup_steps
+        """Linear warm-up over the first updates of the first stage, then constant."""
+        warm = min(self.settings.warmup_steps, self.settings.steps_per_stage)
         return min(1.0, (step + 1) / warm) if warm else 1.0
 
     def train_stage(

@@ -13,6 +13,7 @@ from nestdsl.cli import main
 from nestdsl.errors import UserError
 from nestdsl.eval.continual import (
     ContinualSettings,
+    Learner,
     build_learner,
     load_domains,
     run_continual,
@@ -33,6 +34,7 @@ R = [
     [2.6, 2.1, 1.5],
 ]
 BASELINE = [4.0, 4.0, 4.0]
+CPU = torch.device("cpu")
 
 
 def test_metrics_on_a_known_matrix():
@@ -79,6 +81,14 @@ def test_one_domain_and_bad_shapes():
         backward_transfer([[1.0, 2.0]])
     with pytest.raises(ValueError, match="baseline"):
         forward_transfer(R, [1.0])
+
+
+def test_the_rate_warms_up_in_the_first_stage_then_stays_constant():
+    learner = Learner(None, None, ContinualSettings(warmup_steps=4, steps_per_stage=10), CPU)
+    assert [learner.lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert learner.lr_factor(10) == learner.lr_factor(39) == 1.0  # later stages: no new warm-up
+    short = Learner(None, None, ContinualSettings(warmup_steps=15, steps_per_stage=2), CPU)
+    assert [short.lr_factor(s) for s in range(3)] == [0.5, 1.0, 1.0]  # capped at one stage
 
 
 TINY = ["--d-model", "16", "--heads", "2", "--layers", "1", "--steps-per-stage", "2",
@@ -134,7 +144,7 @@ def test_stage_two_starts_from_stage_one_weights_and_optimizer(texts, tmp_path):
     domains = load_domains(settings)
 
     # The same stages replayed by hand on one learner give exactly the run's weights.
-    learner, _, _ = build_learner("transformer", settings, torch.device("cpu"))
+    learner, _, _ = build_learner("transformer", settings, CPU)
     learner.train_stage(0, domains[0])
     assert same(snapshot(learner), seen[0])
     learner.train_stage(1, domains[1])
@@ -145,11 +155,11 @@ def test_stage_two_starts_from_stage_one_weights_and_optimizer(texts, tmp_path):
 
     # Differential: stage 2 from stage 1's weights but a fresh optimizer ends elsewhere, and so
     # does stage 2 from the initial weights: the run carried both.
-    fresh_optimizer, _, _ = build_learner("transformer", settings, torch.device("cpu"))
+    fresh_optimizer, _, _ = build_learner("transformer", settings, CPU)
     fresh_optimizer.model.load_state_dict(seen[0])
     fresh_optimizer.train_stage(1, domains[1])
     assert not same(snapshot(fresh_optimizer), seen[1])
-    from_scratch, _, _ = build_learner("transformer", settings, torch.device("cpu"))
+    from_scratch, _, _ = build_learner("transformer", settings, CPU)
     from_scratch.train_stage(1, domains[1])
     assert not same(snapshot(from_scratch), seen[1])
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from pydantic import ValidationError
 
 from nestdsl.errors import UserError
 from nestdsl.optim.declared import DeclaredOptimizer, newton_schulz
@@ -30,7 +31,7 @@ from nestdsl.optim.delta_momentum import DeltaMomentum
 from nestdsl.optim.levels import LevelOptimizers, build_level_optimizers
 from nestdsl.optim.library import optimizer, read_declaration, shipped_optimizers
 from nestdsl.optim.m3 import M3
-from nestdsl.spec.optimizer import SHORTHANDS, Declaration
+from nestdsl.spec.optimizer import SHORTHANDS, Declaration, Declared
 
 # Level options every kind takes (not settings of the optimizer's memories).
 LEVEL_OPTIONS = ("period", "schedule")
@@ -53,8 +54,12 @@ def _settings(config: dict) -> tuple[str, dict, dict]:
     unknown keys."""
     kind = str(config.get("kind", "adamw")).lower()
     options = {k: config[k] for k in LEVEL_OPTIONS if k in config and config[k] is not None}
-    if kind == "memories":
-        settings = {k: v for k, v in config.items() if k != "kind" and k not in LEVEL_OPTIONS}
+    if kind == "memories":  # through the schema: its defaults filled in, its checks run
+        try:
+            node = Declared.model_validate({**config, "kind": kind}).model_dump(mode="json")
+        except ValidationError as err:
+            raise UserError(f"bad `kind: memories` optimizer: {err}") from None
+        settings = {k: v for k, v in node.items() if k != "kind" and k not in LEVEL_OPTIONS}
         return kind, settings, options
     if kind not in KIND_DEFAULTS:
         raise UserError(

@@ -26,7 +26,6 @@ param groups, and every state tensor in `state`, so `state_dict()` resumes it ex
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
@@ -34,11 +33,10 @@ import torch
 from nestdsl.errors import UserError
 from nestdsl.kernels.newton_schulz import newton_schulz as orthogonalize
 from nestdsl.optim import gradient_memory as memories
-from nestdsl.spec.optimizer import Declaration, GradDGD
+from nestdsl.spec.optimizer import Declaration, GradDGD, resolve
 
 # Group keys the optimizer itself uses; no setting may take these names.
 RESERVED = ("params", "period", "schedule", "calls", "updates")
-_EXPR = re.compile(r"^\s*(1\s*-\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?\s*$")
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> torch.Tensor:
@@ -52,23 +50,11 @@ def newton_schulz(matrix: torch.Tensor, steps: int, kind: str = "quintic") -> to
 
 
 def evaluate(expr, settings: dict):
-    """A declaration's number: a constant, `name`, `name[i]` or `1 - (either)`, from `settings`."""
-    if not isinstance(expr, str):
-        return expr
-    match = _EXPR.match(expr)
-    if match is None:
-        raise UserError(f"`{expr}` is not a number, a setting or `1 - setting`")
-    complement, name, index = match.groups()
-    if name not in settings:
-        if complement is None and index is None and name in ("quintic", "cubic"):
-            return name  # a Newton-Schulz kind written out
-        raise UserError(f"`{expr}` names no setting; settings: {', '.join(sorted(settings))}")
-    value = settings[name]
-    if index is not None:
-        if not isinstance(value, (list, tuple)) or int(index) >= len(value):
-            raise UserError(f"`{expr}`: setting `{name}` = {value!r} has no item {index}")
-        value = value[int(index)]
-    return 1.0 - float(value) if complement else value
+    """A declaration's number read from a group's settings (spec/optimizer.py `resolve`)."""
+    try:
+        return resolve(expr, settings)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def schedule_factor(schedule: dict | None, update: int) -> float:

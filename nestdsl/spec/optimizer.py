@@ -184,13 +184,19 @@ class Declaration(Node):
             if self.memories[pre.memory].structure.kind != "elementwise":
                 raise ValueError(f"`precondition` divides by an elementwise memory; "
                                  f"`{pre.memory}` is not one")  # fmt: skip
-        known = {*self.settings, "lr", "weight_decay"}
-        names = [e for e in _exprs(self) if isinstance(e, str)]
-        missing = sorted({m.group(2) for e in names if (m := _NAME.match(e)) and
-                          m.group(2) not in known and m.group(2) not in ("quintic", "cubic")})  # fmt: skip
-        if missing:
-            raise ValueError(f"no setting named {', '.join(missing)}; settings: "
-                             f"{', '.join(sorted(known))}")  # fmt: skip
+        # Every number resolves against the settings (lr and weight_decay may come from the
+        # level), to the type its place needs: what validates builds.
+        known = {"lr": 1.0, "weight_decay": 0.0, **self.settings}
+        for expr, want in _exprs(self):
+            value = resolve(expr, known)
+            if want == "ns_kind" and value not in ("quintic", "cubic"):
+                raise ValueError(f"`{expr}` is {value!r}: Newton-Schulz is `quintic` or `cubic`")
+            if want != "ns_kind" and (isinstance(value, (str, list)) or isinstance(value, bool)):
+                raise ValueError(f"`{expr}` is {value!r}, not a number")
+            if want == "count" and not (float(value) >= 1 and float(value) == int(value)):
+                raise ValueError(
+                    f"`{expr}` is {value!r}: a count of updates or steps is a whole number >= 1"
+                )
         unknown = [n for n in reads if n not in self.memories]
         if unknown:
             raise ValueError(f"the update reads no memory named {', '.join(unknown)}; "
@@ -198,20 +204,45 @@ class Declaration(Node):
         return self
 
 
-_NAME = re.compile(r"^\s*(1\s*-\s*)?([A-Za-z_][A-Za-z0-9_]*)")
+_EXPR = re.compile(r"^\s*(1\s*-\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?\s*$")
 
 
-def _exprs(declaration: Declaration) -> list:
-    """Every number of a declaration that may name a setting."""
+def resolve(expr, settings: dict):
+    """A declaration's number: a constant, `name`, `name[i]` or `1 - (either)`, read from
+    `settings`; ValueError naming what is wrong."""
+    if not isinstance(expr, str):
+        return expr
+    match = _EXPR.match(expr)
+    if match is None:
+        raise ValueError(f"`{expr}` is not a number, a setting or `1 - setting`")
+    complement, name, index = match.groups()
+    if name not in settings:
+        if complement is None and index is None and name in ("quintic", "cubic"):
+            return name  # a Newton-Schulz kind written out
+        raise ValueError(f"no setting named {name}; settings: {', '.join(sorted(settings))}")
+    value = settings[name]
+    if index is not None:
+        if not isinstance(value, (list, tuple)) or int(index) >= len(value):
+            raise ValueError(f"`{expr}`: setting `{name}` = {value!r} has no item {index}")
+        value = value[int(index)]
+    if complement:
+        if isinstance(value, (str, list, tuple)):
+            raise ValueError(f"`{expr}`: setting `{name}` = {value!r} is not a number")
+        return 1.0 - float(value)
+    return value
+
+
+def _exprs(declaration: Declaration) -> list[tuple]:
+    """Every number of a declaration that may name a setting, with what it must be."""
     out = []
     for memory in declaration.memories.values():
-        out += [memory.retention, memory.every, memory.rule.lr]
+        out += [(memory.retention, "number"), (memory.every, "count"), (memory.rule.lr, "number")]
         if isinstance(memory.rule, GradDGD):
-            out += [memory.rule.erase, memory.rule.eps]
+            out += [(memory.rule.erase, "number"), (memory.rule.eps, "number")]
     for term in declaration.update.direction:
-        out += [term.weight, term.ns_steps, term.ns_kind]
+        out += [(term.weight, "number"), (term.ns_steps, "count"), (term.ns_kind, "ns_kind")]
     if declaration.update.precondition is not None:
-        out.append(declaration.update.precondition.eps)
+        out.append((declaration.update.precondition.eps, "number"))
     return out
 
 

@@ -138,3 +138,19 @@ def test_settings_and_names_are_checked():
     with pytest.raises(UserError, match=r"takes 2 betas"):
         nestdsl.optimizer("adamw", params, betas=(0.9,))
     assert isinstance(nestdsl.optimizer("delta_momentum", params), torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "message"),
+    [
+        ("{k: quintic}", "retention: k", "is 'quintic', not a number"),
+        ("{f: 2.5}", "every: f", "a whole number >= 1"),
+        ("{b: [0.9]}", "retention: b", "not a number"),
+        ("{b: [0.9]}", "retention: 'b[1]'", "has no item 1"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused_where_it_is_used(settings, field, message):
+    optimizer = (f"{{kind: memories, settings: {settings}, memories: {{m: {{structure: elementwise, "
+                 f"{field}}}}}, update: {{direction: [m]}}}}")  # fmt: skip
+    with pytest.raises(SpecError, match=re.escape(message)):
+        nestdsl.check_text(spec_with(optimizer), "t.yaml")

@@ -1,0 +1,1 @@
+"""Tests of `nestdsl compare`: parameter matching, the end-to-end report, resuming."""

@@ -10,9 +10,10 @@ with ``triton.testing.do_bench`` (median), for our Triton backend (``triton``), 
 form on the same GPU (``chunk``) and, where ``fla`` (flash-linear-attention) is installed,
 ``chunk_gated_delta_rule`` / ``chunk_delta_rule`` / ``chunk_linear_attn`` (``fla``; Titans has
 no public kernel). Batch x heads fills the chip: ``B = ceil(2 * SMs / H)`` unless ``--batch``.
-``deep_memory`` is the Titans LMM: a 2-layer residual gelu MLP memory ``d -> 2d -> d`` per head
-(``d = --deep-dim``, 32 by default), l2 objective, momentum, chunks of ``--deep-chunk`` (16);
-its Triton backward is the torch chunk form's (README "Triton"), so its ``fwd+bwd`` is that.
+``deep_memory`` is a Titans-sized LMM: a 2-layer residual gelu MLP memory ``d -> e*d -> d`` per
+head (``d = --deep-dim`` 64, ``e = --deep-expansion`` 4), l2 objective, ``--deep-rule``
+(momentum, Titans; ``dgd --deep-proximal`` is Hope's memory), chunks of ``--deep-chunk`` (16);
+forward and backward are both fused kernels (triton.py, triton_backward.py; README §8).
 
 Columns: ``ms``; ``Mtok/s`` = B * T / time; ``GB/s`` = the compulsory bytes (every input,
 output, upstream gradient and input gradient once, plus our saved chunk states written and read
@@ -23,11 +24,16 @@ IEEE float32 products for float32 inputs and tf32 ones (tensor cores) for bfloat
 inputs (``--dot ieee|tf32`` forces one). The FLOP and byte models are the
 same for every implementation, so the columns compare like with like.
 
-Before timing, each of our kernels is checked against the chunk form at the first T (relative
-error of the output printed). Usage, on a machine with a CUDA GPU::
+Before timing, at the first T, the Triton form must launch its own kernel (a form that fell
+back to the chunk form stops the run) and both forms' outputs are compared with the chunk form
+in float64 (relative errors printed). In the interpreter the Triton and chunk forms can agree
+bit for bit: ``tl.dot`` is numpy's float32 matmul there, the same products in the same order
+as torch's for linear attention and the linear Titans memory, so "0" versus each other is not
+a failed switch; the float64 column shows both errors. Usage, on a machine with a CUDA GPU::
 
     python benchmarks/bench_triton.py                      # full table, bfloat16, H=16, K=V=128
     python benchmarks/bench_triton.py --quick              # T=2048 only, small batch
+    python benchmarks/bench_triton.py --ops deep_memory     # the deep memory rows only
     TRITON_INTERPRET=1 python benchmarks/bench_triton.py --smoke   # CPU: checks the script runs
     python benchmarks/bench_triton.py --compile-only --arch 90     # no GPU needed, see below
 
@@ -65,9 +71,9 @@ def flops(op: str, C: int, K: int, V: int) -> tuple[float, float]:
     if op == "titans_linear":
         return 2 * C * (K + V) + 10 * K * V, 6 * C * K + 4 * C * V + 26 * K * V
     if op == "deep_memory":  # K = d, V = h: write pass 6dh, two dual reads, two chunk ends
-        # with momentum; the backward (torch chunk form, recomputed) counted as 2x forward
+        # with momentum; the fused backward recomputes the forward and runs its adjoint (~2x)
         fwd = 4 * C * (K + V) + 22 * K * V
-        return fwd, 2 * fwd
+        return fwd, 3 * fwd
     # delta rule: A, P, the triangular inverse (C^3 per chunk), U, the reads and the update
     return 4 * C * (K + V) + 6 * K * V + 2 * C * C, 10 * C * (K + V) + 14 * K * V + 2 * C * C
 
@@ -78,7 +84,7 @@ def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
     def rnd(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    q, v = rnd(B, T, H, K), rnd(B, T, H, V)
+    q, v = rnd(B, T, H, K), rnd(B, T, H, K if op == "deep_memory" else V)
     k = F.normalize(rnd(B, T, H, K).float(), dim=-1).to(dtype)
     x = {"q": q, "k": k, "v": v}
     if op in ("gated_delta_rule", "delta_rule"):
@@ -89,17 +95,21 @@ def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
         x["theta"] = 0.1 * rnd(B, T, H).float().sigmoid().to(dtype)
         x["eta"] = rnd(B, T, H).float().sigmoid().to(dtype)
         x["alpha"] = 0.01 * rnd(B, T, H).float().sigmoid().to(dtype)
-    if op == "deep_memory":  # per-head initial weights of the MLP d -> 2d -> d (V unused)
-        x["W1"] = rnd(H, 2 * K, K) * K**-0.5
-        x["W2"] = rnd(H, K, 2 * K) * (2 * K) ** -0.5
+    if op == "deep_memory":  # per-head initial weights of the MLP d -> V -> d (V = hidden)
+        x["W1"] = rnd(H, V, K) * K**-0.5
+        x["W2"] = rnd(H, K, V) * V**-0.5
     return x
 
 
+DEEP = {"expansion": 4, "rule": "momentum", "step": "explicit"}  # set from the flags by run()
+
+
 def deep_options(d: int, chunk: int):
-    """The benchmarked deep memory (the Titans LMM, see the module docstring)."""
+    """The benchmarked deep memory (a Titans LMM by default, see the module docstring)."""
     from nestdsl.kernels.deep_memory import DeepMemoryOptions, MemoryStructure
 
-    return DeepMemoryOptions(MemoryStructure(d, d, expansion=2), rule="momentum", chunk_size=chunk)
+    st = MemoryStructure(d, d, expansion=DEEP["expansion"])
+    return DeepMemoryOptions(st, rule=DEEP["rule"], dgd_step=DEEP["step"], chunk_size=chunk)
 
 
 def implementations(op: str, chunk: int) -> dict:
@@ -173,10 +183,38 @@ def compulsory_bytes(x: dict, o_bytes: int, states: int, backward: bool) -> int:
     return 2 * inputs + 2 * o_bytes + inputs + 2 * states  # + do, grads, states written/read
 
 
+def checked(op: str, impls: dict, x: dict) -> str:
+    """Run both forms once: the Triton form must launch its kernel (no silent fallback); the
+    relative errors of both against the chunk form in float64, and of one against the other."""
+    import nestdsl.kernels.triton_support as ts
+
+    launched, check = [], ts.check_launch
+    ts.check_launch = lambda name, *a: (launched.append(name), check(name, *a))[1]
+    try:
+        with torch.no_grad():
+            got = impls["triton"](x).float()
+    finally:
+        ts.check_launch = check
+    if not launched:
+        raise SystemExit(f"{op}: the triton backend did not launch a Triton kernel")
+    with torch.no_grad():
+        ref = impls["chunk"](x).float()
+        x64 = {n: t.double() for n, t in x.items()}
+        exact = impls["chunk"](x64)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    return (f"launched {sorted(set(launched))}; vs chunk float64: triton {rel(got, exact):.2e}, "
+            f"chunk {rel(ref, exact):.2e}; triton vs chunk {rel(got, ref):.2e}")  # fmt: skip
+
+
 def run(args) -> None:
     import nestdsl.kernels.triton_support as ts
 
     ts.DOT_PRECISION = None if args.dot == "auto" else args.dot
+    DEEP.update(expansion=args.deep_expansion, rule=args.deep_rule,
+                step="proximal" if args.deep_proximal else "explicit")  # fmt: skip
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -200,9 +238,12 @@ def run(args) -> None:
         deep = op == "deep_memory"
         C = args.deep_chunk if deep else args.chunk
         K = V = args.deep_dim if deep else args.head_dim
+        V = K * args.deep_expansion if deep else V  # the deep memory's hidden width
         if deep:
             from nestdsl.kernels.deep_memory.triton import unsupported
 
+            print(f"# deep_memory: d={K}, h={V}, chunk {C}, rule {DEEP['rule']} "
+                  f"({DEEP['step']} step for dgd), residual gelu MLP, l2")  # fmt: skip
             why = unsupported(deep_options(K, C), dtype)
             if why is not None:
                 print(f"# deep_memory: the Triton kernel does not cover it ({why}); skipped")
@@ -211,18 +252,19 @@ def run(args) -> None:
         for i, T in enumerate(args.T):
             x = make_inputs(op, B, T, H, K, V, dtype, device)
             if i == 0:  # our kernel against the chunk form before any timing
-                with torch.no_grad():
-                    ref, got = impls["chunk"](x).float(), impls["triton"](x).float()
-                err = ((ref - got).norm() / ref.norm()).item()
-                print(f"# {op}: triton vs chunk at T={T}: relative error {err:.2e}")
-            o_bytes = B * T * H * V * x["q"].element_size()
-            n_states = (2 if op == "titans_linear" else 1) * B * H * math.ceil(T / C) * K * V * 4
-            n_states = 0 if deep else n_states  # its backward recomputes, saves no states
-            f_fwd, f_bwd = flops(op, C, K, 2 * K if deep else V)
+                print(f"# {op} at T={T}: {checked(op, impls, x)}")
+            o_bytes = B * T * H * (K if deep else V) * x["q"].element_size()
+            # Chunk states the backward reads: Titans' state and momentum, the deep memory's
+            # two weight matrices (and their momenta) at every chunk start.
+            per = 2 if op == "titans_linear" else 1
+            if deep:
+                per = 4 if deep_options(K, C).has_momentum else 2
+            n_states = per * B * H * math.ceil(T / C) * K * V * 4
+            f_fwd, f_bwd = flops(op, C, K, V)
             for name_impl, fn in impls.items():
                 for backward in (False, True):
                     xs = {n: t.detach().requires_grad_(backward) for n, t in x.items()}
-                    do = torch.randn_like(xs["v"]) if backward else None  # [B, T, H, V]
+                    do = torch.randn_like(xs["q"] if deep else xs["v"]) if backward else None
 
                     def step(fn=fn, xs=xs, do=do, backward=backward):
                         if not backward:
@@ -277,7 +319,10 @@ def compile_only(args) -> None:
     elt = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[args.dtype]
     cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     print(f"# sm_{args.arch}, K=V={K}, chunk tile {args.chunk}, {args.dtype}, dot={args.dot}")
-    for module in (delta_rule, linear_attention, titans_linear):
+    wanted = {"gated_delta_rule": delta_rule, "delta_rule": delta_rule,
+              "linear_attention": linear_attention, "titans_linear": titans_linear}  # fmt: skip
+    modules = dict.fromkeys(wanted[op] for op in args.ops if op in wanted)  # --ops picks
+    for module in modules:
         for kernel in (module._fwd_kernel, module._bwd_kernel):
             names = kernel.arg_names
             prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
@@ -308,28 +353,38 @@ def compile_only(args) -> None:
             print(f"{module.__name__.split('.')[-2]}.{kernel.fn.__name__} {tiles}, BV={BV}: "
                   f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, "
                   f"{usage}", flush=True)  # fmt: skip
-    # The deep memory's forward (its backward is torch's): every switch on, tiles as run.
+    # The deep memory's fused forward and backward: every switch on, tiles as run.
+    if "deep_memory" not in args.ops:
+        return
+    from nestdsl.kernels.deep_memory import triton_backward
+
     d, C = args.deep_dim, min(args.deep_chunk, deep_memory.MAX_CHUNK)
-    kernel = deep_memory._fwd_kernel
-    BT, BD, BH = ts.block(C), ts.block(d), ts.block(2 * d)
+    h = args.deep_expansion * d
+    BT, BD, BH = ts.block(C), ts.block(d), ts.block(h)
     prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
-    consts = {"H": 4, "D": d, "HD": 2 * d, "C": C, "BT": BT, "BD": BD, "BH": BH, "ACT": 0,
-              "MOM": True, "DGD": True, "READ": 1, "USE_S0": True, "PREC": prec}  # fmt: skip
-    seq = {"q", "k", "v", "theta", "eta", "alpha", "o"}  # in the input dtype; rest fp32
-    sig = {n: scalars.get(n, f"*{elt}" if n in seq else "*fp32") for n in kernel.arg_names}
-    sig.update({n: "constexpr" for n in consts})
-    t0 = time.perf_counter()
-    compiled = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", args.arch, 32),
-                              options={"num_warps": deep_memory.num_warps(BH, BD)})  # fmt: skip
-    usage = ""
-    if cuobjdump.exists():
-        cubin = pathlib.Path(tempfile.mkdtemp()) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
-                             capture_output=True, text=True).stdout  # fmt: skip
-        usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
-    print(f"deep_memory._fwd_kernel d={d} h={2 * d} BT={BT} (dgd_momentum): "
-          f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, {usage}")
+    common = {"H": 4, "D": d, "HD": h, "C": C, "BT": BT, "BD": BD, "BH": BH, "ACT": 0,
+              "MOM": True, "DGD": True, "PROX": True, "READ": 1, "PREC": prec}  # fmt: skip
+    seq = {"q", "k", "v", "theta", "eta", "alpha", "o", "do"}  # in the input dtype; rest fp32
+    for kernel, switches in ((deep_memory._fwd_kernel, {"USE_S0": True, "SAVE": True}),
+                             (triton_backward._bwd_kernel,
+                              {"HAS_DO": True, "HAS_DW": True, "HAS_DS": True})):  # fmt: skip
+        consts = {**common, **switches}
+        sig = {n: scalars.get(n, f"*{elt}" if n in seq else "*fp32") for n in kernel.arg_names}
+        sig.update({n: "constexpr" for n in consts})
+        t0 = time.perf_counter()
+        compiled = triton.compile(ASTSource(kernel, sig, consts),
+                                  target=GPUTarget("cuda", args.arch, 32),
+                                  options={"num_warps": deep_memory.num_warps(BH, BD)})  # fmt: skip
+        usage = ""
+        if cuobjdump.exists():
+            cubin = pathlib.Path(tempfile.mkdtemp()) / "kernel.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
+        print(f"deep_memory.{kernel.fn.__name__} d={d} h={h} BT={BT} (dgd_momentum, proximal): "
+              f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, {usage}",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -340,8 +395,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--deep-dim", type=int, default=32, help="deep_memory: d (h = 2d)")
+    parser.add_argument("--deep-dim", type=int, default=64, help="deep_memory: d")
+    parser.add_argument("--deep-expansion", type=int, default=4, help="deep_memory: h = e * d")
     parser.add_argument("--deep-chunk", type=int, default=16, help="deep_memory: chunk size")
+    parser.add_argument("--deep-rule", default="momentum",
+                        choices=("gd", "momentum", "dgd", "dgd_momentum"))  # fmt: skip
+    parser.add_argument("--deep-proximal", action="store_true", help="dgd's proximal step (Hope)")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--dot", default="auto", choices=("auto", "ieee", "tf32"),
                         help="tl.dot precision (auto: ieee for fp32 inputs, tf32 for bf16/fp16)")
@@ -357,7 +416,7 @@ def main() -> None:
         args.T, args.batch = [2048], args.batch or 4
     if args.smoke:
         args.T, args.batch, args.heads, args.head_dim, args.chunk = [40], 1, 2, 16, 16
-        args.deep_dim, args.deep_chunk = 8, 8
+        args.deep_dim, args.deep_expansion, args.deep_chunk = 8, 2, 8
     run(args)
 
 

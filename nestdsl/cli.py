@@ -13,7 +13,7 @@ import sys
 from nestdsl import __version__
 from nestdsl.errors import UserError
 
-COMMANDS = ["validate", "show", "schema", "train", "generate", "viz", "list", "eval", "explore"]
+COMMANDS = ["validate", "show", "schema", "train", "generate", "viz", "list", "eval", "explore", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a value of every spec (before --match-params resizes), repeatable",
     )  # fmt: skip
     parser.add_argument("--eval-every", type=int, metavar="N", help="validation points (steps)")
+    parser.add_argument(
+        "--eval-batches", type=int, default=4, metavar="N",
+        help="validation batches per point (default 4)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", metavar="D", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         tasks=tasks, task_options=parse_task_options(args.task_set, tasks),
         match_params=args.match_params, params=args.params, tolerance=args.param_tolerance,
         batch_size=args.batch_size, seq_len=args.seq_len, data=data,
-        overrides=tuple(args.set), eval_every=args.eval_every, device=args.device,
+        overrides=tuple(args.set), eval_every=args.eval_every, eval_batches=args.eval_batches,
+        device=args.device,
         resume=args.resume, progress=not args.no_progress,
     )  # fmt: skip
     paths = compare(settings, args.out)

@@ -91,6 +91,8 @@ def command_line(settings: dict) -> str:
         parts += ["--set", item]
     if settings["eval_every"]:
         parts += ["--eval-every", str(settings["eval_every"])]
+    if settings["eval_batches"] != 4:
+        parts += ["--eval-batches", str(settings["eval_batches"])]
     parts += ["--device", settings["device"]]
     return shlex.join(parts)
 

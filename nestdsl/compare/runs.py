@@ -100,7 +100,7 @@ def train_config(settings: CompareSettings, seed: int):
     return TrainConfig(
         steps=steps, batch_size=settings.batch_size, seq_len=settings.seq_len, seed=seed,
         device=settings.device, data=settings.data, eval_every=every,
-        eval_batches=4, ckpt_every=max(1, steps // 4), keep_checkpoints=1,
+        eval_batches=settings.eval_batches, ckpt_every=max(1, steps // 4), keep_checkpoints=1,
     )  # fmt: skip
 
 
@@ -198,8 +198,9 @@ def run_all(settings: CompareSettings, out: Path) -> dict:
     done: dict[tuple[str, int], dict] = {}
     actions: dict[str, int] = {}
     try:
-        for entry in entries:
-            for seed in settings.seeds:
+        # Seed by seed, so a comparison stopped early has every spec at its first seeds.
+        for seed in settings.seeds:
+            for entry in entries:
                 folder = run_dir(out, entry, seed)
                 bar.set_description(f"train {entry.label} seed {seed}")
                 action = train_run(settings, entry, seed, folder)

@@ -35,6 +35,7 @@ class CompareSettings:
     data: str | None = None  # corpus file; None: the embedded Shakespeare
     overrides: tuple[str, ...] = ()  # `--set` for every spec, before any resizing
     eval_every: int | None = None  # None: about 10 validation points per run
+    eval_batches: int = 4  # validation batches per point (nestdsl train's --eval-batches)
     device: str = "cpu"
     resume: bool = False
     progress: bool = True
@@ -53,7 +54,7 @@ class CompareSettings:
 
         if len(self.specs) < 1:
             raise UserError("compare: give at least one spec")
-        for name in ("batch_size", "seq_len", "budget"):
+        for name in ("batch_size", "seq_len", "budget", "eval_batches"):
             if getattr(self, name) < 1:
                 raise UserError(
                     f"compare: --{name.replace('_', '-')} must be positive, got {getattr(self, name)}"

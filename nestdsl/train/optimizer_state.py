@@ -5,6 +5,12 @@ stored as `<level>/<parameter index>/<name>` in optimizer.safetensors; hyperpara
 optimizer's class and scalar state go to meta.json under `optimizers.<level>`. Checkpoints of
 earlier versions held one optimizer (meta `optimizer`, tensors `<index>/<name>`) and still load
 into a run with one trained level. Nothing is pickled.
+
+A declared optimizer (nestdsl/optim/declared.py) keeps everything it needs to continue in these
+two places: its memories of the gradients, their written weights and the gradient sums of a
+level with a `period` are state tensors (`exp_avg`, `momentum.W1`, `pending`, ...); its settings,
+`period`, `schedule` and the counters `calls` and `updates` are param-group entries (JSON).
+So a level every k steps with its own schedule resumes exactly, mid-period included.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="default 128")
     parser.add_argument("--tolerance", type=float, default=0.1,
                         help="parameter count within this fraction of the base's (default 0.1)")  # fmt: skip
+    parser.add_argument("--max-candidate-time", dest="max_candidate_s", type=float, metavar="SECONDS",
+                        help="stop and fail a candidate that trains longer (default: with a time "
+                        "budget 3x the base's training time, with a token budget none)")  # fmt: skip
     parser.add_argument("--data", metavar="FILE", help="corpus (default: the embedded Shakespeare)")
     parser.add_argument("--no-pictures", dest="pictures", action="store_false",
                         help="skip pareto.png and the level graphs")  # fmt: skip
@@ -46,6 +49,7 @@ def run(args) -> int:
         bases=list(args.bases), budget=args.budget, strategy=args.strategy, seed=args.seed,
         objective=args.objective, steps=args.steps, batch_size=args.batch_size,
         seq_len=args.seq_len, tolerance=args.tolerance, data=args.data,
+        max_candidate_s=args.max_candidate_s,
     )  # fmt: skip
     settings.check()
     search = Search(args.out, settings, resume=args.resume, say=lambda m: print(m, file=sys.stderr))

@@ -18,7 +18,10 @@ trained at its own size and the leaderboard says it is unmatched.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from nestdsl.errors import SpecError, UserError
@@ -46,13 +49,15 @@ def match_overrides(path: str | Path, target: int, tolerance: float) -> tuple[li
 
 
 def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *,
-                    steps: int, schedule_steps: int | None = None, resume: bool = False) -> dict:  # fmt: skip
+                    steps: int, schedule_steps: int | None = None, resume: bool = False,
+                    time_limit: float | None = None) -> dict:  # fmt: skip
     """Train the spec at `path` to `steps` (continuing `run_dir` when `resume`) and score it.
 
     Returns {score, bpb|recall, tokens_per_s, train_s, steps} or {error} when training fails
-    (a loss that is not finite, a model the runtime cannot run): a failed candidate ranks last.
+    (a loss that is not finite, a model the runtime cannot run, training past `time_limit`
+    seconds): a failed candidate ranks last.
     """
-    from nestdsl.train import TrainConfig, spec_source, train
+    from nestdsl.train import TrainConfig, TrainingInterrupted, spec_source, train
 
     if settings.objective == "recall":
         return _recall(path, settings, steps)
@@ -63,14 +68,27 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
         eval_every=steps, eval_batches=2, ckpt_every=steps, keep_checkpoints=1,
         log_every=max(1, min(10, steps)), data=settings.data, schedule_steps=schedule_steps,
     )  # fmt: skip
+    fired = threading.Event()
+    timer = None
+    if time_limit:  # Ctrl-C's path: the loop checkpoints and stops at the next step boundary
+        timer = threading.Timer(time_limit, lambda: (fired.set(), os.kill(os.getpid(), signal.SIGINT)))
+        timer.daemon = True
+        timer.start()
     try:
         source = spec_source(str(path), overrides)
         train(source, config, run_dir, resume=resume and run_dir.exists(), progress=False)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        if not fired.is_set():
+            raise KeyboardInterrupt from None  # the user's Ctrl-C stops the search
+        return {"error": f"over the time limit ({time_limit:.0f} s per candidate)", "steps": steps}
     except (UserError, SpecError) as err:
         return {"error": str(err).splitlines()[0][:240], "steps": steps}
     except Exception as err:  # noqa: BLE001 - a candidate that crashes fails, not the search
         first = (str(err).splitlines() or [""])[0][:200]
         return {"error": f"crash {type(err).__name__}: {first}", "steps": steps}
+    finally:
+        if timer is not None:
+            timer.cancel()
     from nestdsl.eval.bpb import run_bpb
 
     scored = run_bpb(str(run_dir), max_bytes=settings.score_bytes, progress=False)

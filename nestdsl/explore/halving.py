@@ -54,7 +54,7 @@ def run_halving(search) -> None:
             search.say(f"{record['id']}: rung {rung}, training on to {target} steps")
             outcome = train_and_score(search.out / record["file"], search.out / record["run"], s,
                                       record["overrides"], steps=target, schedule_steps=schedule,
-                                      resume=True)  # fmt: skip
+                                      resume=True, time_limit=_scaled(search.time_limit(), target - record["steps"], s.steps))  # fmt: skip
             record["tokens"] += (target - record["steps"]) * s.tokens_per_step
             record.update(outcome, rung=rung)
             record["scores"][str(rung)] = outcome.get("score")
@@ -62,6 +62,11 @@ def run_halving(search) -> None:
         pool = keep
     if state.finished is None:
         state.finished = f"{s.rungs} rungs done"
+
+
+def _scaled(limit: float | None, steps: int, per: int) -> float | None:
+    """The per-candidate limit for `steps` more steps (the limit is set for `per` steps)."""
+    return None if limit is None else limit * steps / per
 
 
 def _better(objective: str, score: float, cid: str):

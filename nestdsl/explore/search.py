@@ -57,6 +57,9 @@ class Settings:
     rungs: int = 3
     score_bytes: int = 1 << 15
     data: str | None = None
+    # Seconds one candidate may train. None: with a time budget, 3 x the slowest base's wall
+    # time (a mutant that runs token by token must not eat the budget); with tokens, no limit.
+    max_candidate_s: float | None = None
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -68,6 +71,8 @@ class Settings:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.eta < 2:
             raise UserError(f"halving keeps 1/eta per rung: eta must be at least 2, got {self.eta}")
+        if self.max_candidate_s is not None and self.max_candidate_s <= 0:
+            raise UserError(f"--max-candidate-time must be positive, got {self.max_candidate_s}")
         if not 0 <= self.tolerance < 1:
             raise UserError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         parse_budget(self.budget)
@@ -210,7 +215,8 @@ class Search:
         return None
 
     def _parent(self, rng: random.Random) -> dict:
-        bases = [self._record_doc(c) for c in self.state.candidates if c["parent"] is None]
+        bases = [{"id": f"c{i:04d}", "base": b["name"], "mutations": [], "doc": b["doc"]}
+                 for i, b in enumerate(self.bases)]  # fmt: skip
         if self.settings.strategy != "evolution":
             return bases[rng.randrange(len(bases))]
         scored = [c for c in self.state.candidates if c.get("score") is not None]
@@ -256,8 +262,9 @@ class Search:
                       params=count_params(path, overrides) if overrides else params)  # fmt: skip
         self.say(f"{cid}: {', '.join(proposal['mutations']) or proposal['base'] + ' (base)'}")
         wall = time.perf_counter()
+        limit = self.time_limit() if proposal["parent"] is not None else None
         outcome = train_and_score(path, self.out / record["run"], self.settings, overrides,
-                                  steps=steps, schedule_steps=schedule_steps)  # fmt: skip
+                                  steps=steps, schedule_steps=schedule_steps, time_limit=limit)  # fmt: skip
         record.update(outcome)
         record["tokens"] = steps * self.settings.tokens_per_step
         record["wall_s"] = round(time.perf_counter() - wall, 1)  # training and scoring
@@ -265,6 +272,15 @@ class Search:
         self.say(f"{cid}: " + (f"score {outcome['score']:.4f}" if "score" in outcome else
                                f"failed: {outcome.get('error')}"))  # fmt: skip
         return record
+
+    def time_limit(self) -> float | None:
+        """Seconds a mutant may train (see Settings.max_candidate_s)."""
+        if self.settings.max_candidate_s is not None:
+            return self.settings.max_candidate_s
+        if parse_budget(self.settings.budget)[0] != "seconds":
+            return None
+        walls = [c.get("train_s") or 0 for c in self.state.candidates if c["parent"] is None]
+        return 3 * max(walls) if walls and max(walls) > 0 else None
 
     def _base_params(self, base_name: str) -> int:
         for c in self.state.candidates:

@@ -24,9 +24,7 @@ def pick_kernels(plan: Plan) -> Plan:
         for m in layer.memories.values():
             m.kernel, m.why = choose(m, _orders(layer, m))
             if m.kernel == "deep_memory":
-                reason = triton_fallback(m)
-                m.why += ("; triton: fused kernel" if reason is None
-                          else f"; triton runs the torch chunk form: {reason}")  # fmt: skip
+                m.why += "; " + triton_verdict(m)
             if m.options.normalize and m.kernel != "linear_attention":
                 errors.append(Diagnostic(
                     "not-lowered", f"`normalize` on `{m.decl}` is linear attention's normalizer: "
@@ -72,12 +70,27 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
     return "deep_memory", "general chunk-parallel memory update"
 
 
-# The fused deep-memory kernel's limits (kernels/deep_memory/triton.py: MAX_CHUNK,
-# TILE_BUDGET, triton_support.MAX_HEAD_DIM), repeated here so that validating a spec never
-# imports torch or triton.
+# The fused deep-memory kernels' limits (kernels/deep_memory/triton.py: MAX_CHUNK,
+# TILE_BUDGET; triton_backward.py: TILE_BUDGET; triton_support.MAX_HEAD_DIM), repeated here so
+# that validating a spec never imports torch or triton.
 TRITON_MAX_CHUNK = 64
 TRITON_TILE_BUDGET = 128 * 128
+TRITON_BACKWARD_TILE_BUDGET = 64 * 128
 TRITON_MAX_HEAD_DIM = 256
+
+
+def triton_verdict(m: MemoryPlan) -> str:
+    """What a CUDA device runs for deep memory ``m``: both fused kernels, the fused forward
+    with the chunk form's backward, or the chunk form, with the reason."""
+    reason = triton_fallback(m)
+    if reason is not None:
+        return f"triton runs the torch chunk form: {reason}"
+    o, st = m.options, m.memory.structure
+    hidden = getattr(st, "expansion", 1) * o.key_dim
+    if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
+        return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
+                f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")
+    return "triton: fused forward and backward"
 
 
 def _pow2(n: int) -> int:

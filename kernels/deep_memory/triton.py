@@ -312,6 +312,12 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
     return ts.fallback_reason(dtype, st.d_in, st.hidden)
 
 
+def _backward_fused(options: DeepMemoryOptions) -> bool:
+    from . import triton_backward
+
+    return triton_backward.unfused(options) is None
+
+
 class _DeepMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, options, read, q, k, v, theta, eta, alpha, w1, w2, s1, s2):
@@ -329,7 +335,7 @@ class _DeepMemory(torch.autograd.Function):
         # The state at every chunk start, [B, H, N, out, in] (and the momentum's), for the
         # backward kernel; not written when nothing needs a gradient.
         N = -(-T // C)
-        save = any(ctx.needs_input_grad[2:])
+        save = any(ctx.needs_input_grad[2:]) and _backward_fused(options)
         shapes = [(B, H, N, *w.shape[-2:]) for w in (w1, w2)] if save else []
         starts = [torch.empty(sh, dtype=f32, device=dev) for sh in shapes * (2 if mom else 1)]
         slots = starts if mom else starts * 2
@@ -357,17 +363,19 @@ class _DeepMemory(torch.autograd.Function):
         if not any(needs) or all(u is None for u in ups):
             return (None,) * (2 + len(saved))
         create = torch.is_grad_enabled()
-        if not create:
+        from . import triton_backward as fused
+
+        if not create and fused.unfused(ctx.options) is None:
             # The fused kernel (triton_backward.py): a reverse chunk walk from the saved
             # chunk-start states, every chunk's forward recomputed on chip.
-            from .triton_backward import backward
-
-            seq, w0, s0 = backward(ctx.options, ctx.read, list(saved), list(starts), list(ups))
+            seq, w0, s0 = fused.backward(ctx.options, ctx.read, list(saved), list(starts),
+                                         list(ups))  # fmt: skip
             got = [*seq, *w0, *(s0 if s0 is not None else (None, None))]
             return None, None, *(None if g is None or not need else g.to(x.dtype)
                                  for g, x, need in zip(got, saved, needs, strict=True))  # fmt: skip
         # Under create_graph (second-order training: grad mode is on here) the fused kernel's
-        # gradients would not be differentiable again, so the chunk form is recomputed (float32)
+        # gradients would not be differentiable again, and memories over the backward kernel's
+        # tile budget would not fit its shared memory: the chunk form is recomputed (float32)
         # from the saved inputs and differentiated: exact, second-order terms of the write pass
         # included. The recomputation hangs off the inputs' own graph (one view per argument,
         # so an input passed twice gets each slot's part), and the gradients are

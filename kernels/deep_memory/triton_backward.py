@@ -34,6 +34,22 @@ from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
 from .triton import _act, _act_grad, _dual, _entry, _prev, _proximal, _row, _segments, _steps
 
+# Largest weight tile [block(h), block(d)] the backward kernel takes. Offline ptxas for sm_90
+# (bench_triton.py --compile-only, bf16 inputs, chunk tile 16, every switch on) put its shared
+# memory at 20 / 60 / 104 / 198 / 374 KB for tiles of 512 / 2048 / 4096 / 8192 / 16384
+# elements; an sm_90 block may use 227 KB. Larger memories (the Titans-sized d = 64, h = 256)
+# take the chunk form's backward after the fused forward.
+TILE_BUDGET = 64 * 128
+
+
+def unfused(options) -> str | None:
+    """Why the backward kernel does not run a memory the forward kernel covers, or None."""
+    st = options.structure
+    if ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET:
+        return (f"weight tile {st.hidden} x {st.d_in} over the backward's {TILE_BUDGET} "
+                "elements (shared memory)")  # fmt: skip
+    return None
+
 
 @triton.jit
 def _act_grad2(z, ACT: tl.constexpr):
@@ -217,8 +233,8 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         dX2, dA2, dwe2, dswe2, dbe2, dde2, dsbe2 = _end_bwd(GW2, GS2, W2, S2, A2, X2, we2, swe2,
                                                             MOM, PREC)  # fmt: skip
         at_last = idx[:, None] == last  # [BT, 1] row `last`
-        dw1 = tl.where(at_last, dwe1[None, :], 0.0)  # [BT, BT]
-        dw2 = tl.where(at_last, dwe2[None, :], 0.0)
+        dwc1 = tl.where(at_last, dwe1[None, :], 0.0)  # [BT, BT]
+        dwc2 = tl.where(at_last, dwe2[None, :], 0.0)
         dsw1 = tl.where(at_last, dswe1[None, :], 0.0)
         dsw2 = tl.where(at_last, dswe2[None, :], 0.0)
         db = tl.where(idx == last, dbe1 + dbe2, 0.0)  # [BT]
@@ -273,8 +289,8 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
             dX1 += gX1
             dK += gA1
             if READ == 0:
-                dw1 += gw1
-                dw2 += gw
+                dwc1 += gw1
+                dwc2 += gw
                 db += gb + gb1
                 dd += gd + gd1
             else:
@@ -321,13 +337,13 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         # 2. coefficients: undo the row shifts, then w = -theta (.) Mw, sw = -theta (.) Pe.
         db += tl.sum(tl.trans(shift) * dbp[None, :], axis=1)  # db[t] += dbp[t + 1]
         dd += tl.sum(tl.trans(shift) * ddp[None, :], axis=1)
-        dw1 += tl.dot(tl.trans(shift), dwp1, input_precision="ieee")
-        dw2 += tl.dot(tl.trans(shift), dwp2, input_precision="ieee")
-        dw1 = tl.where(lower, dw1, 0.0)
-        dw2 = tl.where(lower, dw2, 0.0)
-        dMw = -th1[None, :] * dw1 - th2[None, :] * dw2  # [BT, BT]
-        dth1 = -tl.sum(dw1 * Mw, axis=0)  # [BT]
-        dth2 = -tl.sum(dw2 * Mw, axis=0)
+        dwc1 += tl.dot(tl.trans(shift), dwp1, input_precision="ieee")
+        dwc2 += tl.dot(tl.trans(shift), dwp2, input_precision="ieee")
+        dwc1 = tl.where(lower, dwc1, 0.0)
+        dwc2 = tl.where(lower, dwc2, 0.0)
+        dMw = -th1[None, :] * dwc1 - th2[None, :] * dwc2  # [BT, BT]
+        dth1 = -tl.sum(dwc1 * Mw, axis=0)  # [BT]
+        dth2 = -tl.sum(dwc2 * Mw, axis=0)
         if MOM:
             dPe = -th1[None, :] * dsw1 - th2[None, :] * dsw2
             dth1 -= tl.sum(dsw1 * Pe, axis=0)

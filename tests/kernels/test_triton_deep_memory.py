@@ -429,16 +429,36 @@ def test_pick_kernels_names_the_kernels_own_verdict(spec):
     from ..compiler.helpers import load_small
 
     tr = load("deep_memory.triton")
+    bwd = load("deep_memory.triton_backward")
     model = nestdsl.compile(load_small(spec))
     memories = [m for m in model.modules() if isinstance(m, DeepMemory)
                 and m.plan.kernel == "deep_memory"]  # fmt: skip
     assert memories
     for m in memories:
-        kernel_says = tr.unsupported(m.options, torch.float32)
-        fused = m.plan.why.endswith("triton: fused kernel")
-        assert fused == (kernel_says is None), (m.plan.name, m.plan.why, kernel_says)
-        if not fused:
-            assert "triton runs the torch chunk form: " in m.plan.why
+        forward_says, backward_says = tr.unsupported(m.options, torch.float32), bwd.unfused(m.options)
+        if forward_says is not None:
+            assert "triton runs the torch chunk form: " in m.plan.why, m.plan.why
+        elif backward_says is not None:
+            assert "triton: fused forward, chunk-form backward" in m.plan.why, m.plan.why
+        else:
+            assert m.plan.why.endswith("triton: fused forward and backward"), m.plan.why
     if spec == "hope":
         assert all(m.options.dgd_step == "proximal" for m in memories)
-        assert all(m.plan.why.endswith("triton: fused kernel") for m in memories)
+        assert all(m.plan.why.endswith("triton: fused forward and backward") for m in memories)
+
+
+def test_backward_over_its_tile_budget_recomputes_the_chunk_form(monkeypatch):
+    """A memory the forward kernel covers but whose weight tile is over the backward kernel's
+    budget (shared memory on a GPU) gets the chunk form's backward: exact gradients, and the
+    backward kernel never runs. The budget is lowered here to reach it at test sizes."""
+    tr = load("deep_memory.triton")
+    bwd = load("deep_memory.triton_backward")
+    monkeypatch.setattr(bwd, "TILE_BUDGET", 16 * 16 - 1)  # this memory: 16 x 16
+    monkeypatch.setattr(bwd, "backward", lambda *a: pytest.fail("the backward kernel ran"))
+    options = DeepMemoryOptions(MLP, rule="dgd", dgd_step="proximal", chunk_size=4)
+    assert bwd.unfused(options) is not None and tr.unsupported(options, torch.float32) is None
+    x = _inputs(MLP, 6, momentum=False, seed=9)
+    got = _run(tr.deep_memory_triton, x, options, "read_then_write", torch.float32)
+    ref = _run(deep_memory_naive, x, options, "read_then_write", torch.float64)
+    for name, a in ref.items():
+        assert_close(f"{name} (vs loop)", a.float(), got[name], TOL)

@@ -12,8 +12,10 @@ form on the same GPU (``chunk``) and, where ``fla`` (flash-linear-attention) is 
 no public kernel). Batch x heads fills the chip: ``B = ceil(2 * SMs / H)`` unless ``--batch``.
 ``deep_memory`` is a Titans-sized LMM: a 2-layer residual gelu MLP memory ``d -> e*d -> d`` per
 head (``d = --deep-dim`` 64, ``e = --deep-expansion`` 4), l2 objective, ``--deep-rule``
-(momentum, Titans; ``dgd --deep-proximal`` is Hope's memory), chunks of ``--deep-chunk`` (16);
-forward and backward are both fused kernels (triton.py, triton_backward.py; README §8).
+(momentum, Titans; ``dgd --deep-proximal`` at ``--deep-dim 32 --deep-expansion 2`` is Hope's
+memory), chunks of ``--deep-chunk`` (16). The forward is the fused kernel (triton.py); the
+backward is fused (triton_backward.py) up to a 64 x 128 weight tile and the chunk form's above
+it, so at the default Titans size it is the chunk form's (README §8).
 
 Columns: ``ms``; ``Mtok/s`` = B * T / time; ``GB/s`` = the compulsory bytes (every input,
 output, upstream gradient and input gradient once, plus our saved chunk states written and read

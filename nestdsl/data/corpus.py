@@ -62,6 +62,16 @@ def resolve_corpus(name_or_path: str | Path | None) -> tuple[Path, str]:
     )
 
 
+def corpus_argument(name_or_path: str) -> str:
+    """How a run records a corpus argument: an embedded name stays a name (when no file of that
+    name exists), anything else becomes an absolute path, so a resumed run finds the same file
+    from any working directory."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path in EMBEDDED and not path.exists():
+        return name_or_path
+    return str(path.resolve())
+
+
 def corpus_label(name_or_path: str | Path | None) -> str:
     """A short name for a corpus argument: the embedded name, or the file's name without
     `.txt` / `.gz` (for table headings and plot labels)."""

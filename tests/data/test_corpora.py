@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from nestdsl.data.corpus import (
     DEFAULT_CORPUS,
     EMBEDDED,
+    corpus_argument,
     corpus_label,
     load_corpus,
     resolve_corpus,
@@ -88,3 +90,27 @@ def test_labels(tmp_path):
     path = tmp_path / "notes.txt.gz"
     path.write_bytes(gzip.compress(b"x"))
     assert corpus_label(str(path)) == "notes"
+
+
+def test_a_run_records_an_embedded_name_as_a_name_and_a_file_as_an_absolute_path(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert corpus_argument("jargon") == "jargon"
+    Path("notes.txt").write_bytes(b"abc")
+    assert corpus_argument("notes.txt") == str(tmp_path / "notes.txt")
+    Path("jargon").write_bytes(b"mine")  # a file of that name wins here too
+    assert corpus_argument("jargon") == str(tmp_path / "jargon")
+
+
+def test_training_reads_an_embedded_corpus_by_name(tmp_path):
+    from nestdsl.train.config import TrainConfig, spec_source
+    from nestdsl.train.loop import train
+
+    small = ["dims.d_model=16", "dims.n_heads=2", "dims.d_head=8", "dims.n_layers=1"]
+    config = TrainConfig(steps=1, batch_size=2, seq_len=16, eval_every=1, eval_batches=1,
+                         data="jargon", device="cpu")  # fmt: skip
+    result = train(spec_source("transformer", small), config, tmp_path / "run", progress=False)
+    assert result is not None
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert data["name"] == "jargon" and data["bytes"] == EXPECTED["jargon"][0]

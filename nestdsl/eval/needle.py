@@ -174,13 +174,13 @@ def score_cells(model, text: bytes, settings: NeedleSettings, device, progress: 
     return out
 
 
-def by_length(cells: list[dict], lengths) -> dict[str, float]:
-    """Mean accuracy over kinds and depths at each length multiple, keyed `"1x"`, `"2x"`, ..."""
-    return {
-        f"{m}x": round(sum(c["accuracy"] for c in cells if c["multiple"] == m)
-                       / max(1, sum(1 for c in cells if c["multiple"] == m)), 6)
-        for m in lengths
-    }  # fmt: skip
+def by_length(cells: list[dict], lengths, key: str = "accuracy") -> dict[str, float]:
+    """Mean `key` over kinds and depths at each length multiple, keyed `"1x"`, `"2x"`, ..."""
+    out = {}
+    for m in lengths:
+        values = [c[key] for c in cells if c["multiple"] == m]
+        out[f"{m}x"] = round(sum(values) / max(1, len(values)), 6)
+    return out
 
 
 def run_needle(
@@ -206,6 +206,7 @@ def run_needle(
         "settings": {**asdict(settings), "overrides": list(overrides), "device": str(device)},
         "training": training,
         "accuracy_by_length": by_length(cells, settings.lengths),
+        "byte_accuracy_by_length": by_length(cells, settings.lengths, "byte_accuracy"),
         "cells": cells,
     }
 
@@ -286,6 +287,8 @@ def summary(result: dict) -> str:
         row = "".join(f"{sum(value[d, m]) / len(value[d, m]):>8.3f}" for m in s["lengths"])
         lines.append(f"{d:>5g} {row}")
     lines.append("all   " + "".join(f"{v:>8.3f}" for v in result["accuracy_by_length"].values()))
+    bytes_right = result["byte_accuracy_by_length"].values()
+    lines.append("bytes " + "".join(f"{v:>8.3f}" for v in bytes_right) + "  (answer bytes right)")
     if "heatmap" in result:
         lines.append(f"heat map: {result['heatmap']}")
     return "\n".join(lines)

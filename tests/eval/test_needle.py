@@ -22,7 +22,7 @@ from nestdsl.eval.haystack import (
     row_tensors,
 )
 from nestdsl.eval.mqar import IGNORE
-from nestdsl.eval.needle import NeedleSettings
+from nestdsl.eval.needle import NeedleSettings, by_length
 
 # Words of five bytes with a space after each: word starts are exactly the multiples of 5.
 WORDS = b"abcd " * 2000
@@ -118,6 +118,16 @@ def test_answer_scores_by_hand():
     assert fraction.tolist() == pytest.approx([1.0, 2 / 3])
 
 
+def test_accuracy_by_length_averages_kinds_and_depths():
+    cells = [
+        {"multiple": 1, "accuracy": 1.0, "byte_accuracy": 1.0},
+        {"multiple": 1, "accuracy": 0.5, "byte_accuracy": 0.75},
+        {"multiple": 2, "accuracy": 0.0, "byte_accuracy": 0.2},
+    ]
+    assert by_length(cells, (1, 2)) == {"1x": 0.75, "2x": 0.0}
+    assert by_length(cells, (1, 2), "byte_accuracy") == {"1x": 0.875, "2x": 0.2}
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -143,7 +153,9 @@ def test_needle_end_to_end(tmp_path, monkeypatch, capsys):
     cells = {(c["kind"], c["depth"], c["length"]) for c in result["cells"]}
     assert cells == {(k, d, n) for k in ("passkey", "uuid") for d in (0, 1) for n in (120, 240)}
     assert all(0 <= c["accuracy"] <= c["byte_accuracy"] <= 1 for c in result["cells"])
-    assert set(result["accuracy_by_length"]) == {"1x", "2x"}
+    assert (
+        set(result["accuracy_by_length"]) == set(result["byte_accuracy_by_length"]) == {"1x", "2x"}
+    )
     assert result["settings"]["steps"] == 2 and result["training"]["parameters"] > 0
     png = tmp_path / "runs/eval/transformer-needle.png"
     assert png.read_bytes()[:4] == b"\x89PNG"

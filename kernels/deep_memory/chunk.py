@@ -85,23 +85,33 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         x = F.pad(x, (0, 0, 0, pad), value=fill)  # [B, N*C, H]
         return x.transpose(1, 2).reshape(B, H, N, C)  # [B, H, N, C]
 
-    qc = chunked(q)
+    # Every chunked tensor is split into its chunks once (`unbind`): indexing chunk n of the
+    # whole tensor inside the loop would make autograd build a zero tensor of the whole size
+    # for every chunk's gradient, O(N^2) work in backward (issue 13: titans-lmm lost 57% of
+    # its speed from T=512 to 2048); the backward of `unbind` is one `stack`.
+    qc = chunked(q).unbind(2)  # N x [B, H, C, D]
     # A per-token Huber threshold [B, T, H] is chunked like the gates (padding never writes).
     dc = chunked_gate(delta, 1.0) if delta is not None else None
     gates = chunked_gate(theta, 0.0), chunked_gate(eta, 1.0), chunked_gate(alpha, 0.0)
+    gate_chunks = [g.unbind(2) for g in gates]  # 3 x N x [B, H, C]
+    d_chunks = None if dc is None else dc.unbind(2)  # N x [B, H, C]
     # The tokens each chunk learns from: its own, plus the window - 1 before it (window.py).
     pre = window - 1
     if pre == 0 and gamma is None:
-        kc, vc = chunked(k), chunked(v)
+        kc, vc = chunked(k).unbind(2), chunked(v).unbind(2)
 
         def written(n: int):
-            return kc[:, :, n], vc[:, :, n], None
+            return kc[n], vc[n], None
     else:
         ke, ve, ge = (F.pad(x.transpose(1, 2), (0, 0, 0, pad) if x.dim() == 4 else (0, pad))
                       for x in extend(k, v, gamma, window, window_prefix))  # fmt: skip
 
+        # Chunk n learns from tokens n C - pre .. n C + C - 1: overlapping windows (`unfold`).
+        ke, ve = (x.unfold(2, C + pre, C).transpose(-1, -2).unbind(2) for x in (ke, ve))
+        ge = ge.unfold(2, C + pre, C).unbind(2)
+
         def written(n: int):  # [B, H, C + pre, D] x 2, [B, H, C + pre]
-            return tuple(x[:, :, n * C : n * C + C + pre] for x in (ke, ve, ge))
+            return ke[n], ve[n], ge[n]
     mix = band(C, window, q) if pre else None
     segments = o.segments()
     # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon, dgd's
@@ -109,7 +119,7 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
     coef_all = None
     if rule != "muon" and o.dgd_step != "proximal" and len(segments) == 1:
         coef_all = chunk_coefficients(*gates, rule)
-        coef_all = coef_all.windowed(mix) if pre else coef_all
+        coef_all = (coef_all.windowed(mix) if pre else coef_all).chunks()
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [visible_weights(s, o.retention, o.q_norm, o.kl_scale) for s in states]
@@ -122,9 +132,9 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         for s, e in segments:  # one span, or the lag token and the rest (Memora)
             span = slice(s, e)
             row = min(max(real - s, 0), e - s)  # the span's last real token
-            q_s = qc[:, :, n, span]  # [B, H, e - s, D]
+            q_s = qc[n][:, :, span]  # [B, H, e - s, D]
             k_s, v_s = (k_n, v_n) if (s, e) == (0, C) else (k_n[..., span, :], v_n[..., span, :])
-            gates_s = [g[:, :, n, span] for g in gates]  # 3 x [B, H, e - s]
+            gates_s = [g[n][:, :, span] for g in gate_chunks]  # 3 x [B, H, e - s]
             frozen = visible(state)  # W_{t0}
 
             # 1. write pass at the chunk-start weights: inputs a_l and local errors delta_l.
@@ -132,7 +142,7 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
             local = o.retention_mode == "local"
             b = torch.cumprod(1.0 - gates_s[2], -1)[..., None] if local else None
             y, cache = forward_layers(structure, partial(_scaled, frozen, b), k_s)
-            d_s = o.delta if dc is None else dc[:, :, n, span, None]  # float or [B, H, C, 1]
+            d_s = o.delta if dc is None else d_chunks[n][:, :, span, None]  # float or [B, H, C, 1]
             dy = objective_grad(y, v_s, o.objective, o.p, d_s)
             dy = dy if g_n is None else g_n[..., None] * dy
             errors = layer_errors(structure, frozen, cache, dy, scale=b)
@@ -144,7 +154,7 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                 apply, state_e, mom = _muon_layers(gates_s, state, frozen, mom, inputs, errors,
                                                    read, row, o.ns_steps, o.ns_kind, mix)  # fmt: skip
             else:
-                coef = None if coef_all is None else coef_all.chunk(n)
+                coef = None if coef_all is None else coef_all[n]
                 apply, state_e, mom = _linear_layers(coef, gates_s, o.dgd_step, state, frozen,
                                                      mom, inputs, errors, rule, read, row)  # fmt: skip
             state = state_e

@@ -60,6 +60,15 @@ class ChunkCoefficients:
         s_w = None if self.s_w is None else self.s_w @ band
         return ChunkCoefficients(b=self.b, d=self.d, w=self.w @ band, s_b=self.s_b, s_w=s_w)
 
+    def chunks(self) -> list[ChunkCoefficients]:
+        """The coefficients of every chunk (the chunk dim, the third of [B, H, N, ...], split
+        once: selecting chunk n from the whole tensors in a loop costs O(N) in backward)."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        split = {k: None if t is None else t.unbind(2) for k, t in parts.items()}
+        N = self.b.shape[2]
+        return [ChunkCoefficients(**{k: None if t is None else t[n] for k, t in split.items()})
+                for n in range(N)]  # fmt: skip
+
     def chunk(self, n: int) -> ChunkCoefficients:
         """Coefficients of chunk n (drops the chunk dim, the third of [B, H, N, ...])."""
         parts = {f.name: getattr(self, f.name) for f in fields(self)}

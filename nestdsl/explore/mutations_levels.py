@@ -122,9 +122,8 @@ def move_memory(doc: dict, rng: random.Random) -> str:
     old = memory["level"]
     to = choose(rng, [lv for lv in in_context_levels(doc) if lv != old], "second in-context level")
     memory["level"] = to
-    _retarget_owners(doc, old, old)  # a memory now on its own owner falls back below
-    if memory.get("reset", {}) and isinstance(memory.get("reset"), dict) and memory["reset"].get("level") == to:
-        _unnest(memory)
+    if isinstance(memory.get("reset"), dict) and memory["reset"].get("level") == to:
+        _unnest(memory)  # a level cannot reset its own memory: back to a per-sequence reset
     drop_unused_levels(doc)
     return f"move_memory: `{name}` from `{old}` to `{to}` (every {every(doc, to)})"
 

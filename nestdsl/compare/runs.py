@@ -179,7 +179,7 @@ def check_out_folder(settings: CompareSettings, out: Path) -> None:
         if then != value:
             raise UserError(
                 f"{out} compared with {key} {then!r}, now {value!r}; a resumed comparison "
-                "keeps its settings (only --tasks, --task-set and --device may change)"
+                "keeps its settings (only --seeds, --tasks, --task-set and --device may change)"
             )
 
 

@@ -4,8 +4,8 @@ A comparison trains every spec on the same corpus with the same token budget (st
 (batch x seq_len), the equal-data protocol of the Titans §5 and Nested Learning §7 tables), for
 each seed, then runs the chosen evaluation tasks (`nestdsl.eval.TASKS`) on each. `settings.json`
 in the output folder records the settings that decide the results; `--resume` continues only a
-comparison with the same ones (the tasks, their options, the device and progress bars may
-change).
+comparison with the same ones (the seeds, the tasks, their options, the device and progress
+bars may change).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from nestdsl.errors import UserError
 
 DEFAULT_TASKS = ("bpb",)  # cheap: scores each trained run, trains nothing more
-# Settings that may differ when a comparison is resumed: they change no training run.
-CHANGEABLE_ON_RESUME = ("tasks", "task_options", "device", "progress", "resume")
+# Settings that may differ when a comparison is resumed: they change no training run (each
+# seed's runs are their own folders, so seeds may be added or left out of the report).
+CHANGEABLE_ON_RESUME = ("seeds", "tasks", "task_options", "device", "progress", "resume")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """The memories a declared optimizer keeps per parameter: writes and reads (NL §4, eqs. 33-53).
 
 Each memory is an associative memory whose context flow is the parameter's gradient stream:
-values are the gradient g, keys are `one` (a key-less memory: momentum, NL eqs. 10-13) or g
-itself. A write is one step of the memory's rule on its objective,
+values are the gradient g, keys are `one` (a key-less memory: momentum, NL eqs. 10-13), g
+itself, or `unit_grad`: g over its norm (per row for matrix and MLP memories, whose keys are
+rows; over the whole parameter for elementwise ones). Unit keys make what a matrix or MLP
+memory reads scale like the values (the gradient), not like a power of the gradient's size: NL's
+delta rules assume normalized keys too. A write is one step of the memory's rule on its objective,
 
     m <- retention * m - lr * ∇L(m)                         (gd)
     m <- retention * m - erase <m, ĝ> ĝ - lr * ∇L(m)       (dgd, ĝ = g / sqrt(||g||² + eps²))
@@ -15,8 +18,10 @@ with ∇L taken at the state before the retention factor (global retention, as T
 and the structure decides what `m(k)` is:
 
     elementwise   m ⊙ k, a state shaped like the parameter; read: the state itself
-    matrix        P k for every row k of the gradient (its last axis), P [d, d]; read: P g
-    mlp           W2 act(W1 k) on the rows (deep momentum, eq. 50); read: at the gradient g
+    matrix        P k for every row k of the gradient (its last axis), P [d, d]; read: P q
+    mlp           W2 act(W1 k) on the rows (deep momentum, eq. 50); read: at q
+
+where the query q is the current gradient made a key the same way.
 
 The functions here are pure tensor code on one parameter's state; `declared.py` runs them.
 """
@@ -35,6 +40,22 @@ ACTIVATIONS = {
     "gelu": torch.nn.functional.gelu,
     "silu": torch.nn.functional.silu,
 }
+
+
+UNIT_EPS = 1e-8  # k = g / sqrt(||g||² + UNIT_EPS²): a zero gradient (row) gives a zero key
+
+
+def keys_of(memory: GradMemory, grad: torch.Tensor) -> torch.Tensor:
+    """The memory's keys (and queries) from the gradient, as rows [R, d] (matrix, MLP) or
+    shaped like the parameter (elementwise)."""
+    if memory.structure.kind == "elementwise":
+        if memory.keys == "unit_grad":
+            return grad / grad.square().sum().add(UNIT_EPS**2).sqrt()
+        return grad
+    g = rows(grad)  # [R, d]
+    if memory.keys == "unit_grad":
+        return g / g.square().sum(-1, keepdim=True).add(UNIT_EPS**2).sqrt()  # [R, d]
+    return g
 
 
 def rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -95,10 +116,11 @@ def write(
 
 def _write_elementwise(m, memory, grad, retention, lr, erase, eps) -> None:
     one = memory.keys == "one"
+    key = None if one else keys_of(memory, grad)
     if memory.objective == "l2":
         # ∇L = (m ⊙ k - g) ⊙ k at the state before the retention factor.
-        error = m - grad if one else m * grad - grad
-        step = error if one else error * grad
+        error = m - grad if one else m * key - grad
+        step = error if one else error * key
         m.mul_(retention).sub_(step, alpha=lr)
         return
     if isinstance(memory.rule, GradDGD) and erase:
@@ -114,24 +136,24 @@ def _write_elementwise(m, memory, grad, retention, lr, erase, eps) -> None:
     if one:
         m.add_(grad, alpha=lr)
     else:
-        m.addcmul_(grad, grad, value=lr)
+        m.addcmul_(key, grad, value=lr)
 
 
 def _write_matrix(p, memory, grad, retention, lr) -> None:
-    g = rows(grad)  # [R, d]: keys and values are the gradient's rows
+    g, k = rows(grad), keys_of(memory, grad)  # values and keys: the gradient's rows [R, d]
     if memory.objective == "dot":
-        gradient = -(g.T @ g)  # -Σ_r v_r k_r^T  [d, d]
+        gradient = -(g.T @ k)  # -Σ_r v_r k_r^T  [d, d]
     else:
-        gradient = (g @ p.T - g).T @ g  # Σ_r (P k_r - v_r) k_r^T  [d, d]
+        gradient = (k @ p.T - g).T @ k  # Σ_r (P k_r - v_r) k_r^T  [d, d]
     p.mul_(retention).sub_(gradient, alpha=lr)
 
 
 def _write_mlp(name, memory, state, grad, retention, lr) -> None:
     w1, w2 = state[f"{name}.W1"], state[f"{name}.W2"]
-    g = rows(grad)  # [R, d]
+    g, k = rows(grad), keys_of(memory, grad)  # values and keys [R, d]
     with torch.enable_grad():
         a, b = w1.detach().requires_grad_(), w2.detach().requires_grad_()
-        out = _mlp(a, b, g, memory.structure.activation)  # [R, d]
+        out = _mlp(a, b, k, memory.structure.activation)  # [R, d]
         if memory.objective == "dot":
             loss = -(out * g).sum()
         else:
@@ -146,9 +168,9 @@ def read(name: str, memory: GradMemory, state: dict, grad: torch.Tensor) -> torc
     kind = memory.structure.kind
     if kind == "elementwise":
         return state[name].clone()
-    g = rows(grad)  # [R, d]: the query is the current gradient
+    q = keys_of(memory, grad)  # [R, d]: the query is the current gradient, as a key
     if kind == "matrix":
-        out = g @ state[name].T  # [R, d]
+        out = q @ state[name].T  # [R, d]
     else:
-        out = _mlp(state[f"{name}.W1"], state[f"{name}.W2"], g, memory.structure.activation)
+        out = _mlp(state[f"{name}.W1"], state[f"{name}.W2"], q, memory.structure.activation)
     return out.reshape(grad.shape)

@@ -101,8 +101,10 @@ class GradMemory(Node):
     objective: Literal["dot", "l2"] = Field(
         "dot", description="dot: L = -<m(k), g> (momentum); l2: L = 1/2 ||m(k) - g||²"
     )
-    keys: Literal["one", "grad"] = Field(
-        "one", description="one: a key-less memory (momentum); grad: keyed by the gradient"
+    keys: Literal["one", "grad", "unit_grad"] = Field(
+        "one",
+        description="one: a key-less memory (momentum); grad: keyed by the gradient; unit_grad: "
+        "by the gradient over its norm (per row for matrix and mlp memories)",
     )
     rule: GradRule = Field(default_factory=lambda: GradGD(kind="gd"))
     retention: Expr = Field(1.0, description="factor α the state keeps before each write")

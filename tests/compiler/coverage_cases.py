@@ -335,7 +335,7 @@ CASES: dict[str, Case] = {
     **{f"GradMemory.objective={o}": declared(f"{D_M}.objective={o}", before=(f"{D_M}.objective={p}",))
        for o, p in (("dot", "l2"), ("l2", "dot"))},
     **{f"GradMemory.keys={k}": declared(f"{D_M}.keys={k}", before=(f"{D_M}.keys={p}",))
-       for k, p in (("one", "grad"), ("grad", "one"))},
+       for k, p in (("one", "grad"), ("grad", "unit_grad"), ("unit_grad", "one"))},
     "GradMemory.rule": declared(f"{D_M}.rule={{kind: gd, lr: 0.5}}"),
     "GradMemory.retention": declared(f"{D_M}.retention=0.5"),
     "GradMemory.every": declared(f"{D_M}.every=2"),

@@ -116,15 +116,31 @@ def test_dmgd_is_an_mlp_momentum_of_the_gradient_rows():
     for grad, after in zip(grads, got, strict=True):
         # L = -Σ_r <W2 tanh(W1 g_r), g_r>, its gradients row by row, at the state before decay.
         g_w1, g_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        for row in grad:
-            h = torch.tanh(w1 @ row)  # [hidden]
+        for row in grad:  # keys are unit rows, values the raw rows
+            h = torch.tanh(w1 @ unit(row))  # [hidden]
             g_w2 -= torch.outer(row, h)
-            g_w1 -= torch.outer((w2.T @ row) * (1 - h * h), row)
+            g_w1 -= torch.outer((w2.T @ row) * (1 - h * h), unit(row))
         w1, w2 = alpha * w1 - inner * g_w1, alpha * w2 - inner * g_w2
-        update = torch.stack([w2 @ torch.tanh(w1 @ row) for row in grad])
+        update = torch.stack([w2 @ torch.tanh(w1 @ unit(row)) for row in grad])
         theta = theta - lr * update
         torch.testing.assert_close(after, theta, rtol=1e-10, atol=1e-12)
-    assert float((w1 - w1.new_tensor(0)).abs().max()) > 0 and float(w2.abs().max()) > 0
+    assert float(w2.abs().max()) > 0
+
+
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    return vector / math.sqrt(float(vector @ vector) + 1e-16)
+
+
+def test_dmgd_reads_scale_like_the_gradients():
+    """Unit keys: gradients 1000 times smaller give reads 1000 times smaller (not 10^9)."""
+    reads = []
+    for scale in (1.0, 1e-3):
+        param = torch.nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))
+        opt = nestdsl.optimizer("dmgd", [param], lr=1.0)
+        param.grad = grads_for((3, 4), n=1)[0] * scale
+        opt.step()
+        reads.append(param.detach().abs().max())
+    torch.testing.assert_close(reads[1], reads[0] * 1e-3, rtol=1e-9, atol=0.0)
 
 
 # ---------------------------------------------------------------- matrix and l2 memories
@@ -145,26 +161,28 @@ def _yaml(text: str) -> dict:
     return load_yaml(text).data
 
 
+@pytest.mark.parametrize("keys", ["grad", "unit_grad"])
 @pytest.mark.parametrize("objective", ["dot", "l2"])
-def test_a_matrix_preconditioner_learns_from_the_gradient_rows(objective):
+def test_a_matrix_preconditioner_learns_from_the_gradient_rows(objective, keys):
     from nestdsl.optim import build_optimizer
 
     param = start((5, 3))
-    config = declared(f"{{structure: matrix, objective: {objective}, keys: grad}}")
+    config = declared(f"{{structure: matrix, objective: {objective}, keys: {keys}}}")
+    key = unit if keys == "unit_grad" else (lambda row: row)
     grads = grads_for((5, 3), n=5)
     got = run(build_optimizer([param], config), param, grads)
     p, theta = torch.zeros(3, 3, dtype=torch.float64), start((5, 3)).detach()
     for grad, after in zip(grads, got, strict=True):
         gradient = torch.zeros(3, 3, dtype=torch.float64)
-        for row in grad:  # the memory maps key row -> value row; both are the gradient's row
-            error = -row if objective == "dot" else p @ row - row
-            gradient += torch.outer(error, row)
+        for row in grad:  # the memory maps key row -> value row (the gradient's row)
+            error = -row if objective == "dot" else p @ key(row) - row
+            gradient += torch.outer(error, key(row))
         p = 0.7 * p - 0.3 * gradient
-        theta = theta - 0.02 * torch.stack([p @ row for row in grad])
+        theta = theta - 0.02 * torch.stack([p @ key(row) for row in grad])
         torch.testing.assert_close(after, theta, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("keys", ["one", "grad"])
+@pytest.mark.parametrize("keys", ["one", "grad", "unit_grad"])
 def test_an_elementwise_l2_memory_regresses_onto_the_gradient(keys):
     from nestdsl.optim import build_optimizer
 
@@ -174,7 +192,7 @@ def test_an_elementwise_l2_memory_regresses_onto_the_gradient(keys):
     got = run(build_optimizer([param], config), param, grads)
     m, theta = torch.zeros(6, dtype=torch.float64), start((6,)).detach()
     for grad, after in zip(grads, got, strict=True):
-        k = torch.ones(6, dtype=torch.float64) if keys == "one" else grad
+        k = {"one": torch.ones(6, dtype=torch.float64), "grad": grad, "unit_grad": unit(grad)}[keys]
         m = 0.7 * m - 0.3 * (m * k - grad) * k
         theta = theta - 0.02 * m
         torch.testing.assert_close(after, theta, rtol=1e-12, atol=1e-12)

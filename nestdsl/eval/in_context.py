@@ -18,8 +18,10 @@ long-context plots of loss against context position, at byte level):
 
 The subject is a run folder (its latest checkpoint) or a spec, compiled with its seeded initial
 weights (an untrained baseline: its curve is flat unless the memory learns in context by
-construction). The JSON holds the buckets; the plot (bits per byte against bytes read, log x)
-is a PNG beside it.
+construction). The JSON holds the buckets and, for a run, the sequence length it was trained
+at (`trained_length`: a curve that rises past it shows a model that does not generalize to
+longer contexts); the plot (bits per byte against bytes read, log x, the training length
+dashed) is a PNG beside it.
 """
 
 from __future__ import annotations
@@ -137,11 +139,13 @@ def run_in_context(
         model, name, step = run.model, run.spec.name, run.state["step"]
         data = data if data is not None else run.config.data
         val_fraction = run.config.val_fraction
+        trained_length = run.config.seq_len  # where a model that fails past it starts to
     else:
         checked = nestdsl.load(subject, overrides=list(overrides) or None)
         torch.manual_seed(seed)
         model, name, step = nestdsl.compile(checked).to(device), checked.name, 0
         val_fraction = VALIDATION_FRACTION
+        trained_length = None
     if getattr(model, "vocab", 256) != 256:
         raise UserError(
             f"in-context: the model's vocabulary is {model.vocab}, not the 256 bytes this task "
@@ -155,6 +159,7 @@ def run_in_context(
         "spec": name,
         "subject": subject,
         "trained_steps": step,
+        "trained_length": trained_length,
         "protocol": "next-byte loss by position over streams of held-out text fed in pieces "
         "with the state carried (one sequence, never reset); log2-spaced buckets of bytes read",
         "settings": {
@@ -183,7 +188,9 @@ def curve_plot(result: dict):
     s = result["settings"]
     title = (f"{result['spec']} ({result['trained_steps']} steps): {s['streams']} streams of "
              f"{s['length']:,} bytes, pieces of {s['piece']}")  # fmt: skip
-    return curve_figure({result["spec"]: (x, y)}, title, "bytes read", "bits per byte")
+    trained = result.get("trained_length")
+    marks = {f"training length ({trained})": trained} if trained else {}
+    return curve_figure({result["spec"]: (x, y)}, title, "bytes read", "bits per byte", marks)
 
 
 # `nestdsl eval --task in-context` (nestdsl/commands/eval.py reads these three names).

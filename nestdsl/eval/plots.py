@@ -59,9 +59,11 @@ def heatmap_figure(
 
 
 def curve_figure(
-    curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str
-):
-    """Lines `label -> (x, y)` on a log x axis, with markers at the points."""
+    curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
+    marks: dict[str, float] | None = None,
+):  # fmt: skip
+    """Lines `label -> (x, y)` on a log x axis, with markers at the points; `marks` are
+    labelled dashed vertical lines (e.g. the length a model was trained at)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -71,13 +73,15 @@ def curve_figure(
     ax = figure.add_subplot()
     for label, (x, y) in curves.items():
         ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=label)
+    for label, x in (marks or {}).items():
+        ax.axvline(x, color="gray", linestyle="--", linewidth=0.8, label=label)
     ax.set_xscale("log", base=2)
     # Counts of bytes read the way a reader says them (1,024, not 2^10).
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
-    if len(curves) > 1:
+    if len(curves) + len(marks or {}) > 1:
         ax.legend()
     ax.set_title(title)
     figure.tight_layout()

@@ -92,6 +92,7 @@ def test_in_context_of_a_spec_end_to_end(tmp_path, capsys):
     ]  # fmt: skip
     assert sum(b["positions"] for b in result["buckets"]) == 64
     assert result["bytes"] == 128 and result["trained_steps"] == 0
+    assert result["trained_length"] is None  # an untrained spec has no training length
     assert 7.0 < result["bpb"] < 9.0  # an untrained byte model is close to the uniform 8
     offsets = result["settings"]["offsets"]
     assert offsets[0] == 0 and offsets[1] == int(len(TEXT) * 0.05) - 65
@@ -112,6 +113,7 @@ def test_in_context_of_a_trained_run(tmp_path, capsys):
                  "--streams", "1", "--no-progress"]) == 0  # fmt: skip
     result = json.loads((run_dir / "eval" / "in-context.json").read_text())
     assert result["trained_steps"] == 2 and result["settings"]["data"] == str(corpus)
+    assert result["trained_length"] == 16  # the run's --seq-len, dashed on the plot
     assert (run_dir / "eval" / "in-context.png").is_file()
     capsys.readouterr()
     assert main(["eval", str(run_dir), "--task", "in-context", "--set", "dims.d_model=8"]) == 1

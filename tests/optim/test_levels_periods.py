@@ -175,3 +175,22 @@ def test_hope_trains_with_dmgd_from_the_command_line(tmp_path, capsys):
     tensors = _final(tmp_path / "run")
     assert any(k.startswith("pretrain/") and k.endswith("momentum.W2") for k in tensors)
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
+def test_show_lists_each_outer_levels_period_and_optimizer(tmp_path, capsys):
+    spec = tmp_path / "levels.yaml"
+    spec.write_text(SPEC_TEXT.replace("period: 2,", "period: 4,"))
+    assert main(["show", str(spec)]) == 0
+    out = capsys.readouterr().out
+    table = {line.split()[0]: line for line in out.splitlines() if line[:1].isalpha()}
+    assert table["slow"].split()[1:4] == ["4", "steps", "block"]  # every, members
+    assert "feed_forward" in table["slow"] and "fixed" in table["frozen"]
+    rows = out.split("optimizers (")[1].splitlines()[1:]
+    assert rows[0].split()[0] == "fast" and "adamw, lr 0.003; the run's schedule" in rows[0]
+    assert rows[0].endswith("memories: exp_avg (elementwise), exp_avg_sq (elementwise)")
+    assert rows[1].split()[0] == "slow"
+    assert "dmgd, lr 0.001; every 4 steps (sums their gradients); own schedule constant" in rows[1]
+    assert rows[1].endswith("memories: momentum (mlp)")
+    # The faster outer level is listed first in the table too.
+    order = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["fast"], ["slow"])]
+    assert order[:2] == ["fast", "slow"]

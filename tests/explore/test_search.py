@@ -124,3 +124,14 @@ def test_a_candidate_over_its_time_limit_fails_and_the_search_goes_on(tmp_path):
     assert base.get("score") is not None  # bases train without a limit
     assert "over the time limit" in mutant["error"] and mutant.get("score") is None
     assert state.finished == "budget spent"
+
+
+@pytest.mark.slow
+def test_the_recall_objective_ranks_by_accuracy(tmp_path):
+    state = Search(tmp_path / "r", settings("256", objective="recall"), say=quiet).run()
+    for c in state.candidates:
+        assert 0 <= c["recall"] <= 1 and c["score"] == c["recall"], c
+    ranking = json.loads((tmp_path / "r" / "leaderboard.json").read_text())
+    assert ranking["better"] == "higher"
+    scores = [r["score"] for r in ranking["ranking"]]
+    assert scores == sorted(scores, reverse=True)

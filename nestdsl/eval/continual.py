@@ -27,14 +27,17 @@ multi-frequency memories forget less than a Transformer of equal size):
   R and each domain's bpb over the stages (continual_plot.py).
 
 Resumable: after each stage the model, the optimizer, the random state and R so far are
-checkpointed under `--work-dir` (default runs/eval/<spec>-continual/); running the same command
-again continues after the last finished stage (another spec or other settings are refused).
+checkpointed under `--work-dir` (default runs/eval/<spec>-continual-<hash of the spec, settings
+and texts>/); running the same command again continues after the last finished stage (a
+`--work-dir` holding another spec's or other settings' stages is refused).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import sys
 import time
@@ -242,11 +245,14 @@ def run_continual(
     device = torch.device(device)
     domains = load_domains(settings)
     learner, source, levels = build_learner(spec, settings, device, list(overrides))
-    root = (
-        Path(work_dir) if work_dir is not None else Path("runs/eval") / f"{source.name}-continual"
-    )
-    stages_dir = root / "stages"
     identity = _identity(source, settings, domains)
+    if work_dir is None:
+        # One folder per spec and settings, so other seeds or settings (as `nestdsl compare`
+        # runs them) never collide, and the same command finds its own folder to resume.
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+        work_dir = Path("runs/eval") / f"{source.name}-continual-{digest}"
+    root = Path(work_dir)
+    stages_dir = root / "stages"
     done: dict = {"baseline": None, "R": [], "train_loss": [], "seconds": []}
     found = latest_checkpoint(stages_dir) if stages_dir.exists() else None
     if found is not None:
@@ -318,7 +324,14 @@ def run_continual(
     }
 
 
-# `nestdsl eval --task continual` (nestdsl/commands/eval.py reads these three names).
+# `nestdsl eval --task continual` (nestdsl/commands/eval.py reads FLAGS, run_cli, summary;
+# nestdsl compare reads SUBJECT and COMPARE_METRICS).
+SUBJECT = "spec"  # trains from scratch: compare hands it the spec, not its trained run
+COMPARE_METRICS = {
+    "final bpb": ("average_final_bpb", "lower"),
+    "BWT": ("backward_transfer", "higher"),
+    "forgetting": ("average_forgetting", "lower"),
+}
 _NUMBERS = {"steps_per_stage": int, "batch_size": int, "seq_len": int, "lr": float,
             "max_bytes": int, "d_model": int, "heads": int, "layers": int}  # fmt: skip
 FLAGS = {
@@ -329,7 +342,7 @@ FLAGS = {
     },
     "work_dir": {
         "metavar": "DIR",
-        "help": "stage checkpoints and the plot (default runs/eval/<spec>-continual); "
+        "help": "stage checkpoints and the plot (default runs/eval/<spec>-continual-<hash>); "
         "the same command again resumes there",
     },
     **{

@@ -220,3 +220,17 @@ def test_a_run_folder_is_refused(tmp_path, capsys):
     (run / "spec.yaml").write_text("")
     assert main(["eval", str(run), "--task", "continual", "--no-progress"]) == 1
     assert "trains from scratch through the domains" in capsys.readouterr().err
+
+
+def test_the_default_folder_is_one_per_settings_and_is_resumed(texts, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = tiny(texts, steps_per_stage=1)
+    first = run_continual("transformer", settings, progress=False)
+    other_seed = run_continual("transformer", tiny(texts, steps_per_stage=1, seed=1),
+                               progress=False)  # fmt: skip
+    assert first["work_dir"] != other_seed["work_dir"]  # seeds never collide (nestdsl compare)
+    assert first["work_dir"].startswith("runs/eval/transformer-continual-")
+    trained = []
+    again = run_continual("transformer", settings, progress=False,
+                          on_stage=lambda stage, learner: trained.append(stage))  # fmt: skip
+    assert trained == [] and again["R"] == first["R"]  # every stage was found and reused

@@ -26,6 +26,12 @@ DESCRIPTIONS = {
     "lower is better, a uniform guess scores 8",
     "recall": "Zoology MQAR accuracy, trained from scratch at the grid point's size "
     "(`nestdsl eval SPEC --task recall`): higher is better",
+    "needle": "needle-in-a-haystack accuracy at a multiple of the training length, trained "
+    "from scratch (`nestdsl eval SPEC --task needle`): higher is better",
+    "in-context": "the in-context task's bits per byte over long held-out streams, state "
+    "carried (`nestdsl eval RUN --task in-context`): lower is better",
+    "continual": "the continual task over the text domains, trained from scratch "
+    "(`nestdsl eval SPEC --task continual`)",
 }
 
 
@@ -154,6 +160,23 @@ def write_report(outcome: dict, out: Path) -> dict:
     return {"report.md": out / "report.md", "report.json": out / "report.json", **written}
 
 
+def task_figures(outcome: dict, task: str, out: Path) -> list[tuple[str, str]]:
+    """(spec, path relative to `out`) of the figure a task drew beside its result (needle's
+    heat map, in-context's curve, continual's matrix), for each spec at the first seed."""
+    if task in ("bpb", "recall"):
+        return []
+    shown = []
+    for e in outcome["entries"]:
+        result = outcome["results"][e.label, outcome["settings"]["seeds"][0]][task]
+        path = result.get("heatmap") or result.get("plot")
+        if isinstance(path, str) and Path(path).is_file():
+            try:
+                shown.append((e.label, str(Path(path).resolve().relative_to(out.resolve()))))
+            except ValueError:
+                shown.append((e.label, str(path)))
+    return shown
+
+
 def markdown(outcome: dict, columns: list[Column], labels: list[str], written, out) -> str:
     settings, entries = outcome["settings"], outcome["entries"]
     seeds = settings["seeds"]
@@ -201,6 +224,11 @@ def markdown(outcome: dict, columns: list[Column], labels: list[str], written, o
     if "recall" in written:
         lines += ["MQAR recall accuracy by sequence length and pairs (mean over seeds):", "",
                   f"![recall]({written['recall'].name})", ""]  # fmt: skip
+    for task in settings["tasks"]:
+        shown = task_figures(outcome, task, out)
+        if shown:
+            lines += [f"`{task}` at seed {seeds[0]} (the task's own figure, in each run's eval/):",
+                      "", *(f"![{task} {label}]({path})" for label, path in shown), ""]  # fmt: skip
     lines += ["## Settings", "", "```", command_line(settings), "```", "",
               "Run folders (each an ordinary `nestdsl train` run: `nestdsl eval`, `generate` and "
               "`train --resume` work on it; task results in its `eval/`):", ""]  # fmt: skip

@@ -12,9 +12,11 @@ each run folder. Resuming a comparison reuses what is done: a run whose last che
 its final step is not trained again (not even loaded), a run with an earlier checkpoint is
 resumed from it, and a task result is reused when it was computed with the same task options.
 
-Tasks that score a trained model (`bpb`) get the run folder. Tasks that train a fresh model on
-their own data (`recall`) get the spec and the shared `--set` overrides, and train at their own
-protocol's size (recall resizes to its grid's d_model), with the run's seed.
+Tasks that score a trained model (`bpb`, `in-context`) get the run folder. Tasks that train a
+fresh model on their own data (`recall`, `needle`, `continual`) get the spec and the shared
+`--set` overrides, and train at their own protocol's size (recall resizes to its grid's
+d_model, needle and continual to their `--d-model`), with the run's seed. A task that draws a
+figure puts it beside its result (`CompareContext.out`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,21 @@ from tqdm import tqdm
 from nestdsl.compare.match import count_params, match_params
 from nestdsl.compare.settings import CompareSettings
 from nestdsl.errors import UserError
+from nestdsl.eval.subject import EvalContext
 from nestdsl.train.checkpoint import write_file_atomically
 
 # Tasks that train from scratch, so they are given a spec rather than a trained run. A task
 # module may say so itself with `SUBJECT = "spec"` (or "run"); this table covers the rest.
 SPEC_TASKS = {"recall", "needle", "continual"}
 STEP_DIR = re.compile(r"step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class CompareContext(EvalContext):
+    """The eval context plus `out`, the result's path: tasks that draw a figure (needle,
+    in-context) put it beside the result, in the run folder's eval/."""
+
+    out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,6 @@ def run_task(
 ) -> tuple[dict, str]:
     """One task's result for one run (computed, or reused from an earlier pass)."""
     from nestdsl.eval import task_module
-    from nestdsl.eval.subject import EvalContext
     from nestdsl.train.distributed import resolve_device
 
     options = settings.task_options.get(task, {})
@@ -143,10 +153,10 @@ def run_task(
     if earlier is not None and earlier.get("compare_options") == options:
         return earlier, "reused"
     on_spec = task_subject(task) == "spec"
-    context = EvalContext(
+    context = CompareContext(
         device=resolve_device(settings.device),
         overrides=list(settings.overrides) if on_spec else [],
-        seed=seed, progress=settings.progress, run_folder=not on_spec,
+        seed=seed, progress=settings.progress, run_folder=not on_spec, out=str(path),
     )  # fmt: skip
     given = {k: list(v) if isinstance(v, list) else v for k, v in options.items()}
     result = task_module(task).run_cli(entry.spec if on_spec else str(folder), given, context)

@@ -5,7 +5,8 @@ Columns, one per measured quantity, each with its direction:
 * `parameters` (as built; information, no winner) and `tokens/s` (training throughput: tokens
   trained / training seconds from the run's metrics.jsonl, across resumes; higher wins);
 * one per task metric: `bpb` (bits per byte on held-out text, lower wins), `recall L=..,N=..`
-  (MQAR accuracy per grid point, higher wins), and for other tasks the metric their module
+  (MQAR accuracy per grid point, higher wins), `needle 1x`, `needle 2x`, ... (needle accuracy
+  at each multiple of the training length, higher wins), and for other tasks the metric their module
   names in `COMPARE_METRICS` (`{"column": ("result key", "higher" or "lower")}`), else a
   top-level number among the usual names (accuracy, bpb, ...).
 
@@ -79,6 +80,9 @@ def task_metrics(task: str, result: dict) -> dict[str, tuple[float | None, str]]
             )
             for p in result.get("points", [])
         }
+    if task == "needle":
+        lengths = result.get("accuracy_by_length", {})
+        return {f"needle {m}": (_number(v), "higher") for m, v in lengths.items()}
     declared = getattr(task_module(task), "COMPARE_METRICS", None)
     if isinstance(declared, dict):
         return {f"{task} {col}": (_number(result.get(key)), better)

@@ -191,3 +191,23 @@ def test_an_unmatchable_size_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "no d_model gives 50 parameters within 5%; the closest is d_model" in err
+
+
+@slow
+def test_tasks_with_figures_put_them_in_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory's runs/eval
+    needle = {"train_length": 120, "lengths": "1,2", "depths": "0,1", "kinds": "passkey",
+              "steps": 2, "batch_size": 2, "eval_rows": 2, "d_model": 16, "layers": 1}  # fmt: skip
+    in_context = {"length": 64, "piece": 32, "streams": 2}
+    changed = settings(tmp_path, specs=("transformer",), seeds=(0,), data=None, budget=64,
+                       tasks=("needle", "in-context"), match_params=False, params=None,
+                       task_options={"needle": needle, "in-context": in_context})  # fmt: skip
+    out = tmp_path / "report"
+    compare(changed, out)
+    md = (out / "report.md").read_text()
+    for column in ("needle 1x ↑", "needle 2x ↑", "in-context bpb ↓"):
+        assert column in md
+    for figure in ("needle.png", "in-context.png"):
+        assert (out / "runs/transformer/seed-0/eval" / figure).read_bytes()[:4] == b"\x89PNG"
+        assert f"](runs/transformer/seed-0/eval/{figure})" in md
+    assert not (tmp_path / "runs").exists()

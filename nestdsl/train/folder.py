@@ -101,15 +101,8 @@ class RunFolder:
             )
         return tokenizer
 
-    def start(
-        self,
-        source: ModelSource,
-        config: TrainConfig,
-        record: dict,
-        tokenizer: Tokenizer | None = None,
-    ) -> None:
-        """Begin a new run here: refuse a folder with checkpoints, clear old logs, write the spec
-        (and the tokenizer, when it has a file)."""
+    def check_new(self) -> None:
+        """Refuse to start a new run here: a folder with checkpoints, or one that is not a run."""
         if self.has_checkpoints():
             raise UserError(
                 f"{self.root} already holds a run with checkpoints; "
@@ -129,6 +122,17 @@ class RunFolder:
                 )
         elif self.root.exists():
             raise UserError(f"{self.root} exists and is not a folder; choose another --out")
+
+    def start(
+        self,
+        source: ModelSource,
+        config: TrainConfig,
+        record: dict,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        """Begin a new run here: refuse a folder with checkpoints, clear old logs, write the spec
+        (and the tokenizer, when it has a file)."""
+        self.check_new()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in (self.metrics, self.plot):

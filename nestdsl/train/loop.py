@@ -153,6 +153,7 @@ class _Trainer:
 
     def _prepare_folder(self) -> None:
         if not self.resume:  # every rank trains the same tokenizer: training is deterministic
+            self._on_main(self.folder.check_new)  # a refusal need not wait for the training
             self._use_tokenizer(train_tokenizer(self.config.tokenizer, self.split.train))
 
         def prepare() -> None:

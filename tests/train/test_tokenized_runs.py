@@ -178,3 +178,17 @@ def test_a_byte_run_is_unchanged_and_resumes_from_before_tokenizers(tmp_path, ou
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "val"] == [
         0, 2, 4,
     ]  # fmt: skip
+
+
+def test_a_folder_that_is_taken_is_refused_before_the_tokenizer_trains(
+    bpe_run, monkeypatch, capsys
+):
+    import nestdsl.train.loop as loop
+
+    def never(*args):
+        raise AssertionError("the tokenizer trained before the folder was checked")
+
+    monkeypatch.setattr(loop, "train_tokenizer", never)
+    capsys.readouterr()
+    assert main(train_args(bpe_run / "corpus.txt", bpe_run / "four", "--steps", "6")) == 1
+    assert "already holds a run with checkpoints" in capsys.readouterr().err

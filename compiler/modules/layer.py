@@ -98,11 +98,17 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
         if not self.segment:
             return self._piece(x, stream, stream.pos)
-        base, T, outs, start = stream.pos, x.shape[1], [], 0
+        base, T, sizes, start = stream.pos, x.shape[1], [], 0
         while start < T:
             end = min(T, start + self.segment - (base + start) % self.segment)
-            outs.append(self._piece(x[:, start:end], stream, base + start))
+            sizes.append(end - start)
             start = end
+        # One split, not a slice per segment: each slice's backward would build a zero tensor
+        # of the whole span (O(T^2 / segment) in backward); split's backward is one cat.
+        outs, start = [], 0
+        for piece in x.split(sizes, dim=1):  # [B, segment, D] each
+            outs.append(self._piece(piece, stream, base + start))
+            start += piece.shape[1]
         stream.pos = base
         return torch.cat(outs, dim=1)
 

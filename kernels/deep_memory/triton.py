@@ -40,6 +40,7 @@ from ..triton_support import unit_lower_inverse
 from .chunk import deep_memory_chunk
 from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors, check_inputs
 from .structure import ACTIVATIONS
+from .triton_parts import _act, _act_grad, _dual, _entry, _prev, _proximal, _row, _segments, _steps
 
 RULES = ("gd", "momentum", "dgd", "dgd_momentum")  # the rules the kernel covers
 READ_CODES = {"write_then_read": 0, "read_then_write": 1, "chunk_start": 2}
@@ -56,97 +57,6 @@ def num_warps(BH: int, BD: int) -> int:
     per thread with 4 warps at d = 32, h = 64 and 88 B with 8; 16 warps cap the registers at
     128 and spill more (1.8 KB instead of 1.5 KB at d = 64, h = 128). To be re-tuned on a GPU."""
     return 8 if BH * BD >= 64 * 32 else 4
-
-
-@triton.jit
-def _act(z, ACT: tl.constexpr):
-    """The activation s(z), indexed as ``ACTIVATIONS`` (gelu is the exact erf form)."""
-    if ACT == 0:
-        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    elif ACT == 1:
-        return z * tl.sigmoid(z)
-    elif ACT == 2:
-        return tl.maximum(z, 0.0)
-    elif ACT == 3:
-        return 2.0 * tl.sigmoid(2.0 * z) - 1.0  # tanh
-    else:
-        return z
-
-
-@triton.jit
-def _act_grad(z, ACT: tl.constexpr):
-    """s'(z) written out, as structure.activation_grad."""
-    if ACT == 0:
-        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        return cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
-    elif ACT == 1:
-        sig = tl.sigmoid(z)
-        return sig * (1.0 + z * (1.0 - sig))
-    elif ACT == 2:
-        return (z > 0.0).to(tl.float32)
-    elif ACT == 3:
-        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
-        return 1.0 - t * t
-    else:
-        return tl.full(z.shape, 1.0, tl.float32)
-
-
-@triton.jit
-def _segments(r, BT: tl.constexpr):
-    """``P[t, i] = prod_{i < l <= t} r_l`` (1 on the diagonal, 0 above) and ``c[t] = prod_{l <= t}
-    r_l`` for one chunk's gates r [BT] (README eq. D1's segment products, by cumprod: a zero
-    gate gives exact zeros)."""
-    idx = tl.arange(0, BT)
-    factors = tl.where(idx[None, :] > idx[:, None], r[None, :], 1.0)  # [BT (i), BT (l)]
-    upto = tl.cumprod(factors, axis=1)  # [i, t] = prod_{i < l <= t} r_l for t >= i
-    P = tl.where(idx[:, None] >= idx[None, :], tl.trans(upto), 0.0)  # [BT (t), BT (i)]
-    return P, tl.cumprod(r, axis=0)
-
-
-@triton.jit
-def _prev(x, idx, first):
-    """Row t - 1 of a per-row vector x [BT] (``first`` at t = 0): the weights before token t."""
-    sel = idx[None, :] == idx[:, None] - 1  # [BT (t), BT (s)], s = t - 1
-    return tl.sum(tl.where(sel, x[None, :], 0.0), axis=1) + tl.where(idx == 0, first, 0.0)
-
-
-@triton.jit
-def _row(x, idx, i):
-    """Row i of x [BT, M], as [M]."""
-    return tl.sum(tl.where(idx[:, None] == i, x, 0.0), axis=0)
-
-
-@triton.jit
-def _entry(x, idx, i):
-    """Entry i of x [BT], as a scalar."""
-    return tl.sum(tl.where(idx == i, x, 0.0), axis=0)
-
-
-@triton.jit
-def _proximal(th, A):
-    """dgd's proximal step per token, ``theta_t / (1 + theta_t ||a_t||^2)`` (NL eq. 57; README
-    eq. D6) for one layer's inputs A [BT, width]; padded rows have theta = 0 and stay 0."""
-    return th / (1.0 + th * tl.sum(A * A, axis=1))
-
-
-@triton.jit
-def _steps(th, Mw, Pe, lower, shift):
-    """One layer's rows of eq. D1 for the step ``th`` [BT]: ``w`` (weights, causal), ``sw``
-    (momentum) and ``wp`` (row t - 1 of w, by an exact shift matmul)."""
-    w = tl.where(lower, -th[None, :] * Mw, 0.0)  # [BT, BT]
-    sw = -th[None, :] * Pe  # [BT, BT]
-    wp = tl.dot(shift, w, input_precision="ieee")  # [BT, BT]
-    return w, sw, wp
-
-
-@triton.jit
-def _dual(b, d, w, W0, S0, A, X, R, MOM: tl.constexpr, PREC: tl.constexpr):
-    """Per-token ``W_t r_t`` (eq. D2): ``b ⊙ R W0^T + d ⊙ R S0^T + ((R A^T) ⊙ w) X``."""
-    z = b[:, None] * tl.dot(R, tl.trans(W0), input_precision=PREC)  # [BT, out]
-    if MOM:
-        z += d[:, None] * tl.dot(R, tl.trans(S0), input_precision=PREC)
-    scores = tl.dot(R, tl.trans(A), input_precision=PREC) * w  # [BT, BT], causal via w
-    return z + tl.dot(scores, X, input_precision=PREC)
 
 
 @triton.jit

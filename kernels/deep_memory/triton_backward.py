@@ -31,8 +31,19 @@ import triton
 import triton.language as tl
 
 from .. import triton_support as ts
-from ..triton_support import unit_lower_inverse
-from .triton import _act, _act_grad, _dual, _entry, _prev, _proximal, _row, _segments, _steps
+from .triton_adjoints import _drive_parts, _dual_bwd, _end_bwd, _segments_bwd
+from .triton_parts import (
+    _act,
+    _act_grad,
+    _act_grad2,
+    _dual,
+    _entry,
+    _prev,
+    _proximal,
+    _row,
+    _segments,
+    _steps,
+)
 
 # Largest weight tile [block(h), block(d)] the backward kernel takes. Offline ptxas for sm_90
 # (bench_triton.py --compile-only, bf16 inputs, chunk tile 16, every switch on) put its shared
@@ -49,92 +60,6 @@ def unfused(options) -> str | None:
         return (f"weight tile {st.hidden} x {st.d_in} over the backward's {TILE_BUDGET} "
                 "elements (shared memory)")  # fmt: skip
     return None
-
-
-@triton.jit
-def _act_grad2(z, ACT: tl.constexpr):
-    """s''(z), indexed as ``ACTIVATIONS`` (the write pass's delta_1 holds s'(z))."""
-    if ACT == 0:
-        return tl.exp(-0.5 * z * z) * 0.3989422804014327 * (2.0 - z * z)  # gelu
-    elif ACT == 1:
-        sig = tl.sigmoid(z)
-        return sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))  # silu
-    elif ACT == 3:
-        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
-        return -2.0 * t * (1.0 - t * t)  # tanh
-    else:
-        return tl.zeros(z.shape, tl.float32)  # relu, identity
-
-
-@triton.jit
-def _drive_parts(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.constexpr,
-                 BT: tl.constexpr):  # fmt: skip
-    """dgd's drives (eq. D5) and the inverse ``(I - L)^{-1}`` the backward needs again."""
-    L = tl.where(strict, wp * tl.dot(A, tl.trans(A), input_precision=PREC), 0.0)  # [BT, BT]
-    rhs = bp[:, None] * tl.dot(A, tl.trans(W0), input_precision=PREC) + E  # [BT, out]
-    if MOM:
-        rhs += dp[:, None] * tl.dot(A, tl.trans(S0), input_precision=PREC)
-    Minv = unit_lower_inverse(-L, BT)  # [BT, BT]
-    return tl.dot(Minv, rhs, input_precision=PREC), Minv
-
-
-@triton.jit
-def _dual_bwd(b, d, w, W0, S0, A, X, R, dY, MOM: tl.constexpr, PREC: tl.constexpr):
-    """Adjoint of ``Y = b ⊙ R W0^T + d ⊙ R S0^T + ((R A^T) ⊙ w) X`` (eq. D2) for dY [BT, out]:
-    returns dR, dW0, dS0, dX, dA, dw [BT, BT], db [BT], dd [BT]."""
-    bY = b[:, None] * dY  # [BT, out]
-    dR = tl.dot(bY, W0, input_precision=PREC)  # [BT, in]
-    dW0 = tl.dot(tl.trans(bY), R, input_precision=PREC)  # [out, in]
-    db = tl.sum(dY * tl.dot(R, tl.trans(W0), input_precision=PREC), axis=1)
-    if MOM:
-        dYd = d[:, None] * dY
-        dR += tl.dot(dYd, S0, input_precision=PREC)
-        dS0 = tl.dot(tl.trans(dYd), R, input_precision=PREC)
-        dd = tl.sum(dY * tl.dot(R, tl.trans(S0), input_precision=PREC), axis=1)
-    else:
-        dS0 = tl.zeros(W0.shape, tl.float32)
-        dd = tl.zeros(b.shape, tl.float32)
-    RA = tl.dot(R, tl.trans(A), input_precision=PREC)  # [BT, BT]
-    YX = tl.dot(dY, tl.trans(X), input_precision=PREC)  # [BT, BT]
-    dR += tl.dot(YX * w, A, input_precision=PREC)
-    dX = tl.dot(tl.trans(RA * w), dY, input_precision=PREC)  # [BT, out]
-    dA = tl.dot(tl.trans(YX * w), R, input_precision=PREC)  # [BT, in]
-    return dR, dW0, dS0, dX, dA, RA * YX, db, dd
-
-
-@triton.jit
-def _end_bwd(GW, GS, W0, S0, A, X, we, swe, MOM: tl.constexpr, PREC: tl.constexpr):
-    """Adjoint of the chunk end (eq. D4) for one layer, upstream GW (and GS) [out, in]:
-    returns dX, dA, dwe [BT], dswe [BT], dbe, dde, dsbe (scalars)."""
-    P = tl.dot(A, tl.trans(GW), input_precision=PREC)  # [BT, out], row t: GW a_t
-    dX = we[:, None] * P
-    dwe = tl.sum(X * P, axis=1)
-    dA = tl.dot(X * we[:, None], GW, input_precision=PREC)  # [BT, in]
-    dbe = tl.sum(tl.sum(GW * W0, axis=1), axis=0)
-    if MOM:
-        PS = tl.dot(A, tl.trans(GS), input_precision=PREC)
-        dX += swe[:, None] * PS
-        dswe = tl.sum(X * PS, axis=1)
-        dA += tl.dot(X * swe[:, None], GS, input_precision=PREC)
-        dde = tl.sum(tl.sum(GW * S0, axis=1), axis=0)
-        dsbe = tl.sum(tl.sum(GS * S0, axis=1), axis=0)
-    else:
-        dswe = tl.zeros(we.shape, tl.float32)
-        dde = 0.0
-        dsbe = 0.0
-    return dX, dA, dwe, dswe, dbe, dde, dsbe
-
-
-@triton.jit
-def _segments_bwd(P, dP, dc, cprev, shift, lower, PREC: tl.constexpr):
-    """Gradient of the gates r [BT] from those of ``P[t, i] = prod_{i < l <= t} r_l`` and
-    ``c_t = prod_{l <= t} r_l`` (no division, so exact at r = 0):
-    ``dr_l = sum_t P[t, l] (sum_{i < l} dP[t, i] P[l - 1, i] + dc_t c_{l - 1})``."""
-    dP = tl.where(lower, dP, 0.0)
-    F = tl.dot(dP, tl.trans(P), input_precision=PREC)  # [t, j] = sum_i dP[t, i] P[j, i]
-    G = tl.dot(F, tl.trans(shift), input_precision="ieee")  # [t, l] = F[t, l - 1]
-    G += dc[:, None] * cprev[None, :]
-    return tl.sum(P * G, axis=0)
 
 
 @triton.jit

@@ -58,7 +58,8 @@ def assert_close_every_step(ours_opt, ours: Tiny, theirs_opt, theirs: Tiny) -> N
             assert error < 1e-6, f"{name} differs by {error:.2e} (relative) at step {step}"
     # The run moved the weights far beyond the tolerance: the comparison is not vacuous.
     start = twins()[0]
-    moved = max(float((a - b).abs().max()) for a, b in zip(ours.parameters(), start.parameters(), strict=True))
+    moved = max(float((a - b).detach().abs().max())
+                for a, b in zip(ours.parameters(), start.parameters(), strict=True))
     assert moved > 1e-2
     assert worst < 1e-6
 

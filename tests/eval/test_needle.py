@@ -131,12 +131,13 @@ def test_accuracy_by_length_averages_kinds_and_depths():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (NeedleSettings(train_length=100), "cannot hold a needle of kind .* at least 120"),
+        (NeedleSettings(train_length=100, kinds=KINDS), "cannot hold a needle .* at least 120"),
+        (NeedleSettings(train_length=70), "kind passkey, number .* at least 78"),
         (NeedleSettings(kinds=("poem",)), "unknown needle kinds \\['poem'\\]"),
         (NeedleSettings(depths=(0.5, 1.5)), "depths must lie in \\[0, 1\\]"),
         (NeedleSettings(lengths=(0,)), "length multiples must be positive"),
     ],
-    ids=["too-short", "kind", "depth", "multiple"],
+    ids=["too-short-uuid", "too-short", "kind", "depth", "multiple"],
 )
 def test_settings_mistakes(settings, message):
     with pytest.raises(UserError, match=message):

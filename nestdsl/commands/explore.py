@@ -38,7 +38,7 @@ def add_arguments(parser) -> None:
                         help="parameter count within this fraction of the base's (default 0.1)")  # fmt: skip
     parser.add_argument("--max-candidate-time", dest="max_candidate_s", type=float, metavar="SECONDS",
                         help="stop and fail a candidate that trains longer (default: with a time "
-                        "budget 3x the base's training time, with a token budget none)")  # fmt: skip
+                        "budget 5x the base's training time, with a token budget none)")  # fmt: skip
     parser.add_argument("--data", metavar="FILE", help="corpus (default: the embedded Shakespeare)")
     parser.add_argument("--no-pictures", dest="pictures", action="store_false",
                         help="skip pareto.png and the level graphs")  # fmt: skip

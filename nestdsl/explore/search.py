@@ -57,7 +57,7 @@ class Settings:
     rungs: int = 3
     score_bytes: int = 1 << 15
     data: str | None = None
-    # Seconds one candidate may train. None: with a time budget, 3 x the slowest base's wall
+    # Seconds one candidate may train. None: with a time budget, 5 x the slowest base's training
     # time (a mutant that runs token by token must not eat the budget); with tokens, no limit.
     max_candidate_s: float | None = None
 
@@ -280,7 +280,7 @@ class Search:
         if parse_budget(self.settings.budget)[0] != "seconds":
             return None
         walls = [c.get("train_s") or 0 for c in self.state.candidates if c["parent"] is None]
-        return 3 * max(walls) if walls and max(walls) > 0 else None
+        return 5 * max(walls) if walls and max(walls) > 0 else None
 
     def _base_params(self, base_name: str) -> int:
         for c in self.state.candidates:

@@ -1,4 +1,4 @@
-"""Byte-level training data: the embedded Shakespeare corpus, splits and deterministic batches."""
+"""Training data: the embedded corpora, splits, deterministic batches and tokenizers (bytes, BPE)."""
 
 from nestdsl.data.batches import VOCAB, Batch, ByteBatches
 from nestdsl.data.corpus import (
@@ -9,15 +9,27 @@ from nestdsl.data.corpus import (
     load_corpus,
     split_corpus,
 )
+from nestdsl.data.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    tokenizer_from_json,
+    train_tokenizer,
+)
 
 __all__ = [
     "DEFAULT_CORPUS",
     "VALIDATION_FRACTION",
     "VOCAB",
+    "BPETokenizer",
     "Batch",
+    "ByteTokenizer",
     "ByteBatches",
     "CorpusSplit",
+    "Tokenizer",
     "corpus_fingerprint",
     "load_corpus",
     "split_corpus",
+    "tokenizer_from_json",
+    "train_tokenizer",
 ]

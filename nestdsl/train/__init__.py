@@ -8,7 +8,12 @@ from nestdsl.train.config import (
     spec_source,
 )
 from nestdsl.train.folder import RunFolder, resume_config, resume_overrides
-from nestdsl.train.generate import generate_bytes, generate_from_run, load_run_model
+from nestdsl.train.generate import (
+    generate_bytes,
+    generate_from_run,
+    generate_text,
+    load_run_model,
+)
 from nestdsl.train.loop import train
 from nestdsl.train.metrics import bits_per_byte
 from nestdsl.train.run import Run, load_run
@@ -23,6 +28,7 @@ __all__ = [
     "bits_per_byte",
     "generate_bytes",
     "generate_from_run",
+    "generate_text",
     "load_run",
     "load_run_model",
     "resume_config",

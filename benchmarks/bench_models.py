@@ -8,10 +8,14 @@ records ``os.getloadavg()`` before and after the table, because on a shared mach
 times drift: read the ``x hand`` column (tokens/s over the hand-written Transformer++'s tokens/s
 in the same run at the same T), not the absolute numbers.
 
-Memory. CPU: ``peak RSS`` is the child's ``ru_maxrss`` (peak resident set, allocator effects
-included) and ``delta`` is that peak minus the resident set just before the first step (model,
+Memory. CPU: ``peak RSS`` is the child's ``ru_maxrss`` (peak resident set) and ``delta`` is that peak minus the resident set just before the first step (model,
 optimizer and the torch runtime excluded): the step's own cost. CUDA: ``torch.cuda``'s peak
-allocated bytes over the steps, and the same minus what was allocated before the first step.
+allocated bytes over the steps, and the same minus what was allocated before the first step. glibc's default malloc raises its mmap threshold to the size
+of every large block freed, after which blocks of up to 32 MiB come from the heap and stay
+resident once freed: the rows therefore run with ``MALLOC_MMAP_THRESHOLD_=65536`` (fixed), so
+the peak RSS follows what the step holds (``--mmap-threshold 0``: glibc's default; titans-lmm's
+forward at T=512 peaked at 2.35 GB with the default and 0.81 GB with the fixed threshold,
+holding the same tensors).
 A child whose resident set passes ``--max-gb`` is killed and its row says so.
 
     python benchmarks/bench_models.py                                  # every spec, T 512 and 2048
@@ -134,7 +138,10 @@ def child_command(args, spec: str, T: int) -> tuple[list[str], dict]:
     cmd = [sys.executable, __file__, "--child", spec, "--seq", str(T), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
            str(args.threads), "--device", args.device, "--profile", str(args.profile)]  # fmt: skip
-    return cmd, {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if args.mmap_threshold:  # glibc: blocks this large are mmap-ed and returned when freed
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    return cmd, env
 
 
 def run_child(args, spec: str, T: int) -> dict:
@@ -203,6 +210,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--max-gb", type=float, default=8.0, help="kill a row past this resident set")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
+    ap.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=65536,
+        metavar="BYTES",
+        help="glibc MALLOC_MMAP_THRESHOLD_ for the rows (0: glibc's default, whose "
+        "threshold grows with freed blocks, so the heap keeps freed memory "
+        "resident and the peak RSS overstates what the step holds)",
+    )
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument(
         "--profile",
@@ -241,6 +257,8 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s)"
     )
+    malloc = args.mmap_threshold or "glibc default"
+    print(f"memory: peak RSS of the row's process, MALLOC_MMAP_THRESHOLD_={malloc}")
     print(f"config: d_model 256, 4 layers, 4 heads of 64; B={args.batch}; forward + loss + "
           f"backward + AdamW; median of {args.steps} steps after {args.warmup} warm-up; "
           f"one process per row")  # fmt: skip

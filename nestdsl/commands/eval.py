@@ -26,14 +26,23 @@ HELP = "evaluate a spec or a trained run: " + ", ".join(TASKS)
 EXAMPLE = "nestdsl eval deltanet --task recall --grid L=64,N=8,d_model=64 --steps 3000"
 
 
-def task_flags() -> dict[str, dict[str, tuple[str, ...] | dict]]:
-    """Every task flag once: name -> {"kwargs": argparse kwargs, "tasks": tasks using it}."""
+def task_flags() -> dict[str, dict]:
+    """Every task flag once: name -> {"kwargs": argparse kwargs, "helps": task -> its help}."""
     flags: dict[str, dict] = {}
     for task in TASKS:
         for name, kwargs in task_module(task).FLAGS.items():
-            entry = flags.setdefault(name, {"kwargs": kwargs, "tasks": ()})
-            entry["tasks"] = (*entry["tasks"], task)
+            entry = flags.setdefault(name, {"kwargs": kwargs, "helps": {}})
+            entry["helps"][task] = kwargs.get("help", "")
     return flags
+
+
+def shared_help(helps: dict[str, str]) -> str:
+    """One help line for a flag: `[a, b] text` when its tasks say the same, else each its own
+    (a shared flag such as --batch-size has each task's own default)."""
+    texts = set(helps.values())
+    if len(texts) == 1:
+        return f"[{', '.join(helps)}] {texts.pop()}".rstrip()
+    return "; ".join(f"[{task}] {text}".rstrip() for task, text in helps.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     group = parser.add_argument_group("task options (the tasks each applies to in brackets)")
     for name, entry in task_flags().items():
-        kwargs = dict(entry["kwargs"])
-        kwargs["help"] = f"[{', '.join(entry['tasks'])}] {kwargs.get('help', '')}".rstrip()
+        kwargs = {**entry["kwargs"], "help": shared_help(entry["helps"])}
         group.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kwargs)
 
 
@@ -61,10 +69,10 @@ def given_flags(args: argparse.Namespace) -> dict:
     """The task flags the user set for `args.task`; UserError for flags of other tasks."""
     flags = task_flags()
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-    foreign = [name for name in given if args.task not in flags[name]["tasks"]]
+    foreign = [name for name in given if args.task not in flags[name]["helps"]]
     if foreign:
         parts = [
-            f"--{n.replace('_', '-')} (belongs to --task {' / '.join(flags[n]['tasks'])})"
+            f"--{n.replace('_', '-')} (belongs to --task {' / '.join(flags[n]['helps'])})"
             for n in foreign
         ]
         raise UserError(f"--task {args.task} takes no {', '.join(parts)}")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from nestdsl.commands.show import summary
+from nestdsl.data.corpus import corpus_argument
 from nestdsl.data.tokenizer import BYTES
 from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
@@ -55,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "spec", metavar="SPEC", help="a shipped spec name (e.g. hope) or a spec file"
     )
     parser.add_argument(
-        "--data", metavar="FILE", help="text file to train on (.gz ok); default: Shakespeare"
+        "--data",
+        metavar="FILE",
+        help="text file to train on (.gz ok) or an embedded corpus: shakespeare (default), kjv, "
+        "milton, jargon",
     )
     parser.add_argument(
         "--tokenizer",
@@ -146,9 +150,8 @@ def _given_settings(args: argparse.Namespace) -> dict:
         for flag, field in SETTINGS.items()
         if getattr(args, flag) is not None
     }
-    if "data" in given:
-        # Absolute, so a resumed run finds the same file from any working directory.
-        given["data"] = str(Path(given["data"]).expanduser().resolve())
+    if "data" in given:  # a file becomes absolute (resume from anywhere); a corpus name stays
+        given["data"] = corpus_argument(given["data"])
     return given
 
 

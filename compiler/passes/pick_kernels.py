@@ -87,6 +87,10 @@ def triton_verdict(m: MemoryPlan) -> str:
         return f"triton runs the torch chunk form: {reason}"
     o, st = m.options, m.memory.structure
     hidden = getattr(st, "expansion", 1) * o.key_dim
+    norm = getattr(st, "norm", "none")
+    if norm != "none":  # the forward kernel normalizes on chip; the backward kernel does not
+        return (f"triton: fused forward, chunk-form backward (norm={norm!r}: the backward "
+                "kernel has no norm)")
     if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
         return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
                 f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")
@@ -108,7 +112,6 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (kind == "gated_mlp", "the gated memory"),
         (depth != 2, f"depth {depth} (the kernel holds a 2-layer MLP)"),
         (not getattr(st, "residual", False), "a memory without the residual path"),
-        (getattr(st, "norm", "none") != "none", f"norm={getattr(st, 'norm', None)!r}"),
         (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
         (o.rule not in ("gd", "momentum", "dgd", "dgd_momentum"), f"rule={o.rule!r}"),
         (o.retention not in (None, "l2"), f"retention={o.retention!r} (the kernel has l2)"),

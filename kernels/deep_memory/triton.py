@@ -39,8 +39,20 @@ from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
 from .chunk import deep_memory_chunk
 from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors, check_inputs
-from .structure import ACTIVATIONS
-from .triton_parts import _act, _act_grad, _dual, _entry, _prev, _proximal, _row, _segments, _steps
+from .structure import ACTIVATIONS, LN_EPS
+from .triton_parts import (
+    _act,
+    _act_grad,
+    _dual,
+    _entry,
+    _layer_norm,
+    _layer_norm_back,
+    _prev,
+    _proximal,
+    _row,
+    _segments,
+    _steps,
+)
 
 RULES = ("gd", "momentum", "dgd", "dgd_momentum")  # the rules the kernel covers
 READ_CODES = {"write_then_read": 0, "read_then_write": 1, "chunk_start": 2}
@@ -73,10 +85,11 @@ def _dgd_drive(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.con
 
 @triton.jit
 def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s1_out, s2_out,
-                ws1, ws2, ss1, ss2, T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
+                ws1, ws2, ss1, ss2, T, N, EPS: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
                 MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
-                USE_S0: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                NORM: tl.constexpr, USE_S0: tl.constexpr, SAVE: tl.constexpr,
+                PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     bh = i_bh.to(tl.int64)
@@ -88,6 +101,7 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
     m1 = (jh < HD)[:, None] & (jd < D)[None, :]
     p2 = jd[:, None] * HD + jh[None, :]  # [BD, BH] offsets in W2 [d, h]
     m2 = (jd < D)[:, None] & (jh < HD)[None, :]
+    cols = jd < D  # [BD], the real features (the layer norm's)
     W1 = tl.load(w1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
     W2 = tl.load(w2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)  # [BD, BH]
     # Padding (hidden units past h, features past d) stays exactly zero: s(0) = 0 for every
@@ -118,10 +132,15 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
         th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
         r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
 
-        # 1. Write pass at the chunk-start weights (README eqs. B1, B3): inputs and errors.
+        # 1. Write pass at the chunk-start weights (README eqs. B1-B3): inputs and errors.
         Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]
         A2 = _act(Z, ACT)  # [BT, BH], layer 2's inputs
-        E = K + tl.dot(A2, tl.trans(W2), input_precision=PREC) - V  # [BT, BD], dl/dy of l2
+        Y2 = tl.dot(A2, tl.trans(W2), input_precision=PREC)  # [BT, BD], layer 2's output z_2
+        if NORM:  # M(k) = k + LN(z_2): the l2 error dl/dy goes back through the norm (B2)
+            Nk, rho = _layer_norm(Y2, cols, D, EPS)  # [BT, BD], [BT]
+            E = _layer_norm_back(K + Nk - V, Nk, rho, cols, D)  # [BT, BD], delta_2
+        else:
+            E = K + Y2 - V  # [BT, BD], dl/dy of l2 = delta_2
         E1 = tl.dot(E, W2, input_precision=PREC) * _act_grad(Z, ACT)  # [BT, BH], delta_1
 
         # 2. Coefficients of eq. D1, rows t = after token t: W_t = b W0 + d S0 + sum w x a^T.
@@ -163,14 +182,17 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
         # 4. Reads, layer by layer (eq. D2); chunk_start is the plain MLP at W_{t0}.
         if READ == 2:
             Hr = _act(tl.dot(Q, tl.trans(W1), input_precision=PREC), ACT)  # [BT, BH]
-            out = Q + tl.dot(Hr, tl.trans(W2), input_precision=PREC)  # [BT, BD]
+            Yr = tl.dot(Hr, tl.trans(W2), input_precision=PREC)  # [BT, BD]
         else:
             if READ == 0:
                 rb, rd, rw1, rw2 = b, d, w1c, w2c
             else:
                 rb, rd, rw1, rw2 = bp, dp, wp1, wp2
             Hr = _act(_dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC), ACT)  # [BT, BH]
-            out = Q + _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+            Yr = _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+        if NORM:  # each token's read through the norm, at its own weights
+            Yr = _layer_norm(Yr, cols, D, EPS)[0]
+        out = Q + Yr  # [BT, BD]
         tl.store(o + pd, out.to(o.dtype.element_ty), mask=mtd)
 
         # 5. The state after the chunk's last real token (eq. D4).
@@ -205,7 +227,6 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (st.gated, "the gated memory"),
         (st.depth != 2, f"depth {st.depth} (the kernel holds a 2-layer MLP)"),
         (not st.residual, "a memory without the residual path"),
-        (st.norm != "none", f"norm={st.norm!r}"),
         (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
         (o.rule not in RULES, f"rule={o.rule!r} (the kernel has {', '.join(RULES)})"),
         (o.retention != "l2", f"retention={o.retention!r} (the kernel has l2)"),
@@ -250,10 +271,10 @@ class _DeepMemory(torch.autograd.Function):
         starts = [torch.empty(sh, dtype=f32, device=dev) for sh in shapes * (2 if mom else 1)]
         slots = starts if mom else starts * 2
         _fwd_kernel[(B * H,)](
-            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, H=H, D=D, HD=HD, C=C,
+            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, EPS=LN_EPS, H=H, D=D, HD=HD, C=C,
             BT=BT, BD=BD, BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
             DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
-            READ=READ_CODES[read], USE_S0=s1 is not None, SAVE=save,
+            READ=READ_CODES[read], NORM=st.norm == "layernorm", USE_S0=s1 is not None, SAVE=save,
             PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=num_warps(BH, BD),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2, *starts)

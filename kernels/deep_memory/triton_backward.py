@@ -56,6 +56,8 @@ TILE_BUDGET = 64 * 128
 def unfused(options) -> str | None:
     """Why the backward kernel does not run a memory the forward kernel covers, or None."""
     st = options.structure
+    if st.norm != "none":  # the forward kernel normalizes; the reverse walk has no norm yet
+        return f"norm={st.norm!r} (the backward kernel has no norm)"
     if ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET:
         return (f"weight tile {st.hidden} x {st.d_in} over the backward's {TILE_BUDGET} "
                 "elements (shared memory)")  # fmt: skip

@@ -117,3 +117,23 @@ def _act_grad2(z, ACT: tl.constexpr):
         return -2.0 * t * (1.0 - t * t)  # tanh
     else:
         return tl.zeros(z.shape, tl.float32)  # relu, identity
+
+
+@triton.jit
+def _layer_norm(y, cols, D: tl.constexpr, EPS: tl.constexpr):
+    """The memory's non-affine layer norm per token row of y [BT, BD] over its D real features
+    (``cols`` [BD] masks the padding, which stays 0): ``n = (y - mean y) rho`` and
+    ``rho = (var y + eps)^(-1/2)`` [BT] (structure.py, README eq. B2)."""
+    mu = tl.sum(y, axis=1) / D  # [BT]; padded features are 0, so they add nothing
+    c = tl.where(cols[None, :], y - mu[:, None], 0.0)  # [BT, BD]
+    rho = 1.0 / tl.sqrt(tl.sum(c * c, axis=1) / D + EPS)  # [BT]
+    return c * rho[:, None], rho
+
+
+@triton.jit
+def _layer_norm_back(g, n, rho, cols, D: tl.constexpr):
+    """The error through the layer norm (README eq. B2): ``rho (g - mean(g) - n mean(g n))`` per
+    token row for g = dl/dn [BT, BD]; zero on the padded features."""
+    gm = tl.sum(g, axis=1) / D  # [BT]
+    gn = tl.sum(g * n, axis=1) / D  # [BT]
+    return tl.where(cols[None, :], rho[:, None] * (g - gm[:, None] - n * gn[:, None]), 0.0)

@@ -4,8 +4,9 @@
 sizes, ``scale=1``, read-before-write shifts, the normalized linear attention's extra value
 channel, learned initial states); logits and every parameter gradient must agree. The shipped
 specs at reduced width, in the Triton interpreter. Deep memories (hope's five dgd memories
-with the proximal step, titans-lmm with and without its memory norm) run one AdamW step and
-the updated parameters must agree too.
+with the proximal step, titans-lmm with and without its memory norm: the norm runs in the
+fused forward, the backward is the chunk form's) run one AdamW step and the updated parameters
+must agree too; a memory the kernel does not cover falls back and says why.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ DEEP = [
     # shipped hope: dgd with the proximal step, 5 memories, 8-token segments (~18 s interpreted)
     pytest.param("hope", [], "fused", id="hope", marks=pytest.mark.slow),
     pytest.param("titans-lmm", ["memories.M.structure.norm=none"], "fused", id="titans-lmm-no-norm"),
-    pytest.param("titans-lmm", [], "norm='layernorm'", id="titans-lmm"),  # falls back, says why
+    # shipped titans-lmm: its memory's layer norm in the fused forward, the chunk-form backward
+    pytest.param("titans-lmm", [], "fused", id="titans-lmm"),
+    # a memory the kernel does not cover (depth 3) falls back and says why
+    pytest.param("titans-lmm", ["memories.M.structure.depth=3"], "depth 3", id="titans-lmm-depth3",
+                 marks=pytest.mark.slow),
 ]
 
 

@@ -230,8 +230,6 @@ UNCOVERED = [
     pytest.param({"structure": MemoryStructure(D, D, depth=3, expansion=2)}, "depth 3", id="depth3"),
     pytest.param({"structure": MemoryStructure(D, D, expansion=2, residual=False)}, "residual",
                  id="no-residual"),  # fmt: skip
-    pytest.param({"structure": MemoryStructure(D, D, expansion=2, norm="layernorm")},
-                 "layernorm", id="layernorm"),  # fmt: skip
     pytest.param({"chunk_size": 128}, "chunk_size 128", id="chunk128"),
     pytest.param({"structure": MemoryStructure(256, 256, expansion=4)}, "weight tile",
                  id="too-wide"),  # fmt: skip

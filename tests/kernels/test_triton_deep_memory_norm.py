@@ -1,0 +1,87 @@
+"""Triton deep memory with the memory's layer norm, ``M(x) = x + LN(W_2 s(W_1 x))``.
+
+Titans' LMM (and the other Titans, Moneta, Yaad, Memora memories) normalize the MLP branch
+(kernels/deep_memory/README.md eq. B2, §8). The fused forward kernel runs the norm on chip: the
+write pass's error goes back through it, and every read is normalized. The backward is the
+chunk form's, recomputed from the saved inputs (``triton_backward.unfused`` names the norm).
+Runs in the Triton interpreter (float32, NaN-poisoned buffers) against the float64 loop oracle
+``deep_memory_naive``: outputs, final states and the gradients of every input and initial state.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from nestdsl.kernels.deep_memory import DeepMemoryOptions, MemoryStructure
+
+from .test_triton_deep_memory import READS, RULES, _check
+from .triton_interp import fresh_dispatch, interpreter, load  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("interpreter")
+
+D = 8
+LN = MemoryStructure(D, D, depth=2, expansion=2, activation="gelu", residual=True,
+                     norm="layernorm")  # fmt: skip
+# One fast crossing per rule (and every read order among them); the rest are slow.
+FAST = {("gd", "write_then_read"), ("momentum", "chunk_start"),
+        ("dgd", "read_then_write"), ("dgd_momentum", "write_then_read")}  # fmt: skip
+
+
+def _fused_forward_only(monkeypatch):
+    """The forward kernel runs (no fallback warning); the backward kernel never does."""
+    bwd = load("deep_memory.triton_backward")
+    monkeypatch.setattr(bwd, "backward", lambda *a: pytest.fail("the backward kernel ran"))
+    warnings.simplefilter("error", UserWarning)
+
+
+@pytest.mark.parametrize(("rule", "read"), [
+    pytest.param(rule, read, id=f"{rule}-{read}",
+                 marks=() if (rule, read) in FAST else pytest.mark.slow)
+    for rule in RULES for read in READS])  # fmt: skip
+def test_layernorm_matches_oracle(rule, read, monkeypatch):
+    """T = 10 (two full chunks of 4 and a partial one), 2 heads, an initial momentum where the
+    rule has one."""
+    _fused_forward_only(monkeypatch)
+    options = DeepMemoryOptions(LN, rule=rule, chunk_size=4)
+    _check(options, 10, read, momentum=options.has_momentum, seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])
+def test_layernorm_shorter_than_a_chunk_without_initial_momentum(rule, monkeypatch):
+    """T = 3 < chunk 4 (only a partial chunk), momentum starting at zero."""
+    _fused_forward_only(monkeypatch)
+    _check(DeepMemoryOptions(LN, rule=rule, chunk_size=4), 3, "write_then_read",
+           momentum=False, seed=5)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["dgd", "dgd_momentum"])
+def test_layernorm_proximal_step(rule, monkeypatch):
+    """dgd's proximal step with the norm; T = 9, not a multiple of the chunk."""
+    _fused_forward_only(monkeypatch)
+    options = DeepMemoryOptions(LN, rule=rule, dgd_step="proximal", chunk_size=4)
+    _check(options, 9, "read_then_write", momentum=options.has_momentum, seed=8)
+
+
+@pytest.mark.slow
+def test_layernorm_odd_widths_and_other_activation(monkeypatch):
+    """d = 6 and hidden 12 (padded tiles: the norm must count only the 6 real features), silu."""
+    _fused_forward_only(monkeypatch)
+    st = MemoryStructure(6, 6, depth=2, expansion=2, activation="silu", norm="layernorm")
+    _check(DeepMemoryOptions(st, rule="momentum", chunk_size=4), 7, "write_then_read",
+           momentum=True, seed=6)  # fmt: skip
+
+
+def test_layernorm_claims_the_forward_kernel_only():
+    """The forward kernel covers the norm; the backward kernel says it does not."""
+    tr = load("deep_memory.triton")
+    bwd = load("deep_memory.triton_backward")
+    for rule in RULES:
+        options = DeepMemoryOptions(LN, rule=rule)
+        assert tr.unsupported(options, torch.float32) is None
+        assert "norm='layernorm'" in bwd.unfused(options)
+    assert bwd.unfused(DeepMemoryOptions(LN.__class__(D, D, expansion=2))) is None

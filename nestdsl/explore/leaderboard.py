@@ -56,14 +56,18 @@ def markdown(data: dict) -> str:
         f"{len(data['ranking'])} candidates, {data['tokens']:,} training tokens, "
         f"{data['elapsed_s'] / 60:.1f} min; {data['finished'] or 'running'}.",
         "",
-        "| rank | candidate | base | score | vs base | params | tokens/s | steps | mutations |",
+        "| rank | candidate | base | score | vs base (same steps) | params | tokens/s | steps | mutations |",
         "|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    base_scores = {r["base"]: r.get("score") for r in data["ranking"] if r["parent"] is None}
+    bases = {r["base"]: r for r in data["ranking"] if r["parent"] is None}
     for r in data["ranking"]:
         score = r.get("score")
-        base = base_scores.get(r["base"])
-        delta = f"{score - base:+.4f}" if score is not None and base is not None else ""
+        # Against the base at the same training length: under halving, the candidate's score at
+        # the rung where the base stopped.
+        base = bases.get(r["base"], {})
+        same = (r.get("scores") or {}).get(str(base.get("rung", 0)), score)
+        ok = same is not None and base.get("score") is not None
+        delta = f"{same - base['score']:+.4f}" if ok else ""
         shown = f"{score:.4f}" if score is not None else f"failed: {r.get('error', '?')[:60]}"
         muts = "; ".join(r["mutations"]) or "(base)"
         if r.get("matching", "").startswith("unmatched"):

@@ -35,8 +35,10 @@ from nestdsl.spec.memory import (
 
 # Chunks per recomputed group of the chunk form (DeepMemoryOptions.recompute): training keeps
 # one state per 8 chunks and 8 chunks of intermediates instead of every chunk's (titans-lmm at
-# B=4, T=2048, d_model 256: docs/benchmarks.md, issue 13). Spans of at most 8 chunks (Hope's
-# and MAC's segments) run the plain loop.
+# B=4, d_model 256: 4x less kept for backward, docs/benchmarks.md, issue 13). Muon forms C
+# per-token weight matrices per layer and chunk and keeps every Newton-Schulz iterate, so it
+# recomputes chunk by chunk. Spans of at most that many chunks (Hope's and MAC's segments)
+# run the plain loop.
 RECOMPUTE = 8
 
 
@@ -138,7 +140,7 @@ class DeepMemory(WeightsMemory):
                 ns_steps=o.ns_steps, ns_kind=o.ns_kind, retention=o.retention or "l2",
                 retention_mode=o.retention_mode, q_norm=o.q_norm, kl_scale=o.kl_scale,
                 lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window,
-                recompute=RECOMPUTE)  # fmt: skip
+                recompute=1 if o.rule == "muon" else RECOMPUTE)  # fmt: skip
         except ValueError as err:
             raise AssertionError(f"`lower_memories` let memory `{plan.decl}` through, but the "
                                  f"kernel rejects it (a bug in nestdsl): {err}") from None

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     given = given_flags(args)
     context = EvalContext(
         device=resolve_device(args.device), overrides=list(args.set), seed=args.seed,
-        progress=not args.no_progress, run_folder=is_run_folder(args.subject),
+        progress=not args.no_progress, run_folder=is_run_folder(args.subject), out=args.out,
     )  # fmt: skip
     module = task_module(args.task)
     result = module.run_cli(args.subject, given, context)

@@ -5,10 +5,15 @@
 
 * `recall` (recall.py, data in mqar.py): multi-query associative recall trained from scratch
   (Zoology's MQAR), accuracy per (L, N, d_model) grid point;
-* `bpb` (bpb.py): bits per byte on held-out text, for a trained run or an untrained spec.
+* `bpb` (bpb.py): bits per byte on held-out text, for a trained run or an untrained spec;
+* `needle` (needle.py, data in haystack.py): a single needle in a real-text haystack, trained
+  at one length and tested at multiples of it, accuracy by depth and length;
+* `in-context` (in_context.py): loss by position over long streams fed in pieces;
+* `continual` (continual.py, metrics in forgetting.py): sequential training over the embedded
+  domains, the accuracy matrix, backward transfer and forgetting.
 
 `nestdsl eval RUN_OR_SPEC --task TASK` runs them from the command line (nestdsl/commands/eval.py);
-docs/evaluation.md gives the protocols and the measured recall of the shipped specs.
+docs/evaluation.md gives the protocols and the measured results of the shipped specs.
 """
 
 import importlib

@@ -84,3 +84,4 @@ class EvalContext:
     seed: int = 0
     progress: bool = True
     run_folder: bool = False  # the subject is a run folder, not a spec
+    out: str | None = None  # the result JSON's path when given; figures go beside it

@@ -87,10 +87,6 @@ def triton_verdict(m: MemoryPlan) -> str:
         return f"triton runs the torch chunk form: {reason}"
     o, st = m.options, m.memory.structure
     hidden = getattr(st, "expansion", 1) * o.key_dim
-    norm = getattr(st, "norm", "none")
-    if norm != "none":  # the forward kernel normalizes on chip; the backward kernel does not
-        return (f"triton: fused forward, chunk-form backward (norm={norm!r}: the backward "
-                "kernel has no norm)")
     if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
         return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
                 f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")

@@ -2,7 +2,8 @@
 
 README.md §5 ("Chunk form") and its "Triton" section; Titans §3.1-3.2 (the LMM and its
 mini-batch gradient form), Nested Learning §4.1 / eqs. 57, 88 (dgd). Covered: the 2-layer
-residual MLP ``M(x) = x + W_2 s(W_1 x)`` (any activation, no norm, not gated), the l2
+residual MLP ``M(x) = x + W_2 s(W_1 x)`` or ``x + LN(W_2 s(W_1 x))`` (any activation, with or
+without the non-affine layer norm, not gated), the l2
 objective, the gd / momentum / dgd / dgd_momentum rules with the explicit or the proximal
 step (NL eq. 57), l2 retention in the global (Titans) mode, window 1, every read order. That is the LMM of Titans, the memories
 of Hope (eqs. 83-89, dgd, self-generated values: the caller passes ``v = M_{t0}(v)`` read at
@@ -14,7 +15,8 @@ One program per (batch, head) walks the chunks in order with both weight matrice
 
 1. write pass at the chunk-start weights: ``z = K W1^T``, ``A2 = s(z)``, ``e = K + A2 W2^T - V``,
    local errors ``delta2 = e``, ``delta1 = (e W2) ⊙ s'(z)`` (README eqs. B1, B3); the per-token
-   gradients ``delta_l a_l^T`` are never formed, only these [C, width] factors, on chip;
+   gradients ``delta_l a_l^T`` are never formed, only these [C, width] factors, on chip; with
+   the layer norm, ``delta2`` is the l2 error through the norm (B2) and every read is normalized;
 2. the coefficients of eq. D1 from the gates (segment products by ``tl.cumprod``, no division,
    exact at ``alpha = 1`` / ``eta = 0``; momentum composes them with one [C, C] product, D3);
 3. dgd's drives by the UT transform (eq. D5): one unit-lower inverse per layer;

@@ -1,8 +1,9 @@
 """Deep (MLP) memory, Triton: the adjoints of the forward's pieces, for the backward kernel.
 
 README.md §8 ("Backward kernel"): the reverse of the chunk end (eq. D4), of the dual read
-(eq. D2) and of the gate segment products (eq. D1, differentiated without division), and dgd's
-drives (eq. D5) with the triangular inverse the adjoint reuses. Each takes the upstream
+(eq. D2) and of the gate segment products (eq. D1, differentiated without division), dgd's
+drives (eq. D5) with the triangular inverse the adjoint reuses, and the write pass's error
+through the memory's layer norm (eq. B2). Each takes the upstream
 gradient of its outputs and returns those of its inputs; ``triton_backward.py`` chains them.
 """
 
@@ -12,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..triton_support import unit_lower_inverse
+from .triton_parts import _layer_norm_back
 
 
 @triton.jit
@@ -83,3 +85,20 @@ def _segments_bwd(P, dP, dc, cprev, shift, lower, PREC: tl.constexpr):
     G = tl.dot(F, tl.trans(shift), input_precision="ieee")  # [t, l] = F[t, l - 1]
     G += dc[:, None] * cprev[None, :]
     return tl.sum(P * G, axis=0)
+
+
+@triton.jit
+def _norm_error_bwd(dE, E, G, Nk, rho, cols, D: tl.constexpr):
+    """Adjoint of the write pass's error through the layer norm (README eq. B2), for the
+    upstream dE [BT, BD] of ``E = rho (G - mean G - n mean(G n))`` with ``G = K + n - V`` and
+    ``n, rho`` the norm of the layer-2 output z_2 [BT, BD]. Returns dG (the gradient of k and of
+    -v) and dz_2: the norm's Jacobian is symmetric, so dG is the same B2 map of dE; n and rho
+    get their own parts, and rho's reaches z_2 as ``-rho^2 n / D`` per unit."""
+    dG = _layer_norm_back(dE, Nk, rho, cols, D)  # [BT, BD]
+    gn = tl.sum(G * Nk, axis=1) / D  # [BT], mean(G n)
+    en = tl.sum(dE * Nk, axis=1) / D  # [BT], mean(dE n)
+    dN = dG - rho[:, None] * (dE * gn[:, None] + G * en[:, None])  # [BT, BD], G holds n too
+    dN = tl.where(cols[None, :], dN, 0.0)
+    drho = tl.sum(dE * E, axis=1) / rho  # [BT]
+    dZ2 = _layer_norm_back(dN, Nk, rho, cols, D) - (drho * rho * rho / D)[:, None] * Nk
+    return dG, dZ2

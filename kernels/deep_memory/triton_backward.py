@@ -1,8 +1,9 @@
 """Deep (MLP) memory, Triton backward: a reverse chunk walk that recomputes each chunk on chip.
 
 README.md §8 ("Backward kernel"), the adjoint of §5.3 / eqs. B1-B3, D1-D5 for the variant the
-forward kernel covers (triton.py: the 2-layer residual MLP, l2, gd / momentum / dgd /
-dgd_momentum with the explicit or the proximal step, global l2 retention, every read order).
+forward kernel covers (triton.py: the 2-layer residual MLP with or without its layer norm, l2,
+gd / momentum / dgd / dgd_momentum with the explicit or the proximal step, global l2
+retention, every read order).
 
 The forward saves the state at every chunk start. One program per (batch, head) walks the
 chunks from last to first holding the gradient of the state at the current chunk's end
@@ -17,7 +18,8 @@ and runs its adjoint in reverse order:
 2. the coefficients: row shifts undone, ``w = -theta ⊙ P^r P^eta`` split into the gate
    matrices and the (per-layer, proximal) steps, and the segment products of ``r = 1 - alpha``
    and ``eta`` differentiated without division (README §8 gives the formula);
-1. the write pass (B1, B3), including the second-order term ``s''(z)`` of ``delta_1``.
+1. the write pass (B1-B3), including the second-order term ``s''(z)`` of ``delta_1`` and, with
+   the layer norm, the adjoint of the error through it (triton_adjoints._norm_error_bwd).
 
 Per-token gradients, like the forward's per-token updates, exist only as [C, width] factors.
 The result is the gradient of q, k, v, theta, eta, alpha and of the chunk-start state of chunk
@@ -31,13 +33,15 @@ import triton
 import triton.language as tl
 
 from .. import triton_support as ts
-from .triton_adjoints import _drive_parts, _dual_bwd, _end_bwd, _segments_bwd
+from .triton_adjoints import _drive_parts, _dual_bwd, _end_bwd, _norm_error_bwd, _segments_bwd
 from .triton_parts import (
     _act,
     _act_grad,
     _act_grad2,
     _dual,
     _entry,
+    _layer_norm,
+    _layer_norm_back,
     _prev,
     _proximal,
     _row,
@@ -56,8 +60,6 @@ TILE_BUDGET = 64 * 128
 def unfused(options) -> str | None:
     """Why the backward kernel does not run a memory the forward kernel covers, or None."""
     st = options.structure
-    if st.norm != "none":  # the forward kernel normalizes; the reverse walk has no norm yet
-        return f"norm={st.norm!r} (the backward kernel has no norm)"
     if ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET:
         return (f"weight tile {st.hidden} x {st.d_in} over the backward's {TILE_BUDGET} "
                 "elements (shared memory)")  # fmt: skip
@@ -70,8 +72,8 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
                 T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
                 MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
-                HAS_DO: tl.constexpr, HAS_DW: tl.constexpr, HAS_DS: tl.constexpr,
-                PREC: tl.constexpr):  # fmt: skip
+                NORM: tl.constexpr, EPS: tl.constexpr, HAS_DO: tl.constexpr,
+                HAS_DW: tl.constexpr, HAS_DS: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     bh = i_bh.to(tl.int64)
@@ -84,6 +86,7 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
     m1 = (jh < HD)[:, None] & (jd < D)[None, :]
     p2 = jd[:, None] * HD + jh[None, :]  # [BD, BH] offsets in W2 [d, h]
     m2 = (jd < D)[:, None] & (jh < HD)[None, :]
+    cols = jd < D  # [BD], the layer norm's real features
     # Gradients of the state at the end of the current chunk (the upstream ones at the end).
     if HAS_DW:
         GW1 = tl.load(dw1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
@@ -122,7 +125,13 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]
         A2 = _act(Z, ACT)
         sZ = _act_grad(Z, ACT)
-        E = K + tl.dot(A2, tl.trans(W2), input_precision=PREC) - V  # [BT, BD]
+        Y2 = tl.dot(A2, tl.trans(W2), input_precision=PREC)  # [BT, BD]
+        if NORM:
+            Nk, rho = _layer_norm(Y2, cols, D, EPS)
+            Gk = K + Nk - V  # [BT, BD], dl/dy before the norm's adjoint
+            E = _layer_norm_back(Gk, Nk, rho, cols, D)
+        else:
+            E = K + Y2 - V  # [BT, BD]
         EW2 = tl.dot(E, W2, input_precision=PREC)  # [BT, BH]
         E1 = EW2 * sZ
         Pr, b = _segments(r, BT)
@@ -190,8 +199,12 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         if READ == 2:
             Zq = tl.dot(Q, tl.trans(W1), input_precision=PREC)  # [BT, BH]
             Hr = _act(Zq, ACT)
-            dW2n += tl.dot(tl.trans(dO), Hr, input_precision=PREC)
-            dZq = tl.dot(dO, W2, input_precision=PREC) * _act_grad(Zq, ACT)  # [BT, BH]
+            dY = dO  # [BT, BD], the read's layer-2 output gradient
+            if NORM:  # the read's norm: its Jacobian is symmetric, so B2 maps dO back
+                Nr, rr = _layer_norm(tl.dot(Hr, tl.trans(W2), input_precision=PREC), cols, D, EPS)
+                dY = _layer_norm_back(dO, Nr, rr, cols, D)
+            dW2n += tl.dot(tl.trans(dY), Hr, input_precision=PREC)
+            dZq = tl.dot(dY, W2, input_precision=PREC) * _act_grad(Zq, ACT)  # [BT, BH]
             dQ += tl.dot(dZq, W1, input_precision=PREC)
             dW1n += tl.dot(tl.trans(dZq), Q, input_precision=PREC)
         else:
@@ -201,7 +214,12 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
                 rb, rd, rw1, rw2 = bp, dp, wp1, wp2
             U = _dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC)  # [BT, BH]
             Hr = _act(U, ACT)
-            dHr, gW, gS, gX, gA, gw, gb, gd = _dual_bwd(rb, rd, rw2, W2, S2, A2, X2, Hr, dO,
+            dY = dO
+            if NORM:
+                Yr = _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+                Nr, rr = _layer_norm(Yr, cols, D, EPS)
+                dY = _layer_norm_back(dO, Nr, rr, cols, D)
+            dHr, gW, gS, gX, gA, gw, gb, gd = _dual_bwd(rb, rd, rw2, W2, S2, A2, X2, Hr, dY,
                                                         MOM, PREC)  # fmt: skip
             dW2n += gW
             dS2n += gS
@@ -294,14 +312,19 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         else:
             dth = dth1 + dth2
 
-        # 1. write pass (B1, B3): E1 = (E W2) (.) s'(Z), E = K + s(Z) W2^T - V, Z = K W1^T.
+        # 1. write pass (B1-B3): E1 = (E W2) (.) s'(Z), E = K + Y2 - V (with the norm:
+        # E = B2(K + LN(Y2) - V)), Y2 = s(Z) W2^T, Z = K W1^T.
         dEW2 = dE1 * sZ  # [BT, BH]
         dE += tl.dot(dEW2, tl.trans(W2), input_precision=PREC)
         dW2n += tl.dot(tl.trans(E), dEW2, input_precision=PREC)
         dZ = dE1 * EW2 * _act_grad2(Z, ACT)
+        if NORM:
+            dE, dY2 = _norm_error_bwd(dE, E, Gk, Nk, rho, cols, D)  # now d(k - v), dz_2
+        else:
+            dY2 = dE
         dK += dE
-        dA2 += tl.dot(dE, W2, input_precision=PREC)
-        dW2n += tl.dot(tl.trans(dE), A2, input_precision=PREC)
+        dA2 += tl.dot(dY2, W2, input_precision=PREC)
+        dW2n += tl.dot(tl.trans(dY2), A2, input_precision=PREC)
         dZ += dA2 * sZ
         dK += tl.dot(dZ, W1, input_precision=PREC)
         dW1n += tl.dot(tl.trans(dZ), K, input_precision=PREC)
@@ -327,7 +350,7 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
     chunk-start states the forward wrote, [B, H, N, out, in] each (momentum ones with a
     momentum rule); ups: the upstream gradients (do, dw1, dw2, ds1, ds2), None where absent.
     """
-    from .structure import ACTIVATIONS
+    from .structure import ACTIVATIONS, LN_EPS
     from .triton import READ_CODES, num_warps
 
     q, k, v, theta, eta, alpha, w1, w2, s1, s2 = saved
@@ -359,7 +382,8 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
         *ins, starts[0], starts[1], *ss, arg(do), arg(dw1), arg(dw2), arg(ds1), arg(ds2),
         *grads, *g0, *gs0, T, N, H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH,
         ACT=ACTIVATIONS.index(st.activation), MOM=mom, DGD=options.rule.startswith("dgd"),
-        PROX=options.dgd_step == "proximal", READ=READ_CODES[read], HAS_DO=do is not None,
+        PROX=options.dgd_step == "proximal", READ=READ_CODES[read],
+        NORM=st.norm == "layernorm", EPS=LN_EPS, HAS_DO=do is not None,
         HAS_DW=dw1 is not None, HAS_DS=mom and ds1 is not None,
         PREC=ts.dot_precision(q.dtype, _bwd_kernel), num_warps=num_warps(BH, BD),
     )  # fmt: skip

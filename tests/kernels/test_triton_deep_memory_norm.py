@@ -2,8 +2,8 @@
 
 Titans' LMM (and the other Titans, Moneta, Yaad, Memora memories) normalize the MLP branch
 (kernels/deep_memory/README.md eq. B2, §8). The fused forward kernel runs the norm on chip: the
-write pass's error goes back through it, and every read is normalized. The backward is the
-chunk form's, recomputed from the saved inputs (``triton_backward.unfused`` names the norm).
+write pass's error goes back through it, and every read is normalized; the fused backward
+kernel runs the adjoints (the reads' norm, and the write error's, second-order part included).
 Runs in the Triton interpreter (float32, NaN-poisoned buffers) against the float64 loop oracle
 ``deep_memory_naive``: outputs, final states and the gradients of every input and initial state.
 """
@@ -30,10 +30,12 @@ FAST = {("gd", "write_then_read"), ("momentum", "chunk_start"),
         ("dgd", "read_then_write"), ("dgd_momentum", "write_then_read")}  # fmt: skip
 
 
-def _fused_forward_only(monkeypatch):
-    """The forward kernel runs (no fallback warning); the backward kernel never does."""
-    bwd = load("deep_memory.triton_backward")
-    monkeypatch.setattr(bwd, "backward", lambda *a: pytest.fail("the backward kernel ran"))
+def _fused_both_ways(monkeypatch):
+    """Both kernels run: no fallback warning, and the backward never recomputes the chunk form
+    (the Function's fallback path calls ``triton.deep_memory_chunk``)."""
+    tr = load("deep_memory.triton")
+    monkeypatch.setattr(tr, "deep_memory_chunk",
+                        lambda *a, **kw: pytest.fail("the chunk form ran"))  # fmt: skip
     warnings.simplefilter("error", UserWarning)
 
 
@@ -44,7 +46,7 @@ def _fused_forward_only(monkeypatch):
 def test_layernorm_matches_oracle(rule, read, monkeypatch):
     """T = 10 (two full chunks of 4 and a partial one), 2 heads, an initial momentum where the
     rule has one."""
-    _fused_forward_only(monkeypatch)
+    _fused_both_ways(monkeypatch)
     options = DeepMemoryOptions(LN, rule=rule, chunk_size=4)
     _check(options, 10, read, momentum=options.has_momentum, seed=3)
 
@@ -53,7 +55,7 @@ def test_layernorm_matches_oracle(rule, read, monkeypatch):
 @pytest.mark.parametrize("rule", ["momentum", "dgd_momentum"])
 def test_layernorm_shorter_than_a_chunk_without_initial_momentum(rule, monkeypatch):
     """T = 3 < chunk 4 (only a partial chunk), momentum starting at zero."""
-    _fused_forward_only(monkeypatch)
+    _fused_both_ways(monkeypatch)
     _check(DeepMemoryOptions(LN, rule=rule, chunk_size=4), 3, "write_then_read",
            momentum=False, seed=5)  # fmt: skip
 
@@ -62,7 +64,7 @@ def test_layernorm_shorter_than_a_chunk_without_initial_momentum(rule, monkeypat
 @pytest.mark.parametrize("rule", ["dgd", "dgd_momentum"])
 def test_layernorm_proximal_step(rule, monkeypatch):
     """dgd's proximal step with the norm; T = 9, not a multiple of the chunk."""
-    _fused_forward_only(monkeypatch)
+    _fused_both_ways(monkeypatch)
     options = DeepMemoryOptions(LN, rule=rule, dgd_step="proximal", chunk_size=4)
     _check(options, 9, "read_then_write", momentum=options.has_momentum, seed=8)
 
@@ -70,18 +72,16 @@ def test_layernorm_proximal_step(rule, monkeypatch):
 @pytest.mark.slow
 def test_layernorm_odd_widths_and_other_activation(monkeypatch):
     """d = 6 and hidden 12 (padded tiles: the norm must count only the 6 real features), silu."""
-    _fused_forward_only(monkeypatch)
+    _fused_both_ways(monkeypatch)
     st = MemoryStructure(6, 6, depth=2, expansion=2, activation="silu", norm="layernorm")
     _check(DeepMemoryOptions(st, rule="momentum", chunk_size=4), 7, "write_then_read",
            momentum=True, seed=6)  # fmt: skip
 
 
-def test_layernorm_claims_the_forward_kernel_only():
-    """The forward kernel covers the norm; the backward kernel says it does not."""
+def test_layernorm_claims_both_kernels():
     tr = load("deep_memory.triton")
     bwd = load("deep_memory.triton_backward")
     for rule in RULES:
         options = DeepMemoryOptions(LN, rule=rule)
         assert tr.unsupported(options, torch.float32) is None
-        assert "norm='layernorm'" in bwd.unfused(options)
-    assert bwd.unfused(DeepMemoryOptions(LN.__class__(D, D, expansion=2))) is None
+        assert bwd.unfused(options) is None

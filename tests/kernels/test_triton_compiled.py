@@ -4,8 +4,8 @@
 sizes, ``scale=1``, read-before-write shifts, the normalized linear attention's extra value
 channel, learned initial states); logits and every parameter gradient must agree. The shipped
 specs at reduced width, in the Triton interpreter. Deep memories (hope's five dgd memories
-with the proximal step, titans-lmm with and without its memory norm: the norm runs in the
-fused forward, the backward is the chunk form's) run one AdamW step and the updated parameters
+with the proximal step, titans-lmm with and without its memory norm, which both fused kernels
+run) take one AdamW step and the updated parameters
 must agree too; a memory the kernel does not cover falls back and says why.
 """
 
@@ -62,7 +62,7 @@ DEEP = [
     # shipped hope: dgd with the proximal step, 5 memories, 8-token segments (~18 s interpreted)
     pytest.param("hope", [], "fused", id="hope", marks=pytest.mark.slow),
     pytest.param("titans-lmm", ["memories.M.structure.norm=none"], "fused", id="titans-lmm-no-norm"),
-    # shipped titans-lmm: its memory's layer norm in the fused forward, the chunk-form backward
+    # shipped titans-lmm: its memory's layer norm in both fused kernels
     pytest.param("titans-lmm", [], "fused", id="titans-lmm"),
     # a memory the kernel does not cover (depth 3) falls back and says why
     pytest.param("titans-lmm", ["memories.M.structure.depth=3"], "depth 3", id="titans-lmm-depth3",
@@ -97,6 +97,12 @@ def test_deep_memory_training_step_on_triton_equals_chunk(spec, overrides, verdi
     ref_logits, ref_grads, ref_params = step(model)
     launches, apply = [], tr._DeepMemory.apply
     monkeypatch.setattr(tr._DeepMemory, "apply", lambda *a: (launches.append(1), apply(*a))[1])
+    bwd = load("deep_memory.triton_backward")
+    reverse, walk = [], bwd.backward
+    monkeypatch.setattr(bwd, "backward", lambda *a: (reverse.append(1), walk(*a))[1])
+    if verdict == "fused":  # neither direction may recompute the chunk form
+        monkeypatch.setattr(tr, "deep_memory_chunk",
+                            lambda *a, **kw: pytest.fail("the chunk form ran"))  # fmt: skip
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -104,6 +110,7 @@ def test_deep_memory_training_step_on_triton_equals_chunk(spec, overrides, verdi
     said = [str(w.message) for w in caught if "runs the torch chunk form" in str(w.message)]
     if verdict == "fused":
         assert launches and not said, said
+        assert reverse  # the backward kernel ran
     else:
         assert not launches and said and all(verdict in s for s in said)
     tol = RTOL[torch.float32]

@@ -62,13 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from nestdsl.compare import CompareSettings, compare
     from nestdsl.compare.settings import parse_seeds, parse_task_options, parse_tasks
+    from nestdsl.data.corpus import corpus_argument
 
     tasks = parse_tasks(args.tasks)
-    data = str(Path(args.data).expanduser().resolve()) if args.data else None
+    data = corpus_argument(args.data) if args.data else None  # a corpus name stays a name
     settings = CompareSettings(
         specs=tuple(args.specs), budget=args.budget, seeds=parse_seeds(args.seeds),
         tasks=tasks, task_options=parse_task_options(args.task_set, tasks),

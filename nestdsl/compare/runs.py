@@ -16,7 +16,7 @@ Tasks that score a trained model (`bpb`, `in-context`) get the run folder. Tasks
 fresh model on their own data (`recall`, `needle`, `continual`) get the spec and the shared
 `--set` overrides, and train at their own protocol's size (recall resizes to its grid's
 d_model, needle and continual to their `--d-model`), with the run's seed. A task that draws a
-figure puts it beside its result (`CompareContext.out`).
+figure puts it beside its result (`EvalContext.out`).
 """
 
 from __future__ import annotations
@@ -39,14 +39,6 @@ from nestdsl.train.checkpoint import write_file_atomically
 # module may say so itself with `SUBJECT = "spec"` (or "run"); this table covers the rest.
 SPEC_TASKS = {"recall", "needle", "continual"}
 STEP_DIR = re.compile(r"step-(\d+)$")
-
-
-@dataclass(frozen=True)
-class CompareContext(EvalContext):
-    """The eval context plus `out`, the result's path: tasks that draw a figure (needle,
-    in-context) put it beside the result, in the run folder's eval/."""
-
-    out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +145,7 @@ def run_task(
     if earlier is not None and earlier.get("compare_options") == options:
         return earlier, "reused"
     on_spec = task_subject(task) == "spec"
-    context = CompareContext(
+    context = EvalContext(  # out: figures go beside the result, in the run folder's eval/
         device=resolve_device(settings.device),
         overrides=list(settings.overrides) if on_spec else [],
         seed=seed, progress=settings.progress, run_folder=not on_spec, out=str(path),

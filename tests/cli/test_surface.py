@@ -21,10 +21,19 @@ SURFACE = {
     "generate": (["run_dir"], ["--device", "--prompt", "--repetition-penalty", "--seed",
                                "--temperature", "--tokens", "--top-k", "--top-p"]),  # fmt: skip
     "list": ([], []),
-    "eval": (["subject"], ["--batch-size", "--data", "--device", "--eval-rows", "--grad-clip",
-                           "--grid", "--heads", "--layers", "--lr", "--max-bytes", "--no-progress",
-                           "--out", "--seed", "--seq-len", "--set", "--steps", "--task", "--vocab",
-                           "--weight-decay"]),  # fmt: skip
+    "eval": (["subject"], ["--batch-size", "--d-model", "--data", "--depths", "--device",
+                           "--domains", "--eval-rows", "--grad-clip", "--grid", "--heads", "--kinds",
+                           "--layers", "--length", "--lengths", "--lr", "--max-bytes",
+                           "--no-progress", "--out", "--piece", "--seed", "--seq-len", "--set",
+                           "--steps", "--steps-per-stage", "--streams", "--task", "--train-length",
+                           "--vocab", "--weight-decay", "--work-dir"]),  # fmt: skip
+    "compare": (["specs"], ["--batch-size", "--budget", "--data", "--device", "--eval-batches",
+                            "--eval-every", "--match-params", "--no-progress", "--out",
+                            "--param-tolerance", "--params", "--resume", "--seeds", "--seq-len",
+                            "--set", "--task-set", "--tasks"]),  # fmt: skip
+    "explore": (["bases"], ["--batch-size", "--budget", "--data", "--max-candidate-time",
+                            "--no-pictures", "--objective", "--out", "--resume", "--seed",
+                            "--seq-len", "--steps", "--strategy", "--tolerance"]),  # fmt: skip
     "viz": (["spec"], ["--expand", "--no-legend", "--output", "--set", "--timeline", "--tokens", "-o"]),
 }
 
@@ -46,7 +55,7 @@ def test_the_surface_is_frozen():
 
 # The Python API: `import nestdsl` exports exactly these (tests/cli/test_surface.py freezes them).
 PUBLIC_API = ["CheckedSpec", "Diagnostic", "Position", "SpecError", "UserError", "check_text",
-              "compile", "load", "load_run", "shipped_names"]  # fmt: skip
+              "compile", "load", "load_run", "optimizer", "shipped_names"]  # fmt: skip
 
 
 def test_the_python_api_is_frozen():

@@ -134,21 +134,30 @@ def optimizer_settings(config: dict) -> dict:
     }
 
 
+def declaration_of(config: dict) -> Declaration:
+    """The memories-of-gradients declaration behind an optimizer config (a shorthand's file)."""
+    kind, settings, _ = _settings(config)
+    if kind == "memories":
+        body = {
+            k: settings[k] for k in ("settings", "decoupled", "memories", "update") if k in settings
+        }
+        return Declaration.model_validate(body)
+    return read_declaration(SHORTHANDS[kind])
+
+
 def describe_optimizer(config: dict) -> str:
     """One line for `nestdsl show`: the kind, its lr, period and schedule, and its memories."""
     kind, settings, options = _settings(config)
-    if kind == "memories":
-        body = {k: settings[k] for k in ("settings", "decoupled", "memories", "update") if k in settings}
-        declaration = Declaration.model_validate(body)
-    else:
-        declaration = read_declaration(SHORTHANDS[kind])
+    declaration = declaration_of(config)
     parts = [f"{kind}, lr {settings['lr']:g}"]
     if options.get("period", 1) != 1:
         parts.append(f"every {options['period']} steps (sums their gradients)")
     schedule = options.get("schedule")
     parts.append(f"own schedule {schedule['kind']}" if schedule else "the run's schedule")
     memories = ", ".join(
-        f"{name} ({m.structure.kind}" + (f", every {_number(m.every)}" if m.every != 1 else "") + ")"
+        f"{name} ({m.structure.kind}"
+        + (f", every {_number(m.every)}" if m.every != 1 else "")
+        + ")"
         for name, m in declaration.memories.items()
     )
     return f"{'; '.join(parts)}; memories: {memories}"
@@ -161,6 +170,7 @@ __all__ = [
     "LevelOptimizers",
     "build_level_optimizers",
     "build_optimizer",
+    "declaration_of",
     "describe_optimizer",
     "newton_schulz",
     "optimizer",

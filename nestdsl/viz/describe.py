@@ -88,6 +88,7 @@ def describe(checked, expand: str | None = None) -> Picture:
             if group is not None:
                 trains.head_cluster = group_cluster(group)
 
+    _optimizer_memories(spec, bands, picture, edges)
     _nesting(g, bands, edges, level_node)
     _merge_band_reads(edges, bands.values())
     for band in bands.values():
@@ -95,6 +96,26 @@ def describe(checked, expand: str | None = None) -> Picture:
             band.nodes.append(VizNode(f"empty:{band.level}", "empty", "(nothing here)"))
     picture.edges = edges.all()
     return picture
+
+
+def _optimizer_memories(spec, bands: dict[str, Band], picture: Picture, edges: EdgeSet) -> None:
+    """An outer level's optimizer drawn as what it is, memories of the gradients (NL §4): one
+    node per memory in the level's band, and a context edge `gradients` from every block the
+    level trains (the gradient stream is the optimizer's context flow)."""
+    from nestdsl.optim import declaration_of  # torch loads only when a spec has an optimizer
+
+    for name, level in spec.levels.items():
+        if level.every != "step" or level.optimizer is None or name not in bands:
+            continue
+        declaration = declaration_of(level.optimizer.model_dump(mode="json"))
+        trained = [e.head for e in edges.of("trains") if e.tail == level_id(name)]
+        for memory_name, memory in declaration.memories.items():
+            node = f"optimizer:{name}/{memory_name}"
+            lines = [f"{memory.structure.kind} memory of the gradients",
+                     f"{memory.objective} · {memory.rule.kind} · keys {memory.keys}"]  # fmt: skip
+            bands[name].nodes.append(VizNode(node, "memory", memory_name, lines))
+            for block in trained:
+                edges.add("context", block, node, ["gradients"])
 
 
 def _linked_level(g, node: str) -> str | None:

@@ -40,7 +40,7 @@ def test_memories_sit_in_their_level_band_with_structure_and_learning(hope):
     by_level = {b.level: [n.title for n in b.nodes if n.kind == "memory"] for b in hope.bands}
     assert by_level["proj"] == ["M_k", "M_v", "M_eta", "M_alpha"]
     assert by_level["memory"] == ["M_memory"]
-    assert by_level["pretrain"] == []
+    assert by_level["pretrain"] == ["exp_avg", "exp_avg_sq"]  # AdamW's memories of the gradients
     assert hope.node("memory:M_memory").lines == ["mlp 4 heads x 32, depth 2",
                                                   "l2 · dgd · l2 decay"]  # fmt: skip
     assert hope.node("memory:C_1").lines == ["mlp 128, depth 2", "task · gd"]
@@ -73,7 +73,8 @@ def test_shared_tensors_are_one_node_fed_by_their_makers(hope):
     for name, values in [("M_k", "vk"), ("M_v", "vv"), ("M_memory", "vm")]:
         mem = f"memory:{name}"
         assert edge(hope, "generation", mem, mem).items == [f"values {values}"]
-    assert hope.edges_of("context") == []  # every tensor they learn from is made by a read
+    # every tensor they learn from is made by a read; the only context is the optimizer's
+    assert {e.items[0] for e in hope.edges_of("context")} == {"gradients"}
 
 
 def test_fan_out_is_merged_no_memory_sends_the_same_label_twice(hope):
@@ -178,3 +179,23 @@ def test_tensor_provenance_agrees_with_the_ir_generation_edges(name):
                 walked |= {(memory_id(p), memory_id(mem), role) for p in producers}
     ir = {(u, v, d["role"]) for u, v, d in g.edges(data=True) if d["type"] == "generation"}
     assert walked == ir
+
+
+def test_outer_optimizers_are_drawn_as_memories_of_the_gradients():
+    """NL §4: the optimizer is memories of the gradients. Each outer level's declared memories
+    sit in its band and learn from every block it trains (a `gradients` context edge); a
+    different optimizer draws different memories."""
+    adamw = describe(nestdsl.load("transformer"))
+    sgd = describe(
+        nestdsl.load("transformer", overrides=["levels.pretrain.optimizer.kind=sgd_momentum"])
+    )
+
+    def drawn(picture):
+        band = next(b for b in picture.bands if b.level == "pretrain")
+        return [n.title for n in band.nodes if n.id.startswith("optimizer:")]
+
+    assert drawn(adamw) == ["exp_avg", "exp_avg_sq"]
+    assert len(drawn(sgd)) == 1 and drawn(sgd) != drawn(adamw)
+    grads = [(e.tail, e.head) for e in adamw.edges_of("context") if e.items == ["gradients"]]
+    assert grads == [("block:layer", "optimizer:pretrain/exp_avg"),
+                     ("block:layer", "optimizer:pretrain/exp_avg_sq")]  # fmt: skip

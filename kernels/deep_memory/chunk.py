@@ -259,4 +259,7 @@ def _muon_layers(gates, state, read_from, mom, inputs, errors, read, row, ns_ste
         W = W if shifts[i] is None else W + b * shifts[i].unsqueeze(-3)
         return (W @ r.unsqueeze(-1)).squeeze(-1)
 
-    return apply, [W[..., row, :, :] for W, _ in ends], [S[..., row, :, :] for _, S in ends]
+    # Copies, not views: a view would keep all C + 1 formed matrices alive as the next chunk's
+    # state (and as a recomputed group's output, defeating recomputation).
+    states = [W[..., row, :, :].clone() for W, _ in ends]  # L x [B, H, out, in]
+    return apply, states, [S[..., row, :, :].clone() for _, S in ends]

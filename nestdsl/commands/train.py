@@ -22,6 +22,7 @@ from pathlib import Path
 from nestdsl.commands.show import summary
 from nestdsl.data.corpus import corpus_argument
 from nestdsl.data.tokenizer import BYTES
+from nestdsl.errors import UserError
 from nestdsl.train.config import LOG_CHOICES, TrainConfig, TrainingInterrupted, spec_source
 from nestdsl.train.distributed import DEVICE_CHOICES
 from nestdsl.train.folder import resume_config, resume_overrides
@@ -47,6 +48,8 @@ SETTINGS = {
     "data": "data",
     "log": "log",
     "tokenizer": "tokenizer",
+    "init_from": "init_from",
+    "init_map": "init_map",
 }
 
 
@@ -97,6 +100,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in RUN_DIR from its last checkpoint, with its --set overrides; "
         "a larger --steps extends it at the schedule's final rate",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start a new run from RUN's latest weights: tensors with the same name and shape "
+        "are copied (NL §7.3); optimizer state and step start fresh",
+    )
+    parser.add_argument(
+        "--init-map",
+        action="append",
+        metavar="DEST=SRC",
+        help="with --init-from: new tensors named DEST... take RUN's SRC... (name prefixes, "
+        "* = one segment, e.g. layers.*.memories.C.initial.0=layers.*.ops.f.proj.weight; "
+        "repeatable)",
     )
     parser.add_argument(
         "--device", metavar="D", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)"
@@ -152,6 +169,8 @@ def _given_settings(args: argparse.Namespace) -> dict:
     }
     if "data" in given:  # a file becomes absolute (resume from anywhere); a corpus name stays
         given["data"] = corpus_argument(given["data"])
+    if "init_from" in given:
+        given["init_from"] = str(Path(given["init_from"]).resolve())
     return given
 
 
@@ -167,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / source.name.replace("/", "_")
     given = _given_settings(args)
     overrides = list(args.set)
+    if args.resume and (args.init_from is not None or args.init_map is not None):
+        raise UserError(
+            "--init-from starts a new run from another run's weights; a resumed run already "
+            "has its own (drop --init-from / --init-map, or start a new run with --out)"
+        )
     if args.resume:
         overrides = resume_overrides(out, args.set)
         config = resume_config(out, given)

@@ -53,6 +53,8 @@ class TrainConfig:
     data: str | None = None  # corpus file; None: the embedded Shakespeare
     log: str = "jsonl"  # also "tensorboard": event files beside metrics.jsonl
     tokenizer: str = BYTES  # or "bpe:N", trained on the training text (data/tokenizer.py)
+    init_from: str | None = None  # a run folder whose latest weights start a new run (init_from.py)
+    init_map: list[str] = field(default_factory=list)  # DEST=SRC name prefixes for init_from
 
     def __post_init__(self) -> None:
         positive = (
@@ -85,6 +87,8 @@ class TrainConfig:
         if self.grad_clip < 0:
             raise UserError(f"--grad-clip must be non-negative, got {self.grad_clip}")
         check_name(self.tokenizer)
+        if self.init_map and self.init_from is None:
+            raise UserError("--init-map renames tensors of --init-from RUN; pass --init-from too")
 
     def resolved(self, spec_lr: float) -> TrainConfig:
         """A copy with lr, warmup and schedule length explicit (what config.json records)."""

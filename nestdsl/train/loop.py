@@ -41,6 +41,7 @@ from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_che
 from nestdsl.train.config import ModelSource, TrainConfig, TrainingInterrupted, TrainResult
 from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
 from nestdsl.train.folder import RunFolder
+from nestdsl.train.init_from import init_from
 from nestdsl.train.metrics import (
     MetricsLog,
     TensorBoardLog,
@@ -158,7 +159,9 @@ class _Trainer:
 
         def prepare() -> None:
             if self.resume:
-                self.folder.check_resume(self.source, self.config, self.record)
+                saved = self.folder.check_resume(self.source, self.config, self.record)
+                if "init_from" in saved:  # what the run started from stays on record
+                    self.record["init_from"] = saved["init_from"]
                 self._use_tokenizer(self.folder.read_tokenizer())
                 remove_leftovers(self.folder.checkpoints)
                 self.folder.update_config(self.source, self.config, self.record)
@@ -223,6 +226,14 @@ class _Trainer:
         if loaded.memory_states is not None and self._carries():
             self.memory = {k: v.to(self.device) for k, v in loaded.memory_states[rank].items()}
         self._say(f"resuming {self.folder.root} from step {loaded.step}")
+
+    def _init_from(self) -> None:
+        """Step 0's weights from another run (NL §7.3, init_from.py); recorded in config.json."""
+        report = init_from(self.model, self.config.init_from, self.config.init_map)
+        self.record["init_from"] = report.record()
+        self._on_main(lambda: self.folder.update_config(self.source, self.config, self.record))
+        if self.context.is_main:
+            tqdm.write(report.summary(), file=sys.stderr)
 
     # ------------------------------------------------------------------ one update, one evaluation
 
@@ -354,7 +365,9 @@ class _Trainer:
         self._prepare_folder()
         self._build()
         if self.resume:
-            self._restore()
+            self._restore()  # a run started --init-from resumes its own weights, never RUN's
+        elif self.config.init_from is not None:
+            self._init_from()
         cfg, context = self.config, self.context
         self.session_started = time.perf_counter()
         self.metrics = MetricsLog(self.folder.metrics, enabled=context.is_main)

@@ -15,7 +15,8 @@ SURFACE = {
     "show": (["spec"], ["--after", "--set"]),
     "schema": ([], ["--output", "-o"]),
     "train": (["spec"], ["--batch-size", "--carry-state", "--ckpt-every", "--data", "--device",
-                         "--eval-every", "--grad-clip", "--keep-checkpoints", "--log", "--lr",
+                         "--eval-every", "--grad-clip", "--init-from", "--init-map",
+                         "--keep-checkpoints", "--log", "--lr",
                          "--no-progress", "--out", "--resume", "--seed", "--seq-len", "--set",
                          "--steps", "--tokenizer", "--warmup"]),  # fmt: skip
     "generate": (["run_dir"], ["--device", "--prompt", "--repetition-penalty", "--seed",

@@ -6,7 +6,8 @@ on its training part and saved in the run folder; the spec's vocabulary follows 
 
 Flags left out keep their defaults on a new run and the run's saved values on `--resume`
 (which refuses changes that would alter the run's trajectory); `--resume` also reuses the run's
-`--set` overrides, so they need not be repeated. Ctrl-C or SIGTERM checkpoints the step reached
+`--set` overrides, so they need not be repeated. `--init-from RUN` starts a new run from another
+run's weights (NL §7.3; nestdsl/train/init_from.py). Ctrl-C or SIGTERM checkpoints the step reached
 and exits with 130 or 143. Under
 `torchrun --nproc_per_node N -m nestdsl train ...` every process runs this command; rank 0
 alone writes files and prints the summary.

@@ -98,6 +98,7 @@ class SourceRun:
     step: int
     spec_name: str
     tensors: dict[str, torch.Tensor]
+    tokenizer: dict = field(default_factory=dict)  # config.json's: name, vocab, sha256
 
 
 def read_source(run_dir: str | Path) -> SourceRun:
@@ -117,7 +118,11 @@ def read_source(run_dir: str | Path) -> SourceRun:
     for alias, target in meta.get("aliases", {}).items():
         tensors[alias] = tensors[target]
     spec = meta.get("spec", {}).get("name", "?")
-    return SourceRun(folder.root.resolve(), path, int(meta["step"]), spec, tensors)
+    try:  # runs written before tokenizers existed read bytes
+        tokenizer = folder.read_config().get("tokenizer", {"name": "bytes"})
+    except UserError:
+        tokenizer = {}
+    return SourceRun(folder.root.resolve(), path, int(meta["step"]), spec, tensors, tokenizer)
 
 
 @dataclass
@@ -131,6 +136,7 @@ class InitReport:
     fresh: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)  # same name, another shape: left fresh
     unused: list[str] = field(default_factory=list)
+    tokenizer_differs: str | None = None  # the run's tokenizer, when it is not the new run's
 
     def summary(self) -> str:
         src = self.source
@@ -142,6 +148,11 @@ class InitReport:
         if self.reshaped:
             shown = ", ".join(self.reshaped[:3]) + (" ..." if len(self.reshaped) > 3 else "")
             text += f"\n  fresh because their shapes differ from the run's: {shown}"
+        if self.tokenizer_differs:
+            text += (
+                f"\n  warning: the run read {self.tokenizer_differs}, this one another "
+                "tokenizer: copied embedding rows stand for other tokens"
+            )
         return text
 
     def record(self) -> dict:
@@ -219,13 +230,24 @@ def _near(name: str, names) -> str:
 
 
 @torch.no_grad()
-def init_from(model: torch.nn.Module, run_dir: str | Path, map_items: list[str]) -> InitReport:
+def init_from(
+    model: torch.nn.Module,
+    run_dir: str | Path,
+    map_items: list[str],
+    tokenizer: dict | None = None,
+) -> InitReport:
     """Copy RUN's weights into `model` in place (its parameters stay the same objects, so an
-    optimizer built over them keeps them) and say what was copied, mapped and left."""
+    optimizer built over them keeps them) and say what was copied, mapped and left.
+    `tokenizer` is the new run's config.json record, compared with RUN's for a warning."""
     maps = parse_maps(map_items)
     source = read_source(run_dir)
     state = model.state_dict(keep_vars=True)
     report = plan_init({n: tuple(t.shape) for n, t in state.items()}, source, maps)
+    theirs = source.tokenizer
+    if tokenizer is not None and theirs and (
+        theirs.get("name") != tokenizer.get("name") or theirs.get("sha256") != tokenizer.get("sha256")
+    ):
+        report.tokenizer_differs = str(theirs.get("name", "?"))
     pairs = [(n, n) for n in report.copied] + list(report.mapped.items())
     for name, src in pairs:
         target = state[name]

@@ -229,7 +229,9 @@ class _Trainer:
 
     def _init_from(self) -> None:
         """Step 0's weights from another run (NL §7.3, init_from.py); recorded in config.json."""
-        report = init_from(self.model, self.config.init_from, self.config.init_map)
+        report = init_from(
+            self.model, self.config.init_from, self.config.init_map, self.record.get("tokenizer")
+        )
         self.record["init_from"] = report.record()
         self._on_main(lambda: self.folder.update_config(self.source, self.config, self.record))
         if self.context.is_main:

@@ -239,3 +239,14 @@ def test_shapes_fit_when_only_unit_dimensions_differ():
     assert not fits((1, 32, 16), (16, 32)) and not fits((16, 32), (32,))
     assert parse_maps(["a.*.b=c.*.d"])[0].source_for("a.3.b.weight") == "c.3.d.weight"
     assert parse_maps(["a.*.b=c.*.d"])[0].source_for("a.3.bb") is None
+
+
+def test_a_run_read_with_another_tokenizer_is_warned_about(source_run):
+    from nestdsl.train.init_from import init_from
+
+    root, _, spec = source_run
+    model = nestdsl.compile(nestdsl.load(str(spec)))
+    same = init_from(model, root / "tf", [], {"name": "bytes", "vocab": 256})
+    assert same.tokenizer_differs is None and "warning" not in same.summary()
+    other = init_from(model, root / "tf", [], {"name": "bpe:300", "vocab": 300, "sha256": "0"})
+    assert "warning: the run read bytes" in other.summary()

@@ -100,6 +100,7 @@ def test_every_block_has_a_checked_language():
 def shell_commands(language: str, body: str) -> list[str]:
     """The command lines of a block: every line of bash, the `$ ` lines of a console block."""
     commands = []
+    body = body.replace("\\\n", " ")  # a backslash-newline continues the command line
     for raw in body.splitlines():
         if language == "console":
             if not raw.startswith("$ "):

@@ -70,12 +70,13 @@ class _Writer:
         text = "\n".join(self.out).rstrip() + "\n"
         return re.sub(r"\n{3,}", "\n\n", text)
 
-    def _children(self, field: str, node: dict) -> list[tuple[str, dict]]:
-        """Models a property leads to; unions are written here, with their variants."""
+    def _children(self, field: str, node: dict, owner: str = "") -> list[tuple[str, dict]]:
+        """Models a property leads to; unions are written here, with their variants (titled
+        after `owner` too when they belong to a variant, so they never take a top-level title)."""
         found: list[tuple[str, dict]] = []
         for sub in _walk(node):
             if "discriminator" in sub and "oneOf" in sub:
-                self._union(field, sub)
+                self._union(field, sub, owner)
             elif "$ref" in sub:
                 name = sub["$ref"].rsplit("/", 1)[-1]
                 found.append((name, self.defs[name]))
@@ -110,10 +111,10 @@ class _Writer:
             "",
         ]
 
-    def _union(self, field: str, node: dict) -> None:
+    def _union(self, field: str, node: dict, owner: str = "") -> None:
         disc = node["discriminator"]["propertyName"]
         mapping = node["discriminator"]["mapping"]
-        key = self._register(field, node)
+        key = self._register(field, node, owner)
         if key in self.written:
             return
         self.written.add(key)
@@ -135,17 +136,20 @@ class _Writer:
             if name not in self.done:
                 self.done.add(name)
                 self._model(name, self.defs[name], level=3)
-        for name in members:  # what the variants lead to, after the variants themselves
+        pending = list(members)  # what the variants lead to, after the variants, at any depth
+        while pending:
+            name = pending.pop(0)
             for prop, sub in self.defs[name].get("properties", {}).items():
-                for child, child_node in self._children(prop, sub):
+                for child, child_node in self._children(prop, sub, owner=name):
                     if child not in self.done:
                         self.done.add(child)
                         self._model(child, child_node, level=3)
+                        pending.append(child)
 
-    def _register(self, field: str, node: dict) -> tuple:
+    def _register(self, field: str, node: dict, owner: str = "") -> tuple:
         """Name a union after the first key it appears under (so types can link to it)."""
         key = tuple(sorted(node["discriminator"]["mapping"].items()))
-        self.unions.setdefault(key, f"`{field}:` variants")
+        self.unions.setdefault(key, f"`{field}:` variants" + (f" of {owner}" if owner else ""))
         return key
 
     def _tags_in_order(self, name: str, disc: str, tags: list[str]) -> list[str]:
@@ -169,7 +173,7 @@ class _Writer:
         for key, prop in props.items():
             for sub in _walk(prop):
                 if "discriminator" in sub and "oneOf" in sub:
-                    self._register(key, sub)
+                    self._register(key, sub, name if level == 3 else "")
         required = set(node.get("required", []))
         fields = _fields_by_alias(cls) if cls else {}
         self.out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]

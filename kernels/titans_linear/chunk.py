@@ -67,13 +67,18 @@ def titans_linear_chunk(
 
     M = q.new_zeros(B, H, K, V) if initial_state is None else initial_state  # [B, H, K, V]
     S = q.new_zeros(B, H, K, V) if initial_momentum is None else initial_momentum
+    # Split every chunked tensor once: indexing chunk n out of a whole tensor in the loop makes
+    # autograd build a zero tensor of the whole sequence per chunk in backward (O(N^2)).
+    per_chunk = zip(
+        qc.unbind(2), kc.unbind(2), vc.unbind(2), qk.unbind(2), coef.b.unbind(2),
+        coef.d.unbind(2), coef.w.unbind(2), coef.s_b.unbind(2), coef.s_w.unbind(2), strict=True,
+    )  # fmt: skip
     outs = []
-    for n in range(N):
-        q_n, k_n = qc[:, :, n], kc[:, :, n]  # [B, H, C, K]
-        b, d, w = coef.b[:, :, n], coef.d[:, :, n], coef.w[:, :, n]  # [B,H,C+1], [B,H,C+1,C]
-        err = k_n @ M - vc[:, :, n]  # [B, H, C, V], e_i = M_0^T k_i - v_i
+    for n, (q_n, k_n, v_n, qk_n, b, d, w, s_b, s_w) in enumerate(per_chunk):
+        # q_n, k_n: [B, H, C, K]; b, d: [B, H, C+1]; w: [B, H, C+1, C]
+        err = k_n @ M - v_n  # [B, H, C, V], e_i = M_0^T k_i - v_i
         o = b[..., 1:, None] * (q_n @ M) + d[..., 1:, None] * (q_n @ S)  # [B, H, C, V]
-        o = o + (qk[:, :, n] * w[..., 1:, :]) @ err  # lower-triangular w keeps it causal
+        o = o + (qk_n * w[..., 1:, :]) @ err  # lower-triangular w keeps it causal
         outs.append(scale * o)
         # Padding is neutral for S but not for M (M_t = M_{t-1} + S_t keeps adding S), so the
         # state leaves the last chunk at its last real token, not at the padded end.
@@ -81,7 +86,7 @@ def titans_linear_chunk(
         k_t = k_n.transpose(-1, -2)  # [B, H, K, C]
         M_next = b[..., row, None, None] * M + d[..., row, None, None] * S
         M_next = M_next + k_t @ (w[..., row, :, None] * err)  # [B, H, K, V]
-        S = coef.s_b[:, :, n, row, None, None] * S + k_t @ (coef.s_w[:, :, n, row, :, None] * err)
+        S = s_b[..., row, None, None] * S + k_t @ (s_w[..., row, :, None] * err)
         M = M_next
     o = torch.cat(outs, dim=2)[:, :, :T].transpose(1, 2)  # [B, T, H, V]
     return o, ((M, S) if output_final_state else None)

@@ -29,11 +29,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-import nestdsl
-from nestdsl.data.corpus import VALIDATION_FRACTION, load_corpus, split_corpus
+from nestdsl.data.corpus import load_corpus, split_corpus
 from nestdsl.data.tokenizer import ByteTokenizer, Tokenizer
 from nestdsl.errors import UserError
-from nestdsl.eval.subject import is_run_folder
+from nestdsl.eval.subject import load_scored
 from nestdsl.train.metrics import bits_per_byte, language_model_loss
 
 DEFAULT_SEQ_LEN = 128
@@ -102,24 +101,11 @@ def run_bpb(
 ) -> dict:
     """Score a run folder or a spec on held-out bytes; a JSON-able result."""
     device = torch.device(device)
-    if is_run_folder(subject):
-        if overrides:
-            raise UserError(
-                "bpb: --set changes a spec; a run folder is evaluated as it was trained"
-            )
-        run = nestdsl.load_run(subject, device)
-        model, name, step = run.model, run.spec.name, run.state["step"]
-        tokenizer = run.tokenizer
-        data = data if data is not None else run.config.data
-        seq_len = seq_len or run.config.seq_len
-        val_fraction = run.config.val_fraction
-    else:
-        checked = nestdsl.load(subject, overrides=list(overrides) or None)
-        torch.manual_seed(seed)
-        model, name, step = nestdsl.compile(checked).to(device), checked.name, 0
-        seq_len = seq_len or DEFAULT_SEQ_LEN
-        val_fraction = VALIDATION_FRACTION
-        tokenizer = ByteTokenizer()
+    scored = load_scored(subject, device, overrides, seed, "bpb")
+    model, name, step, tokenizer = scored.model, scored.name, scored.step, scored.tokenizer
+    data = data if data is not None else scored.data
+    seq_len = seq_len or scored.seq_len or DEFAULT_SEQ_LEN
+    val_fraction = scored.val_fraction
     if getattr(model, "vocab", tokenizer.vocab_size) != tokenizer.vocab_size:
         raise UserError(
             f"bpb: the model's vocabulary is {model.vocab}, not the {tokenizer.vocab_size} "

@@ -10,12 +10,10 @@ Written with matplotlib's Agg canvas (no pyplot state, no display needed) and at
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from nestdsl.errors import UserError
-from nestdsl.train.checkpoint import write_file_atomically
+from nestdsl.eval.plots import save_png
 
 
 def continual_figure(
@@ -66,12 +64,4 @@ def plot_continual(
     title: str = "",
 ) -> Path:
     """Write the figure as a PNG at `path` (folders created); UserError if impossible."""
-    buffer = io.BytesIO()
-    continual_figure(r, baseline, labels, title).savefig(buffer, format="png")
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, buffer.getvalue())
-    except OSError as err:
-        raise UserError(f"cannot write the plot {path}: {err.strerror or err}") from None
-    return path
+    return save_png(continual_figure(r, baseline, labels, title), path)

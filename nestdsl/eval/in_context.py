@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import nestdsl
-from nestdsl.data.corpus import VALIDATION_FRACTION, load_corpus, split_corpus
+from nestdsl.data.corpus import load_corpus, split_corpus
 from nestdsl.errors import UserError
-from nestdsl.eval.subject import is_run_folder
+from nestdsl.eval.subject import load_scored
 
 DEFAULT_LENGTH = 16384
 DEFAULT_PIECE = 512
@@ -130,22 +129,11 @@ def run_in_context(
 ) -> dict:
     """The test-time learning curve of a run folder or a spec; a JSON-able result."""
     device = torch.device(device)
-    if is_run_folder(subject):
-        if overrides:
-            raise UserError(
-                "in-context: --set changes a spec; a run folder is evaluated as it was trained"
-            )
-        run = nestdsl.load_run(subject, device)
-        model, name, step = run.model, run.spec.name, run.state["step"]
-        data = data if data is not None else run.config.data
-        val_fraction = run.config.val_fraction
-        trained_length = run.config.seq_len  # where a model that fails past it starts to
-    else:
-        checked = nestdsl.load(subject, overrides=list(overrides) or None)
-        torch.manual_seed(seed)
-        model, name, step = nestdsl.compile(checked).to(device), checked.name, 0
-        val_fraction = VALIDATION_FRACTION
-        trained_length = None
+    scored = load_scored(subject, device, overrides, seed, "in-context")
+    model, name, step = scored.model, scored.name, scored.step
+    data = data if data is not None else scored.data
+    val_fraction = scored.val_fraction
+    trained_length = scored.seq_len  # where a model that fails past it starts to
     if getattr(model, "vocab", 256) != 256:
         raise UserError(
             f"in-context: the model's vocabulary is {model.vocab}, not the 256 bytes this task "

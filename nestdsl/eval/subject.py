@@ -85,3 +85,40 @@ class EvalContext:
     progress: bool = True
     run_folder: bool = False  # the subject is a run folder, not a spec
     out: str | None = None  # the result JSON's path when given; figures go beside it
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model a text task scores, with what a run folder says about its data (None for a spec:
+    the task's defaults apply)."""
+
+    model: object  # the compiled model, on the task's device
+    name: str
+    step: int  # the training steps it had (0 for a spec)
+    data: str | None  # the run's corpus argument
+    val_fraction: float
+    seq_len: int | None  # the run's training window
+    tokenizer: object  # nestdsl.data.tokenizer.Tokenizer
+
+
+def load_scored(subject: str, device, overrides: list[str], seed: int, task: str) -> Scored:
+    """A run folder at its latest checkpoint, or a spec compiled with its seeded initial
+    weights (an untrained baseline); `--set` only changes a spec."""
+    import torch
+
+    from nestdsl.data.corpus import VALIDATION_FRACTION
+    from nestdsl.data.tokenizer import ByteTokenizer
+
+    if is_run_folder(subject):
+        if overrides:
+            raise UserError(
+                f"{task}: --set changes a spec; a run folder is evaluated as it was trained"
+            )
+        run = nestdsl.load_run(subject, device)
+        config = run.config
+        return Scored(run.model, run.spec.name, run.state["step"], config.data,
+                      config.val_fraction, config.seq_len, run.tokenizer)  # fmt: skip
+    checked = nestdsl.load(subject, overrides=list(overrides) or None)
+    torch.manual_seed(seed)
+    model = nestdsl.compile(checked).to(device)
+    return Scored(model, checked.name, 0, None, VALIDATION_FRACTION, None, ByteTokenizer())

@@ -45,6 +45,7 @@ from .structure import ACTIVATIONS, LN_EPS
 from .triton_parts import (
     _act,
     _act_grad,
+    _chunk_inputs,
     _dual,
     _entry,
     _layer_norm,
@@ -122,17 +123,10 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
             if MOM:
                 tl.store(ss1 + off + p1, S1, mask=m1)
                 tl.store(ss2 + off + p2, S2, mask=m2)
-        t = n * C + idx  # [BT] token positions
-        mt = (idx < C) & (t < T)
-        row = i_b.to(tl.int64) * T + t  # [BT], (b, t) row of the [B, T, H, ...] layouts
-        pd = (row * H + i_h)[:, None] * D + jd[None, :]  # [BT, BD]
-        mtd = mt[:, None] & (jd < D)[None, :]
-        Q = tl.load(q + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
-        K = tl.load(k + pd, mask=mtd, other=0.0).to(tl.float32)
-        V = tl.load(v + pd, mask=mtd, other=0.0).to(tl.float32)
         # Tokens past the chunk or past T: theta = 0, eta = 1, alpha = 0 (no write, no decay).
-        th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
-        r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
+        Q, K, V, th, r, mt, row, pd, mtd = _chunk_inputs(
+            q, k, v, theta, alpha, i_b, i_h, n, idx, jd, T, H, D, C
+        )  # Q, K, V [BT, BD]; th, r, mt, row [BT]; pd, mtd [BT, BD]
 
         # 1. Write pass at the chunk-start weights (README eqs. B1-B3): inputs and errors.
         Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]

@@ -38,6 +38,7 @@ from .triton_parts import (
     _act,
     _act_grad,
     _act_grad2,
+    _chunk_inputs,
     _dual,
     _entry,
     _layer_norm,
@@ -112,16 +113,10 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
         else:
             S1 = tl.zeros([BH, BD], dtype=tl.float32)
             S2 = tl.zeros([BD, BH], dtype=tl.float32)
-        t = n * C + idx
-        mt = (idx < C) & (t < T)
-        row = i_b.to(tl.int64) * T + t
-        pd = (row * H + i_h)[:, None] * D + jd[None, :]  # [BT, BD]
-        mtd = mt[:, None] & (jd < D)[None, :]
-        Q = tl.load(q + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
-        K = tl.load(k + pd, mask=mtd, other=0.0).to(tl.float32)
-        V = tl.load(v + pd, mask=mtd, other=0.0).to(tl.float32)
-        th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
-        r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
+        # Tokens past the chunk or past T: theta = 0, eta = 1, alpha = 0 (no write, no decay).
+        Q, K, V, th, r, mt, row, pd, mtd = _chunk_inputs(
+            q, k, v, theta, alpha, i_b, i_h, n, idx, jd, T, H, D, C
+        )  # Q, K, V [BT, BD]; th, r, mt, row [BT]; pd, mtd [BT, BD]
         Z = tl.dot(K, tl.trans(W1), input_precision=PREC)  # [BT, BH]
         A2 = _act(Z, ACT)
         sZ = _act_grad(Z, ACT)

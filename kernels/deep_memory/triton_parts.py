@@ -66,6 +66,26 @@ def _prev(x, idx, first):
 
 
 @triton.jit
+def _chunk_inputs(q, k, v, theta, alpha, i_b, i_h, n, idx, jd, T, H, D, C):
+    """Chunk n's rows for head i_h of batch i_b: Q, K, V [BT, BD] and the step th and keep
+    factor r = 1 - alpha [BT], in float32; tokens past the chunk or past T read as theta = 0,
+    alpha = 0 (no write, no decay). Also the token mask mt [BT], the rows of the [B, T, H, ...]
+    layouts and the [BT, BD] offsets pd with their mask mtd, for the caller's own loads (eta,
+    upstream gradients) and stores."""
+    t = n * C + idx  # [BT] token positions
+    mt = (idx < C) & (t < T)
+    row = i_b.to(tl.int64) * T + t  # [BT], (b, t) row of the [B, T, H, ...] layouts
+    pd = (row * H + i_h)[:, None] * D + jd[None, :]  # [BT, BD]
+    mtd = mt[:, None] & (jd < D)[None, :]
+    Q = tl.load(q + pd, mask=mtd, other=0.0).to(tl.float32)  # [BT, BD]
+    K = tl.load(k + pd, mask=mtd, other=0.0).to(tl.float32)
+    V = tl.load(v + pd, mask=mtd, other=0.0).to(tl.float32)
+    th = tl.load(theta + row * H + i_h, mask=mt, other=0.0).to(tl.float32)  # [BT]
+    r = 1.0 - tl.load(alpha + row * H + i_h, mask=mt, other=0.0).to(tl.float32)
+    return Q, K, V, th, r, mt, row, pd, mtd
+
+
+@triton.jit
 def _row(x, idx, i):
     """Row i of x [BT, M], as [M]."""
     return tl.sum(tl.where(idx[:, None] == i, x, 0.0), axis=0)

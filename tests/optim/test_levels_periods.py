@@ -19,17 +19,19 @@ from safetensors.torch import load_file
 import nestdsl
 from nestdsl.cli import main
 from nestdsl.data import load_corpus
-from nestdsl.data.batches import ByteBatches
 from nestdsl.optim import LevelOptimizers, build_optimizer, shipped_optimizers
 from nestdsl.train import TrainConfig, TrainingInterrupted, spec_source, train
 from nestdsl.train.optimizer_state import load_optimizer_state, optimizer_state
+from tests.train.helpers import interrupt_at
 
 TWO_LEVELS = Path(__file__).parents[1] / "train" / "specs" / "two-outer-levels.yaml"
 
 
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    ).double()
 
 
 def steps(net: torch.nn.Module, opt, first: int, last: int) -> None:
@@ -78,7 +80,9 @@ def test_a_slower_level_sums_its_period_of_gradients_then_updates_once():
         slow_net(x).square().mean().backward()
         grads.append([p.grad.clone() for p in slow_net.parameters()])
         slow.step()
-        moved = any(not torch.equal(a, b) for a, b in zip(before, slow_net.parameters(), strict=True))
+        moved = any(
+            not torch.equal(a, b) for a, b in zip(before, slow_net.parameters(), strict=True)
+        )
         assert moved == (step == 2), f"step {step}"
     for p, *gs in zip(ref_net.parameters(), *grads, strict=True):
         p.grad = sum(gs)
@@ -90,7 +94,9 @@ def test_a_slower_level_sums_its_period_of_gradients_then_updates_once():
 def _adamw_body() -> dict:
     from nestdsl.optim import read_declaration
 
-    return read_declaration("adamw").model_dump(mode="json", include={"settings", "memories", "update"})
+    return read_declaration("adamw").model_dump(
+        mode="json", include={"settings", "memories", "update"}
+    )
 
 
 def test_a_level_with_its_own_schedule_ignores_the_runs_factor():
@@ -120,17 +126,6 @@ SPEC_TEXT = TWO_LEVELS.read_text().replace(
 )
 
 
-def _interrupt_at(monkeypatch, step: int) -> None:
-    original = ByteBatches.batch
-
-    def batch(self, s):
-        if self.split == "train" and s == step:
-            raise KeyboardInterrupt
-        return original(self, s)
-
-    monkeypatch.setattr(ByteBatches, "batch", batch)
-
-
 def _final(run: Path) -> dict[str, torch.Tensor]:
     latest = (run / "checkpoints" / "latest").read_text().strip()
     return {**load_file(run / "checkpoints" / latest / "model.safetensors"),
@@ -147,9 +142,11 @@ def test_two_outer_levels_with_periods_train_and_resume_exactly(tmp_path, monkey
                          log_every=2, eval_batches=1, warmup_steps=2, device="cpu")  # fmt: skip
     train(spec_source(str(spec)), config, tmp_path / "whole", corpus=corpus, progress=False)
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, 6)  # the checkpoint at step 4 is the last one before
+        interrupt_at(patch, 6)  # the checkpoint at step 4 is the last one before
         with pytest.raises(TrainingInterrupted):
-            train(spec_source(str(spec)), config, tmp_path / "pieces", corpus=corpus, progress=False)
+            train(
+                spec_source(str(spec)), config, tmp_path / "pieces", corpus=corpus, progress=False
+            )
     train(spec_source(str(spec)), config, tmp_path / "pieces", resume=True, corpus=corpus,
           progress=False)  # fmt: skip
     whole, pieces = _final(tmp_path / "whole"), _final(tmp_path / "pieces")
@@ -192,5 +189,7 @@ def test_show_lists_each_outer_levels_period_and_optimizer(tmp_path, capsys):
     assert "dmgd, lr 0.001; every 4 steps (sums their gradients); own schedule constant" in rows[1]
     assert rows[1].endswith("memories: momentum (mlp)")
     # The faster outer level is listed first in the table too.
-    order = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["fast"], ["slow"])]
+    order = [
+        line.split()[0] for line in out.splitlines() if line.split()[:1] in (["fast"], ["slow"])
+    ]
     assert order[:2] == ["fast", "slow"]

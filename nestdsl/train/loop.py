@@ -39,6 +39,7 @@ from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_set
 from nestdsl.train import distributed
 from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from nestdsl.train.config import ModelSource, TrainConfig, TrainingInterrupted, TrainResult
+from nestdsl.train.counters import LoopCounters
 from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
 from nestdsl.train.folder import RunFolder
 from nestdsl.train.init_from import init_from
@@ -122,16 +123,9 @@ class _Trainer:
             if self.device.type == "cuda"
             else contextlib.nullcontext
         )
-        # Loop counters that a checkpoint must restore for the log to continue identically.
-        self.window_loss_sum = 0.0
-        self.window_steps = 0
-        self.last_train_loss: float | None = None
-        self.last_val_loss: float | None = None
+        self.counters = LoopCounters()  # a checkpoint restores them: the log continues identically
         self.memory: dict[str, torch.Tensor] | None = None
         self.tokenizer: Tokenizer | None = None  # trained or read in _prepare_folder
-        self.window_bytes = 0.0  # bytes covered by the targets of the window's updates
-        self.last_train_bpb: float | None = None
-        self.last_val_bpb: float | None = None
         self.last_checkpoint: Path | None = None
         self.step = 0
         self.elapsed_before = 0.0  # seconds trained before this session (a resumed run)
@@ -206,15 +200,7 @@ class _Trainer:
             )
         loop = loaded.meta["loop"]
         self.step = loaded.step
-        self.window_loss_sum = loop["window_loss_sum"]
-        self.window_steps = loop["window_steps"]
-        self.last_train_loss = loop["last_train_loss"]
-        self.last_val_loss = loop["last_val_loss"]
-        # Checkpoints of byte runs written before tokenizers existed: one byte per token.
-        tokens = self.config.batch_size * self.config.seq_len
-        self.window_bytes = loop.get("window_bytes", float(self.window_steps * tokens))
-        self.last_train_bpb = loop.get("last_train_bpb", _bpb(self.last_train_loss))
-        self.last_val_bpb = loop.get("last_val_bpb", _bpb(self.last_val_loss))
+        self.counters = LoopCounters.from_dict(loop, self.config.batch_size * self.config.seq_len)
         self.elapsed_before = float(loop.get("elapsed_s", 0.0))
         self.last_checkpoint = path
         self.checkpointed_step = loaded.step
@@ -317,16 +303,7 @@ class _Trainer:
             memory = self.context.gather_to_main(own)
         extra = {
             "spec": self.source.identity(),
-            "loop": {
-                "window_loss_sum": self.window_loss_sum,
-                "window_steps": self.window_steps,
-                "last_train_loss": self.last_train_loss,
-                "last_val_loss": self.last_val_loss,
-                "window_bytes": self.window_bytes,
-                "last_train_bpb": self.last_train_bpb,
-                "last_val_bpb": self.last_val_bpb,
-                "elapsed_s": self._elapsed(),
-            },
+            "loop": {**self.counters.as_dict(), "elapsed_s": self._elapsed()},
             "data": {
                 "next_step": step,
                 "carry_state": self.config.carry_state,
@@ -401,7 +378,7 @@ class _Trainer:
             self._say(
                 f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue"
             )
-            self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
+            self.counters.set_validation(*self.evaluate(val_batches))
             self.metrics.close()
             self.board.close()
             return self._result()
@@ -430,7 +407,7 @@ class _Trainer:
         try:
             with stop_on_signals() as stop:
                 if self.step == 0:
-                    self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
+                    self.counters.set_validation(*self.evaluate(val_batches))
                     record0 = self._val_record(0)
                     self._on_main(lambda: self._write_logs([record0], False))
                 for step in range(self.step, cfg.steps):
@@ -442,9 +419,7 @@ class _Trainer:
                             f"the loss became {loss} at step {step + 1}; try a smaller --lr"
                         )
                     self.step = done = step + 1
-                    self.window_loss_sum += loss
-                    self.window_steps += 1
-                    self.window_bytes += covered
+                    self.counters.add(loss, covered)
                     now = time.perf_counter()
                     bar.update(1)
                     session_rate = tokens_per_step * (done - first_step) / max(now - started, 1e-9)
@@ -453,30 +428,19 @@ class _Trainer:
                     )
                     records = []
                     if done % cfg.log_every == 0 or done == cfg.steps:
-                        mean = self.window_loss_sum / self.window_steps
-                        per_token = self.window_bytes / (self.window_steps * tokens_per_step)
-                        self.last_train_bpb = bits_per_byte(mean, per_token)
-                        tokens_per_s = (
-                            self.window_steps * tokens_per_step / max(now - window_started, 1e-9)
-                        )
-                        records.append(
-                            {
-                                "kind": "train",
-                                "step": done,
-                                "loss": mean,
-                                "bpb": self.last_train_bpb,
-                                "lr": self.schedule.lr_at(step),
-                                "grad_norm": grad_norm,
-                                "tokens_per_s": round(tokens_per_s, 1),
-                                "elapsed_s": self._elapsed(),
-                            }
-                        )
-                        self.last_train_loss = mean
-                        self.window_loss_sum, self.window_steps, self.window_bytes = 0.0, 0, 0.0
+                        steps = self.counters.window_steps
+                        tokens_per_s = steps * tokens_per_step / max(now - window_started, 1e-9)
+                        records.append({
+                            "kind": "train", "step": done,
+                            "loss": self.counters.close_window(tokens_per_step),
+                            "bpb": self.counters.last_train_bpb, "lr": self.schedule.lr_at(step),
+                            "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 1),
+                            "elapsed_s": self._elapsed(),
+                        })  # fmt: skip
                         window_started = now
                     evaluated = done % cfg.eval_every == 0 or done == cfg.steps
                     if evaluated:
-                        self.last_val_loss, self.last_val_bpb = self.evaluate(val_batches)
+                        self.counters.set_validation(*self.evaluate(val_batches))
                         records.append(self._val_record(done))
                     if records:
                         self._on_main(
@@ -499,7 +463,8 @@ class _Trainer:
         return self._result()
 
     def _val_record(self, step: int) -> dict:
-        return {"kind": "val", "step": step, "loss": self.last_val_loss, "bpb": self.last_val_bpb}
+        c = self.counters
+        return {"kind": "val", "step": step, "loss": c.last_val_loss, "bpb": c.last_val_bpb}
 
     def _write_logs(self, records: list[dict], plot: bool) -> None:
         for record in records:
@@ -531,14 +496,9 @@ class _Trainer:
             plot=self.folder.plot,
             checkpoint=self.last_checkpoint,
             step=self.step,
-            train_loss=self.last_train_loss,
-            val_loss=self.last_val_loss,
+            train_loss=self.counters.last_train_loss,
+            val_loss=self.counters.last_val_loss,
             is_main=self.context.is_main,
-            train_bpb=self.last_train_bpb,
-            val_bpb=self.last_val_bpb,
+            train_bpb=self.counters.last_train_bpb,
+            val_bpb=self.counters.last_val_bpb,
         )
-
-
-def _bpb(loss: float | None) -> float | None:
-    """Bits per byte of a loss logged by a byte run (one byte per token)."""
-    return None if loss is None else bits_per_byte(loss)

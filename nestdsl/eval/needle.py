@@ -10,7 +10,7 @@ Table 1 and Titans §5.4 report it, at byte level and trained from scratch; data
   the *training* part of the corpus (the embedded Shakespeare, or `--data`); every step draws a
   fresh batch seeded by the step. The loss is the cross-entropy of the answer bytes only. The
   optimizer is recall's: AdamW (lr 2e-3, weight decay 0.1 on matrices), one-cycle schedule
-  (`recall.one_cycle`), gradient norm clipped at 1;
+  (`synthetic.one_cycle`), gradient norm clipped at 1;
 * it is then tested at lengths `m * L` for each multiple m of `--lengths` (1, 2, 4, 8: 128 to
   1,024 bytes), each depth of `--depths` (0, 0.25, 0.5, 0.75, 1) and each needle kind, on
   `eval_rows` rows per cell whose haystack comes from the *validation* part of the corpus and
@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import nestdsl
@@ -45,10 +44,8 @@ from nestdsl.data.batches import step_seed
 from nestdsl.data.corpus import load_corpus, split_corpus
 from nestdsl.errors import UserError
 from nestdsl.eval.haystack import KINDS, answer_scores, longest_overhead, needle_batch
-from nestdsl.eval.mqar import IGNORE
-from nestdsl.eval.recall import one_cycle
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.optim import build_optimizer
+from nestdsl.eval.synthetic import train_on_rows
 
 VOCAB = 256  # bytes
 
@@ -97,58 +94,18 @@ class NeedleSettings:
             )
 
 
-def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the answer bytes only, in float32."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
-    )
-
-
 def train_model(checked, train_text: bytes, settings: NeedleSettings, device, progress: bool):
     """A fresh model trained on needle rows of `train_length`; (model, training record)."""
     torch.manual_seed(settings.seed)
-    model = nestdsl.compile(checked).to(device).train()
-    optimizer = build_optimizer(
-        model.named_parameters(),
-        {"kind": "adamw", "lr": settings.lr, "weight_decay": settings.weight_decay},
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
-    )
-    curve, window, diverged, last = [], [], None, float("nan")
-    clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
-    bar = tqdm(range(settings.steps), desc=f"needle {checked.name}", disable=not progress,
-               file=sys.stderr, leave=False, dynamic_ncols=True)  # fmt: skip
-    for step in bar:
-        inputs, labels = needle_batch(
-            train_text, settings.train_length, settings.batch_size,
-            step_seed(settings.seed, "needle-train", step), settings.kinds,
-        )  # fmt: skip
-        logits, _ = model(inputs.to(device))  # [B, L, 256]
-        loss = _answer_loss(logits, labels.to(device))
-        if not torch.isfinite(loss):
-            diverged = step
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if not math.isfinite(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))):
-            diverged = step  # stop before an update that would scale every gradient to NaN
-            break
-        optimizer.step()
-        schedule.step()
-        window.append(loss.item())
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            last = sum(window) / len(window)
-            curve.append({"step": step + 1, "loss": round(last, 5)})
-            bar.set_postfix(loss=f"{last:.3f}")
-            window = []
-    bar.close()
-    return model, {
-        "final_train_loss": None if diverged is not None else round(last, 5),
-        "diverged_at": diverged,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "curve": curve,
-    }
+    model = nestdsl.compile(checked).to(device)
+
+    def rows(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return needle_batch(train_text, settings.train_length, settings.batch_size,
+                            step_seed(settings.seed, "needle-train", step), settings.kinds)  # fmt: skip
+
+    trained = train_on_rows(model, rows, settings, device, memories=set(checked.spec.memories),
+                            desc=f"needle {checked.name}", progress=progress)  # fmt: skip
+    return model, trained
 
 
 @torch.no_grad()

@@ -31,16 +31,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import nestdsl
 from nestdsl.data.batches import step_seed
 from nestdsl.errors import UserError
 from nestdsl.eval.grid import point_label
-from nestdsl.eval.mqar import IGNORE, MQARShape, mqar_rows, row_accuracy
+from nestdsl.eval.mqar import MQARShape, mqar_rows, row_accuracy
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.optim import build_optimizer
+from nestdsl.eval.synthetic import train_on_rows
 
 GRID_KEYS = {"L": 64, "N": 8, "d_model": 64}  # the issue's setting
 HELDOUT = "mqar-heldout"  # the split name of the held-out seed; training uses "mqar-train"
@@ -75,38 +74,6 @@ class RecallSettings:
             raise UserError(
                 f"recall: warmup_fraction must be in (0, 1), got {self.warmup_fraction}"
             )
-
-
-def one_cycle(step: int, steps: int, warmup_fraction: float) -> float:
-    """The lr multiplier at `step`: one-cycle (Smith & Topin 2019, torch's OneCycleLR shape).
-
-    Linear from 1/25 to 1 over the first `warmup_fraction` of the steps (at least one), then a
-    cosine from 1 down to 1/25e4 at the last step.
-    """
-    start, end = 1 / 25, 1 / 25e4
-    warm = max(1, round(warmup_fraction * steps))
-    if step < warm:
-        return start + (1 - start) * step / warm
-    done = (step - warm) / max(1, steps - 1 - warm)
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-
-def _state_max(state: dict, memories: set[str]) -> float:
-    """The largest |entry| of the memories' returned state (keys `layer.<i>.<memory>.<part>`),
-    leaving out what other ops carry (short-convolution buffers); 0 when there is none."""
-    peaks = [
-        t.detach().abs().max().item()
-        for key, t in state.items()
-        if t.is_floating_point() and t.numel() and memories & set(key.split("."))
-    ]
-    return max(peaks, default=0.0)
-
-
-def _query_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over query positions only, in float32."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
-    )
 
 
 @torch.no_grad()
@@ -144,72 +111,13 @@ def train_point(
     model = nestdsl.compile(checked).to(device)
     if getattr(model, "vocab", shape.vocab) < shape.vocab:
         raise UserError(f"recall: the model's vocabulary {model.vocab} is below {shape.vocab}")
-    model.train()
-    optimizer = build_optimizer(
-        model.named_parameters(),
-        {"kind": "adamw", "lr": settings.lr, "weight_decay": settings.weight_decay},
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
-    )
-    memories = set(checked.spec.memories)
-    curve, window, diverged, last_loss = [], [], None, float("nan")
-    peak_grad = peak_state = 0.0  # the largest gradient norm and state entry since the last record
 
-    def record(entry: dict) -> None:
-        curve.append(entry)
-        if on_record is not None:
-            on_record(entry)
+    def rows(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return mqar_rows(shape, settings.batch_size, step_seed(settings.seed, "mqar-train", step))
 
-    bar = tqdm(
-        range(settings.steps), desc=f"recall {label}", disable=not progress, file=sys.stderr,
-        leave=False, dynamic_ncols=True,
-    )  # fmt: skip
-    for step in bar:
-        inputs, labels = mqar_rows(
-            shape, settings.batch_size, step_seed(settings.seed, "mqar-train", step)
-        )
-        logits, state = model(inputs.to(device))  # [B, L, vocab]
-        loss = _query_loss(logits, labels.to(device))
-        state_now = _state_max(state, memories)
-        peak_state = max(peak_state, state_now)
-        if not torch.isfinite(loss):
-            diverged = {"step": step, "in": "loss"}
-            record({"step": step, "loss": None, "state_max": state_now})
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        if not math.isfinite(grad_norm):
-            # An infinite norm would make clipping scale every gradient to NaN: stop before the
-            # update, so the scored model is the last finite one.
-            diverged = {"step": step, "in": "gradient"}
-            record({"step": step, "loss": round(loss.item(), 5), "grad_norm": grad_norm,
-                    "state_max": state_now})  # fmt: skip
-            break
-        peak_grad = max(peak_grad, grad_norm)
-        optimizer.step()
-        window.append(loss.item())
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            last_loss = sum(window) / len(window)
-            record({
-                "step": step + 1, "loss": round(last_loss, 5), "lr": schedule.get_last_lr()[0],
-                "grad_norm": round(peak_grad, 5), "state_max": round(peak_state, 5),
-            })  # fmt: skip
-            bar.set_postfix(loss=f"{last_loss:.3f}")
-            window, peak_grad, peak_state = [], 0.0, 0.0
-        schedule.step()
-    bar.close()
-    scores = evaluate_recall(model, shape, settings, device)
-    return {
-        **scores,
-        "final_train_loss": None if diverged is not None else round(last_loss, 5),
-        "diverged_at": None if diverged is None else diverged["step"],
-        "diverged_in": None if diverged is None else diverged["in"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "curve": curve,
-    }
+    trained = train_on_rows(model, rows, settings, device, memories=set(checked.spec.memories),
+                            desc=f"recall {label}", progress=progress, on_record=on_record)  # fmt: skip
+    return {**evaluate_recall(model, shape, settings, device), **trained}
 
 
 def run_recall(

@@ -122,7 +122,7 @@ def test_divergence_stops_training_and_says_where(monkeypatch, where):
 
 
 def test_one_cycle_schedule_by_hand():
-    from nestdsl.eval.recall import one_cycle
+    from nestdsl.eval.synthetic import one_cycle
 
     values = [one_cycle(s, 11, 0.2) for s in range(11)]  # warm-up of 2 steps, cosine over 8
     assert values[0] == pytest.approx(1 / 25)
@@ -134,7 +134,7 @@ def test_one_cycle_schedule_by_hand():
 
 
 def test_state_peak_reads_memories_only():
-    from nestdsl.eval.recall import _state_max
+    from nestdsl.eval.synthetic import state_max as _state_max
 
     state = {
         "layer.0.M.W.0": torch.tensor([3.0, -5.0]),

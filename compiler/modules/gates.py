@@ -1,4 +1,7 @@
-"""Step sizes and gates of a memory, from their source: constant, learned, or a block tensor."""
+"""Step sizes and gates of a memory, from their source: constant, learned, or a block tensor.
+
+A gate is per head `[B, T, H]`, or per channel `[B, T, H, V]` when `lower_memories` found its
+block tensor to be `[heads, value_dim]` (one value per row of the state, Miras §5.4)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from nestdsl.spec.common import Learned
 
 
 class Gates(nn.Module):
-    """Resolves `lr`, `momentum`, `forget`, `log_decay`, `delta` to `[B, T, H]` tensors."""
+    """Resolves `lr`, `momentum`, `forget`, `log_decay`, `delta`, `weight` to `[B, T, H]`
+    tensors (`[B, T, H, V]` for the roles in `channels`)."""
 
-    def __init__(self, memory, heads: int):
+    def __init__(self, memory, heads: int, channels: tuple[str, ...] = ()):
         super().__init__()
         self.heads = heads
+        self.channels = tuple(channels)
         self.sources = {}
         self.learned = nn.ParameterDict()
         for p in memory_params(memory):
@@ -33,11 +38,14 @@ class Gates(nn.Module):
             return self.learned[role].to(like.dtype).expand(B, T, self.heads)
         if isinstance(source, str):
             g = env[source]
+            if role in self.channels:  # [B, T, H, V]; one head may come without its axis
+                return g.unsqueeze(2) if g.dim() == 3 else g
             return g.unsqueeze(-1).expand(B, T, self.heads) if g.dim() == 2 else g
         return like.new_full((B, T, self.heads), float(source))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{r}={_show(s)}" for r, s in self.sources.items())
+        return ", ".join(f"{r}={_show(s)}" + (" per channel" if r in self.channels else "")
+                         for r, s in self.sources.items())  # fmt: skip
 
 
 def _show(source) -> str:

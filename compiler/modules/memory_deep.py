@@ -9,9 +9,12 @@ computes exactly what one pass computes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
+from nestdsl.compiler.modules import channels
 from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
@@ -149,6 +152,11 @@ class DeepMemory(WeightsMemory):
         self.rule, self.retention, self.q_norm, self.kl_scale = (
             o.rule, o.retention, o.q_norm, o.kl_scale)  # fmt: skip
         self.chunk, self.window = o.chunk_size, o.window
+        # Per-channel gates run one head per value channel (channels.py): the same options
+        # with a one-channel structure (only matrix memories get here: lower_memories).
+        self.split_options = None
+        if self.per_channel:
+            self.split_options = replace(o, structure=replace(o.structure, d_out=1))
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
@@ -162,9 +170,31 @@ class DeepMemory(WeightsMemory):
             log_decay = self.gate("log_decay", env, like)
             forget = like.new_zeros(theta.shape) if log_decay is None else -torch.expm1(log_decay)
         delta, gamma = self.gate("delta", env, like, 1.0), self.gate("weight", env, like, 1.0)
+        if self.per_channel:  # [B, T, H, V] for every rule gate, so spans concatenate alike
+            V = self.plan.value_dim
+            theta, eta, forget = (g if g.dim() == 4 else g.unsqueeze(-1).expand(*g.shape, V)
+                                  for g in (theta, eta, forget))  # fmt: skip
         return theta, eta, forget, delta, gamma
 
     def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
+        if not self.per_channel:
+            return self._run_heads(q, k, v, gates, weights, momentum, order, prefix, self.options)
+        # One head per value channel: keys repeated, values, gates and states split.
+        H, V = v.shape[2], v.shape[3]
+        gates = tuple(channels.split_gate(g, V) for g in gates)
+        if prefix is not None:
+            prefix = [channels.repeat_keys(prefix[0], V), channels.split_values(prefix[1]),
+                      channels.split_gate(prefix[2], V)]  # fmt: skip
+        o, (W, S) = self._run_heads(
+            channels.repeat_keys(q, V), channels.repeat_keys(k, V), channels.split_values(v),
+            gates, [channels.split_weights(w) for w in weights],
+            None if momentum is None else [channels.split_weights(m) for m in momentum],
+            order, prefix, self.split_options)  # fmt: skip
+        merge = [channels.merge_weights(w, H) for w in W]
+        return channels.merge_out(o, H), (merge, None if S is None else [
+            channels.merge_weights(m, H) for m in S])  # fmt: skip
+
+    def _run_heads(self, q, k, v, gates, weights, momentum, order, prefix, options):
         theta, eta, alpha, delta, gamma = gates
         if self.plan.kernel == "titans_linear":
             S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
@@ -174,11 +204,11 @@ class DeepMemory(WeightsMemory):
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
         if self.plan.memory.window is None:
-            return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
+            return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
                                momentum=momentum, output_final_state=True, delta=delta)  # fmt: skip
         # An Omega window: its token weights and earlier tokens; over more than one token the
         # Huber threshold is the constant options.delta.
-        return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
+        return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
                            momentum=momentum, output_final_state=True, gamma=gamma,
                            delta=delta if self.window == 1 else None, window_prefix=prefix)  # fmt: skip
 

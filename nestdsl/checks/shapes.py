@@ -60,8 +60,10 @@ def memory_shapes(m, size, path: tuple) -> dict[str, Shape | None]:
         k = v = size(st.dim, path + ("structure", "dim"))
     if None in (heads, k, v):
         return {}
+    # A gate is per head `[heads]`, or per channel `[heads, value width]`: one value per row
+    # of the state (Miras §5.4 backbone, ATLAS eq. 11's diag(α_t)).
     return {"query": (heads, k), "keys": (heads, k), "values": (heads, v), "out": (heads, v),
-            "gate": (heads,)}  # fmt: skip
+            "gate": (heads,), "channel_gate": (heads, v)}  # fmt: skip
 
 
 def _fits(shape: Shape, expected: Shape) -> bool:
@@ -189,6 +191,17 @@ def _memory_flows(ctx, block, bname, shapes, mem_shapes) -> Iterator[Diagnostic]
                 continue
             want = expected[role]
             got = shapes[tensor]
+            if role == "gate":
+                if _fits(got, want) or _fits(got, expected["channel_gate"]):
+                    continue
+                yield ctx.error("dim-mismatch",
+                                f"memory `{name}` takes gates of shape {_show(want)} (per head) "
+                                f"or {_show(expected['channel_gate'])} (per channel), but "
+                                f"`{tensor}` has shape {_show(got)} in block `{bname}`",
+                                ("memories", name) + sub,
+                                f"a gate has one value per head, or one per head and value "
+                                f"channel (inferred from `{name}`'s structure)")  # fmt: skip
+                continue
             if not _fits(got, want):
                 yield ctx.error("dim-mismatch",
                                 f"memory `{name}` takes {role} of shape {_show(want)}, but "

@@ -23,6 +23,10 @@ def pick_kernels(plan: Plan) -> Plan:
     for layer in plan.layers:
         for m in layer.memories.values():
             m.kernel, m.why = choose(m, _orders(layer, m))
+            if m.options.channel_gates and m.kernel != "linear_attention":
+                # Rows of the state are independent recurrences (compiler/modules/channels.py).
+                m.why += (f"; per-channel gates: runs as {m.heads * m.value_dim} one-channel "
+                          "heads (keys repeated per channel)")  # fmt: skip
             if m.kernel == "deep_memory":
                 m.why += "; " + triton_verdict(m)
             if m.options.normalize and m.kernel != "linear_attention":

@@ -133,6 +133,8 @@ def _infer(ctx, op, ins: list[Shape], size, path, mem_shapes, errors) -> Shape |
     if isinstance(op, Linear):
         outs = op.out if isinstance(op.out, list) else [op.out]
         sizes = [size(o, path + ("out",)) for o in outs]
+        if op.rank is not None:  # a low-rank factorization's r: a positive size
+            size(op.rank, path + ("rank",))
         if None in sizes:
             return None
         return tuple(sizes)

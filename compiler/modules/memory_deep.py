@@ -154,6 +154,8 @@ class DeepMemory(WeightsMemory):
         self.chunk, self.window = o.chunk_size, o.window
         # Per-channel gates run one head per value channel (channels.py): the same options
         # with a one-channel structure (only matrix memories get here: lower_memories).
+        # The gates a span carries (and replays): `omega` only when the window has `positions`.
+        self.gate_names = self.GATES + (("omega",) if "positions" in self.gates.sources else ())
         self.split_options = None
         if self.per_channel:
             self.split_options = replace(o, structure=replace(o.structure, d_out=1))
@@ -162,7 +164,7 @@ class DeepMemory(WeightsMemory):
 
     def _gates(self, env, like):
         """Per-token `[B, T, H]` step size, momentum, forget gate, Huber threshold and the
-        Omega window's token weight."""
+        Omega window's token weight, and `[B, T, H, c]` its position weights when given."""
         theta = self.gate("lr", env, like, 1.0)
         eta = self.gate("momentum", env, like, 0.0)
         forget = self.gate("forget", env, like)
@@ -174,14 +176,16 @@ class DeepMemory(WeightsMemory):
             V = self.plan.value_dim
             theta, eta, forget = (g if g.dim() == 4 else g.unsqueeze(-1).expand(*g.shape, V)
                                   for g in (theta, eta, forget))  # fmt: skip
-        return theta, eta, forget, delta, gamma
+        gates = theta, eta, forget, delta, gamma
+        return gates if len(self.gate_names) == 5 else (*gates, self.gate("positions", env, like))
 
     def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
         if not self.per_channel:
             return self._run_heads(q, k, v, gates, weights, momentum, order, prefix, self.options)
         # One head per value channel: keys repeated, values, gates and states split.
         H, V = v.shape[2], v.shape[3]
-        gates = tuple(channels.split_gate(g, V) for g in gates)
+        gates = tuple(channels.split_gate(g, V) if i < 5 else channels.repeat_keys(g, V)
+                      for i, g in enumerate(gates))  # fmt: skip
         if prefix is not None:
             prefix = [channels.repeat_keys(prefix[0], V), channels.split_values(prefix[1]),
                       channels.split_gate(prefix[2], V)]  # fmt: skip
@@ -195,7 +199,8 @@ class DeepMemory(WeightsMemory):
             channels.merge_weights(m, H) for m in S])  # fmt: skip
 
     def _run_heads(self, q, k, v, gates, weights, momentum, order, prefix, options):
-        theta, eta, alpha, delta, gamma = gates
+        theta, eta, alpha, delta, gamma, *positions = gates
+        omega = {"omega": positions[0]} if positions else {}  # [B, T, H, c]
         if self.plan.kernel == "titans_linear":
             S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
             M0 = None if momentum is None else momentum[0].transpose(-1, -2)
@@ -209,7 +214,7 @@ class DeepMemory(WeightsMemory):
         # An Omega window: its token weights and earlier tokens; over more than one token the
         # Huber threshold is the constant options.delta.
         return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
-                           momentum=momentum, output_final_state=True, gamma=gamma,
+                           momentum=momentum, output_final_state=True, gamma=gamma, **omega,
                            delta=delta if self.window == 1 else None, window_prefix=prefix)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
@@ -223,7 +228,7 @@ class DeepMemory(WeightsMemory):
         if self.rule in MOMENTUM_RULES and S is None:
             S = [torch.zeros_like(w) for w in W]
         if r:
-            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.GATES)]
+            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.gate_names)]
             k = torch.cat([past[0], k], 1)
             v = torch.cat([past[1], v], 1)
             gates = tuple(torch.cat([p, g], 1) for p, g in zip(past[2:], gates))
@@ -241,8 +246,8 @@ class DeepMemory(WeightsMemory):
         if end_state is None:
             _, end_state = self._run(k, k, v, gates, W, S, "write_then_read", prefix)
         if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut`
-            seen = (k, v, gates[-1]) if prefix is None else [
-                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[-1]))]  # fmt: skip
+            seen = (k, v, gates[4]) if prefix is None else [
+                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
             end = cut + (0 if prefix is None else prefix[0].shape[1])
             start = max(0, end - (self.window - 1))
             for n, x in zip(("k", "v", "gamma"), seen):
@@ -251,7 +256,7 @@ class DeepMemory(WeightsMemory):
         self._store(stream, "S", end_state[1])
         # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
         # far, for the next call to replay.
-        tail = {"k": k, "v": v, **dict(zip(self.GATES, gates))}
+        tail = {"k": k, "v": v, **dict(zip(self.gate_names, gates, strict=True))}
         if cut < n_all:
             anchor = (W, S)
             if cut > 0:

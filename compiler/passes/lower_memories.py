@@ -46,6 +46,7 @@ class MemoryOptions:
     kl_scale: float = 1.0
     lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
     window: int = 1  # Omega rule: tokens each update fits
+    window_weighted: bool = False  # the window has a `weight` or `positions` (token weights)
     feature_map: str | None = None
     degree: int | None = None
     normalize: bool = False
@@ -105,7 +106,8 @@ def channel_gates(m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> tuple[st
     if m.value_dim == 1:  # a one-channel gate is the per-head gate
         return ()
     return tuple(p.role for p in memory_params(m.memory)
-                 if isinstance(p.value, str) and shapes.get(p.value) in wide)  # fmt: skip
+                 if isinstance(p.value, str) and p.role != "positions"
+                 and shapes.get(p.value) in wide)  # fmt: skip
 
 
 def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOptions:
@@ -140,6 +142,8 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOption
         kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
         lag_token=isinstance(ret, KLRetention) and window == 1,
         window=window,
+        window_weighted=mem.window is not None and (mem.window.weight, mem.window.positions) != (
+            None, None),  # fmt: skip
         feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
         degree=fm.degree if fm else None,
         normalize=mem.normalize,

@@ -60,10 +60,11 @@ def memory_shapes(m, size, path: tuple) -> dict[str, Shape | None]:
         k = v = size(st.dim, path + ("structure", "dim"))
     if None in (heads, k, v):
         return {}
+    c = m.window.tokens if m.window is not None else 1
     # A gate is per head `[heads]`, or per channel `[heads, value width]`: one value per row
     # of the state (Miras §5.4 backbone, ATLAS eq. 11's diag(α_t)).
     return {"query": (heads, k), "keys": (heads, k), "values": (heads, v), "out": (heads, v),
-            "gate": (heads,), "channel_gate": (heads, v)}  # fmt: skip
+            "gate": (heads,), "channel_gate": (heads, v), "positions": (heads, c)}  # fmt: skip
 
 
 def _fits(shape: Shape, expected: Shape) -> bool:
@@ -187,7 +188,8 @@ def _memory_flows(ctx, block, bname, shapes, mem_shapes) -> Iterator[Diagnostic]
         if m is None or not expected or isinstance(m.objective, TaskObjective):
             continue
         flows = [("keys", m.keys, ("keys",)), ("values", m.values, ("values",))]
-        flows += [("gate", p.value, p.path) for p in memory_params(m) if isinstance(p.value, str)]
+        flows += [("positions" if p.role == "positions" else "gate", p.value, p.path)
+                  for p in memory_params(m) if isinstance(p.value, str)]  # fmt: skip
         for role, tensor, sub in flows:
             if tensor is None or tensor not in shapes:
                 continue

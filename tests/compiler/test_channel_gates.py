@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_equalities import SPEC, B, H, K, T, V, close
 
 import nestdsl
 from nestdsl.compiler import run_passes
@@ -20,6 +19,8 @@ from nestdsl.compiler.modules import channels
 from nestdsl.compiler.modules.memory_deep import DeepMemory
 from nestdsl.compiler.modules.ops import Stream
 from nestdsl.errors import SpecError
+
+from .test_equalities import SPEC, B, H, K, T, V, close
 
 # Per-channel twins of the per-head gate tensors of test_equalities' spec.
 WIDE = """      lrc: {op: linear, in: x, out: [h, v], then: [sigmoid]}

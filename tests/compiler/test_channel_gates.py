@@ -181,18 +181,22 @@ def test_equal_channels_match_per_head_and_unequal_ones_differ(kind):
     assert (run(per_chan, env) - run(per_head, env)).abs().max() > 1e-3
 
 
-def test_chunked_per_channel_memory_matches_rows_run_alone():
+@pytest.mark.parametrize("rule", [
+    "    rule: {kind: gd, lr: %s}\n    retention: {kind: l2, forget: %s}",
+    "    rule: {kind: dgd, lr: %s}\n    retention: {kind: l2, forget: %s}",
+    "    rule: {kind: momentum, lr: %s, momentum: 0.5}\n    retention: {kind: kl, forget: %s}",
+], ids=["gd-forget", "dgd", "momentum-kl"])  # fmt: skip
+def test_chunked_per_channel_memory_matches_rows_run_alone(rule):
     """The general kernel with chunks (every 4): channel c of the per-channel memory equals a
     per-head memory fed only value channel c and that channel's gates (rows are independent)."""
-    rule = "    rule: {kind: gd, lr: %s}\n    retention: {kind: l2, forget: %s}"
     _, per_chan = memory_of(rule % ("lrc", "moc"), every=4)
     env = inputs(7)
     got = run(per_chan, env)
     assert per_chan.plan.kernel == "deep_memory"
+    _, per_head = memory_of(rule % ("lr", "mo"), every=4)
     for c in (0, V - 1):
         one = dict(env, vv=env["vv"][..., c : c + 1].expand(B, T, H, V),
                    lr=env["lrc"][..., c], mo=env["moc"][..., c])  # fmt: skip
-        _, per_head = memory_of(rule % ("lr", "mo"), every=4)
         close(got[..., c], run(per_head, one)[..., c])
 
 

@@ -152,10 +152,10 @@ class DeepMemory(WeightsMemory):
         self.rule, self.retention, self.q_norm, self.kl_scale = (
             o.rule, o.retention, o.q_norm, o.kl_scale)  # fmt: skip
         self.chunk, self.window = o.chunk_size, o.window
-        # Per-channel gates run one head per value channel (channels.py): the same options
-        # with a one-channel structure (only matrix memories get here: lower_memories).
         # The gates a span carries (and replays): `omega` only when the window has `positions`.
         self.gate_names = self.GATES + (("omega",) if "positions" in self.gates.sources else ())
+        # Per-channel gates run one head per value channel (channels.py): the same options
+        # with a one-channel structure (only matrix memories get here: lower_memories).
         self.split_options = None
         if self.per_channel:
             self.split_options = replace(o, structure=replace(o.structure, d_out=1))
@@ -245,7 +245,7 @@ class DeepMemory(WeightsMemory):
             outs.append(o[:, r:])
         if end_state is None:
             _, end_state = self._run(k, k, v, gates, W, S, "write_then_read", prefix)
-        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut`
+        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut` (gates[4]: γ)
             seen = (k, v, gates[4]) if prefix is None else [
                 torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
             end = cut + (0 if prefix is None else prefix[0].shape[1])

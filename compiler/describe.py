@@ -58,11 +58,17 @@ def _layer(plan, names, layer, done) -> list[str]:
         steps = [_step(layer, kind, name) for kind, name in layer.steps]
         out.append("    steps: " + ", ".join(steps))
     if "expand_blocks" in done:
-        shapes = ", ".join(f"{t} {list(s)}" for t, s in layer.shapes.items())
+        shapes = ", ".join(f"{t} {list(s)}" + _rank(layer, t) for t, s in layer.shapes.items())
         out.append(f"    tensors (per position): {shapes}")
     for m in layer.memories.values():
         out += _memory(m, done)
     return out
+
+
+def _rank(layer, tensor: str) -> str:
+    """` (rank r)` after a low-rank linear's tensor (W = W_down W_up, Miras §5.4)."""
+    rank = getattr(layer.block.nodes.get(tensor), "rank", None)
+    return "" if rank is None else f" (rank {rank})"
 
 
 def _step(layer, kind: str, name: str) -> str:

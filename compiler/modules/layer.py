@@ -68,7 +68,8 @@ class Layer(nn.Module):
         if isinstance(op, spec_ops.Linear):
             in_shape = layer.shapes[op.in_]
             self.in_ndim[name] = len(in_shape)
-            return Linear(in_shape, layer.shapes[name], op.bias, op.then, key)
+            rank = None if op.rank is None else evaluate(op.rank, plan.dims)
+            return Linear(in_shape, layer.shapes[name], op.bias, op.then, key, rank)
         if isinstance(op, spec_ops.Norm):
             dim = layer.shapes[name][-1]
             return RMSNorm(dim) if op.op == "rmsnorm" else LayerNorm(dim)

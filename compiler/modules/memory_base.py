@@ -43,7 +43,8 @@ class MemoryModule(nn.Module):
         self.plan = plan
         self.key = plan.name
         self.lowered = plan.options  # everything static, decided by `lower_memories`
-        self.gates = Gates(plan.memory, plan.heads)
+        self.gates = Gates(plan.memory, plan.heads, self.lowered.channel_gates)
+        self.per_channel = bool(self.lowered.channel_gates)  # run as H * V one-channel heads
         self.stop_gradient = self.lowered.stop_gradient
 
     # ---------------------------------------------------------------- helpers for subclasses

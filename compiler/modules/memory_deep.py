@@ -9,9 +9,12 @@ computes exactly what one pass computes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
+from nestdsl.compiler.modules import channels
 from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels.deep_memory import (
     MOMENTUM_RULES,
@@ -149,12 +152,19 @@ class DeepMemory(WeightsMemory):
         self.rule, self.retention, self.q_norm, self.kl_scale = (
             o.rule, o.retention, o.q_norm, o.kl_scale)  # fmt: skip
         self.chunk, self.window = o.chunk_size, o.window
+        # The gates a span carries (and replays): `omega` only when the window has `positions`.
+        self.gate_names = self.GATES + (("omega",) if "positions" in self.gates.sources else ())
+        # Per-channel gates run one head per value channel (channels.py): the same options
+        # with a one-channel structure (only matrix memories get here: lower_memories).
+        self.split_options = None
+        if self.per_channel:
+            self.split_options = replace(o, structure=replace(o.structure, d_out=1))
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
     def _gates(self, env, like):
         """Per-token `[B, T, H]` step size, momentum, forget gate, Huber threshold and the
-        Omega window's token weight."""
+        Omega window's token weight, and `[B, T, H, c]` its position weights when given."""
         theta = self.gate("lr", env, like, 1.0)
         eta = self.gate("momentum", env, like, 0.0)
         forget = self.gate("forget", env, like)
@@ -162,10 +172,35 @@ class DeepMemory(WeightsMemory):
             log_decay = self.gate("log_decay", env, like)
             forget = like.new_zeros(theta.shape) if log_decay is None else -torch.expm1(log_decay)
         delta, gamma = self.gate("delta", env, like, 1.0), self.gate("weight", env, like, 1.0)
-        return theta, eta, forget, delta, gamma
+        if self.per_channel:  # [B, T, H, V] for every rule gate, so spans concatenate alike
+            V = self.plan.value_dim
+            theta, eta, forget = (g if g.dim() == 4 else g.unsqueeze(-1).expand(*g.shape, V)
+                                  for g in (theta, eta, forget))  # fmt: skip
+        gates = theta, eta, forget, delta, gamma
+        return gates if len(self.gate_names) == 5 else (*gates, self.gate("positions", env, like))
 
     def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
-        theta, eta, alpha, delta, gamma = gates
+        if not self.per_channel:
+            return self._run_heads(q, k, v, gates, weights, momentum, order, prefix, self.options)
+        # One head per value channel: keys repeated, values, gates and states split.
+        H, V = v.shape[2], v.shape[3]
+        gates = tuple(channels.split_gate(g, V) if i < 5 else channels.repeat_keys(g, V)
+                      for i, g in enumerate(gates))  # fmt: skip
+        if prefix is not None:
+            prefix = [channels.repeat_keys(prefix[0], V), channels.split_values(prefix[1]),
+                      channels.split_gate(prefix[2], V)]  # fmt: skip
+        o, (W, S) = self._run_heads(
+            channels.repeat_keys(q, V), channels.repeat_keys(k, V), channels.split_values(v),
+            gates, [channels.split_weights(w) for w in weights],
+            None if momentum is None else [channels.split_weights(m) for m in momentum],
+            order, prefix, self.split_options)  # fmt: skip
+        merge = [channels.merge_weights(w, H) for w in W]
+        return channels.merge_out(o, H), (merge, None if S is None else [
+            channels.merge_weights(m, H) for m in S])  # fmt: skip
+
+    def _run_heads(self, q, k, v, gates, weights, momentum, order, prefix, options):
+        theta, eta, alpha, delta, gamma, *positions = gates
+        omega = {"omega": positions[0]} if positions else {}  # [B, T, H, c]
         if self.plan.kernel == "titans_linear":
             S0 = weights[0].transpose(-1, -2)  # W [B, H, V, K] -> S [B, H, K, V]
             M0 = None if momentum is None else momentum[0].transpose(-1, -2)
@@ -174,12 +209,12 @@ class DeepMemory(WeightsMemory):
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
         if self.plan.memory.window is None:
-            return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
+            return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
                                momentum=momentum, output_final_state=True, delta=delta)  # fmt: skip
         # An Omega window: its token weights and earlier tokens; over more than one token the
         # Huber threshold is the constant options.delta.
-        return deep_memory(q, k, v, theta, eta, alpha, weights, self.options, read=order,
-                           momentum=momentum, output_final_state=True, gamma=gamma,
+        return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
+                           momentum=momentum, output_final_state=True, gamma=gamma, **omega,
                            delta=delta if self.window == 1 else None, window_prefix=prefix)  # fmt: skip
 
     def _span(self, env, queries, stream, offset, T):
@@ -193,7 +228,7 @@ class DeepMemory(WeightsMemory):
         if self.rule in MOMENTUM_RULES and S is None:
             S = [torch.zeros_like(w) for w in W]
         if r:
-            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.GATES)]
+            past = [self.state_of(stream, f"tail.{n}") for n in ("k", "v", *self.gate_names)]
             k = torch.cat([past[0], k], 1)
             v = torch.cat([past[1], v], 1)
             gates = tuple(torch.cat([p, g], 1) for p, g in zip(past[2:], gates))
@@ -210,9 +245,9 @@ class DeepMemory(WeightsMemory):
             outs.append(o[:, r:])
         if end_state is None:
             _, end_state = self._run(k, k, v, gates, W, S, "write_then_read", prefix)
-        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut`
-            seen = (k, v, gates[-1]) if prefix is None else [
-                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[-1]))]  # fmt: skip
+        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut` (gates[4]: γ)
+            seen = (k, v, gates[4]) if prefix is None else [
+                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
             end = cut + (0 if prefix is None else prefix[0].shape[1])
             start = max(0, end - (self.window - 1))
             for n, x in zip(("k", "v", "gamma"), seen):
@@ -221,7 +256,7 @@ class DeepMemory(WeightsMemory):
         self._store(stream, "S", end_state[1])
         # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
         # far, for the next call to replay.
-        tail = {"k": k, "v": v, **dict(zip(self.GATES, gates))}
+        tail = {"k": k, "v": v, **dict(zip(self.gate_names, gates, strict=True))}
         if cut < n_all:
             anchor = (W, S)
             if cut > 0:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nestdsl.compiler.modules import channels
 from nestdsl.compiler.modules.memory_base import MemoryModule
 from nestdsl.kernels import api
 from nestdsl.spec.memory import IdentityInit, LearnedInit
@@ -77,17 +78,30 @@ class MatrixMemory(MemoryModule):
 
     def _kernel(self, q, k, v, env, S0):
         kind = self.plan.kernel
-        if kind == "linear_attention":
-            lr = self.gate("lr", env, k, 1.0)
-            return api.linear_attention(q, k, v * lr.unsqueeze(-1), scale=1.0, initial_state=S0,
-                                        output_final_state=True)  # fmt: skip
+        if kind == "linear_attention":  # S_t = S_{t-1} + k_t (θ_t v_t)^T: θ scales the values
+            lr = self.gate("lr", env, k, 1.0)  # [B, T, H] or per channel [B, T, H, V]
+            return api.linear_attention(q, k, v * (lr if lr.dim() == 4 else lr.unsqueeze(-1)),
+                                        scale=1.0, initial_state=S0, output_final_state=True)  # fmt: skip
         beta = self.gate("lr", env, k, 1.0)
+        g = None
+        if kind == "gated_delta_rule":
+            g = self.gate("log_decay", env, k)
+            if g is None:
+                g = torch.log1p(-self.gate("forget", env, k).clamp(max=1 - 1e-6))
+        if self.per_channel:  # one head per value channel (channels.py)
+            H, V = v.shape[2], v.shape[3]
+            o, S = self._delta(kind, channels.repeat_keys(q, V), channels.repeat_keys(k, V),
+                               channels.split_values(v), channels.split_gate(beta, V),
+                               None if g is None else channels.split_gate(g, V),
+                               channels.split_kv_state(S0))  # fmt: skip
+            return channels.merge_out(o, H), channels.merge_kv_state(S, H)
+        return self._delta(kind, q, k, v, beta, g, S0)
+
+    @staticmethod
+    def _delta(kind, q, k, v, beta, g, S0):
         if kind == "delta_rule":
             return api.delta_rule(q, k, v, beta, scale=1.0, initial_state=S0,
                                   output_final_state=True)  # fmt: skip
-        g = self.gate("log_decay", env, k)
-        if g is None:
-            g = torch.log1p(-self.gate("forget", env, k).clamp(max=1 - 1e-6))
         return api.gated_delta_rule(q, k, v, beta, g, scale=1.0, initial_state=S0,
                                     output_final_state=True)  # fmt: skip
 

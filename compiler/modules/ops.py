@@ -123,13 +123,17 @@ class MambaDecay(nn.Module):
 
 
 class Linear(nn.Module):
-    """`y = x W` over the flattened feature axes, reshaped to `out`, then the `then:` post-ops."""
+    """`y = x W` over the flattened feature axes, reshaped to `out`, then the `then:` post-ops.
+    With a `rank` r, `W = W_down W_up` (`down` [d_in -> r], then `proj` [r -> out]; Miras §5.4)."""
 
-    def __init__(self, in_shape, out_shape, bias, then: list[str], key: str):
+    def __init__(self, in_shape, out_shape, bias, then: list[str], key: str,
+                 rank: int | None = None):  # fmt: skip
         """`bias`: False, True (torch's default init) or a spec `BiasInit` (starts at `init`)."""
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.proj = nn.Linear(math.prod(in_shape), math.prod(out_shape), bias=bool(bias))
+        d_in = math.prod(in_shape)
+        self.down = None if rank is None else nn.Linear(d_in, rank, bias=False)
+        self.proj = nn.Linear(d_in if rank is None else rank, math.prod(out_shape), bias=bool(bias))
         if hasattr(bias, "init"):
             nn.init.constant_(self.proj.bias, bias.init)
         self.then = list(then)
@@ -145,7 +149,9 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor, in_ndim: int, stream: Stream) -> torch.Tensor:
         lead = x.shape[: x.dim() - in_ndim]
-        y = self.proj(x.reshape(*lead, -1)).reshape(*lead, *self.out_shape)
+        x = x.reshape(*lead, -1)  # [..., d_in]
+        x = x if self.down is None else self.down(x)  # [..., r]
+        y = self.proj(x).reshape(*lead, *self.out_shape)
         for i, name in enumerate(self.then):
             module = self.post[str(i)] if self.post is not None and str(i) in self.post else None
             if isinstance(module, ShortConv):
@@ -157,7 +163,8 @@ class Linear(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"out={list(self.out_shape)}, then={self.then}"
+        rank = "" if self.down is None else f", rank={self.down.out_features}"
+        return f"out={list(self.out_shape)}{rank}, then={self.then}"
 
 
 class Rope(nn.Module):

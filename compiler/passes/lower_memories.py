@@ -46,6 +46,7 @@ class MemoryOptions:
     kl_scale: float = 1.0
     lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
     window: int = 1  # Omega rule: tokens each update fits
+    window_weighted: bool = False  # the window has a `weight` or `positions` (token weights)
     feature_map: str | None = None
     degree: int | None = None
     normalize: bool = False
@@ -54,6 +55,9 @@ class MemoryOptions:
     init_level: str | None = None  # the level that trains (or, in context, updates) the start
     init_every: int | None = None  # the period of `init_level` when it is in context (nested CMS)
     gates: tuple[tuple[str, str], ...] = ()  # (role, source) for every step size and gate
+    # Roles whose tensor is per channel, `[heads, value_dim]`: one value per row of the state
+    # (Miras §5.4, ATLAS eq. 11's diag(α_t)); every other gate is per head.
+    channel_gates: tuple[str, ...] = ()
 
     def describe(self) -> str:
         parts = [f"{self.objective}"]
@@ -71,7 +75,8 @@ class MemoryOptions:
         if self.stop_gradient:
             parts.append("stop-gradient writes")
         parts.append(f"init {self.init}" + (f" by `{self.init_level}`" if self.init_level else ""))
-        parts += [f"{role}={source}" for role, source in self.gates]
+        parts += [f"{role}={source}" + (" per channel" if role in self.channel_gates else "")
+                  for role, source in self.gates]  # fmt: skip
         return ", ".join(parts)
 
 
@@ -79,7 +84,7 @@ def lower_memories(plan: Plan) -> Plan:
     errors: list[Diagnostic] = []
     for layer in plan.layers:
         for m in layer.memories.values():
-            m.options = lower(plan, m)
+            m.options = lower(plan, m, layer.shapes)
             errors += _unlowerable(plan, m)
     if errors:
         raise SpecError(list(dict.fromkeys(errors)))
@@ -94,7 +99,18 @@ def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
     return d
 
 
-def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
+def channel_gates(m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> tuple[str, ...]:
+    """The roles whose block tensor has one value per head and value channel (the shapes
+    check has accepted only `[heads]` and `[heads, value_dim]`; one head may drop its axis)."""
+    wide = {(m.heads, m.value_dim)} | ({(m.value_dim,)} if m.heads == 1 else set())
+    if m.value_dim == 1:  # a one-channel gate is the per-head gate
+        return ()
+    return tuple(p.role for p in memory_params(m.memory)
+                 if isinstance(p.value, str) and p.role != "positions"
+                 and shapes.get(p.value) in wide)  # fmt: skip
+
+
+def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOptions:
     mem = m.memory
     obj, rule, ret, fm = mem.objective, mem.rule, mem.retention, mem.feature_map
     rule_kind = None if rule is None else rule.kind
@@ -126,6 +142,8 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
         lag_token=isinstance(ret, KLRetention) and window == 1,
         window=window,
+        window_weighted=mem.window is not None and (mem.window.weight, mem.window.positions) != (
+            None, None),  # fmt: skip
         feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
         degree=fm.degree if fm else None,
         normalize=mem.normalize,
@@ -134,6 +152,7 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         init_level=init_level,
         init_every=init_every if isinstance(init_every, int) else None,
         gates=tuple((p.role, _source(p.value)) for p in memory_params(mem)),
+        channel_gates=channel_gates(m, shapes or {}),
     )
 
 
@@ -156,6 +175,7 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
                     f"gradient is a sum over tokens (NL eq. 71): its `{p.role}` cannot be the "
                     f"per-token tensor `{p.value}`", plan.at(*where, *p.path),
                     "use a constant or `{kind: learned, init: ...}`"))  # fmt: skip
+    errors += _channel_unlowerable(plan, m)
     if m.options.init_every is not None and not task:
         errors.append(Diagnostic(
             "not-lowered", f"`{m.decl}` takes its initial state from the in-context level "
@@ -163,3 +183,68 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
             "memories, whose state learns from the loss the slower level sees",
             plan.at(*where, "init", "by"), "name an `every: step` level in `by:`"))  # fmt: skip
     return errors
+
+
+# Per-channel gates are exact when every row of the state (one value channel) follows its own
+# scalar-gated recurrence with the same keys; these break that, with the reason.
+_CHANNEL_ROLES = ("lr", "momentum", "forget", "log_decay")
+
+
+def _channel_unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
+    o, mem, where = m.options, m.memory, ("memories", m.decl)
+    if not o.channel_gates or isinstance(mem.objective, TaskObjective):
+        return []
+    paths = {p.role: p.path for p in memory_params(mem)}
+    first = plan.at(*where, *paths[o.channel_gates[0]])
+    why = None
+    if o.structure in ("mlp", "gated_mlp"):
+        why = (
+            f"a `{o.structure}` memory's hidden layer has expansion x dim rows, not one per "
+            "value channel, so `diag` over channels names no one update of every layer",
+            "use a per-head gate `[heads]`, or a `matrix` memory for per-channel gates",
+        )
+    elif not isinstance(m.every, int):
+        why = (
+            f"`{m.decl}` is not updated in context (its level is `every: {m.every}`)",
+            "give the gate per head, or drop it",
+        )
+    elif o.rule == "muon":
+        why = (
+            "Muon orthogonalizes the whole momentum matrix (ATLAS eq. 32), which mixes the "
+            "rows a per-channel gate would keep apart",
+            "use a per-head gate with `muon`",
+        )
+    elif o.retention == "lq":
+        why = (
+            "lq retention normalizes by the q-norm of the whole matrix (Miras eq. 24), "
+            "which couples the rows",
+            "use a per-head gate with lq retention",
+        )
+    elif o.objective == "huber_norm":
+        why = (
+            "the norm switch of this Huber objective looks at the whole value vector, which "
+            "couples the rows",
+            "use a per-head gate, or the elementwise Huber objective",
+        )
+    elif o.normalize:
+        why = (
+            "the normalizer's key sum is one more value channel that a `[heads, value_dim]` "
+            "gate does not cover",
+            "use a per-head `lr` with `normalize`",
+        )
+    if why is not None:
+        return [Diagnostic("not-lowered", f"per-channel gates on `{m.decl}`: {why[0]}", first,
+                           why[1])]  # fmt: skip
+    return [
+        Diagnostic("not-lowered", f"`{m.decl}`'s `{role}` is per channel, but {_PER_HEAD[role]}",
+                   plan.at(*where, *paths[role]), "give it the shape `[heads]`")  # fmt: skip
+        for role in o.channel_gates
+        if role not in _CHANNEL_ROLES
+    ]
+
+
+# Why the other gates stay per head.
+_PER_HEAD = {
+    "delta": "the Huber threshold is lowered per head and token (Miras eqs. 13-16)",
+    "weight": "the Omega window's weight γ_i weighs a token's whole loss (ATLAS eq. 9)",
+}

@@ -23,6 +23,10 @@ def pick_kernels(plan: Plan) -> Plan:
     for layer in plan.layers:
         for m in layer.memories.values():
             m.kernel, m.why = choose(m, _orders(layer, m))
+            if m.options.channel_gates and m.kernel != "linear_attention":
+                # Rows of the state are independent recurrences (compiler/modules/channels.py).
+                m.why += (f"; per-channel gates: runs as {m.heads * m.value_dim} one-channel "
+                          "heads (keys repeated per channel)")  # fmt: skip
             if m.kernel == "deep_memory":
                 m.why += "; " + triton_verdict(m)
             if m.options.normalize and m.kernel != "linear_attention":
@@ -49,7 +53,7 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
         return "static", f"weights trained by the `{m.level}` level, not in context"
     if o.objective == "task":
         return "task_memory", "learns from the model loss at chunk boundaries (CMS)"
-    if o.window > 1:
+    if o.window > 1 or o.window_weighted:  # the matrix kernels have no token weights
         return "deep_memory", f"Omega rule over {o.window} tokens"
     matrix = o.structure == "matrix"  # feature maps apply before any kernel
     per_token = m.chunk == 1  # every read order is exact on the per-token kernels
@@ -112,7 +116,7 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.rule not in ("gd", "momentum", "dgd", "dgd_momentum"), f"rule={o.rule!r}"),
         (o.retention not in (None, "l2"), f"retention={o.retention!r} (the kernel has l2)"),
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
-        (o.window != 1, "an Omega window"),
+        (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
         (_pow2(hidden) * _pow2(o.key_dim) > TRITON_TILE_BUDGET,

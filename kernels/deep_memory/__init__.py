@@ -10,7 +10,8 @@ alpha (forget) [B, T, H]; ``weights`` the initial layer states [B, H, out, in] (
 ``A`` for lq; see :func:`initial_weights`); ``momentum`` the optional initial momentum list
 (rules with momentum); ``delta`` [B, T, H] a per-token Huber threshold (Yaad's delta_t;
 ``None``: ``options.delta``); ``gamma`` [B, T, H] the Omega window's token weights (default
-1) and ``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the
+1), ``omega`` [B, T, H, window] optional weights of the window's positions that depend on the
+token t (``gamma_i^(t) = gamma_i * omega_t[t - i]``, Atlas eq. 9) and ``window_prefix = (k, v, gamma)`` [B, P <= window - 1, H, ...] the tokens before the
 first one, which must start a chunk. ``final_state = (weights, momentum or None)`` when
 ``output_final_state`` else None. ``backend`` is 'chunk' (dual form), 'naive' (per-token
 loop with autograd gradients) or None: the kernel dispatcher's choice (``backend=``, then
@@ -57,15 +58,17 @@ def deep_memory(
     delta: torch.Tensor | None = None,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
+    omega: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
     check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
-                 delta=delta, gamma=gamma, window_prefix=window_prefix)  # fmt: skip
+                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega)  # fmt: skip
+    extra = {} if omega is None else {"omega": omega}  # backends without it never see it
     return resolve("deep_memory", q.device, backend)(
         q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
         output_final_state=output_final_state, delta=delta, gamma=gamma,
-        window_prefix=window_prefix,
+        window_prefix=window_prefix, **extra,
     )  # fmt: skip
 
 

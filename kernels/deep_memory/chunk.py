@@ -43,7 +43,7 @@ from .recurrence import (
 )
 from .retention import visible_weights
 from .structure import forward_layers, layer_errors, memory_forward
-from .window import band, extend
+from .window import band, extend, weighted_band
 
 
 def _dual_read(
@@ -64,7 +64,8 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                       weights: Tensors, options: DeepMemoryOptions, *, read: str = "write_then_read",
                       momentum: Tensors | None = None, output_final_state: bool = False,
                       delta: Tensor | None = None, gamma: Tensor | None = None,
-                      window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+                      window_prefix: Tensors | None = None,
+                      omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
     """The chunk-parallel form of :func:`deep_memory` (the package doc gives the contract;
     the public function has checked the arguments)."""
     o = options
@@ -97,7 +98,7 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
     d_chunks = None if dc is None else dc.unbind(2)  # N x [B, H, C]
     # The tokens each chunk learns from: its own, plus the window - 1 before it (window.py).
     pre = window - 1
-    if pre == 0 and gamma is None:
+    if pre == 0 and gamma is None and omega is None:
         kc, vc = chunked(k).unbind(2), chunked(v).unbind(2)
 
         def written(n: int):
@@ -112,14 +113,19 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
 
         def written(n: int):  # [B, H, C + pre, D] x 2, [B, H, C + pre]
             return ke[n], ve[n], ge[n]
-    mix = band(C, window, q) if pre else None
+    mix = band(C, window, q) if pre else None  # [C, C + pre], the same for every chunk
+    mix_chunks = None
+    if omega is not None:  # weights that depend on t: a band per chunk token (window.py)
+        om = F.pad(omega, (0, 0, 0, 0, 0, pad)).transpose(1, 2).reshape(B, H, N, C, window)
+        mix = weighted_band(om, window)  # [B, H, N, C, C + pre]
+        mix_chunks = mix.unbind(2)  # N x [B, H, C, C + pre]
     segments = o.segments()
     # Rows of eq. D1 for every chunk, b [B, H, N, C+1], w [B, H, N, C+1, C]; Muon, dgd's
     # proximal step and the lag token's split chunks build their own per segment.
     coef_all = None
     if rule != "muon" and o.dgd_step != "proximal" and len(segments) == 1:
         coef_all = chunk_coefficients(*gates, rule)
-        coef_all = (coef_all.windowed(mix) if pre else coef_all).chunks()
+        coef_all = (coef_all.windowed(mix) if mix is not None else coef_all).chunks()
 
     def visible(states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [visible_weights(s, o.retention, o.q_norm, o.kl_scale) for s in states]
@@ -151,8 +157,9 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
             # Reads see W_{t0} plus the span's updates: the dual form with W_{t0} in place of
             # the raw state (the same for l2; for kl / lq the linear in-span update, README §4).
             if rule == "muon":
+                mix_n = mix if mix_chunks is None else mix_chunks[n]
                 apply, state_e, mom = _muon_layers(gates_s, state, frozen, mom, inputs, errors,
-                                                   read, row, o.ns_steps, o.ns_kind, mix)  # fmt: skip
+                                                   read, row, o.ns_steps, o.ns_kind, mix_n)  # fmt: skip
             else:
                 coef = None if coef_all is None else coef_all[n]
                 apply, state_e, mom = _linear_layers(coef, gates_s, o.dgd_step, state, frozen,

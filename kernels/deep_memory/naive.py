@@ -15,7 +15,8 @@ of NL eq. 57, ``theta_t / (1 + theta_t ||a_t||^2)``, per layer (its input a_t).
     muon      S_t = eta_t S_{t-1} + G_t,   W_t = (1 - alpha_t) W_{t-1} - theta_t NS_k(S_t)  (Atlas 32)
 
 ``W`` here is the layer state (logits for kl, ``A`` for lq). With ``window = c`` (the Omega
-rule, Atlas eq. 9) ``G_t`` is the gradient of ``sum_{i=t-c+1..t} gamma_i l(k_i, v_i)``.
+rule, Atlas eq. 9) ``G_t`` is the gradient of ``sum_{i=t-c+1..t} gamma_i l(k_i, v_i)``, and with
+``omega`` of ``sum_i gamma_i omega_t[t - i] l(k_i, v_i)`` (weights that depend on t).
 Local retention takes ``G_t`` at the decayed chunk-start weights ``b_t W_{t0}`` (README §3).
 Reads follow README.md §4: kl / lq normalize at boundaries only and read the linear in-chunk
 update (eq. R1) in between; Memora's lag token (Miras eq. 30) splits every chunk after its
@@ -31,14 +32,15 @@ from .objectives import objective_loss
 from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors
 from .retention import visible_weights
 from .structure import memory_forward
-from .window import extend
+from .window import extend, lag_weights
 
 
 def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                       weights: Tensors, options: DeepMemoryOptions, *, read: str = "write_then_read",
                       momentum: Tensors | None = None, output_final_state: bool = False,
                       delta: Tensor | None = None, gamma: Tensor | None = None,
-                      window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+                      window_prefix: Tensors | None = None,
+                      omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
     """The loop form of :func:`deep_memory`: the oracle (arguments checked by the caller)."""
     o = options
     structure, rule, window, chunk_size, retention = (
@@ -76,6 +78,8 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         q_t = q[:, t]  # [B, H, D]
         k_w, v_w = k_ext[:, t : t + window].transpose(1, 2), v_ext[:, t : t + window].transpose(1, 2)
         g_w = g_ext[:, t : t + window].transpose(1, 2)  # [B, H, window]: tokens t-c+1 .. t
+        if omega is not None:  # γ_i^(t) = γ_i omega_t[t - i] (Atlas eq. 9, weights that move with t)
+            g_w = g_w * lag_weights(omega[:, t], window)  # [B, H, window]
         d_t = o.delta if delta is None else delta[:, t, :, None, None]  # float or [B, H, 1, 1]
         k_t = k[:, t, :, None, :]  # [B, H, 1, D]
         th = theta[:, t, :, None, None]  # [B, H, 1, 1]

@@ -169,6 +169,7 @@ def check_inputs(
     delta: torch.Tensor | None = None,
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
+    omega: torch.Tensor | None = None,
 ) -> None:
     """The tensors of one call checked against the options (shared by the loop and chunk forms)."""
     if not isinstance(options, DeepMemoryOptions):
@@ -205,6 +206,9 @@ def check_inputs(
             raise ValueError("a per-token Huber delta is not supported with window > 1")
     if gamma is not None and tuple(gamma.shape) != (B, T, H):
         raise ValueError(f"gamma must be [B, T, H] = {(B, T, H)}, got {tuple(gamma.shape)}")
+    if omega is not None and tuple(omega.shape) != (B, T, H, options.window):
+        raise ValueError(f"omega must be [B, T, H, window] = {(B, T, H, options.window)}, "
+                         f"got {tuple(omega.shape)}")  # fmt: skip
     if window_prefix is not None:
         kp, vp, gp = window_prefix
         P = kp.shape[1]

@@ -216,7 +216,8 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
 
 
 def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor | None = None,
-                window_prefix: Tensors | None = None) -> str | None:  # fmt: skip
+                window_prefix: Tensors | None = None,
+                omega: Tensor | None = None) -> str | None:  # fmt: skip
     """Why the Triton kernel does not run this memory (the chunk form does), or None."""
     st, o = options.structure, options
     checks = (
@@ -228,6 +229,7 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (o.retention != "l2", f"retention={o.retention!r} (the kernel has l2)"),
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
+        (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
         (ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET,
@@ -341,21 +343,22 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
                        read: str = "write_then_read", momentum: Tensors | None = None,
                        output_final_state: bool = False, delta: Tensor | None = None,
                        gamma: Tensor | None = None,
-                       window_prefix: Tensors | None = None) -> MemoryResult:  # fmt: skip
+                       window_prefix: Tensors | None = None,
+                       omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
     """The Triton form of :func:`deep_memory` (same contract), differentiable w.r.t. every
     input, the initial weights and the initial momentum. Memories the kernel does not cover
     (:func:`unsupported`) run :func:`deep_memory_chunk`, with a warning that says why.
     ``delta`` (a Huber threshold) has no effect on the l2 objective the kernel covers."""
     check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
-                 delta=delta, gamma=gamma, window_prefix=window_prefix)  # fmt: skip
-    reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix)
+                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega)  # fmt: skip
+    reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix, omega=omega)
     if reason is not None:
         warnings.warn(f"deep_memory: the triton backend runs the torch chunk form for {reason}",
                       stacklevel=2)  # fmt: skip
         return deep_memory_chunk(
             q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
             output_final_state=output_final_state, delta=delta, gamma=gamma,
-            window_prefix=window_prefix,
+            window_prefix=window_prefix, omega=omega,
         )  # fmt: skip
     s1, s2 = (None, None) if momentum is None else momentum
     ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2)

@@ -10,6 +10,13 @@ band (README eq. W1).
 
 The tokens before the first one of a call come from ``window_prefix`` (the caller carries
 them, as it carries the state); missing ones are zero keys with weight 0, which add nothing.
+
+Weights that depend on t (Atlas eq. 9: "γ_i^(t) ∈ [0, 1] are input-dependent"): with
+``omega`` [B, T, H, c], token i's weight in the window of token t is
+``γ_i^(t) = gamma_i * omega_t[t - i]`` (``t - i = 0..c-1``). ``gamma_i`` still scales token
+i's gradient; ``omega`` turns the 0/1 band into a per-token weighted band (:func:`weighted_band`,
+README eq. W2). Token t's own ``omega_t`` is all the window needs of t, so a carried prefix
+holds (k, v, gamma) as before.
 """
 
 from __future__ import annotations
@@ -43,3 +50,21 @@ def band(C: int, window: int, like: torch.Tensor) -> torch.Tensor:
     j = torch.arange(C, device=like.device)[:, None]
     e = torch.arange(C + window - 1, device=like.device)[None, :]
     return ((e >= j) & (e <= j + window - 1)).to(like.dtype)
+
+
+def lag_weights(omega: torch.Tensor, window: int) -> torch.Tensor:
+    """omega [..., c] (entry l: the weight of the token l positions back) -> [..., c] ordered
+    as the window's tokens t-c+1 .. t (oldest first), the order :func:`extend` gives them."""
+    assert omega.shape[-1] == window
+    return omega.flip(-1)
+
+
+def weighted_band(omega: torch.Tensor, window: int) -> torch.Tensor:
+    """omega [..., C, c] of one chunk's tokens -> [..., C, C + window - 1]: entry (j, e) =
+    ``omega_j[j + window - 1 - e]`` inside the band of :func:`band`, 0 outside (README eq. W2)."""
+    C = omega.shape[-2]
+    j = torch.arange(C, device=omega.device)[:, None, None]
+    e = torch.arange(C + window - 1, device=omega.device)[None, None, :]
+    lag = torch.arange(window, device=omega.device)[None, :, None]
+    diagonals = (e == j + window - 1 - lag).to(omega.dtype)  # [C, c, C + c - 1], one-hot
+    return torch.einsum("...jl,jle->...je", omega, diagonals)

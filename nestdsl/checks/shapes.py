@@ -60,8 +60,11 @@ def memory_shapes(m, size, path: tuple) -> dict[str, Shape | None]:
         k = v = size(st.dim, path + ("structure", "dim"))
     if None in (heads, k, v):
         return {}
+    c = m.window.tokens if m.window is not None else 1
+    # A gate is per head `[heads]`, or per channel `[heads, value width]`: one value per row
+    # of the state (Miras §5.4 backbone, ATLAS eq. 11's diag(α_t)).
     return {"query": (heads, k), "keys": (heads, k), "values": (heads, v), "out": (heads, v),
-            "gate": (heads,)}  # fmt: skip
+            "gate": (heads,), "channel_gate": (heads, v), "positions": (heads, c)}  # fmt: skip
 
 
 def _fits(shape: Shape, expected: Shape) -> bool:
@@ -131,6 +134,8 @@ def _infer(ctx, op, ins: list[Shape], size, path, mem_shapes, errors) -> Shape |
     if isinstance(op, Linear):
         outs = op.out if isinstance(op.out, list) else [op.out]
         sizes = [size(o, path + ("out",)) for o in outs]
+        if op.rank is not None:  # a low-rank factorization's r: a positive size
+            size(op.rank, path + ("rank",))
         if None in sizes:
             return None
         return tuple(sizes)
@@ -183,12 +188,24 @@ def _memory_flows(ctx, block, bname, shapes, mem_shapes) -> Iterator[Diagnostic]
         if m is None or not expected or isinstance(m.objective, TaskObjective):
             continue
         flows = [("keys", m.keys, ("keys",)), ("values", m.values, ("values",))]
-        flows += [("gate", p.value, p.path) for p in memory_params(m) if isinstance(p.value, str)]
+        flows += [("positions" if p.role == "positions" else "gate", p.value, p.path)
+                  for p in memory_params(m) if isinstance(p.value, str)]  # fmt: skip
         for role, tensor, sub in flows:
             if tensor is None or tensor not in shapes:
                 continue
             want = expected[role]
             got = shapes[tensor]
+            if role == "gate":
+                if _fits(got, want) or _fits(got, expected["channel_gate"]):
+                    continue
+                yield ctx.error("dim-mismatch",
+                                f"memory `{name}` takes gates of shape {_show(want)} (per head) "
+                                f"or {_show(expected['channel_gate'])} (per channel), but "
+                                f"`{tensor}` has shape {_show(got)} in block `{bname}`",
+                                ("memories", name) + sub,
+                                f"a gate has one value per head, or one per head and value "
+                                f"channel (inferred from `{name}`'s structure)")  # fmt: skip
+                continue
             if not _fits(got, want):
                 yield ctx.error("dim-mismatch",
                                 f"memory `{name}` takes {role} of shape {_show(want)}, but "

@@ -27,7 +27,7 @@ from nestdsl.spec.memory import Memory
 from nestdsl.spec.ops import Read, inputs_of
 from nestdsl.spec.schema import Spec
 
-GATE_FIELDS = ("lr", "momentum", "forget", "log_decay", "delta", "weight")
+GATE_FIELDS = ("lr", "momentum", "forget", "log_decay", "delta", "weight", "positions")
 
 
 def level_id(name: str) -> str:

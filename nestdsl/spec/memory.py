@@ -270,10 +270,18 @@ Reset = Annotated[
 
 class Window(Node):
     """The Omega rule (Atlas eq. 9): every update fits the last `tokens` tokens,
-    `min_M sum_{i=t-c+1..t} weight_i l(M; k_i, v_i)`; `tokens: 1` is the online objective."""
+    `min_M sum_{i=t-c+1..t} γ_i^(t) l(M; k_i, v_i)`; `tokens: 1` is the online objective.
+    `γ_i^(t) = weight_i * positions_t[t - i]`: a weight per token, times a weight per window
+    position that the updating token t chooses (ATLAS: "input-dependent hard gates that can
+    prune tokens from the window")."""
 
     tokens: PositiveInt = Field(description="c, the number of tokens each update fits")
     weight: Param | None = Field(None, description="γ_i in [0, 1], per token (default 1)")
+    positions: Param | None = Field(
+        None,
+        description="ω_t[t - i] in [0, 1], per token t and window position t - i = 0..c-1: a "
+        "block tensor [heads, c], or learned per head and position (default 1)",
+    )
 
 
 # ---------------------------------------------------------------- the memory

@@ -36,11 +36,16 @@ class BiasInit(Node):
 
 
 class Linear(Node):
-    """`y = x W (+ b)`; `out` is a size or a list of sizes (`[n_heads, d_head]` splits heads)."""
+    """`y = x W (+ b)`; `out` is a size or a list of sizes (`[n_heads, d_head]` splits heads).
+    With `rank: r`, `W = W_down W_up` (W_down [d_in, r], W_up [r, out]): the low-rank
+    projections of Miras §5.4's channel-wise gates (rank 32 or 64)."""
 
     op: Literal["linear"]
     in_: Name = Field(alias="in")
     out: Dim | Annotated[list[Dim], Field(min_length=1)]  # `[]` would be a shapeless tensor
+    rank: Dim | None = Field(
+        None, description="r: factor W as W_down [d_in, r] W_up [r, out] (r (d_in + out) weights)"
+    )
     bias: bool | BiasInit = Field(False, description="`true`, or `{init: b}` to start at b")
     then: list[PostOp] = Field(
         default_factory=list,

@@ -476,6 +476,8 @@ CASES: dict[str, Case] = {
                               before=(f"{MEM}.feature_map={{kind: polynomial, degree: 2}}",)),
     "Window.tokens": case("deep", f"{MEM}.window.tokens=4", before=(f"{MEM}.window={{tokens: 2}}",)),
     "Window.weight": case("deep", f"{MEM}.window.weight=fg", before=(f"{MEM}.window={{tokens: 4}}",)),
+    "Window.positions": case("deep", f"{MEM}.window.positions=om", before=(
+        f"{MEM}.window={{tokens: 4}}", f"{N}.om={{op: linear, in: h, out: [n_heads, 4], then: [sigmoid]}}")),
     # ------------------------------------------------------------ initial states and resets
     "ZerosInit.kind": case("matrix", f"{MEM}.init=zeros", before=(f"{MEM}.init=identity",)),
     "IdentityInit.kind": case("matrix", f"{MEM}.init=identity"),
@@ -518,11 +520,14 @@ CASES: dict[str, Case] = {
                                           before=(f"{MEM}.retention={{kind: lq, forget: 0.125}}",)),
     "Window.weight:learned": learned("deep", f"{MEM}.window.weight", 0.5,
                                      before=(f"{MEM}.window={{tokens: 4, weight: 0.5}}",)),
+    "Window.positions:learned": learned("deep", f"{MEM}.window.positions", 0.5,
+                                        before=(f"{MEM}.window={{tokens: 4, positions: 0.5}}",)),
     # ------------------------------------------------------------ block ops
     "Linear.op": case("matrix", *inserted("{op: linear, in: y, out: d_model}")),
     "Linear.in_": case("matrix", f"{N}.v.in=x"),
     "Linear.out": rejected("dim-mismatch", "matrix", f"{N}.y.out=8"),
     "Linear.bias": trains("matrix", f"{N}.y.bias=true"),
+    "Linear.rank": case("matrix", f"{N}.y.rank=4"),
     "BiasInit.init": case("matrix", f"{N}.y.bias={{init: 0.5}}", outcome="init",
                           before=(f"{N}.y.bias=true",)),
     **{f"Linear.then={p}": case("matrix", f"{N}.y.then=[{p}]") for p in POSTOPS},

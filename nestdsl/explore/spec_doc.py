@@ -16,9 +16,11 @@ from collections.abc import Iterator
 
 import yaml
 
+from nestdsl.graph.build import GATE_FIELDS
+
 # Fields of a memory's rule, retention, objective and window that may name a block tensor
-# (a data-dependent step size or gate: `Param` in nestdsl/spec/common.py).
-PARAM_FIELDS = ("lr", "momentum", "forget", "log_decay", "delta", "weight")
+# (a data-dependent step size or gate): the graph's own list, so a new gate is seen here too.
+PARAM_FIELDS = GATE_FIELDS
 
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not a failure

@@ -1,0 +1,139 @@
+"""A group of deep memories run as one kernel call, their heads side by side (group_memories).
+
+Per head, a deep memory's update and reads depend only on that head's keys, values, gates and
+weights (Titans eq. 13; Hope eq. 88 for each of M_k, M_v, M_eta, M_alpha), so memories that
+`group_memories` found equal in everything else are one memory of their summed heads: this
+module concatenates the members' keys, values, gates, initial states and carried state along
+the head axis, runs one `DeepMemory` span (chunks, replay, resets and streaming included) or
+one feedback read, and splits the answers and the new state back per member. The state
+entries keep the members' own keys, so the state a grouped model returns is the ungrouped
+model's, and `reset: never`, resets and checkpoints see no difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from nestdsl.compiler.modules.memory_deep import DeepMemory
+from nestdsl.compiler.modules.ops import Stream
+
+K, V = "group.k", "group.v"  # the concatenated write inputs in the span's environment
+GATES = tuple(f"group.{g}" for g in DeepMemory.GATES)
+# The head axis of each kind of state entry: weights and momenta [B, H, out, in]; a chunk's
+# tokens so far and an Omega window's tokens [B, n, H, ...].
+HEAD_AXIS = {"W": 1, "S": 1, "anchor_W": 1, "anchor_S": 1, "tail": 2, "window": 2}
+
+
+class MemoryGroup:
+    """Runs its members (modules of the layer, which keep their parameters) as one call."""
+
+    def __init__(self, group, members: list[DeepMemory]):
+        self.plan = group
+        self.members = members
+        self.heads = [m.plan.heads for m in members]
+        first = members[0].plan
+        plan = dataclasses.replace(first, name=f"{first.name.rsplit('.', 1)[0]}.{group.name}",
+                                   decl=group.name, heads=group.heads)  # fmt: skip
+        # Built outside the module tree: it computes with the members' parameters only.
+        self.call = _GroupCall(plan, self)
+        self.call.in_region = members[0].in_region
+
+    def run(self, env: dict, reads: list[list[tuple[torch.Tensor, str]]], stream: Stream,
+            T: int | None = None) -> list[list[torch.Tensor]]:  # fmt: skip
+        """Learn from the span; `reads[i]` is one grouped read (one query per member); the
+        answers come back the same way, each in its member's query layout."""
+        with torch.autocast(device_type=_device(env), enabled=False):
+            inputs = [m.write_inputs(env) for m in self.members]  # ([B, T, H, d] k, v) each
+            gates = [m._gates(env, k) for m, (k, _) in zip(self.members, inputs)]
+            span = {K: torch.cat([k for k, _ in inputs], 2),  # [B, T, sum H, d]
+                    V: torch.cat([v for _, v in inputs], 2),
+                    **{g: torch.cat([gs[i] for gs in gates], 2)  # [B, T, sum H]
+                       for i, g in enumerate(GATES)}}  # fmt: skip
+            T = span[K].shape[1] if T is None else T
+            queries = [(self._joined(qs), qs[0][1]) for qs in reads]
+            inner = self._gathered(stream)
+            outs = self.call._run_span(span, queries, inner, T)
+            self._scatter(inner, stream)
+        return [self._split(o, qs) for o, qs in zip(outs, reads)]
+
+    def read_state(self, queries: list[torch.Tensor], order: str, stream: Stream):
+        """One feedback read of every member (one query each) from the carried state."""
+        pairs = [(q, order) for q in queries]
+        with torch.autocast(device_type=queries[0].device.type, enabled=False):
+            q = self.call.phi(self._joined(pairs))
+            out = self.call._read_state(q, order, self._gathered(stream, ("W", "anchor_W")))
+        return self._split(out, pairs)
+
+    # ---------------------------------------------------------------- heads side by side
+
+    def _joined(self, pairs) -> torch.Tensor:
+        return torch.cat([self.members[0].heads_first(q) for q, _ in pairs], 2)  # [B,T,sum H,d]
+
+    def _split(self, out: torch.Tensor, pairs) -> list[torch.Tensor]:
+        parts = out.split(self.heads, dim=2)  # [B, T, H_i, d] each
+        return [(p.squeeze(2) if q.dim() == 3 else p).to(q.dtype)
+                for p, (q, _) in zip(parts, pairs)]  # fmt: skip
+
+    def _gathered(self, stream: Stream, only: tuple[str, ...] | None = None) -> Stream:
+        """A stream holding the members' state entries concatenated under the call's key."""
+        names = set()
+        for m in self.members:
+            prefix = m.key + "."
+            names |= {k[len(prefix):] for k in (*stream.state, *stream.new_state)
+                      if k.startswith(prefix)}  # fmt: skip
+        state = {}
+        for name in names:
+            kind = _kind(name)
+            if only is not None and kind not in only:
+                continue
+            parts = [stream.get(f"{m.key}.{name}") for m in self.members]
+            if all(p is None for p in parts):
+                continue
+            if any(p is None for p in parts):
+                raise AssertionError(f"memory group {self.plan.name}: state `{name}` is carried "
+                                     "for some members only (a bug in nestdsl)")  # fmt: skip
+            state[f"{self.call.key}.{name}"] = torch.cat(parts, HEAD_AXIS[kind])
+        return Stream(stream.pos, state, second_order=stream.second_order,
+                      base_pos=stream.base_pos)  # fmt: skip
+
+    def _scatter(self, inner: Stream, stream: Stream) -> None:
+        """The call's new state entries, split back to the members' keys."""
+        prefix = self.call.key + "."
+        for key, value in inner.new_state.items():
+            name = key[len(prefix) :]
+            parts = [None] * len(self.members) if value is None else value.split(
+                self.heads, dim=HEAD_AXIS[_kind(name)])  # fmt: skip
+            for m, part in zip(self.members, parts):
+                stream.put(f"{m.key}.{name}", part)
+
+
+class _GroupCall(DeepMemory):
+    """The one `DeepMemory` span of a group: its write inputs, gates and initial state are
+    the members' side by side (its own, built by `DeepMemory.__init__`, are never used)."""
+
+    def __init__(self, plan, group: MemoryGroup):
+        super().__init__(plan)
+        self._group = [group]  # a list: not a submodule
+
+    def write_inputs(self, env):
+        return env[K], env[V]
+
+    def _gates(self, env, like):
+        return tuple(env[g] for g in GATES)
+
+    def initial_weights(self, batch, like):
+        starts = [m.initial_weights(batch, like) for m in self._group[0].members]
+        return [torch.cat(ws, 1) for ws in zip(*starts)]  # [B, sum H, out, in] per layer
+
+
+def _kind(name: str) -> str:
+    kind = name.split(".")[0]
+    if kind not in HEAD_AXIS:
+        raise AssertionError(f"memory groups do not know the state entry `{name}` (a bug)")
+    return kind
+
+
+def _device(env: dict) -> str:
+    return next((t.device.type for t in env.values() if torch.is_tensor(t)), "cpu")

@@ -102,10 +102,11 @@ def _steps_with(layer: LayerPlan, groups: list[GroupPlan]):
             step = ("feedback_group", "+".join(reads))
             merged.update({("feedback", r): step for r in reads})
             rank[step] = min(index[r] for r in reads)
+    # An edge between two members (merged into a self-loop) is a cycle too: one member's
+    # call would need another's output.
     graph, order = step_graph(layer), nx.DiGraph()
     order.add_nodes_from(merged.get(s, s) for s in graph.nodes)
-    order.add_edges_from((merged.get(a, a), merged.get(b, b)) for a, b in graph.edges
-                         if merged.get(a, a) != merged.get(b, b))  # fmt: skip
+    order.add_edges_from((merged.get(a, a), merged.get(b, b)) for a, b in graph.edges)
     try:
         return sort_steps(order, layer, rank)
     except nx.NetworkXUnfeasible:

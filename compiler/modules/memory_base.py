@@ -118,10 +118,8 @@ class MemoryModule(nn.Module):
         return (out.squeeze(2) if query.dim() == 3 else out).to(query.dtype)
 
     def _read_state(self, q, order, stream):
-        raise AssertionError(
-            f"`schedule_levels` let a feedback read of `{self.plan.decl}` "
-            "through (a bug in nestdsl)"
-        )
+        raise AssertionError(f"`schedule_levels` let a feedback read of `{self.plan.decl}` "
+                             "through (a bug in nestdsl)")
 
     def reset(self, stream: Stream) -> None:
         """Forget the carried state: the next span starts from the initial state."""

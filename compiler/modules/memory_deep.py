@@ -142,10 +142,8 @@ class DeepMemory(WeightsMemory):
                 lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window,
                 recompute=1 if o.rule == "muon" else RECOMPUTE)  # fmt: skip
         except ValueError as err:
-            raise AssertionError(
-                f"`lower_memories` let memory `{plan.decl}` through, but the "
-                f"kernel rejects it (a bug in nestdsl): {err}"
-            ) from None
+            raise AssertionError(f"`lower_memories` let memory `{plan.decl}` through, but the "
+                                 f"kernel rejects it (a bug in nestdsl): {err}") from None
         # Read by the span and state methods of this class.
         o = self.options
         self.rule, self.retention, self.q_norm, self.kl_scale = (

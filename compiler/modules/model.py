@@ -95,7 +95,7 @@ class CompiledModel(nn.Module):
         grad_mode = torch.is_grad_enabled()
         replayed = state.pop(REPLAY + "tokens", None)
         if replayed is not None:  # the last call ended inside a window: redo it from its start
-            snapshot = {k[len(REPLAY) :]: v for k, v in state.items() if k.startswith(REPLAY)}
+            snapshot = {k[len(REPLAY):]: v for k, v in state.items() if k.startswith(REPLAY)}
             state, tokens = snapshot, torch.cat([replayed, tokens], dim=1)
             pos -= replayed.shape[1]
             skip = replayed.shape[1]

@@ -46,11 +46,9 @@ def unary(name: str, x: torch.Tensor) -> torch.Tensor:
         return -x
     if name == "logsigmoid":
         return F.logsigmoid(x)
-    return (
-        getattr(F, name)(x)
-        if name in ("silu", "gelu", "relu", "softplus")
-        else getattr(torch, name)(x)
-    )
+    return getattr(F, name)(x) if name in ("silu", "gelu", "relu", "softplus") else getattr(
+        torch, name
+    )(x)
 
 
 class RMSNorm(nn.Module):

@@ -114,9 +114,8 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         value_dim=m.value_dim,
         objective=objective,
         p=obj.p if isinstance(obj, LpObjective) else 3.0,
-        window_delta=float(obj.delta)
-        if window > 1 and isinstance(obj, HuberObjective)
-        else (1.0 if window > 1 else None),  # fmt: skip
+        window_delta=float(obj.delta) if window > 1 and isinstance(obj, HuberObjective) else (
+            1.0 if window > 1 else None),  # fmt: skip
         rule=rule_kind,
         dgd_step=getattr(rule, "step", "explicit"),
         ns_steps=getattr(rule, "ns_steps", 5),

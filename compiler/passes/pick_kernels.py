@@ -88,10 +88,8 @@ def triton_verdict(m: MemoryPlan) -> str:
     o, st = m.options, m.memory.structure
     hidden = getattr(st, "expansion", 1) * o.key_dim
     if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
-        return (
-            f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
-            f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)"
-        )
+        return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
+                f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")
     return "triton: fused forward and backward"
 
 

@@ -105,6 +105,12 @@ class Layer(nn.Module):
     # ---------------------------------------------------------------- running
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        y = self._pieces(x, stream)
+        for group in self.groups.values():  # grouped memories' state back under their keys
+            group.flush(stream)
+        return y
+
+    def _pieces(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
         if not self.segment:
             return self._piece(x, stream, stream.pos)
         base, T, sizes, start = stream.pos, x.shape[1], [], 0

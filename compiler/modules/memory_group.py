@@ -5,8 +5,9 @@ weights (Titans eq. 13; Hope eq. 88 for each of M_k, M_v, M_eta, M_alpha), so me
 `group_memories` found equal in everything else are one memory of their summed heads: this
 module concatenates the members' keys, values, gates, initial states and carried state along
 the head axis, runs one `DeepMemory` span (chunks, replay, resets and streaming included) or
-one feedback read, and splits the answers and the new state back per member. The state
-entries keep the members' own keys, so the state a grouped model returns is the ungrouped
+one feedback read, and splits the answers back per member. The group's state is joined once
+per layer call and split back to the members' own keys when the layer's call ends (`flush`),
+not at every sequential segment; so the state a grouped model returns is the ungrouped
 model's, and `reset: never`, resets and checkpoints see no difference.
 """
 
@@ -39,6 +40,7 @@ class MemoryGroup:
         # Built outside the module tree: it computes with the members' parameters only.
         self.call = _GroupCall(plan, self)
         self.call.in_region = members[0].in_region
+        self._joined_state: tuple[Stream, Stream] | None = None  # (the layer's, the group's)
 
     def run(self, env: dict, reads: list[list[tuple[torch.Tensor, str]]], stream: Stream,
             T: int | None = None) -> list[list[torch.Tensor]]:  # fmt: skip
@@ -53,9 +55,7 @@ class MemoryGroup:
                        for i, g in enumerate(GATES)}}  # fmt: skip
             T = span[K].shape[1] if T is None else T
             queries = [(self._joined(qs), qs[0][1]) for qs in reads]
-            inner = self._gathered(stream)
-            outs = self.call._run_span(span, queries, inner, T)
-            self._scatter(inner, stream)
+            outs = self.call._run_span(span, queries, self._state(stream), T)
         return [self._split(o, qs) for o, qs in zip(outs, reads)]
 
     def read_state(self, queries: list[torch.Tensor], order: str, stream: Stream):
@@ -63,8 +63,22 @@ class MemoryGroup:
         pairs = [(q, order) for q in queries]
         with torch.autocast(device_type=queries[0].device.type, enabled=False):
             q = self.call.phi(self._joined(pairs))
-            out = self.call._read_state(q, order, self._gathered(stream, ("W", "anchor_W")))
+            out = self.call._read_state(q, order, self._state(stream))
         return self._split(out, pairs)
+
+    def flush(self, stream: Stream) -> None:
+        """End of the layer's call: the group's new state, split back to the members' keys."""
+        if self._joined_state is None or self._joined_state[0] is not stream:
+            return
+        inner = self._joined_state[1]
+        self._joined_state = None
+        prefix = self.call.key + "."
+        for key, value in inner.new_state.items():
+            name = key[len(prefix) :]
+            parts = [None] * len(self.members) if value is None else value.split(
+                self.heads, dim=HEAD_AXIS[_kind(name)])  # fmt: skip
+            for m, part in zip(self.members, parts):
+                stream.put(f"{m.key}.{name}", part)
 
     # ---------------------------------------------------------------- heads side by side
 
@@ -76,8 +90,16 @@ class MemoryGroup:
         return [(p.squeeze(2) if q.dim() == 3 else p).to(q.dtype)
                 for p, (q, _) in zip(parts, pairs)]  # fmt: skip
 
-    def _gathered(self, stream: Stream, only: tuple[str, ...] | None = None) -> Stream:
-        """A stream holding the members' state entries concatenated under the call's key."""
+    def _state(self, stream: Stream) -> Stream:
+        """The group's stream: the members' state entries joined under the call's key the
+        first time this layer call needs them, then carried until `flush`."""
+        if self._joined_state is None or self._joined_state[0] is not stream:
+            self._joined_state = (stream, self._gathered(stream))
+        inner = self._joined_state[1]
+        inner.pos, inner.base_pos = stream.pos, stream.base_pos
+        return inner
+
+    def _gathered(self, stream: Stream) -> Stream:
         names = set()
         for m in self.members:
             prefix = m.key + "."
@@ -85,28 +107,15 @@ class MemoryGroup:
                       if k.startswith(prefix)}  # fmt: skip
         state = {}
         for name in names:
-            kind = _kind(name)
-            if only is not None and kind not in only:
-                continue
             parts = [stream.get(f"{m.key}.{name}") for m in self.members]
             if all(p is None for p in parts):
                 continue
             if any(p is None for p in parts):
                 raise AssertionError(f"memory group {self.plan.name}: state `{name}` is carried "
                                      "for some members only (a bug in nestdsl)")  # fmt: skip
-            state[f"{self.call.key}.{name}"] = torch.cat(parts, HEAD_AXIS[kind])
+            state[f"{self.call.key}.{name}"] = torch.cat(parts, HEAD_AXIS[_kind(name)])
         return Stream(stream.pos, state, second_order=stream.second_order,
                       base_pos=stream.base_pos)  # fmt: skip
-
-    def _scatter(self, inner: Stream, stream: Stream) -> None:
-        """The call's new state entries, split back to the members' keys."""
-        prefix = self.call.key + "."
-        for key, value in inner.new_state.items():
-            name = key[len(prefix) :]
-            parts = [None] * len(self.members) if value is None else value.split(
-                self.heads, dim=HEAD_AXIS[_kind(name)])  # fmt: skip
-            for m, part in zip(self.members, parts):
-                stream.put(f"{m.key}.{name}", part)
 
 
 class _GroupCall(DeepMemory):

@@ -75,6 +75,9 @@ def _grouping(layer) -> list[str]:
                    f"({' + '.join(str(layer.memories[d].heads) for d in g.members)}), the "
                    "members' keys, values, gates and states side by side (same level, chunk, "
                    "reset, structure, lowered options and read orders)")  # fmt: skip
+        if g.defer:
+            out.append(f"      writes once per chunk of {first.chunk}: every read is at the chunk "
+                       "start, so a span inside a chunk keeps its inputs for the chunk's end")  # fmt: skip
         for reads in g.feedback:
             out.append(f"      one feedback read: {', '.join(reads)}")
         for reads in g.reads:

@@ -52,6 +52,9 @@ class GroupPlan:
     heads: int  # the call's heads: the members' heads summed
     reads: tuple[tuple[str, ...], ...] = ()  # per joint read, one read node per member
     feedback: tuple[tuple[str, ...], ...] = ()  # per feedback read, one read node per member
+    # Every read sees the chunk-start state: a span inside a chunk only keeps its inputs, and
+    # the chunk's end (or the end of the call) runs the write once.
+    defer: bool = False
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 
 from nestdsl.compiler.modules.memory_deep import DeepMemory
 from nestdsl.compiler.modules.ops import Stream
+from nestdsl.kernels.deep_memory import MOMENTUM_RULES
 
 K, V = "group.k", "group.v"  # the concatenated write inputs in the span's environment
 GATES = tuple(f"group.{g}" for g in DeepMemory.GATES)
@@ -41,6 +42,7 @@ class MemoryGroup:
         self.call = _GroupCall(plan, self)
         self.call.in_region = members[0].in_region
         self._joined_state: tuple[Stream, Stream] | None = None  # (the layer's, the group's)
+        self._pending: tuple[int, dict] | None = None  # a deferred write: (end, empty inputs)
 
     def run(self, env: dict, reads: list[list[tuple[torch.Tensor, str]]], stream: Stream,
             T: int | None = None) -> list[list[torch.Tensor]]:  # fmt: skip
@@ -54,8 +56,13 @@ class MemoryGroup:
                     **{g: torch.cat([gs[i] for gs in gates], 2)  # [B, T, sum H]
                        for i, g in enumerate(GATES)}}  # fmt: skip
             T = span[K].shape[1] if T is None else T
+            inner = self._state(stream)
+            if self.plan.defer and inner.pos % self.call.chunk + T < self.call.chunk:
+                self._defer(span, inner, T)
+                return []
             queries = [(self._joined(qs), qs[0][1]) for qs in reads]
-            outs = self.call._run_span(span, queries, self._state(stream), T)
+            outs = self.call._run_span(span, queries, inner, T)
+            self._pending = None
         return [self._split(o, qs) for o, qs in zip(outs, reads)]
 
     def read_state(self, queries: list[torch.Tensor], order: str, stream: Stream):
@@ -72,6 +79,10 @@ class MemoryGroup:
             return
         inner = self._joined_state[1]
         self._joined_state = None
+        if self._pending is not None:  # the call ends inside a chunk: its state there
+            inner.pos, empty = self._pending
+            self._pending = None
+            self.call._span(empty, [], inner, 0, 0)
         prefix = self.call.key + "."
         for key, value in inner.new_state.items():
             name = key[len(prefix) :]
@@ -90,11 +101,29 @@ class MemoryGroup:
         return [(p.squeeze(2) if q.dim() == 3 else p).to(q.dtype)
                 for p, (q, _) in zip(parts, pairs)]  # fmt: skip
 
+    def _defer(self, span: dict, inner: Stream, T: int) -> None:
+        """A span that ends inside its chunk: keep what `DeepMemory._span` keeps for the next
+        span to replay (the chunk-start state and the chunk's inputs so far), without running
+        the write; the chunk's end runs it once, or `flush` if the call ends first."""
+        call, B = self.call, span[K].shape[0]
+        if inner.pos % call.chunk == 0:  # a new chunk: its start state is the anchor
+            W = call._load(inner, "W") or call.initial_weights(B, span[K])
+            S = call._load(inner, "S")
+            if call.rule in MOMENTUM_RULES and S is None:
+                S = [torch.zeros_like(w) for w in W]
+            call._store(inner, "anchor_W", W)
+            call._store(inner, "anchor_S", S)
+        for name, key in zip(("k", "v", *call.GATES), (K, V, *GATES)):
+            past = inner.get(f"{call.key}.tail.{name}") if inner.pos % call.chunk else None
+            t = span[key]  # [B, T, sum H, ...]
+            inner.put(f"{call.key}.tail.{name}", t if past is None else torch.cat([past, t], 1))
+        self._pending = (inner.pos + T, {key: t[:, :0] for key, t in span.items()})
+
     def _state(self, stream: Stream) -> Stream:
         """The group's stream: the members' state entries joined under the call's key the
         first time this layer call needs them, then carried until `flush`."""
         if self._joined_state is None or self._joined_state[0] is not stream:
-            self._joined_state = (stream, self._gathered(stream))
+            self._joined_state, self._pending = (stream, self._gathered(stream)), None
         inner = self._joined_state[1]
         inner.pos, inner.base_pos = stream.pos, stream.base_pos
         return inner

@@ -10,6 +10,12 @@ along the head axis, and their feedback reads of the same order (v^_□ = M_□,
 one read. The results are the ungrouped ones (the same arithmetic per head); only the number
 of kernel calls changes. Hope is bound by that number (docs/benchmarks.md, issue 13).
 
+A group whose every read is a feedback read at the chunk start (Hope's four, eqs. 90-91: "at
+the state their chunk began with") never has its state read inside a chunk, so its write can
+wait for the chunk's end (`GroupPlan.defer`): in Hope's 8-token segments the chunk-16 group
+then runs once per chunk, over the whole chunk, instead of once per segment with the chunk's
+first half replayed in the second.
+
 Decided here and recorded in `LayerPlan.groups` (the step order is rewritten with one step per
 group and per grouped feedback read); `LayerPlan.ungrouped` says why each other deep memory
 runs alone. `NESTDSL_GROUP_MEMORIES=0` turns grouping off (the reference path the tests
@@ -80,6 +86,7 @@ def _group(layer: LayerPlan, deep: list[MemoryPlan]) -> None:
             heads=sum(m.heads for m in members),
             reads=tuple(zip(*(m.reads for m in members))),
             feedback=tuple(zip(*(m.feedback for m in members))))  # fmt: skip
+        group.defer = _deferrable(layer, members[0])
         steps = _steps_with(layer, [*layer.groups.values(), group])
         if steps is None:  # merging would need a member's output before another's input
             for m in members:
@@ -88,6 +95,16 @@ def _group(layer: LayerPlan, deep: list[MemoryPlan]) -> None:
             continue
         layer.groups[group.name] = group
         layer.steps = steps
+
+
+def _deferrable(layer: LayerPlan, m: MemoryPlan) -> bool:
+    """Whether the group's writes can wait for its chunk's end: nothing reads its state
+    inside a chunk (every read is a feedback read at the chunk start), and no reset or
+    prefixed region splits its spans."""
+    nodes = layer.block.nodes
+    return (m.chunk > 1 and not m.reads and m.reset_every is None and m.options.window == 1
+            and layer.axis.get(f"memory:{m.decl}") is None
+            and all(nodes[r].order == "chunk_start" for r in m.feedback))  # fmt: skip
 
 
 def _steps_with(layer: LayerPlan, groups: list[GroupPlan]):

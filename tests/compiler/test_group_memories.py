@@ -123,6 +123,7 @@ def test_hope_groups_the_four_projection_memories():
     assert group.heads == 4 * plan.dims["n_heads"]
     assert group.feedback == (("k0", "v0", "eta0", "alpha0"), ("vk", "vv", "ve", "va"))
     assert "level memory" in layer.ungrouped["M_memory"]
+    assert group.defer  # every read at the chunk start: one write per chunk
     kinds = [kind for kind, _ in layer.steps]
     assert kinds.count("group") == 1 and kinds.count("feedback_group") == 2
     assert ("memory", "M_k") not in layer.steps and ("feedback", "k0") not in layer.steps
@@ -160,6 +161,7 @@ def test_a_hand_written_spec_groups_the_equal_memories_only(monkeypatch):
     layer = plan.layers[0]
     assert list(layer.groups) == ["A+B"]
     assert layer.groups["A+B"].reads == (("oa", "ob"),)
+    assert not layer.groups["A+B"].defer  # its reads see the chunk's writes
     assert layer.ungrouped == {"C": "level slow, `A`'s is fast"}
     text = run_passes(_checked(True, monkeypatch, "tiny-group", SPEC)).describe()
     assert "memory group `A+B`: one deep_memory call with 4 heads (2 + 2)" in text
@@ -204,6 +206,30 @@ def test_grouping_makes_fewer_kernel_calls(monkeypatch):
         grouped_calls, calls[:] = list(calls), []
         ungrouped(tokens)
     assert sorted(grouped_calls) == [2, 4] and sorted(calls) == [2, 2, 2]
+
+
+@pytest.mark.parametrize("T, calls", [(32, 2), (40, 3)], ids=["T32", "T40-ends-mid-chunk"])
+def test_hope_group_writes_once_per_chunk(T, calls, monkeypatch):
+    """Hope's layer runs 8-token segments; the chunk-16 group writes once per chunk (and once
+    more for a call that ends inside a chunk), where each member ran once per segment."""
+    heads = []
+    kernel = memory_deep.deep_memory
+
+    def counted(*args, **kwargs):
+        heads.append(args[2].shape[2])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(memory_deep, "deep_memory", counted)
+    grouped, ungrouped = _pair(monkeypatch)
+    n_heads = nestdsl.load("hope", HOPE).plan.dims["n_heads"]
+    tokens = torch.randint(0, 256, (1, T))
+    with torch.no_grad():
+        grouped(tokens)
+        grouped_heads, heads[:] = list(heads), []
+        ungrouped(tokens)
+    layers, segments = 2, -(-T // 8)
+    assert grouped_heads.count(4 * n_heads) == layers * calls
+    assert heads.count(n_heads) == layers * segments * 5  # M_k .. M_alpha and M_memory
 
 
 CYCLE = SPEC.replace("values: vb\n    objective: l2\n    rule: {kind: dgd, lr: {kind: learned, "

@@ -83,14 +83,30 @@ def build(name: str, device: str):
     return nestdsl.compile(nestdsl.load(name, sets)).to(device), True
 
 
-def child(args) -> None:
-    """One row: build, warm up, time ``args.steps`` steps; print one JSON line."""
-    torch.set_num_threads(args.threads)
+def build_here(name: str, device: str):
+    """`build`, with a NAME:VAR=VALUE variable set while the spec is loaded and compiled (the
+    compiler's passes read it then)."""
+    if ":" not in name:
+        return build(name, device)
+    var, value = name.split(":", 1)[1].split("=", 1)
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        return build(name, device)
+    finally:
+        if old is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = old
+
+
+def make_step(name: str, args, T: int):
+    """A training step of spec ``name`` at T tokens, returning its wall time."""
     torch.manual_seed(0)
     device = args.device
-    model, stateful = build(args.child, device)
+    model, stateful = build_here(name, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, 256, (args.batch, args.seq + 1), device=device)
+    tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> float:
@@ -105,6 +121,15 @@ def child(args) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    step.params = sum(p.numel() for p in model.parameters())
+    return step
+
+
+def child(args) -> None:
+    """One row: build, warm up, time ``args.steps`` steps; print one JSON line."""
+    torch.set_num_threads(args.threads)
+    device = args.device
+    step = make_step(args.child, args, args.seq)
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -126,11 +151,36 @@ def child(args) -> None:
         "tok_s": args.batch * args.seq / t,
         "peak": peak,
         "delta": peak - base,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": step.params,
     }
     if args.ops:
         row["ops_per_token"] = count_ops(step) / (args.batch * args.seq)
     print(json.dumps(row))
+
+
+def interleaved(args, names: list[str], T: int) -> list[dict]:
+    """Every spec in this one process, their steps taken in turn (hand, spec, spec, hand, ...):
+    each round's ratio compares steps taken seconds apart, so a load that drifts over minutes
+    cancels; the medians over rounds are reported. No memory columns (one process)."""
+    torch.set_num_threads(args.threads)
+    steps = {name: make_step(name, args, T) for name in names}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            times[name].append(step())
+    rows = []
+    for name in names:
+        t = statistics.median(times[name])
+        ratios = [h / s for h, s in zip(times[HAND], times[name])]
+        row = {"spec": name, "T": T, "s_per_step": t, "tok_s": args.batch * T / t,
+               "ratio": statistics.median(ratios)}  # fmt: skip
+        if args.ops:
+            row["ops_per_token"] = count_ops(steps[name]) / (args.batch * T)
+        rows.append(row)
+    return rows
 
 
 def count_ops(step) -> int:
@@ -226,13 +276,14 @@ def table(rows: list[dict], seq_lens: list[int]) -> str:
                 cells.append(f" {mine[0]['error']}" + blank[2:])
             else:
                 med = statistics.median
-                ratios = [r["tok_s"] / hand[T, r.get("rep", 0)] for r in good
-                          if (T, r.get("rep", 0)) in hand]  # fmt: skip
+                ratios = [r["ratio"] if "ratio" in r else r["tok_s"] / hand[T, r.get("rep", 0)]
+                          for r in good if "ratio" in r or (T, r.get("rep", 0)) in hand]  # fmt: skip
                 ratio = f"{med(ratios):.3f}" if ratios else ""
                 count = f" {med(r['ops_per_token'] for r in good):,.0f} |" if ops else ""
-                cells.append(f" {med(r['tok_s'] for r in good):,.0f} | {ratio} |{count}"
-                             f" {med(r['peak'] for r in good) / 2**30:.2f} GB"
-                             f" | {med(r['delta'] for r in good) / 2**30:.2f} GB |")  # fmt: skip
+                memory = " | |" if "peak" not in good[0] else (
+                    f" {med(r['peak'] for r in good) / 2**30:.2f} GB"
+                    f" | {med(r['delta'] for r in good) / 2**30:.2f} GB |")  # fmt: skip
+                cells.append(f" {med(r['tok_s'] for r in good):,.0f} | {ratio} |{count}{memory}")
         name = "hand-written Transformer++" if spec == HAND else f"`{spec}`"
         lines.append(f"| {name} |" + "".join(cells))
     return "\n".join(lines)
@@ -276,6 +327,8 @@ def main() -> None:
     ap.add_argument("--ops", action="store_true", help="also count op calls per token (one "
                     "profiled step per row)")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1, help="run the table N times; medians")
+    ap.add_argument("--interleave", action="store_true", help="run every spec in one process, "
+                    "their steps in turn; ratios per round (no memory columns)")  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -297,11 +350,16 @@ def main() -> None:
                 subprocess.run(child_command(args, name, T)[0], env=child_command(args, name, T)[1])
         return
     rows = []
-    for rep in range(args.repeat):
+    for rep in range(args.repeat if not args.interleave else 0):
         for T in seq_lens:
             for name in names:
                 row = run_child(args, name, T)
                 row["load"], row["rep"] = os.getloadavg()[0], rep
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    if args.interleave:
+        for T in seq_lens:
+            for row in interleaved(args, names, T):
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     load_after = os.getloadavg()
@@ -310,10 +368,12 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s)"
     )
     malloc = args.mmap_threshold or "glibc default"
-    print(f"memory: peak RSS of the row's process, MALLOC_MMAP_THRESHOLD_={malloc}")
+    if not args.interleave:
+        print(f"memory: peak RSS of the row's process, MALLOC_MMAP_THRESHOLD_={malloc}")
     sizes = ", ".join(f"{k} {v}" for k, v in SIZE.items())
     print(f"config: {sizes}; B={args.batch}; forward + loss + backward + AdamW; median of "
-          f"{args.steps} steps after {args.warmup} warm-up; one process per row; "
+          f"{args.steps} steps after {args.warmup} warm-up; "
+          f"{'one process, steps in turn' if args.interleave else 'one process per row'}; "
           f"{args.repeat} repetition(s), medians")  # fmt: skip
     print(f"load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}\n")  # fmt: skip

@@ -60,18 +60,16 @@ class MemoryGroup:
             if self.plan.defer and inner.pos % self.call.chunk + T < self.call.chunk:
                 self._defer(span, inner, T)
                 return []
-            queries = [(self._joined(qs), qs[0][1]) for qs in reads]
+            queries = [(self._joined([q for q, _ in qs]), qs[0][1]) for qs in reads]
             outs = self.call._run_span(span, queries, inner, T)
             self._pending = None
         return [self._split(o, qs) for o, qs in zip(outs, reads)]
 
     def read_state(self, queries: list[torch.Tensor], order: str, stream: Stream):
         """One feedback read of every member (one query each) from the carried state."""
-        pairs = [(q, order) for q in queries]
         with torch.autocast(device_type=queries[0].device.type, enabled=False):
-            q = self.call.phi(self._joined(pairs))
-            out = self.call._read_state(q, order, self._state(stream))
-        return self._split(out, pairs)
+            out = self.call._read_state(self._joined(queries), order, self._state(stream))
+        return self._split(out, [(q, order) for q in queries])
 
     def flush(self, stream: Stream) -> None:
         """End of the layer's call: the group's new state, split back to the members' keys."""
@@ -93,8 +91,10 @@ class MemoryGroup:
 
     # ---------------------------------------------------------------- heads side by side
 
-    def _joined(self, pairs) -> torch.Tensor:
-        return torch.cat([self.members[0].heads_first(q) for q, _ in pairs], 2)  # [B,T,sum H,d]
+    def _joined(self, queries: list[torch.Tensor]) -> torch.Tensor:
+        """One query per member, each through its member's feature map, side by side."""
+        parts = [m.phi(m.heads_first(q)) for m, q in zip(self.members, queries)]
+        return torch.cat(parts, 2)  # [B, T, sum H, d]
 
     def _split(self, out: torch.Tensor, pairs) -> list[torch.Tensor]:
         parts = out.split(self.heads, dim=2)  # [B, T, H_i, d] each
@@ -158,13 +158,16 @@ class _GroupCall(DeepMemory):
     def write_inputs(self, env):
         return env[K], env[V]
 
+    def phi(self, x):
+        return x  # the members' feature maps ran on their own keys and queries
+
     def _gates(self, env, like):
         return tuple(env[g] for g in GATES)
 
     def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
-        # `_span` passes the keys as queries for a pass whose answers it drops (a write with
-        # no read to answer, the streaming anchor): the state does not depend on the read
-        # order, and chunk-start reads are the cheapest (one MLP at the chunk-start weights).
+        # `_span` passes the keys themselves as queries for a write with no read to answer: the
+        # answers are dropped, the state does not depend on the read order, and chunk-start
+        # reads are the cheapest (one MLP at the chunk-start weights).
         order = "chunk_start" if q is k else order
         return super()._run(q, k, v, gates, weights, momentum, order, prefix)
 

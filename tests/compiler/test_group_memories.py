@@ -189,6 +189,22 @@ def test_a_hand_written_spec_grouped_equals_ungrouped(monkeypatch):
     _assert_same(state, end)
 
 
+def test_members_keep_their_feature_maps(monkeypatch):
+    """Each member's keys and queries go through its own feature map before they are joined."""
+    text = SPEC.replace("    values: va\n", "    values: va\n    feature_map: elu1\n").replace(
+        "    values: vb\n    objective", "    values: vb\n    feature_map: elu1\n    objective", 1
+    )
+    assert text.count("feature_map: elu1") == 2
+    assert list(_checked(True, monkeypatch, "tiny-phi", text).plan.layers[0].groups) == ["A+B"]
+    grouped, ungrouped = _pair(monkeypatch, "tiny-phi", text)
+    tokens = torch.randint(0, 64, (2, 14))
+    la, sa, ga = _loss_and_grads(grouped, tokens)
+    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
+    assert (la - lb).abs().max().item() <= TOL
+    _assert_same(sa, sb)
+    _assert_same(ga, gb)
+
+
 def test_grouping_makes_fewer_kernel_calls(monkeypatch):
     """The differential: the same model, one call for A and B instead of two."""
     calls = []

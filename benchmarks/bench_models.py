@@ -21,6 +21,14 @@ A child whose resident set passes ``--max-gb`` is killed and its row says so.
     python benchmarks/bench_models.py                                  # every spec, T 512 and 2048
     python benchmarks/bench_models.py --specs hand,transformer,hope --seq-lens 512 --steps 3
     python benchmarks/bench_models.py --device cuda
+    python benchmarks/bench_models.py --specs hope,hope:NESTDSL_GROUP_MEMORIES=0 \
+        --size d_model=64,n_heads=2,d_head=32,n_layers=2 --batch 2 --seq-lens 64,128 --ops --repeat 5
+
+A spec written ``NAME:VAR=VALUE`` runs NAME with that environment variable in its child (the
+ungrouped reference path above). ``--ops`` adds one profiled step per row and reports its op
+calls per token (torch.profiler events, nested ones included): a count the machine's load does
+not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
+hand-written row of the same repetition, and prints medians.
 
 Threads: 1 by default (``--threads``), so other processes on a shared 2-core machine disturb
 the ratios less (an OpenMP team stalls at every barrier while another process holds a core).
@@ -58,12 +66,14 @@ def _peak_rss_bytes() -> int:
 
 def build(name: str, device: str):
     """(model, returns_state) for a shipped spec resized to SIZE, or the hand-written one."""
+    name = name.split(":")[0]  # NAME:VAR=VALUE: the variable is set by the parent
     if name == HAND:
         sys.path.insert(0, str(Path(__file__).parent))
         from bench_transformer import HandTransformer
 
         s = SIZE
-        model = HandTransformer(256, s["d_model"], s["n_heads"], s["d_head"], s["d_ff"],
+        d_ff = s.get("d_ff", round(2.75 * s["d_model"]))  # 704 at d_model 256
+        model = HandTransformer(256, s["d_model"], s["n_heads"], s["d_head"], d_ff,
                                 s["n_layers"])  # fmt: skip
         return model.to(device), False
     import nestdsl
@@ -73,14 +83,30 @@ def build(name: str, device: str):
     return nestdsl.compile(nestdsl.load(name, sets)).to(device), True
 
 
-def child(args) -> None:
-    """One row: build, warm up, time ``args.steps`` steps; print one JSON line."""
-    torch.set_num_threads(args.threads)
+def build_here(name: str, device: str):
+    """`build`, with a NAME:VAR=VALUE variable set while the spec is loaded and compiled (the
+    compiler's passes read it then)."""
+    if ":" not in name:
+        return build(name, device)
+    var, value = name.split(":", 1)[1].split("=", 1)
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        return build(name, device)
+    finally:
+        if old is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = old
+
+
+def make_step(name: str, args, T: int):
+    """A training step of spec ``name`` at T tokens, returning its wall time."""
     torch.manual_seed(0)
     device = args.device
-    model, stateful = build(args.child, device)
+    model, stateful = build_here(name, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, 256, (args.batch, args.seq + 1), device=device)
+    tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> float:
@@ -95,6 +121,15 @@ def child(args) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    step.params = sum(p.numel() for p in model.parameters())
+    return step
+
+
+def child(args) -> None:
+    """One row: build, warm up, time ``args.steps`` steps; print one JSON line."""
+    torch.set_num_threads(args.threads)
+    device = args.device
+    step = make_step(args.child, args, args.seq)
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -109,9 +144,53 @@ def child(args) -> None:
     times = [step() for _ in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes()
     t = statistics.median(times)
-    print(json.dumps({"spec": args.child, "T": args.seq, "s_per_step": t,
-                      "tok_s": args.batch * args.seq / t, "peak": peak, "delta": peak - base,
-                      "params": sum(p.numel() for p in model.parameters())}))  # fmt: skip
+    row = {
+        "spec": args.child,
+        "T": args.seq,
+        "s_per_step": t,
+        "tok_s": args.batch * args.seq / t,
+        "peak": peak,
+        "delta": peak - base,
+        "params": step.params,
+    }
+    if args.ops:
+        row["ops_per_token"] = count_ops(step) / (args.batch * args.seq)
+    print(json.dumps(row))
+
+
+def interleaved(args, names: list[str], T: int) -> list[dict]:
+    """Every spec in this one process, their steps taken in turn (hand, spec, spec, hand, ...):
+    each round's ratio compares steps taken seconds apart, so a load that drifts over minutes
+    cancels; the medians over rounds are reported. No memory columns (one process)."""
+    torch.set_num_threads(args.threads)
+    steps = {name: make_step(name, args, T) for name in names}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            times[name].append(step())
+    rows = []
+    for name in names:
+        t = statistics.median(times[name])
+        ratios = [h / s for h, s in zip(times[HAND], times[name])]
+        row = {"spec": name, "T": T, "s_per_step": t, "tok_s": args.batch * T / t,
+               "ratio": statistics.median(ratios)}  # fmt: skip
+        if args.ops:
+            row["ops_per_token"] = count_ops(steps[name]) / (args.batch * T)
+        rows.append(row)
+    return rows
+
+
+def count_ops(step) -> int:
+    """Op calls of one step: torch.profiler events (nested ones included), forward and backward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(e.count for e in prof.key_averages())
 
 
 def profile(step, rows: int) -> None:
@@ -137,8 +216,12 @@ def profile(step, rows: int) -> None:
 def child_command(args, spec: str, T: int) -> tuple[list[str], dict]:
     cmd = [sys.executable, __file__, "--child", spec, "--seq", str(T), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-           str(args.threads), "--device", args.device, "--profile", str(args.profile)]  # fmt: skip
+           str(args.threads), "--device", args.device, "--profile", str(args.profile),
+           "--size", args.size] + (["--ops"] if args.ops else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if ":" in spec:  # NAME:VAR=VALUE
+        var, value = spec.split(":", 1)[1].split("=", 1)
+        env[var] = value
     if args.mmap_threshold:  # glibc: blocks this large are mmap-ed and returned when freed
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     return cmd, env
@@ -174,21 +257,33 @@ def run_child(args, spec: str, T: int) -> dict:
 
 
 def table(rows: list[dict], seq_lens: list[int]) -> str:
-    hand = {r["T"]: r["tok_s"] for r in rows if r["spec"] == HAND and "tok_s" in r}
-    head = "| spec |" + "".join(f" tok/s T={T} | x hand | peak RSS | delta |" for T in seq_lens)
-    lines = [head, "|---|" + "---:|---:|---:|---:|" * len(seq_lens)]
+    """Medians over repetitions; each ratio against the hand-written row of its repetition."""
+    hand = {(r["T"], r.get("rep", 0)): r["tok_s"] for r in rows
+            if r["spec"] == HAND and "tok_s" in r}  # fmt: skip
+    ops = any("ops_per_token" in r for r in rows)
+    cols = " tok/s T={} | x hand |" + (" ops/token |" if ops else "") + " peak RSS | delta |"
+    head = "| spec |" + "".join(cols.format(T) for T in seq_lens)
+    lines = [head, "|---|" + ("---:|" * (5 if ops else 4)) * len(seq_lens)]
     for spec in dict.fromkeys(r["spec"] for r in rows):
         cells = []
         for T in seq_lens:
-            r = next((r for r in rows if r["spec"] == spec and r["T"] == T), None)
-            if r is None:
-                cells.append(" | | | |")
-            elif "error" in r:
-                cells.append(f" {r['error']} | | | |")
+            mine = [r for r in rows if r["spec"] == spec and r["T"] == T]
+            good = [r for r in mine if "error" not in r]
+            blank = " |" * (5 if ops else 4)
+            if not mine:
+                cells.append(blank)
+            elif not good:
+                cells.append(f" {mine[0]['error']}" + blank[2:])
             else:
-                ratio = f"{r['tok_s'] / hand[T]:.3f}" if T in hand else ""
-                cells.append(f" {r['tok_s']:,.0f} | {ratio} | {r['peak'] / 2**30:.2f} GB"
-                             f" | {r['delta'] / 2**30:.2f} GB |")  # fmt: skip
+                med = statistics.median
+                ratios = [r["ratio"] if "ratio" in r else r["tok_s"] / hand[T, r.get("rep", 0)]
+                          for r in good if "ratio" in r or (T, r.get("rep", 0)) in hand]  # fmt: skip
+                ratio = f"{med(ratios):.3f}" if ratios else ""
+                count = f" {med(r['ops_per_token'] for r in good):,.0f} |" if ops else ""
+                memory = " | |" if "peak" not in good[0] else (
+                    f" {med(r['peak'] for r in good) / 2**30:.2f} GB"
+                    f" | {med(r['delta'] for r in good) / 2**30:.2f} GB |")  # fmt: skip
+                cells.append(f" {med(r['tok_s'] for r in good):,.0f} | {ratio} |{count}{memory}")
         name = "hand-written Transformer++" if spec == HAND else f"`{spec}`"
         lines.append(f"| {name} |" + "".join(cells))
     return "\n".join(lines)
@@ -227,9 +322,18 @@ def main() -> None:
         metavar="ROWS",
         help="profile one step of each spec instead of timing (prints ROWS rows)",
     )
+    ap.add_argument("--size", default=",".join(f"{k}={v}" for k, v in SIZE.items()),
+                    help="the sizes every spec is resized to, as KEY=VALUE,...")  # fmt: skip
+    ap.add_argument("--ops", action="store_true", help="also count op calls per token (one "
+                    "profiled step per row)")  # fmt: skip
+    ap.add_argument("--repeat", type=int, default=1, help="run the table N times; medians")
+    ap.add_argument("--interleave", action="store_true", help="run every spec in one process, "
+                    "their steps in turn; ratios per round (no memory columns)")  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    SIZE.clear()
+    SIZE.update({k: int(v) for k, v in (kv.split("=") for kv in args.size.split(","))})
     if args.child:
         child(args)
         return
@@ -246,22 +350,31 @@ def main() -> None:
                 subprocess.run(child_command(args, name, T)[0], env=child_command(args, name, T)[1])
         return
     rows = []
-    for T in seq_lens:
-        for name in names:
-            row = run_child(args, name, T)
-            row["load"] = os.getloadavg()[0]
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
+    for rep in range(args.repeat if not args.interleave else 0):
+        for T in seq_lens:
+            for name in names:
+                row = run_child(args, name, T)
+                row["load"], row["rep"] = os.getloadavg()[0], rep
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    if args.interleave:
+        for T in seq_lens:
+            for row in interleaved(args, names, T):
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
     load_after = os.getloadavg()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s)"
     )
     malloc = args.mmap_threshold or "glibc default"
-    print(f"memory: peak RSS of the row's process, MALLOC_MMAP_THRESHOLD_={malloc}")
-    print(f"config: d_model 256, 4 layers, 4 heads of 64; B={args.batch}; forward + loss + "
-          f"backward + AdamW; median of {args.steps} steps after {args.warmup} warm-up; "
-          f"one process per row")  # fmt: skip
+    if not args.interleave:
+        print(f"memory: peak RSS of the row's process, MALLOC_MMAP_THRESHOLD_={malloc}")
+    sizes = ", ".join(f"{k} {v}" for k, v in SIZE.items())
+    print(f"config: {sizes}; B={args.batch}; forward + loss + backward + AdamW; median of "
+          f"{args.steps} steps after {args.warmup} warm-up; "
+          f"{'one process, steps in turn' if args.interleave else 'one process per row'}; "
+          f"{args.repeat} repetition(s), medians")  # fmt: skip
     print(f"load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}\n")  # fmt: skip
     print(table(rows, seq_lens))

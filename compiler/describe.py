@@ -62,6 +62,28 @@ def _layer(plan, names, layer, done) -> list[str]:
         out.append(f"    tensors (per position): {shapes}")
     for m in layer.memories.values():
         out += _memory(m, done)
+    if "group_memories" in done:
+        out += _grouping(layer)
+    return out
+
+
+def _grouping(layer) -> list[str]:
+    out = []
+    for g in layer.groups.values():
+        first = layer.memories[g.members[0]]
+        out.append(f"    memory group `{g.name}`: one {first.kernel} call with {g.heads} heads "
+                   f"({' + '.join(str(layer.memories[d].heads) for d in g.members)}), the "
+                   "members' keys, values, gates and states side by side (same level, chunk, "
+                   "reset, structure, lowered options and read orders)")  # fmt: skip
+        if g.defer:
+            out.append(f"      writes once per chunk of {first.chunk}: every read is at the chunk "
+                       "start, so a span inside a chunk keeps its inputs for the chunk's end")  # fmt: skip
+        for reads in g.feedback:
+            out.append(f"      one feedback read: {', '.join(reads)}")
+        for reads in g.reads:
+            out.append(f"      one read with the update: {', '.join(reads)}")
+    for decl, why in layer.ungrouped.items():
+        out.append(f"    runs alone: `{decl}` ({why})")
     return out
 
 
@@ -76,6 +98,11 @@ def _step(layer, kind: str, name: str) -> str:
         return name
     if kind == "feedback":
         return f"{name} (feedback read)"
+    if kind == "feedback_group":
+        return f"{name} (one feedback read)"
+    if kind == "group":
+        reads = [r for rs in layer.groups[name].reads for r in rs]
+        return f"[{name} update" + (f": {', '.join(reads)}]" if reads else "]")
     m = layer.memories[name]
     reads = f": {', '.join(m.reads)}" if m.reads else ""
     return f"[{name} update{reads}]"

@@ -44,6 +44,20 @@ class MemoryPlan:
 
 
 @dataclass
+class GroupPlan:
+    """Memories of one layer that run as one kernel call, their heads side by side."""
+
+    name: str  # e.g. "M_k+M_v+M_eta+M_alpha"
+    members: tuple[str, ...]  # declared names, in the order their heads are concatenated
+    heads: int  # the call's heads: the members' heads summed
+    reads: tuple[tuple[str, ...], ...] = ()  # per joint read, one read node per member
+    feedback: tuple[tuple[str, ...], ...] = ()  # per feedback read, one read node per member
+    # Every read sees the chunk-start state: a span inside a chunk only keeps its inputs, and
+    # the chunk's end (or the end of the call) runs the write once.
+    defer: bool = False
+
+
+@dataclass
 class LayerPlan:
     """One repetition of a declared block."""
 
@@ -59,6 +73,9 @@ class LayerPlan:
     steps: list[tuple[str, str]] = field(default_factory=list)  # ("op"|"feedback"|"memory", name)
     segment: int | None = None  # tokens per sequential step when memories feed back; None: all
     segment_why: str = ""
+    # group_memories (steps then name ("group", name) and ("feedback_group", "r1+r2+..."))
+    groups: dict[str, GroupPlan] = field(default_factory=dict)
+    ungrouped: dict[str, str] = field(default_factory=dict)  # deep memory -> why it runs alone
 
 
 @dataclass

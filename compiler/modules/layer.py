@@ -6,7 +6,9 @@ Execution follows the per-step data flow, with these rules:
 - a read whose answer feeds the memory's own writes (Titans MAC retrieval, Hope's
   self-generated values) is answered from the state at the start of the segment (a feedback
   read), and the layer then runs in sequential segments (`LayerPlan.segment`);
-- ops under a `with_prefix` run on the prefixed region's time axis (prefix.py).
+- ops under a `with_prefix` run on the prefixed region's time axis (prefix.py);
+- memories `group_memories` grouped run as one call, and their grouped feedback reads as one
+  read (memory_group.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from nestdsl.compiler.modules.memory_factory import build_memory
+from nestdsl.compiler.modules.memory_group import MemoryGroup
 from nestdsl.compiler.modules.ops import (
     Aggregate,
     LayerNorm,
@@ -60,6 +63,12 @@ class Layer(nn.Module):
             memory.in_region = self.axis[f"memory:{decl}"] is not None
         self.steps = layer.steps
         self.joint = {decl: list(m.reads) for decl, m in layer.memories.items()}
+        # Memories `group_memories` runs as one call (a plain dict: the members hold the
+        # parameters), and each grouped feedback read's group and read nodes.
+        self.groups = {name: MemoryGroup(g, [self.memories[d] for d in g.members])
+                       for name, g in layer.groups.items()}  # fmt: skip
+        self.grouped_reads = {"+".join(reads): (name, reads) for name, g in layer.groups.items()
+                              for reads in g.feedback}  # fmt: skip
 
     # ---------------------------------------------------------------- construction
 
@@ -97,6 +106,12 @@ class Layer(nn.Module):
     # ---------------------------------------------------------------- running
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        y = self._pieces(x, stream)
+        for group in self.groups.values():  # grouped memories' state back under their keys
+            group.flush(stream)
+        return y
+
+    def _pieces(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
         if not self.segment:
             return self._piece(x, stream, stream.pos)
         base, T, sizes, start = stream.pos, x.shape[1], [], 0
@@ -125,6 +140,19 @@ class Layer(nn.Module):
             elif kind == "feedback":
                 op = self.block.nodes[name]
                 env[name] = self.memories[op.memory].read_state(env[op.query], op.order, stream)
+            elif kind == "feedback_group":
+                group, reads = self.grouped_reads[name]
+                queries = [env[self.block.nodes[r].query] for r in reads]
+                order = self.block.nodes[reads[0]].order
+                env.update(zip(reads, self.groups[group].read_state(queries, order, stream)))
+            elif kind == "group":
+                group = self.groups[name]
+                reads = [[(env[self.block.nodes[r].query], self.block.nodes[r].order)
+                          for r in names] for names in group.plan.reads]  # fmt: skip
+                length = reads[0][0][0].shape[1] if reads else None
+                outs = group.run(env, reads, stream, length)
+                for names, answers in zip(group.plan.reads, outs):
+                    env.update(zip(names, answers))
             else:
                 names = self.joint[name]
                 reads = [(env[self.block.nodes[n].query], self.block.nodes[n].order)

@@ -5,6 +5,7 @@ for what it cannot lower; `nestdsl validate` runs them all, `lower` builds the m
 """
 
 from nestdsl.compiler.passes.expand_blocks import expand_blocks
+from nestdsl.compiler.passes.group_memories import group_memories
 from nestdsl.compiler.passes.lower_memories import lower_memories
 from nestdsl.compiler.passes.pick_kernels import pick_kernels
 from nestdsl.compiler.passes.resolve_dims import resolve_dims
@@ -16,6 +17,7 @@ PASSES = {
     "schedule_levels": schedule_levels,
     "lower_memories": lower_memories,
     "pick_kernels": pick_kernels,
+    "group_memories": group_memories,
 }
 
 __all__ = ["PASSES"]

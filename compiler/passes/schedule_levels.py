@@ -93,8 +93,6 @@ def _steps(plan: Plan, layer: LayerPlan) -> list[Diagnostic]:
     """("op", node) / ("feedback", read node) / ("memory", decl) in an executable order."""
     nodes = layer.block.nodes
     g = data_graph(layer.block)
-    producer = {n: ("op", n) for n, op in nodes.items() if not isinstance(op, Read)}
-    needs: dict[str, list[str]] = {}
     errors = []
     for decl, m in layer.memories.items():
         reads = [n for n, op in nodes.items() if isinstance(op, Read) and op.memory == decl]
@@ -107,7 +105,26 @@ def _steps(plan: Plan, layer: LayerPlan) -> list[Diagnostic]:
                 "own keys or values: a cache has no state to answer from before its write",
                 _node_at(plan, layer, feedback[0]),
                 "read the cache after its write, or make the memory a matrix or mlp"))  # fmt: skip
-        producer.update({r: ("feedback", r) for r in feedback})
+    order = step_graph(layer)
+    try:
+        layer.steps = sort_steps(order, layer)
+    except nx.NetworkXUnfeasible:
+        cycle = [s[1] for s, _ in nx.find_cycle(order)]
+        errors.append(Diagnostic(
+            "step-cycle", f"layer `{layer.block_name}` cannot run: {' -> '.join(cycle)} -> "
+            f"{cycle[0]} needs its own output", _node_at(plan, layer, cycle[0]),
+            "read one of these memories with `order: chunk_start` or `read_then_write`"))  # fmt: skip
+    return errors
+
+
+def step_graph(layer: LayerPlan) -> nx.DiGraph:
+    """The steps of a layer (its memories' reads and feedback reads already split) with an
+    edge from each step to every step that needs its output."""
+    nodes = layer.block.nodes
+    producer = {n: ("op", n) for n, op in nodes.items() if not isinstance(op, Read)}
+    needs: dict[str, list[str]] = {}
+    for decl, m in layer.memories.items():
+        producer.update({r: ("feedback", r) for r in m.feedback})
         producer.update({r: ("memory", decl) for r in m.reads})
         needs[decl] = list(m.writes) + [nodes[r].query for r in m.reads]
     order = nx.DiGraph()
@@ -120,17 +137,17 @@ def _steps(plan: Plan, layer: LayerPlan) -> list[Diagnostic]:
         b = producer.get(dst, ("memory", dst) if dst in layer.memories else None)
         if a is not None and b is not None and a != b:
             order.add_edge(a, b)
-    index = {n: i for i, n in enumerate(nodes)}
-    try:
-        layer.steps = list(nx.lexicographical_topological_sort(
-            order, key=lambda s: (index.get(s[1], -1), s[0])))  # fmt: skip
-    except nx.NetworkXUnfeasible:
-        cycle = [s[1] for s, _ in nx.find_cycle(order)]
-        errors.append(Diagnostic(
-            "step-cycle", f"layer `{layer.block_name}` cannot run: {' -> '.join(cycle)} -> "
-            f"{cycle[0]} needs its own output", _node_at(plan, layer, cycle[0]),
-            "read one of these memories with `order: chunk_start` or `read_then_write`"))  # fmt: skip
-    return errors
+    return order
+
+
+def sort_steps(order: nx.DiGraph, layer: LayerPlan, rank: dict | None = None) -> list:
+    """One executable order: among the steps that are ready, the earliest block node first
+    (memory updates as early as their inputs allow; `rank` places steps that are no block
+    node). Raises `NetworkXUnfeasible` on a cycle."""
+    index = {n: i for i, n in enumerate(layer.block.nodes)}
+    rank = rank or {}
+    return list(nx.lexicographical_topological_sort(
+        order, key=lambda s: (rank.get(s, index.get(s[1], -1)), s[0])))  # fmt: skip
 
 
 def _segment(plan: Plan, layer: LayerPlan) -> tuple[int | None, str]:

@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="shipped spec name or YAML path")
     parser.add_argument("--after", metavar="PASS",
                         help="print the compiler's plan after PASS (resolve_dims, expand_blocks, "
-                        "schedule_levels, lower_memories, pick_kernels)")  # fmt: skip
+                        "schedule_levels, lower_memories, pick_kernels, group_memories)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a spec value, e.g. dims.d_model=64")  # fmt: skip
 

@@ -144,17 +144,6 @@ PEERS = {
                         "counterpart": "hope", "goal": 10.0},
 }  # fmt: skip
 
-# nestdsl rows run through bench_models.child with its SIZE replaced by the --d-model/--layers
-# size (the same resize bench_models applies: only the dims a spec declares).
-NESTDSL_DRIVER = r"""
-import json, sys, argparse
-cfg = json.loads(sys.argv[1])
-sys.path.insert(0, cfg["bench_dir"])
-import bench_models
-bench_models.SIZE.update(cfg["size"])
-bench_models.child(argparse.Namespace(**cfg["child"]))
-"""
-
 
 def size_of(args) -> dict:
     heads = args.heads
@@ -198,7 +187,7 @@ def check_venvs(args, peers: list[str]) -> dict:
 
 def row_command(args, name: str, T: int) -> tuple[list[str], dict]:
     """bench_models.run_child's command for one row: a peer's driver in its venv, or
-    bench_models.child at this run's size in this interpreter."""
+    bench_models.py's child at this run's size in this interpreter."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if args.mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
@@ -209,18 +198,13 @@ def row_command(args, name: str, T: int) -> tuple[list[str], dict]:
                "heads": args.heads}  # fmt: skip
         env.pop("PYTHONPATH", None)  # the peer sees its own venv only
         return [str(venv_python(args, name)), "-c", DRIVER, json.dumps(cfg)], env
-    child = {
-        "child": name,
-        "seq": T,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "threads": args.threads,
-        "device": "cpu",
-        "profile": 0,
-    }
-    cfg = {"bench_dir": str(BENCH), "size": size_of(args), "child": child}  # fmt: skip
-    return [sys.executable, "-c", NESTDSL_DRIVER, json.dumps(cfg)], env
+    # nestdsl's rows: bench_models.py's own child (its command-line flags only, so that flags
+    # it gains later keep their defaults), resized with its --size
+    size = ",".join(f"{k}={v}" for k, v in size_of(args).items())
+    cmd = [sys.executable, bench_models.__file__, "--child", name, "--seq", str(T), "--batch",
+           str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--device", "cpu", "--size", size]  # fmt: skip
+    return cmd, env
 
 
 def table(rows: list[dict]) -> str:

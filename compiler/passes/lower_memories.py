@@ -9,6 +9,7 @@ are rejected here with the position of the YAML that asks for them, so `validate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from nestdsl.compiler.plan import MemoryPlan, Plan
@@ -46,8 +47,12 @@ class MemoryOptions:
     kl_scale: float = 1.0
     lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
     window: int = 1  # Omega rule: tokens each update fits
-    feature_map: str | None = None
+    feature_map: str | None = None  # relu | elu1 | softmax | polynomial | exp (None: identity)
     degree: int | None = None
+    # A residual MLP memory with a feature map, `M(x) = x + N(MLP(φ(x)))`: the kernel runs
+    # `N(MLP(·))` on φ(k) fitted to `v - k` (`dot`: `v`), reads add the raw query back.
+    skip: bool = False
+    hidden_dim: int | None = None  # MLP memories: expansion x the key width before the map
     normalize: bool = False
     stop_gradient: bool = False
     init: str = "zeros"  # zeros | identity | learned
@@ -65,7 +70,13 @@ class MemoryOptions:
         if self.window > 1:
             parts.append(f"window {self.window}")
         if self.feature_map:
-            parts.append(f"phi {self.feature_map}" + (f"^{self.degree}" if self.degree else ""))
+            parts.append(f"phi {self.feature_map}" + (f"^{self.degree}" if self.degree else "")
+                         + (f" ({self.key_dim} features)" if self.degree else "")
+                         + (", learned coefficients per head" if self.feature_map == "polynomial"
+                            else ""))  # fmt: skip
+        if self.skip:
+            target = "v" if self.objective == "dot" else "v - k"
+            parts.append(f"residual path outside phi (kernel fits N(MLP(phi(k))) to {target})")
         if self.normalize:
             parts.append("normalized")
         if self.stop_gradient:
@@ -88,10 +99,15 @@ def lower_memories(plan: Plan) -> Plan:
 
 
 def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
-    """Key size after a feature map: the polynomial map stacks the powers 1..degree."""
-    if kind == "polynomial":
-        return sum(d**i for i in range(1, degree + 1))
+    """Key size after a feature map: the tensor-power maps (`polynomial`, `exp`) keep every
+    unique monomial of degree 0..p once, C(d + p, p) of them (compiler/modules/feature_map.py)."""
+    if kind in ("polynomial", "exp"):
+        return math.comb(d + degree, degree)
     return d
+
+
+# The widest feature map lowered: beyond it one head's keys alone take megabytes per token.
+MAX_FEATURES = 1 << 16
 
 
 def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
@@ -107,6 +123,8 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         init_level = getattr(mem.init, "by", None) or (m.level if not isinstance(m.every, int)
                                                        else plan.outer)  # fmt: skip
     init_every = plan.spec.levels[init_level].every if init_level else None
+    mapped = None if fm is None or fm.kind == "identity" else fm.kind
+    expansion = getattr(mem.structure, "expansion", None)  # MLP memories
     return MemoryOptions(
         structure=mem.structure.kind,
         heads=m.heads,
@@ -126,8 +144,10 @@ def lower(plan: Plan, m: MemoryPlan) -> MemoryOptions:
         kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
         lag_token=isinstance(ret, KLRetention) and window == 1,
         window=window,
-        feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
+        feature_map=mapped,
         degree=fm.degree if fm else None,
+        skip=mapped is not None and getattr(mem.structure, "residual", False),
+        hidden_dim=expansion * m.key_dim if expansion else None,
         normalize=mem.normalize,
         stop_gradient=mem.write == "stop_gradient",
         init=mem.init.kind,
@@ -156,6 +176,12 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
                     f"gradient is a sum over tokens (NL eq. 71): its `{p.role}` cannot be the "
                     f"per-token tensor `{p.value}`", plan.at(*where, *p.path),
                     "use a constant or `{kind: learned, init: ...}`"))  # fmt: skip
+    if m.options.key_dim > MAX_FEATURES:
+        fm = mem.feature_map
+        errors.append(Diagnostic(
+            "not-lowered", f"`{fm.kind}` of degree {fm.degree} on keys of width {m.key_dim} has "
+            f"{m.options.key_dim} features (C(d + p, p)); nestdsl lowers at most {MAX_FEATURES}",
+            plan.at(*where, "feature_map", "degree"), "lower `degree` or the key width"))  # fmt: skip
     if m.options.init_every is not None and not task:
         errors.append(Diagnostic(
             "not-lowered", f"`{m.decl}` takes its initial state from the in-context level "

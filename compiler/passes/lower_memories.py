@@ -70,10 +70,10 @@ class MemoryOptions:
         if self.window > 1:
             parts.append(f"window {self.window}")
         if self.feature_map:
-            parts.append(f"phi {self.feature_map}" + (f"^{self.degree}" if self.degree else "")
-                         + (f" ({self.key_dim} features)" if self.degree else "")
-                         + (", learned coefficients per head" if self.feature_map == "polynomial"
-                            else ""))  # fmt: skip
+            learned = f", gates g_0..g_{self.degree} learned per head" if (
+                self.feature_map == "polynomial") else ""  # fmt: skip
+            parts.append(f"phi {self.feature_map}" + (
+                f"^{self.degree} ({self.key_dim} features{learned})" if self.degree else ""))  # fmt: skip
         if self.skip:
             target = "v" if self.objective == "dot" else "v - k"
             parts.append(f"residual path outside phi (kernel fits N(MLP(phi(k))) to {target})")

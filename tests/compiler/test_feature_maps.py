@@ -169,6 +169,8 @@ CASES = {
     "mlp-momentum-kl": dict(rule="{kind: momentum, lr: lr, momentum: mo}", every=4,
                             extra="    retention: {kind: kl, forget: fg}"),
     "mlp-lq": dict(every=4, extra="    retention: {kind: lq, forget: fg}"),
+    "mlp-dgd": dict(rule="{kind: dgd, lr: lr}"),
+    "mlp-huber-norm": dict(objective="{kind: huber, delta: 0.5, switch: norm}", every=4),
     "mlp-muon-window": dict(rule="{kind: muon, lr: lr, momentum: mo}", every=4,
                             extra="    window: {tokens: 3}\n    retention: {kind: l2, forget: fg}"),
     "mlp-exp-layernorm": dict(fm="{kind: exp, degree: 2}", structure=MLP[:-1] + ", norm: layernorm}"),
@@ -279,3 +281,42 @@ def test_memory_forward_with_explicit_hidden_width():
     W = [torch.randn(1, o, i) for o, i in st.shapes()]
     y, _ = memory_forward(st, W, torch.randn(1, 3, 15))
     assert y.shape == (1, 3, 4)
+
+
+# ------------------------------------------------------------------ atlas ships with its map
+
+ATLAS_SMALL = ["dims.d_model=32", "dims.n_heads=4", "dims.d_head=8", "dims.n_layers=1",
+               "dims.d_ff=64", "memories.M.rule.ns_steps=2"]  # fmt: skip
+
+
+def test_atlas_with_its_map_differs_and_trains_the_gates():
+    """Differential: atlas with and without φ_p (ATLAS's ablation "w/o polynomial map"), same
+    weights; the loss reaches every head's gates g_0, g_1, g_2."""
+    mapped = nestdsl.load("atlas", ATLAS_SMALL)
+    assert mapped.plan.layers[0].memories["M"].options.feature_map == "polynomial"
+    plain = nestdsl.load("atlas", [*ATLAS_SMALL, "memories.M.feature_map=null"])
+    torch.manual_seed(0)
+    with_map = nestdsl.compile(mapped).double()
+    without = nestdsl.compile(plain).double()
+    shared = {n: p for n, p in with_map.state_dict().items() if n in without.state_dict()}
+    assert set(with_map.state_dict()) - set(shared) == {"layers.0.memories.M.phi.gates"}
+    without.load_state_dict({n: p for n, p in shared.items()
+                             if p.shape == without.state_dict()[n].shape}, strict=False)  # fmt: skip
+    tokens = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(0))
+    logits, _ = with_map(tokens)
+    with torch.no_grad():
+        assert not torch.allclose(logits, without(tokens)[0])
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    gates = with_map.layers[0].memories["M"].phi.gates
+    assert gates.shape == (4, 3) and bool((gates.grad.abs() > 0).all())
+    assert with_map.parameter_levels()["layers.0.memories.M.phi.gates"] == "pretrain"
+
+
+def test_atlas_streams_with_its_map():
+    model = nestdsl.compile(nestdsl.load("atlas", ATLAS_SMALL)).double()
+    tokens = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        a, state = model(tokens[:, :21])
+        b, _ = model(tokens[:, 21:], state)
+    torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-10, atol=1e-10)

@@ -63,7 +63,7 @@ def flops_per_token(plan, context: int = 1024) -> float:
         reads = len(m.plan.reads) + len(m.plan.feedback)
         if isinstance(m, CacheMemory):
             seen = min(m.window, context) if m.window else context / 2
-            flops += 4 * m.plan.heads * m.plan.key_dim * seen * reads
+            flops += 4 * m.plan.heads * m.lowered.key_dim * seen * reads  # after the map
         elif isinstance(m.plan.every, int):
             flops += (6 + 2 * reads) * m.state_size()
             if m.lowered.rule == "muon":  # per step on X [a, b], a <= b: X X^T, its square, B X

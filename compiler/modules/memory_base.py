@@ -3,36 +3,25 @@
 A memory module runs one span of tokens: it learns from the span's keys, values and gates and
 answers the span's reads, carrying its state in the stream. Subclasses implement `_span` for
 one kernel; this base splits spans at reset boundaries (`reset: {kind: level}`).
+
+A feature map on a residual memory goes inside it (ATLAS eqs. 19-21 with eq. 42):
+`M(x) = x + N(MLP(φ(x)))`. The subclass runs the memory without its skip path,
+`N(MLP(·))`, on φ(k) with the target `v - k` (`dot`: `v`), and this base adds the raw query
+back to every read. Every objective but `dot` is a function of the error
+`M(k) - v = N(MLP(φ(k))) - (v - k)`, and `dot`'s `-<k, v>` has no weight in it, so the
+gradients, and every update, are those of the residual memory (`lower_memories` decides
+`skip`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nestdsl.compiler.modules.feature_map import FeatureMap
 from nestdsl.compiler.modules.gates import Gates
 from nestdsl.compiler.modules.ops import Stream
 from nestdsl.compiler.plan import MemoryPlan
-
-
-def feature_map(kind: str | None, degree: int | None, x: torch.Tensor) -> torch.Tensor:
-    """φ on keys and queries (ATLAS §3): elementwise maps, or a polynomial expansion."""
-    if kind in (None, "identity"):
-        return x
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "elu1":
-        return F.elu(x) + 1.0
-    if kind == "softmax":
-        return x.softmax(dim=-1)
-    terms, power = [x], x
-    for i in range(2, degree + 1):  # x^{⊗i} / sqrt(i!): the Taylor terms of exp(q·k)
-        power = (power.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
-        terms.append(power / math.sqrt(math.factorial(i)))
-    return torch.cat(terms, dim=-1)
 
 
 class MemoryModule(nn.Module):
@@ -46,6 +35,8 @@ class MemoryModule(nn.Module):
         self.gates = Gates(plan.memory, plan.heads, self.lowered.channel_gates)
         self.per_channel = bool(self.lowered.channel_gates)  # run as H * V one-channel heads
         self.stop_gradient = self.lowered.stop_gradient
+        o = self.lowered
+        self.phi = FeatureMap(o.feature_map, o.degree, plan.key_dim, plan.heads)
 
     # ---------------------------------------------------------------- helpers for subclasses
 
@@ -56,14 +47,15 @@ class MemoryModule(nn.Module):
         x = x.float() if x.dtype in _HALF else x
         return x.unsqueeze(2) if x.dim() == 3 else x
 
-    def phi(self, x: torch.Tensor) -> torch.Tensor:
-        return feature_map(self.lowered.feature_map, self.lowered.degree, x)
-
     def write_inputs(self, env: dict):
-        """Keys and values `[B, T, H, d]` from the block, detached for stop-gradient writes."""
+        """Keys φ(k) and values `[B, T, H, d]` from the block, detached for stop-gradient
+        writes; with `skip` the values are the targets of the memory without its skip path."""
         mem = self.plan.memory
-        k = self.phi(self.heads_first(env[mem.keys]))
+        raw = self.heads_first(env[mem.keys])  # [B, T, H, d]
+        k = self.phi(raw)  # [B, T, H, width(φ)]
         v = self.heads_first(env[mem.values])
+        if self.lowered.skip and self.lowered.objective != "dot":
+            v = v - raw  # N(MLP(φ(k))) - (v - k) = M(k) - v
         if self.stop_gradient:
             k, v = k.detach(), v.detach()
         return k, v
@@ -86,8 +78,9 @@ class MemoryModule(nn.Module):
         return [o.to(q.dtype) for o, (q, _) in zip(outs, reads)]
 
     def _run_span(self, env, reads, stream, T):
-        queries = [(self.phi(self.heads_first(q)), order, q.dim() == 3)
-                   for q, order in reads]  # fmt: skip
+        raw = [self.heads_first(q) for q, _ in reads]  # [B, T, H, d]
+        queries = [(self.phi(r), order, q.dim() == 3)
+                   for r, (q, order) in zip(raw, reads)]  # fmt: skip
         if T is None:  # a write with no read to answer: the span is the keys' length
             T = env[self.plan.memory.keys].shape[1]
         every = self.plan.reset_every
@@ -110,12 +103,16 @@ class MemoryModule(nn.Module):
                 pieces.append(self._span(sub_env, sub_q, stream, start, end - start))
                 start = end
             outs = [torch.cat([p[i] for p in pieces], dim=1) for i in range(len(queries))]
+        if self.lowered.skip:  # the residual path reads the query before the map
+            outs = [o + r for o, r in zip(outs, raw)]
         return [o.squeeze(2) if squeeze else o for o, (_, _, squeeze) in zip(outs, queries)]
 
     def read_state(self, query: torch.Tensor, order: str, stream: Stream) -> torch.Tensor:
         """Answer a read from the state carried in (a feedback read: no write of this span)."""
         with _full_precision(env={"query": query}):
-            out = self._read_state(self.phi(self.heads_first(query)), order, stream)
+            raw = self.heads_first(query)  # [B, T, H, d]
+            out = self._read_state(self.phi(raw), order, stream)
+            out = out + raw if self.lowered.skip else out
         return (out.squeeze(2) if query.dim() == 3 else out).to(query.dtype)
 
     def _read_state(self, q, order, stream):

@@ -46,16 +46,22 @@ RECOMPUTE = 8
 
 
 def structure_of(plan, key_dim: int) -> MemoryStructure:
-    st = plan.memory.structure
+    """The kernel's MLP: keys of width `key_dim` (after the feature map), values of the
+    memory's width. With a feature map on a residual memory (`options.skip`) the kernel runs
+    the memory without its skip path (memory_base.py adds it back)."""
+    st, o = plan.memory.structure, plan.options
     if isinstance(st, MatrixStructure):
         return MemoryStructure(key_dim, plan.value_dim, depth=1, activation="identity",
                                residual=False)  # fmt: skip
+    residual = st.residual and not o.skip
     if isinstance(st, GatedMLPStructure):
-        return MemoryStructure(key_dim, key_dim, depth=2, expansion=st.expansion,
-                               activation=st.activation, residual=st.residual, gated=True)  # fmt: skip
+        return MemoryStructure(key_dim, plan.value_dim, depth=2, expansion=st.expansion,
+                               activation=st.activation, residual=residual, gated=True,
+                               hidden_dim=o.hidden_dim)  # fmt: skip
     assert isinstance(st, MLPStructure)
-    return MemoryStructure(key_dim, key_dim, depth=st.depth, expansion=st.expansion,
-                           activation=st.activation, residual=st.residual, norm=st.norm)  # fmt: skip
+    return MemoryStructure(key_dim, plan.value_dim, depth=st.depth, expansion=st.expansion,
+                           activation=st.activation, residual=residual, norm=st.norm,
+                           hidden_dim=o.hidden_dim)  # fmt: skip
 
 
 class Constants(nn.Module):

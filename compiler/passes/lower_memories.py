@@ -9,6 +9,7 @@ are rejected here with the position of the YAML that asks for them, so `validate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from nestdsl.compiler.plan import MemoryPlan, Plan
@@ -47,8 +48,12 @@ class MemoryOptions:
     lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
     window: int = 1  # Omega rule: tokens each update fits
     window_weighted: bool = False  # the window has a `weight` or `positions` (token weights)
-    feature_map: str | None = None
+    feature_map: str | None = None  # relu | elu1 | softmax | polynomial | exp (None: identity)
     degree: int | None = None
+    # A residual MLP memory with a feature map, `M(x) = x + N(MLP(φ(x)))`: the kernel runs
+    # `N(MLP(·))` on φ(k) fitted to `v - k` (`dot`: `v`), reads add the raw query back.
+    skip: bool = False
+    hidden_dim: int | None = None  # MLP memories: expansion x the key width before the map
     normalize: bool = False
     stop_gradient: bool = False
     init: str = "zeros"  # zeros | identity | learned
@@ -69,7 +74,13 @@ class MemoryOptions:
         if self.window > 1:
             parts.append(f"window {self.window}")
         if self.feature_map:
-            parts.append(f"phi {self.feature_map}" + (f"^{self.degree}" if self.degree else ""))
+            learned = f", gates g_0..g_{self.degree} learned per head" if (
+                self.feature_map == "polynomial") else ""  # fmt: skip
+            parts.append(f"phi {self.feature_map}" + (
+                f"^{self.degree} ({self.key_dim} features{learned})" if self.degree else ""))  # fmt: skip
+        if self.skip:
+            target = "v" if self.objective == "dot" else "v - k"
+            parts.append(f"residual path outside phi (kernel fits N(MLP(phi(k))) to {target})")
         if self.normalize:
             parts.append("normalized")
         if self.stop_gradient:
@@ -93,9 +104,10 @@ def lower_memories(plan: Plan) -> Plan:
 
 
 def mapped_dim(kind: str | None, degree: int | None, d: int) -> int:
-    """Key size after a feature map: the polynomial map stacks the powers 1..degree."""
-    if kind == "polynomial":
-        return sum(d**i for i in range(1, degree + 1))
+    """Key size after a feature map: the tensor-power maps (`polynomial`, `exp`) keep every
+    unique monomial of degree 0..p once, C(d + p, p) of them (compiler/modules/feature_map.py)."""
+    if kind in ("polynomial", "exp"):
+        return math.comb(d + degree, degree)
     return d
 
 
@@ -108,6 +120,10 @@ def channel_gates(m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> tuple[st
     return tuple(p.role for p in memory_params(m.memory)
                  if isinstance(p.value, str) and p.role != "positions"
                  and shapes.get(p.value) in wide)  # fmt: skip
+
+
+# The widest feature map lowered: beyond it one head's keys alone take megabytes per token.
+MAX_FEATURES = 1 << 16
 
 
 def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOptions:
@@ -123,6 +139,8 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOption
         init_level = getattr(mem.init, "by", None) or (m.level if not isinstance(m.every, int)
                                                        else plan.outer)  # fmt: skip
     init_every = plan.spec.levels[init_level].every if init_level else None
+    mapped = None if fm is None or fm.kind == "identity" else fm.kind
+    expansion = getattr(mem.structure, "expansion", None)  # MLP memories
     return MemoryOptions(
         structure=mem.structure.kind,
         heads=m.heads,
@@ -144,8 +162,10 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOption
         window=window,
         window_weighted=mem.window is not None and (mem.window.weight, mem.window.positions) != (
             None, None),  # fmt: skip
-        feature_map=None if fm is None or fm.kind == "identity" else fm.kind,
+        feature_map=mapped,
         degree=fm.degree if fm else None,
+        skip=mapped is not None and getattr(mem.structure, "residual", False),
+        hidden_dim=expansion * m.key_dim if expansion else None,
         normalize=mem.normalize,
         stop_gradient=mem.write == "stop_gradient",
         init=mem.init.kind,
@@ -176,6 +196,12 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
                     f"per-token tensor `{p.value}`", plan.at(*where, *p.path),
                     "use a constant or `{kind: learned, init: ...}`"))  # fmt: skip
     errors += _channel_unlowerable(plan, m)
+    if m.options.key_dim > MAX_FEATURES:
+        fm = mem.feature_map
+        errors.append(Diagnostic(
+            "not-lowered", f"`{fm.kind}` of degree {fm.degree} on keys of width {m.key_dim} has "
+            f"{m.options.key_dim} features (C(d + p, p)); nestdsl lowers at most {MAX_FEATURES}",
+            plan.at(*where, "feature_map", "degree"), "lower `degree` or the key width"))  # fmt: skip
     if m.options.init_every is not None and not task:
         errors.append(Diagnostic(
             "not-lowered", f"`{m.decl}` takes its initial state from the in-context level "

@@ -89,8 +89,8 @@ def triton_verdict(m: MemoryPlan) -> str:
     reason = triton_fallback(m)
     if reason is not None:
         return f"triton runs the torch chunk form: {reason}"
-    o, st = m.options, m.memory.structure
-    hidden = getattr(st, "expansion", 1) * o.key_dim
+    o = m.options
+    hidden = o.hidden_dim or o.key_dim
     if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
         return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
                 f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")
@@ -106,12 +106,14 @@ def triton_fallback(m: MemoryPlan) -> str | None:
     o, st = m.options, m.memory.structure
     kind = getattr(st, "kind", o.structure)
     depth = getattr(st, "depth", 1 if kind == "matrix" else 2)
-    hidden = getattr(st, "expansion", 1) * o.key_dim
+    hidden = o.hidden_dim or o.key_dim  # key_dim: the width after the feature map
     checks = (
         (kind == "matrix", "a matrix memory (the kernel holds a 2-layer MLP)"),
         (kind == "gated_mlp", "the gated memory"),
         (depth != 2, f"depth {depth} (the kernel holds a 2-layer MLP)"),
         (not getattr(st, "residual", False), "a memory without the residual path"),
+        (o.skip, f"the feature map (the memory runs as N(MLP(phi(k))) on {o.key_dim} features "
+                 "without the residual path, which the kernel holds)"),
         (o.objective != "l2", f"objective={o.objective!r} (the kernel has l2)"),
         (o.rule not in ("gd", "momentum", "dgd", "dgd_momentum"), f"rule={o.rule!r}"),
         (o.retention not in (None, "l2"), f"retention={o.retention!r} (the kernel has l2)"),

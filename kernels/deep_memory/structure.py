@@ -36,7 +36,9 @@ class MemoryStructure:
 
     d_in: key / query width; d_out: value width (must equal d_in when residual);
     depth: number of weight matrices L >= 1 (2 when gated); expansion: hidden width is
-    ``expansion * d_in``; activation in ACTIVATIONS; norm in NORMS.
+    ``expansion * d_in`` unless ``hidden_dim`` gives it (a memory read through a feature map
+    keeps the hidden width of its keys before the map, ``expansion * d``, not of the wider
+    ``φ(k)``); activation in ACTIVATIONS; norm in NORMS.
     """
 
     d_in: int
@@ -47,10 +49,13 @@ class MemoryStructure:
     residual: bool = True
     norm: str = "none"
     gated: bool = False
+    hidden_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.d_in < 1 or self.d_out < 1 or self.depth < 1 or self.expansion < 1:
             raise ValueError(f"MemoryStructure: sizes must be >= 1, got {self}")
+        if self.hidden_dim is not None and self.hidden_dim < 1:
+            raise ValueError(f"MemoryStructure: hidden_dim must be >= 1, got {self.hidden_dim}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:
@@ -64,7 +69,7 @@ class MemoryStructure:
 
     @property
     def hidden(self) -> int:
-        return self.expansion * self.d_in
+        return self.hidden_dim or self.expansion * self.d_in
 
     @property
     def dims(self) -> tuple[int, ...]:

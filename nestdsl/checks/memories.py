@@ -4,7 +4,8 @@
 - objectives other than `task` learn from declared keys and values; `task` learns from the loss;
 - memories updated in context need a rule; frozen (`never`) memories take none;
 - a memory on the outer (`step`) level is an ordinary parameter: its objective is `task`;
-- `identity` initial states need a square memory; `polynomial` feature maps need a degree;
+- `identity` initial states need a square memory; `polynomial` and `exp` feature maps need a
+  degree, and only they take one;
 - an Omega `window` belongs to a memory learned in context by a gradient rule.
 """
 
@@ -129,15 +130,26 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                             "use `mode: global` (weight decay, Titans)")  # fmt: skip
         yield from _window(ctx, name, m, every)
         yield from _normalize(ctx, name, m)
-        fm = m.feature_map
-        if fm is not None and (fm.kind == "polynomial") != (fm.degree is not None):
-            yield ctx.error("bad-value", "`degree` goes with (and only with) `polynomial`",
-                            path + ("feature_map",))  # fmt: skip
-        if fm is not None and not (isinstance(m.structure, MatrixStructure) or cache):
-            if fm.kind in ("polynomial",):
-                yield ctx.error("objective-structure",
-                                "a polynomial feature map changes the key size; use it with a "
-                                "`matrix` memory", path + ("feature_map",))  # fmt: skip
+        yield from _feature_map(ctx, name, m)
+
+
+def _feature_map(ctx: CheckContext, name: str, m) -> Iterator[Diagnostic]:
+    """The tensor-power maps (`polynomial`, `exp`) are built to a degree; the others have none."""
+    fm = m.feature_map
+    if fm is None:
+        return
+    path = ("memories", name, "feature_map")
+    power = fm.kind in ("polynomial", "exp")
+    if power and fm.degree is None:
+        yield ctx.error("missing-key",
+                        f"the `{fm.kind}` feature map needs `degree` (its highest power p: "
+                        "φ(q)·φ(k) sums (q·k)^i for i <= p)", path,
+                        f"write `feature_map: {{kind: {fm.kind}, degree: 2}}`", key=True)  # fmt: skip
+    if not power and fm.degree is not None:
+        yield ctx.error("bad-value",
+                        f"`degree` belongs to the tensor-power maps (`polynomial`, `exp`), not to "
+                        f"`{fm.kind}`", path + ("degree",),
+                        "remove `degree`, or use `kind: polynomial`")  # fmt: skip
 
 
 def _window(ctx: CheckContext, name: str, m, every) -> Iterator[Diagnostic]:

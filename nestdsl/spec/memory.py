@@ -214,10 +214,17 @@ Retention = Annotated[L2Retention | KLRetention | LqRetention, Field(discriminat
 
 
 class FeatureMap(Node):
-    """φ applied to keys and queries before the memory sees them (ATLAS §3)."""
+    """φ applied to keys and queries before the memory sees them (ATLAS §3, eqs. 19-26).
 
-    kind: Literal["identity", "relu", "elu1", "softmax", "polynomial"]
-    degree: PositiveInt | None = Field(None, description="for `polynomial` only")
+    `polynomial` is ATLAS's φ_p with learnable coefficients (a learned Taylor approximation of
+    exp, `φ(q)·φ(k) = Σ_{i≤p} a_i (q·k)^i`, a_i starting at 1/i!); `exp` is DeepTransformers'
+    φ* truncated at `degree` (fixed a_i = 1/i!). On a residual MLP memory the map goes inside
+    the memory: `M(x) = x + N(MLP(φ(x)))`."""
+
+    kind: Literal["identity", "relu", "elu1", "softmax", "polynomial", "exp"]
+    degree: PositiveInt | None = Field(
+        None, description="p, the highest power (for `polynomial` and `exp` only, required there)"
+    )
 
 
 class ZerosInit(Node):

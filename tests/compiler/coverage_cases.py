@@ -470,8 +470,12 @@ CASES: dict[str, Case] = {
        for k, v in [("forget", 0.5), ("q", 3.0)]},
     # ------------------------------------------------------------ feature maps, window
     **enum_cases("FeatureMap.kind", "matrix", f"{MEM}.feature_map",
-                 ["identity", "relu", "elu1", "softmax", "polynomial"],
-                 fmt=lambda k: "{kind: polynomial, degree: 2}" if k == "polynomial" else k),
+                 ["identity", "relu", "elu1", "softmax", "exp"],
+                 fmt=lambda k: "{kind: exp, degree: 2}" if k == "exp" else k),
+    # ATLAS's φ_p starts as the truncated φ* (a_i = 1/i!) and its coefficients then train.
+    "FeatureMap.kind=polynomial": case("matrix", f"{MEM}.feature_map={{kind: polynomial, degree: 2}}",
+                                       outcome="learned",
+                                       before=(f"{MEM}.feature_map={{kind: exp, degree: 2}}",)),
     "FeatureMap.degree": case("matrix", f"{MEM}.feature_map.degree=3",
                               before=(f"{MEM}.feature_map={{kind: polynomial, degree: 2}}",)),
     "Window.tokens": case("deep", f"{MEM}.window.tokens=4", before=(f"{MEM}.window={{tokens: 2}}",)),
@@ -602,6 +606,7 @@ SETUPS = {  # name -> (base, memory, overrides that make this kind of memory)
 }
 CONSTRUCTS = {  # name -> overrides ({m}: the memory's path), and whether it shows in training only
     "feature_map=relu": (("{m}.feature_map=relu",), "differs"),
+    "feature_map=polynomial": (("{m}.feature_map={{kind: polynomial, degree: 2}}",), "differs"),
     "window": (("{m}.window={{tokens: 2}}",), "differs"),
     "retention=l2": (("{m}.retention={{kind: l2, forget: 0.2}}",), "differs"),
     "retention=kl": (("{m}.retention={{kind: kl, forget: 0.2}}",), "differs"),

@@ -27,6 +27,10 @@ from nestdsl.compiler.plan import MemoryPlan
 class MemoryModule(nn.Module):
     """Base: subclasses implement `init_state(B, like)` and `_span(...)`."""
 
+    # A mapped residual memory's reads add the raw query (`skip`); a group of memories adds
+    # each member's after splitting the joined answer, so its joined call does not.
+    adds_skip = True
+
     def __init__(self, plan: MemoryPlan):
         super().__init__()
         self.plan = plan
@@ -103,7 +107,7 @@ class MemoryModule(nn.Module):
                 pieces.append(self._span(sub_env, sub_q, stream, start, end - start))
                 start = end
             outs = [torch.cat([p[i] for p in pieces], dim=1) for i in range(len(queries))]
-        if self.lowered.skip:  # the residual path reads the query before the map
+        if self.lowered.skip and self.adds_skip:  # the residual path reads the raw query
             outs = [o + r for o, r in zip(outs, raw)]
         return [o.squeeze(2) if squeeze else o for o, (_, _, squeeze) in zip(outs, queries)]
 

@@ -97,7 +97,11 @@ class MemoryGroup:
         return torch.cat(parts, 2)  # [B, T, sum H, d]
 
     def _split(self, out: torch.Tensor, pairs) -> list[torch.Tensor]:
+        """The joined answer back in each member's query layout, with the raw query added
+        where the member is a mapped residual memory (`x + N(MLP(φ(x)))`)."""
         parts = out.split(self.heads, dim=2)  # [B, T, H_i, d] each
+        parts = [p + m.heads_first(q) if m.lowered.skip else p
+                 for m, p, (q, _) in zip(self.members, parts, pairs)]  # fmt: skip
         return [(p.squeeze(2) if q.dim() == 3 else p).to(q.dtype)
                 for p, (q, _) in zip(parts, pairs)]  # fmt: skip
 
@@ -157,6 +161,8 @@ class _GroupCall(DeepMemory):
 
     def write_inputs(self, env):
         return env[K], env[V]
+
+    adds_skip = False  # `MemoryGroup._split` adds each member's raw query
 
     def phi(self, x):
         return x  # the members' feature maps ran on their own keys and queries

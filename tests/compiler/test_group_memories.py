@@ -189,12 +189,15 @@ def test_a_hand_written_spec_grouped_equals_ungrouped(monkeypatch):
     _assert_same(state, end)
 
 
-def test_members_keep_their_feature_maps(monkeypatch):
-    """Each member's keys and queries go through its own feature map before they are joined."""
-    text = SPEC.replace("    values: va\n", "    values: va\n    feature_map: elu1\n").replace(
-        "    values: vb\n    objective", "    values: vb\n    feature_map: elu1\n    objective", 1
+@pytest.mark.parametrize("phi", ["elu1", "{kind: polynomial, degree: 2}"])
+def test_members_keep_their_feature_maps(monkeypatch, phi):
+    """Each member's keys and queries go through its own feature map before they are joined,
+    and each mapped residual member adds its own raw query back (`x + MLP(φ(x))`)."""
+    line = f"    feature_map: {phi}\n"
+    text = SPEC.replace("    values: va\n", "    values: va\n" + line).replace(
+        "    values: vb\n    objective", "    values: vb\n" + line + "    objective", 1
     )
-    assert text.count("feature_map: elu1") == 2
+    assert text.count(line) == 2
     assert list(_checked(True, monkeypatch, "tiny-phi", text).plan.layers[0].groups) == ["A+B"]
     grouped, ungrouped = _pair(monkeypatch, "tiny-phi", text)
     tokens = torch.randint(0, 64, (2, 14))

@@ -17,10 +17,9 @@ import nestdsl
 from nestdsl.compiler import run_passes
 from nestdsl.compiler.modules import channels
 from nestdsl.compiler.modules.memory_deep import DeepMemory
-from nestdsl.compiler.modules.ops import Stream
 from nestdsl.errors import SpecError
 
-from .test_equalities import SPEC, B, H, K, T, V, close
+from .test_equalities import SPEC, B, H, K, T, V, close, oracle, run
 
 # Per-channel twins of the per-head gate tensors of test_equalities' spec.
 WIDE = """      lrc: {op: linear, in: x, out: [h, v], then: [sigmoid]}
@@ -55,22 +54,6 @@ def inputs(seed=0):
     env |= {"lrc": rand(B, T, H, V), "gc": -rand(B, T, H, V), "moc": rand(B, T, H, V)}
     env["fc"] = 0.2 * rand(B, T, H, V)
     return env
-
-
-def run(module, env, order="write_then_read"):
-    return module.run(env, [(env["q"], order)], Stream(0, {}), T)[0]
-
-
-def oracle(env, step, order="write_then_read"):
-    """Per-token loop, state S [B, H, K, V]; `step(S, t) -> S` is the update."""
-    S = torch.zeros(B, H, K, V, dtype=torch.float64)
-    outs = []
-    for t in range(T):
-        before = S
-        S = step(S, t)
-        outs.append(torch.einsum("bhkv,bhk->bhv", S if order == "write_then_read" else before,
-                                 env["q"][:, t]))  # fmt: skip
-    return torch.stack(outs, dim=1)
 
 
 def row(x, t):

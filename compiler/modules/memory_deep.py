@@ -249,8 +249,10 @@ class DeepMemory(WeightsMemory):
             q = torch.cat([q.new_zeros(B, r, *q.shape[2:]), q], 1) if r else q
             o, end_state = self._run(q, k, v, gates, W, S, order, prefix)
             outs.append(o[:, r:])
+        # A write with no read to answer: the state does not depend on the read order, and the
+        # chunk-start read is the cheapest (the answers are dropped).
         if end_state is None:
-            _, end_state = self._run(k, k, v, gates, W, S, "write_then_read", prefix)
+            _, end_state = self._run(k, k, v, gates, W, S, "chunk_start", prefix)
         if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut` (gates[4]: γ)
             seen = (k, v, gates[4]) if prefix is None else [
                 torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
@@ -268,7 +270,7 @@ class DeepMemory(WeightsMemory):
             if cut > 0:
                 sub = tuple(g[:, :cut] for g in gates)
                 _, anchor = self._run(k[:, :cut], k[:, :cut], v[:, :cut], sub, W, S,
-                                      "write_then_read", prefix)  # fmt: skip
+                                      "chunk_start", prefix)  # fmt: skip
             self._store(stream, "anchor_W", anchor[0])
             self._store(stream, "anchor_S", anchor[1])
             for name, t in tail.items():

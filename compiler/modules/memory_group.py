@@ -170,13 +170,6 @@ class _GroupCall(DeepMemory):
     def _gates(self, env, like):
         return tuple(env[g] for g in GATES)
 
-    def _run(self, q, k, v, gates, weights, momentum, order, prefix=None):
-        # `_span` passes the keys themselves as queries for a write with no read to answer: the
-        # answers are dropped, the state does not depend on the read order, and chunk-start
-        # reads are the cheapest (one MLP at the chunk-start weights).
-        order = "chunk_start" if q is k else order
-        return super()._run(q, k, v, gates, weights, momentum, order, prefix)
-
     def initial_weights(self, batch, like):
         starts = [m.initial_weights(batch, like) for m in self._group[0].members]
         return [torch.cat(ws, 1) for ws in zip(*starts)]  # [B, sum H, out, in] per layer

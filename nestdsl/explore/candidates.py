@@ -95,7 +95,8 @@ def fingerprint(plan) -> str:
     for layer in plan.layers:
         name(layer.block.input)
         for _, step in layer.steps:
-            name(step)
+            for part in _parts(step):
+                name(part)
         for memory in layer.memories.values():
             name(memory.decl)
             name(memory.level)
@@ -117,11 +118,12 @@ def fingerprint(plan) -> str:
     for layer in plan.layers:
         ops = []
         for kind, step in layer.steps:
-            if kind == "memory":
-                ops.append([kind, name(step)])
+            if kind in ("memory", "group"):
+                ops.append([kind, [name(part) for part in _parts(step)]])
                 continue
-            node = layer.block.nodes[step].model_dump(mode="json", by_alias=True)
-            ops.append([kind, name(step), rename(node), list(layer.shapes.get(step, ()))])
+            for part in _parts(step):  # one node, or a group's joined feedback reads
+                node = layer.block.nodes[part].model_dump(mode="json", by_alias=True)
+                ops.append([kind, name(part), rename(node), list(layer.shapes.get(part, ()))])
         mems = {}
         for memory in layer.memories.values():
             mems[name(memory.decl)] = rename({
@@ -143,3 +145,9 @@ def fingerprint(plan) -> str:
     }  # fmt: skip
     blob = json.dumps(whole, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parts(step: str) -> list[str]:
+    """The names in a layer step: one node or memory, or a memory group's members and joined
+    feedback reads (`group_memories` names those steps `a+b+...`)."""
+    return step.split("+")

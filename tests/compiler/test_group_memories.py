@@ -270,3 +270,27 @@ def test_memories_whose_call_would_need_its_own_output_run_alone(monkeypatch):
     tokens = torch.randint(0, 64, (1, 12))
     with torch.no_grad():
         assert (grouped(tokens)[0] - ungrouped(tokens)[0]).abs().max().item() == 0.0
+
+
+def test_members_with_per_channel_gates_group_exactly(monkeypatch):
+    """Matrix members with per-channel step sizes (run as one head per value channel) join
+    into one call and still equal the ungrouped model."""
+    text = SPEC.replace(
+        "structure: {kind: mlp, heads: h, dim: dh, depth: 2, expansion: 2, residual: true}",
+        "structure: {kind: matrix, heads: h, key_dim: dh, value_dim: dh}",
+    ).replace(
+        "rule: {kind: dgd, lr: {kind: learned, init: 0.3, per: head}, step: proximal}",
+        "rule: {kind: momentum, lr: lrc, momentum: 0.5}",
+    ).replace("retention: {kind: l2, forget: forget}", "retention: {kind: kl, forget: forget}")
+    text = text.replace("      q: {op: linear, in: x, out: [h, dh]}\n", "      q: {op: linear, in: x, "
+                        "out: [h, dh]}\n      lrc: {op: linear, in: x, out: [h, dh], then: [sigmoid]}\n")
+    layer = _checked(True, monkeypatch, "tiny-channels", text).plan.layers[0]
+    assert list(layer.groups) == ["A+B"]
+    assert layer.memories["A"].options.channel_gates == ("lr",)
+    grouped, ungrouped = _pair(monkeypatch, "tiny-channels", text)
+    tokens = torch.randint(0, 64, (2, 14))
+    la, sa, ga = _loss_and_grads(grouped, tokens)
+    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
+    assert (la - lb).abs().max().item() <= TOL
+    _assert_same(sa, sb)
+    _assert_same(ga, gb)

@@ -126,7 +126,7 @@ def channel_gates(m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> tuple[st
 MAX_FEATURES = 1 << 16
 
 
-def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOptions:
+def lower(plan: Plan, m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> MemoryOptions:
     mem = m.memory
     obj, rule, ret, fm = mem.objective, mem.rule, mem.retention, mem.feature_map
     rule_kind = None if rule is None else rule.kind
@@ -172,7 +172,7 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict | None = None) -> MemoryOption
         init_level=init_level,
         init_every=init_every if isinstance(init_every, int) else None,
         gates=tuple((p.role, _source(p.value)) for p in memory_params(mem)),
-        channel_gates=channel_gates(m, shapes or {}),
+        channel_gates=channel_gates(m, shapes),
     )
 
 

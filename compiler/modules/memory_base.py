@@ -107,8 +107,7 @@ class MemoryModule(nn.Module):
                 pieces.append(self._span(sub_env, sub_q, stream, start, end - start))
                 start = end
             outs = [torch.cat([p[i] for p in pieces], dim=1) for i in range(len(queries))]
-        if self.lowered.skip and self.adds_skip:  # the residual path reads the raw query
-            outs = [o + r for o, r in zip(outs, raw)]
+        outs = [self._skip_path(o, r) for o, r in zip(outs, raw)]
         return [o.squeeze(2) if squeeze else o for o, (_, _, squeeze) in zip(outs, queries)]
 
     def read_state(self, query: torch.Tensor, order: str, stream: Stream) -> torch.Tensor:
@@ -116,8 +115,12 @@ class MemoryModule(nn.Module):
         with _full_precision(env={"query": query}):
             raw = self.heads_first(query)  # [B, T, H, d]
             out = self._read_state(self.phi(raw), order, stream)
-            out = out + raw if self.lowered.skip else out
+            out = self._skip_path(out, raw)
         return (out.squeeze(2) if query.dim() == 3 else out).to(query.dtype)
+
+    def _skip_path(self, out: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """A read plus the raw query `[B, T, H, d]` when the memory is `x + N(MLP(φ(x)))`."""
+        return out + raw if self.lowered.skip and self.adds_skip else out
 
     def _read_state(self, q, order, stream):
         raise AssertionError(f"`schedule_levels` let a feedback read of `{self.plan.decl}` "

@@ -78,8 +78,14 @@ def build(name: str, device: str):
         return model.to(device), False
     import nestdsl
 
-    has = nestdsl.load(name).spec.dims  # resize only the sizes the spec declares (d_ff)
-    sets = [f"dims.{k}={v}" for k, v in SIZE.items() if k in has]
+    spec = nestdsl.load(name).spec
+    size = dict(SIZE)
+    if any(m.feature_map for m in spec.memories.values()):
+        # A feature map widens every head's keys as a power of its width (atlas: 8 -> 45
+        # features, 64 -> 2,145): such a spec keeps its own head width at the same d_model.
+        size["d_head"] = spec.dims["d_head"]
+        size["n_heads"] = size["d_model"] // size["d_head"]
+    sets = [f"dims.{k}={v}" for k, v in size.items() if k in spec.dims]  # only declared sizes
     return nestdsl.compile(nestdsl.load(name, sets)).to(device), True
 
 

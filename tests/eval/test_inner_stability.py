@@ -19,17 +19,19 @@ from nestdsl.eval.mqar import MQARShape, mqar_rows
 SMALL = ["dims.d_model=32", "dims.n_heads=2", "dims.d_head=16", "dims.n_layers=1"]
 
 
-def state_peak(spec: str, scale: float, extra: list[str] = ()) -> float:
-    """The largest |entry| of the memory state after one MQAR batch, with M_0 scaled."""
+def state_peak(spec: str, scale: float, extra: list[str] = (), memory: str = "M") -> float:
+    """The largest |entry| of the states of the memories named `memory...` (`M`: exactly M;
+    `M_`: every M_x) after one MQAR batch, with their initial states scaled."""
     torch.manual_seed(0)
     model = nestdsl.compile(nestdsl.load(spec, overrides=[*SMALL, *extra]))
+    tag = memory if memory.endswith("_") else memory + "."
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".memories.M.initial." in name:
+            if f".memories.{tag}" in name and ".initial." in name:
                 p.mul_(scale)
         tokens, _ = mqar_rows(MQARShape(64, 8, 256), 4, seed=0)
         _, state = model(tokens)
-    memory = [v for k, v in state.items() if ".M." in k]
+    memory = [v for k, v in state.items() if f".{tag}" in k]
     assert memory, "no memory state returned"
     peaks = [v.abs().max().item() for v in memory]
     return float("inf") if any(p != p for p in peaks) else max(peaks)
@@ -44,3 +46,18 @@ def test_shipped_titans_memory_is_stable_at_large_weights(spec):
 def test_without_the_inner_norm_the_memory_explodes():
     # The same spec with the norm taken out: the failure the norm prevents.
     assert state_peak("titans-lmm", 16.0, ["memories.M.structure.norm=none"]) > 1e6
+
+
+# Hope as shipped before its memories had the inner norm (and with their step cap of then).
+HOPE_WITHOUT_NORM = [f"memories.{m}.structure.norm=none"
+                     for m in ("M_k", "M_v", "M_eta", "M_alpha", "M_memory")] + [
+                     "blocks.0.nodes.eta.by=0.005"]  # fmt: skip
+
+
+def test_hope_memories_are_stable_at_large_weights():
+    peak = state_peak("hope", 32.0, memory="M_")
+    assert peak < 2 * 32 * state_peak("hope", 1.0, memory="M_")
+
+
+def test_hope_without_the_inner_norm_overflows_at_large_weights():
+    assert state_peak("hope", 32.0, HOPE_WITHOUT_NORM, memory="M_") > 1e6

@@ -12,6 +12,10 @@
 * `continual` (continual.py, metrics in forgetting.py): sequential training over the embedded
   domains, the accuracy matrix, backward transfer and forgetting.
 
+Not a task but a diagnostic: `nestdsl.eval.write_probe.write_probe(SPEC)` says in a second
+whether a spec's in-context memory can store a pair at initialization (the module, not
+re-exported here, so that the module's name never shadows its function).
+
 `nestdsl eval RUN_OR_SPEC --task TASK` runs them from the command line (nestdsl/commands/eval.py);
 docs/evaluation.md gives the protocols and the measured results of the shipped specs.
 """

@@ -48,8 +48,8 @@ def test_without_the_inner_norm_the_memory_explodes():
     assert state_peak("titans-lmm", 16.0, ["memories.M.structure.norm=none"]) > 1e6
 
 
-# Hope's main memory as shipped before it had the inner norm (and with its step cap of then).
-HOPE_WITHOUT_NORM = ["memories.M_memory.structure.norm=none", "blocks.0.nodes.eta_memory.by=0.005"]
+# Hope's main memory as shipped before it had the inner norm.
+HOPE_WITHOUT_NORM = ["memories.M_memory.structure.norm=none"]
 
 
 def test_hope_main_memory_is_stable_at_large_weights():

@@ -27,7 +27,7 @@ def test_dot_source_has_bands_legend_and_styles():
 def test_shared_tensor_node_sits_outside_the_bands():
     source = level_graph(nestdsl.load("hope")).source
     # drawn at the top level of the graph (one tab), not inside a band cluster
-    assert re.search(r"^\ttensors__layer__k_forget \[", source, flags=re.M)
+    assert re.search(r"^\ttensors__layer__k_eta_forget \[", source, flags=re.M)
 
 
 def test_expanded_block_is_a_cluster_inside_its_band():
@@ -41,11 +41,11 @@ def test_shared_tensor_edges_all_leave_it_downward():
     """The makers' edges into hope's shared tensor are drawn from it with reversed arrows, so
     the node sits above everything it touches and no edge climbs into it."""
     source = level_graph(nestdsl.load("hope")).source
-    hub = "tensors__layer__k_forget"
+    hub = "tensors__layer__k_eta_forget"
     touching = [line for line in source.splitlines() if "->" in line and hub in line]
     drawn = [line for line in touching if "style=invis" not in line]
-    assert len(drawn) == 4  # from M_k, M_alpha; to M_memory and to the proj band
+    assert len(drawn) == 5  # from M_k, M_eta, M_alpha; to M_memory and to the proj band
     assert all(line.strip().startswith(hub) for line in touching), touching
     makers = [line for line in drawn if "dir=back" in line]
     assert sorted(re.search(r"-> (\S+)", m).group(1) for m in makers) == [
-        "memory__M_alpha", "memory__M_k"]  # fmt: skip
+        "memory__M_alpha", "memory__M_eta", "memory__M_k"]  # fmt: skip

@@ -115,6 +115,16 @@ def _assert_same(a, b, tol=TOL):
         assert (a[key] - b[key]).abs().max().item() <= tol, key
 
 
+def _assert_one_step_equal(grouped, ungrouped, tokens):
+    """Logits, every state entry (per member) and every gradient agree; the grouped gradients."""
+    la, sa, ga = _loss_and_grads(grouped, tokens)
+    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
+    assert (la - lb).abs().max().item() <= TOL
+    _assert_same(sa, sb)
+    _assert_same(ga, gb)
+    return ga
+
+
 def test_hope_groups_the_four_projection_memories():
     plan = nestdsl.load("hope", HOPE).plan
     layer = plan.layers[0]
@@ -133,11 +143,7 @@ def test_hope_groups_the_four_projection_memories():
 def test_hope_grouped_equals_ungrouped(T, monkeypatch):
     grouped, ungrouped = _pair(monkeypatch)
     tokens = torch.randint(0, 256, (2, T + 1))
-    la, sa, ga = _loss_and_grads(grouped, tokens)
-    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
-    assert (la - lb).abs().max().item() <= TOL
-    _assert_same(sa, sb)  # the same state entries, per member, with the same values
-    _assert_same(ga, gb)
+    ga = _assert_one_step_equal(grouped, ungrouped, tokens)
     assert all(g is not None for g in ga.values())
 
 
@@ -174,11 +180,7 @@ def test_a_hand_written_spec_groups_the_equal_memories_only(monkeypatch):
 def test_a_hand_written_spec_grouped_equals_ungrouped(monkeypatch):
     grouped, ungrouped = _pair(monkeypatch, "tiny-group", SPEC)
     tokens = torch.randint(0, 64, (2, 22))  # crosses resets (every 8) and ends mid-chunk
-    la, sa, ga = _loss_and_grads(grouped, tokens)
-    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
-    assert (la - lb).abs().max().item() <= TOL
-    _assert_same(sa, sb)
-    _assert_same(ga, gb)
+    ga = _assert_one_step_equal(grouped, ungrouped, tokens)
     learned = [n for n in ga if ".gates.learned." in n]
     assert len(learned) == 3 and all(ga[n].abs().sum() > 0 for n in learned)
     with torch.no_grad():  # streaming in pieces, grouped
@@ -201,11 +203,7 @@ def test_members_keep_their_feature_maps(monkeypatch, phi):
     assert list(_checked(True, monkeypatch, "tiny-phi", text).plan.layers[0].groups) == ["A+B"]
     grouped, ungrouped = _pair(monkeypatch, "tiny-phi", text)
     tokens = torch.randint(0, 64, (2, 14))
-    la, sa, ga = _loss_and_grads(grouped, tokens)
-    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
-    assert (la - lb).abs().max().item() <= TOL
-    _assert_same(sa, sb)
-    _assert_same(ga, gb)
+    _assert_one_step_equal(grouped, ungrouped, tokens)
 
 
 def test_grouping_makes_fewer_kernel_calls(monkeypatch):
@@ -289,8 +287,4 @@ def test_members_with_per_channel_gates_group_exactly(monkeypatch):
     assert layer.memories["A"].options.channel_gates == ("lr",)
     grouped, ungrouped = _pair(monkeypatch, "tiny-channels", text)
     tokens = torch.randint(0, 64, (2, 14))
-    la, sa, ga = _loss_and_grads(grouped, tokens)
-    lb, sb, gb = _loss_and_grads(ungrouped, tokens)
-    assert (la - lb).abs().max().item() <= TOL
-    _assert_same(sa, sb)
-    _assert_same(ga, gb)
+    _assert_one_step_equal(grouped, ungrouped, tokens)

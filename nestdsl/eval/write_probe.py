@@ -43,10 +43,11 @@ def initial_gate(nodes: dict, source) -> float:
     raise ValueError(f"write probe: gate {source!r} is neither a capped sigmoid nor softplus")
 
 
-def query_memories(loaded) -> list[str]:
-    """The memories a block reads other than at their chunk start: those that answer queries."""
-    return sorted({n.memory for b in loaded.spec.blocks for n in b.nodes.values()
-                   if n.op == "read" and n.order != "chunk_start"})  # fmt: skip
+def query_memories(loaded) -> dict[str, dict]:
+    """{memory: the nodes of the block that reads it} for the memories a block reads other than
+    at their chunk start: those that answer queries (their gates are that block's nodes)."""
+    return {n.memory: b.nodes for b in loaded.spec.blocks for n in b.nodes.values()
+            if n.op == "read" and n.order != "chunk_start"}  # fmt: skip
 
 
 def probe_memory(memory, nodes: dict, pairs: int = 8, batch: int = 64, seed: int = 0) -> dict:
@@ -109,6 +110,5 @@ def write_probe(spec: str, overrides=(), pairs: int = 8, seed: int = 0) -> dict[
     for path, module in model.named_modules():
         if isinstance(module, DeepMemory):
             found.setdefault(path.rsplit(".", 1)[-1], module)
-    nodes = loaded.spec.blocks[0].nodes
     return {name: probe_memory(found[name], nodes, pairs, seed=seed)
-            for name in query_memories(loaded) if name in found}  # fmt: skip
+            for name, nodes in sorted(query_memories(loaded).items()) if name in found}  # fmt: skip

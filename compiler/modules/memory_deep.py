@@ -61,6 +61,7 @@ def structure_of(plan, key_dim: int) -> MemoryStructure:
     assert isinstance(st, MLPStructure)
     return MemoryStructure(key_dim, plan.value_dim, depth=st.depth, expansion=st.expansion,
                            activation=st.activation, residual=residual, norm=st.norm,
+                           norm_eps=st.norm_eps,
                            hidden_dim=o.hidden_dim)  # fmt: skip
 
 

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 NORMS = ("layernorm", "none")
-LN_EPS = 1e-5
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,8 @@ class MemoryStructure:
     depth: number of weight matrices L >= 1 (2 when gated); expansion: hidden width is
     ``expansion * d_in`` unless ``hidden_dim`` gives it (a memory read through a feature map
     keeps the hidden width of its keys before the map, ``expansion * d``, not of the wider
-    ``φ(k)``); activation in ACTIVATIONS; norm in NORMS.
+    ``φ(k)``); activation in ACTIVATIONS; norm in NORMS, with ``norm_eps`` its variance floor
+    (the spec's `norm_eps`, whose default and reason are in nestdsl/spec/memory.py).
     """
 
     d_in: int
@@ -48,6 +48,7 @@ class MemoryStructure:
     activation: str = "gelu"
     residual: bool = True
     norm: str = "none"
+    norm_eps: float = 0.1  # nestdsl.spec.memory.NORM_EPS (tests/kernels check they agree)
     gated: bool = False
     hidden_dim: int | None = None
 
@@ -60,6 +61,8 @@ class MemoryStructure:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if self.gated and self.depth != 2:
             raise ValueError(f"the gated memory has depth 2, got depth={self.depth}")
         if self.residual and self.d_in != self.d_out:
@@ -193,7 +196,7 @@ def forward_layers(
     if structure.norm == "layernorm":
         mu = z.mean(dim=-1, keepdim=True)
         var = (z - mu).pow(2).mean(dim=-1, keepdim=True)
-        cache.rstd = torch.rsqrt(var + LN_EPS)
+        cache.rstd = torch.rsqrt(var + structure.norm_eps)
         cache.normed = (z - mu) * cache.rstd
         out = cache.normed
     y = x + out if structure.residual else out

@@ -41,7 +41,7 @@ from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
 from .chunk import deep_memory_chunk
 from .options import DeepMemoryOptions, MemoryResult, Tensor, Tensors, check_inputs
-from .structure import ACTIVATIONS, LN_EPS
+from .structure import ACTIVATIONS
 from .triton_parts import (
     _act,
     _act_grad,
@@ -269,7 +269,7 @@ class _DeepMemory(torch.autograd.Function):
         starts = [torch.empty(sh, dtype=f32, device=dev) for sh in shapes * (2 if mom else 1)]
         slots = starts if mom else starts * 2
         _fwd_kernel[(B * H,)](
-            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, EPS=LN_EPS, H=H, D=D, HD=HD, C=C,
+            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, EPS=st.norm_eps, H=H, D=D, HD=HD, C=C,
             BT=BT, BD=BD, BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
             DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
             READ=READ_CODES[read], NORM=st.norm == "layernorm", USE_S0=s1 is not None, SAVE=save,

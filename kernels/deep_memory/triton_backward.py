@@ -345,7 +345,7 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
     chunk-start states the forward wrote, [B, H, N, out, in] each (momentum ones with a
     momentum rule); ups: the upstream gradients (do, dw1, dw2, ds1, ds2), None where absent.
     """
-    from .structure import ACTIVATIONS, LN_EPS
+    from .structure import ACTIVATIONS
     from .triton import READ_CODES, num_warps
 
     q, k, v, theta, eta, alpha, w1, w2, s1, s2 = saved
@@ -378,7 +378,7 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
         *grads, *g0, *gs0, T, N, H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH,
         ACT=ACTIVATIONS.index(st.activation), MOM=mom, DGD=options.rule.startswith("dgd"),
         PROX=options.dgd_step == "proximal", READ=READ_CODES[read],
-        NORM=st.norm == "layernorm", EPS=LN_EPS, HAS_DO=do is not None,
+        NORM=st.norm == "layernorm", EPS=st.norm_eps, HAS_DO=do is not None,
         HAS_DW=dw1 is not None, HAS_DS=mom and ds1 is not None,
         PREC=ts.dot_precision(q.dtype, _bwd_kernel), num_warps=num_warps(BH, BD),
     )  # fmt: skip

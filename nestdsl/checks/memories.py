@@ -4,7 +4,7 @@
 - objectives other than `task` learn from declared keys and values; `task` learns from the loss;
 - memories updated in context need a rule; frozen (`never`) memories take none;
 - a memory on the outer (`step`) level is an ordinary parameter: its objective is `task`;
-- `identity` initial states need a square memory; `polynomial` and `exp` feature maps need a
+- `norm_eps` needs a `norm`; `identity` initial states need a square memory; `polynomial` and `exp` feature maps need a
   degree, and only they take one;
 - an Omega `window` belongs to a memory learned in context by a gradient rule.
 """
@@ -69,6 +69,11 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
                                     f"a `depth: 1` mlp is `x + W x`: it has no hidden layer, so "
                                     f"`{part}` changes nothing", path + ("structure", part),
                                     f"remove `{part}` or use `depth: 2`")  # fmt: skip
+        if getattr(st, "norm", None) == "none" and "norm_eps" in st.model_fields_set:
+            yield ctx.error("objective-structure",
+                            "`norm_eps` is the floor of the memory's output norm, and it has none",
+                            path + ("structure", "norm_eps"),
+                            "remove `norm_eps` or add `norm: layernorm`")  # fmt: skip
         if cache:
             for part in ("rule", "retention"):
                 if getattr(m, part) is not None:

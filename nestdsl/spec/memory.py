@@ -22,6 +22,13 @@ from nestdsl.spec.common import Dim, Name, Node, Param, shorthand
 
 # ---------------------------------------------------------------- structure
 
+# The deep memory's output norm floor. A layer norm makes the last matrix scale-invariant, so
+# retention (weight decay toward zero) shrinks the weights without forgetting and raises the
+# effective step as 1 / ||W||^2: with LayerNorm's usual 1e-5 every shipped Titans spec had an
+# exploding outer gradient at init past ~256 tokens (titans-lmm at d_model 256: 4e10 at T=512,
+# NaN at 2048). A floor near the values' scale caps the amplification (docs/architectures.md).
+NORM_EPS = 0.1
+
 
 class MatrixStructure(Node):
     """A linear memory per head: `M(k) = W k` (linear attention, DeltaNet, Titans-linear)."""
@@ -43,6 +50,12 @@ class MLPStructure(Node):
     residual: bool = True
     activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu"
     norm: Literal["none", "layernorm"] = "none"
+    norm_eps: PositiveFloat = Field(
+        NORM_EPS,
+        description="the norm's variance floor: N(z) = (z - mean) / sqrt(var + eps). It bounds "
+        "how much the norm amplifies a small output (1/sqrt(eps)); with retention shrinking "
+        "the weights, a tiny floor turns the inner dynamics chaotic (docs/architectures.md)",
+    )
 
 
 class GatedMLPStructure(Node):

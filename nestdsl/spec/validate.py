@@ -139,7 +139,8 @@ def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
 
 
 def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
-    """`dims.d_model=128` sets one value; its diagnostics cite the `--set` flag."""
+    """`dims.d_model=128` sets one value and `KEY=null` removes a key (its field takes its
+    default); diagnostics cite the `--set` flag."""
     data = copy.deepcopy(data)
     errors = []
     for i, item in enumerate(overrides):
@@ -177,7 +178,10 @@ def _apply_overrides(data: Any, source: SourceMap, overrides: list[str]) -> Any:
             if not isinstance(last, int) or last >= len(node):
                 errors.append(Diagnostic("bad-override", f"no item {last} in `{key}`", pos))
                 continue
-        node[last] = value
+        if value is None and isinstance(node, dict):
+            node.pop(last, None)  # `KEY=null` removes the key: the field takes its default
+        else:
+            node[last] = value
         # The new value and all it holds come from the flag, not from the file.
         for table in (source.values, source.keys):
             for stale in [p for p in table if p[: len(parts)] == tuple(parts)]:

@@ -27,7 +27,8 @@ def test_every_shipped_deep_memory_stores_a_pair_at_initialization(spec):
 
 def test_hope_without_its_inner_norm_barely_writes():
     # As shipped before: no norm on M_memory.
-    before = write_probe("hope", ["memories.M_memory.structure.norm=none"])["M_memory"]
+    before = write_probe("hope", ["memories.M_memory.structure.norm=none",
+                                  "memories.M_memory.structure.norm_eps=null"])["M_memory"]
     assert before["gain"] < 0.01
     assert write_probe("hope")["M_memory"]["gain"] > 0.2
 

@@ -292,8 +292,9 @@ def test_matrix_memory_dgd_is_gated_delta_rule():
 @pytest.mark.parametrize("rule", ["momentum", "dgd", "dgd_momentum"])
 def test_chunk1_equals_hand_written_two_tokens(rule):
     """Two explicit tokens of a depth-2 residual gelu + layer-norm memory, gradients from
-    torch.func.grad on a separately written MLP, against the chunk form at chunk 1."""
-    d, h = 4, 8
+    torch.func.grad on a separately written MLP, against the chunk form at chunk 1 (the norm's
+    floor not its default, so a kernel that ignored `norm_eps` would fail)."""
+    d, h, eps = 4, 8, 0.05
     gen = torch.Generator().manual_seed(5)
     W1 = torch.randn(h, d, generator=gen, dtype=torch.float64) / 2
     W2 = torch.randn(d, h, generator=gen, dtype=torch.float64) / 3
@@ -303,7 +304,7 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
     theta, eta, alpha = (x.double() for x in (theta, eta, alpha))
 
     def mlp(ws, x):
-        return x + F.layer_norm(F.gelu(x @ ws[0].T) @ ws[1].T, (d,))
+        return x + F.layer_norm(F.gelu(x @ ws[0].T) @ ws[1].T, (d,), eps=eps)
 
     def loss(ws, x, target):
         return 0.5 * (mlp(ws, x) - target).pow(2).sum()
@@ -327,7 +328,8 @@ def test_chunk1_equals_hand_written_two_tokens(rule):
             ]
         outs.append(mlp(ws, q[t]))
 
-    structure = MemoryStructure(d, d, depth=2, expansion=2, activation="gelu", norm="layernorm")
+    structure = MemoryStructure(d, d, depth=2, expansion=2, activation="gelu", norm="layernorm",
+                                norm_eps=eps)  # fmt: skip
 
     def seq(x):
         return x.reshape(1, 2, 1, -1)
@@ -553,3 +555,10 @@ def test_proximal_dgd_is_the_exact_minimizer_of_nl_eq_57():
         W = torch.linalg.solve(lhs, (W + eta * torch.outer(u, x)).T).T  # W lhs = rhs (lhs symmetric)
         assert_close(f"proximal dgd o{t}", W @ k[0, t, 0], o[0, t, 0], 1e-12)
     assert_close("proximal dgd W", W, Ws[0][0, 0], 1e-12)
+
+
+def test_the_kernels_norm_floor_is_the_specs_default():
+    from nestdsl.spec.memory import NORM_EPS, MLPStructure
+
+    assert MemoryStructure(4, 4, norm="layernorm").norm_eps == NORM_EPS
+    assert MLPStructure(kind="mlp", dim=4).norm_eps == NORM_EPS

@@ -146,3 +146,17 @@ def test_override_on_a_spec_that_is_not_a_mapping():
 def test_odd_digits_in_a_path_are_names_not_indices():
     (d,) = errors_of("gated-deltanet", ["blocks.\u00b2=1"])  # superscript two: not an index
     assert d.code == "bad-override"
+
+
+def test_null_removes_a_key_so_its_field_takes_its_default():
+    hope = nestdsl.load("hope").spec.memories["M_memory"].structure
+    assert hope.norm_eps == 0.01  # hope sets its own floor
+    # norm_eps without a norm changes nothing, so it is an error at the flag ...
+    with pytest.raises(SpecError) as info:
+        nestdsl.load("hope", overrides=["memories.M_memory.structure.norm=none"])
+    assert "`norm_eps`" in str(info.value) and "hope.yaml" in str(info.value)
+    # ... and removing it with `=null` leaves a spec without the norm
+    plain = nestdsl.load("hope", overrides=["memories.M_memory.structure.norm=none",
+                                            "memories.M_memory.structure.norm_eps=null"])  # fmt: skip
+    st = plain.spec.memories["M_memory"].structure
+    assert st.norm == "none" and "norm_eps" not in st.model_fields_set

@@ -19,6 +19,9 @@ def describe(plan) -> str:
         if plan.task_window:
             lines.append(f"  task-loss window: {plan.task_window} tokens (the model runs window "
                          "by window; each window's loss updates the CMS memories)")  # fmt: skip
+        if plan.recompute_unit:
+            lines.append(f"  recomputed spans: multiples of {plan.recompute_unit} tokens (training "
+                         "keeps the state between spans; backward reruns each span)")  # fmt: skip
     for names, layer in _groups(plan):
         lines += _layer(plan, names, layer, done)
     return "\n".join(lines)

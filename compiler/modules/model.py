@@ -14,9 +14,12 @@ replays them, so streaming stays exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_task import TaskMemory
@@ -31,6 +34,7 @@ class CompiledModel(nn.Module):
         self.spec_name = plan.spec.name
         self.vocab, self.d_model = plan.vocab, plan.d_model
         self.task_window = plan.task_window
+        self.recompute_unit = plan.recompute_unit
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -74,6 +78,45 @@ class CompiledModel(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         state = dict(state or {})
+        span = self._recomputed_span(tokens.shape[1])
+        if span:
+            return self._recomputed(tokens, state, span)
+        return self._plain(tokens, state)
+
+    def _recomputed_span(self, T: int) -> int | None:
+        """Tokens per recomputed span when training on T tokens, or None. About sqrt(T / unit)
+        spans of about sqrt(T / unit) units each: the states kept between spans and one span's
+        intermediates then grow alike, as sqrt(T)."""
+        unit = self.recompute_unit
+        if not unit or not torch.is_grad_enabled() or T <= unit:
+            return None
+        return unit * max(1, round(math.sqrt(T / unit)))
+
+    def _recomputed(self, tokens, state, span: int):
+        """Training in spans, each a checkpoint: forward keeps only the state between spans,
+        backward reruns a span to rebuild its intermediates. A span continues the sequence
+        from the state as a streamed call does, so the logits and gradients are exactly those
+        of one pass (tests/compiler/test_recompute.py)."""
+        pos = int(state.get("pos", torch.tensor(0)).item())
+        outs, start, T = [], 0, tokens.shape[1]
+        while start < T:
+            end = min(T, start + span - (pos + start) % span)
+            keys, out_keys = sorted(state), []
+
+            def run(piece, *values, keys=keys, out_keys=out_keys):
+                logits, new = self._plain(piece, dict(zip(keys, values, strict=True)))
+                out_keys[:] = sorted(new)  # the same keys when backward reruns the span
+                return (logits, *[new[k] for k in out_keys])
+
+            out = checkpoint(run, tokens[:, start:end], *[state[k] for k in keys],
+                             use_reentrant=False)  # fmt: skip
+            outs.append(out[0])
+            state = dict(zip(out_keys, out[1:], strict=True))
+            start = end
+        return torch.cat(outs, dim=1), state
+
+    def _plain(self, tokens, state):
+        state = dict(state)
         pos = int(state.pop("pos", torch.tensor(0)).item())
         if not self.task_window:
             logits, state, _ = self._span(tokens, state, pos)

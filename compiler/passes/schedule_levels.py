@@ -9,13 +9,16 @@
 - a layer with feedback reads (or a segmented prefix) runs in sequential segments: the gcd of
   those memories' chunks (1 for `read_then_write`);
 - memories that learn from the task loss (CMS) make the whole model run in windows of the gcd
-  of their chunks, each window's loss feeding their updates (NL eq. 71).
+  of their chunks, each window's loss feeding their updates (NL eq. 71);
+- a model with sequential segments (and no task-loss windows) trains in recomputed spans
+  (model.py), each a multiple of every segment and chunk, so no span ends inside one.
 The layer's step order is decided here and nowhere else (the module runs `LayerPlan.steps`).
 """
 
 from __future__ import annotations
 
-from math import gcd
+import os
+from math import gcd, lcm
 
 import networkx as nx
 
@@ -23,6 +26,9 @@ from nestdsl.compiler.plan import LayerPlan, Plan
 from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.spec.memory import CacheStructure, LevelReset, TaskObjective
 from nestdsl.spec.ops import DropPrefix, Read, WithPrefix, inputs_of
+
+
+RECOMPUTE_ENV = "NESTDSL_RECOMPUTE"  # "0": keep every span's intermediates (the reference path)
 
 
 def schedule_levels(plan: Plan) -> Plan:
@@ -45,8 +51,23 @@ def schedule_levels(plan: Plan) -> Plan:
     for c in task_chunks:
         window = gcd(window, c)
     plan.task_window = window or None
+    plan.recompute_unit = _recompute_unit(plan)
     plan.done.append("schedule_levels")
     return plan
+
+
+def _recompute_unit(plan: Plan) -> int | None:
+    """The lcm of every segment and every in-context chunk, for a model that runs in sequential
+    segments (its backward would otherwise keep every segment's intermediates); None for the
+    others: the chunked kernels recompute chunk groups themselves, and a model in task-loss
+    windows differentiates each window's loss inside the span, which makes a checkpoint rerun
+    the span so far at every window (hope at d_model 256, T = 512: 5.5x slower and 5x the
+    memory, docs/benchmarks.md)."""
+    segments = [layer.segment for layer in plan.layers if layer.segment]
+    if not segments or plan.task_window or os.environ.get(RECOMPUTE_ENV, "1") == "0":
+        return None
+    chunks = [m.chunk for m in plan.memories() if isinstance(m.every, int)]
+    return lcm(*segments, *chunks)
 
 
 def data_graph(block) -> nx.DiGraph:

@@ -77,6 +77,9 @@ def notes(checked) -> list[str]:
     if plan.task_window:
         out.append(f"the model runs in task-loss windows of {plan.task_window} tokens: each "
                    "window's loss is differentiated to update the CMS memories")  # fmt: skip
+    if plan.recompute_unit:
+        out.append(f"training recomputes spans of a multiple of {plan.recompute_unit} tokens in "
+                   "backward, so activation memory grows with the span, not the sequence")  # fmt: skip
     return out
 
 

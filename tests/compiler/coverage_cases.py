@@ -397,6 +397,8 @@ CASES: dict[str, Case] = {
     **enum_cases("MLPStructure.activation", "deep", f"{MEM}.structure.activation",
                  ["gelu", "silu", "relu", "tanh", "identity"]),
     **enum_cases("MLPStructure.norm", "deep", f"{MEM}.structure.norm", ["none", "layernorm"]),
+    "MLPStructure.norm_eps": case("deep", f"{MEM}.structure.norm_eps=0.001",
+                                  before=(f"{MEM}.structure.norm=layernorm",)),
     "GatedMLPStructure.kind": case("deep", f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}"),
     **{f"GatedMLPStructure.{k}": case("deep", f"{MEM}.structure.{k}={v}",
                                       before=(f"{MEM}.structure={{kind: gated_mlp, heads: n_heads, dim: d_head}}",))

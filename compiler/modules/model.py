@@ -10,6 +10,10 @@ window has arrived (the target of the window's last position) takes the gradient
 window's next-token loss by the weights those memories used in the window. A call that ends
 before that token keeps the window's tokens and the state at its start, and the next call
 replays them, so streaming stays exact.
+
+A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
+each span be a checkpoint of the state it starts from, so backward keeps the states between
+spans and one span's intermediates, not every segment's.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.spec.memory import CacheStructure, LevelReset, TaskObjective
 from nestdsl.spec.ops import DropPrefix, Read, WithPrefix, inputs_of
 
-
 RECOMPUTE_ENV = "NESTDSL_RECOMPUTE"  # "0": keep every span's intermediates (the reference path)
 
 

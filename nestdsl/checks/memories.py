@@ -4,8 +4,8 @@
 - objectives other than `task` learn from declared keys and values; `task` learns from the loss;
 - memories updated in context need a rule; frozen (`never`) memories take none;
 - a memory on the outer (`step`) level is an ordinary parameter: its objective is `task`;
-- `norm_eps` needs a `norm`; `identity` initial states need a square memory; `polynomial` and `exp` feature maps need a
-  degree, and only they take one;
+- `norm_eps` needs a `norm`; `identity` initial states need a square memory; `polynomial` and
+  `exp` feature maps need a degree, and only they take one;
 - an Omega `window` belongs to a memory learned in context by a gradient rule.
 """
 

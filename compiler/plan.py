@@ -88,8 +88,8 @@ class Plan:
     layers: list[LayerPlan] = field(default_factory=list)
     # Tokens per window when in-context memories learn from the task loss (CMS), else None.
     task_window: int | None = None
-    # Tokens whose multiples every window, segment and in-context chunk boundary divides, when
-    # the model runs in windows or segments (training recomputes spans of such multiples), else None.
+    # The lcm of the segments and in-context chunks of a model with sequential segments and no
+    # task-loss window (training recomputes spans of its multiples, model.py), else None.
     recompute_unit: int | None = None
     done: list[str] = field(default_factory=list)  # passes run so far
 

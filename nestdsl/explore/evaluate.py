@@ -74,16 +74,21 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
         timer = threading.Timer(time_limit, lambda: (fired.set(), os.kill(os.getpid(), signal.SIGINT)))
         timer.daemon = True
         timer.start()
+    over_time = {"error": f"over the time limit ({time_limit or 0:g} s per candidate)", "steps": steps}
     try:
         source = spec_source(str(path), overrides)
         train(source, config, run_dir, resume=resume and run_dir.exists(), progress=False)
     except (TrainingInterrupted, KeyboardInterrupt):
         if not fired.is_set():
             raise KeyboardInterrupt from None  # the user's Ctrl-C stops the search
-        return {"error": f"over the time limit ({time_limit:.0f} s per candidate)", "steps": steps}
+        return over_time
+    # A failure seen after the limit passed is reported as the limit, which came first (the
+    # loop notices the interrupt only at a step boundary, after that step's own checks).
     except (UserError, SpecError) as err:
-        return {"error": str(err).splitlines()[0][:240], "steps": steps}
+        return over_time if fired.is_set() else {"error": str(err).splitlines()[0][:240], "steps": steps}
     except Exception as err:  # noqa: BLE001 - a candidate that crashes fails, not the search
+        if fired.is_set():
+            return over_time
         first = (str(err).splitlines() or [""])[0][:200]
         return {"error": f"crash {type(err).__name__}: {first}", "steps": steps}
     finally:

@@ -126,6 +126,27 @@ def test_a_candidate_over_its_time_limit_fails_and_the_search_goes_on(tmp_path):
     assert state.finished == "budget spent"
 
 
+def test_a_failure_after_the_time_limit_is_reported_as_the_limit(tmp_path, monkeypatch):
+    import time
+
+    import nestdsl.train as train_module
+    from nestdsl.explore.evaluate import train_and_score
+
+    def diverges_late(*_args, **_kwargs):  # the limit's SIGINT lands while this step runs
+        try:
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass  # the loop would note it and stop at the step boundary, after its own checks
+        raise UserError("the loss became nan at step 1; try a smaller --lr")
+
+    monkeypatch.setattr(train_module, "train", diverges_late)
+    sizes = settings("256")
+    result = train_and_score(Path(TINY), tmp_path / "c", sizes, [], steps=2, time_limit=0.01)
+    assert result["error"].startswith("over the time limit (0.01 s"), result
+    slow = train_and_score(Path(TINY), tmp_path / "c", sizes, [], steps=2, time_limit=60)
+    assert slow["error"].startswith("the loss became nan"), slow
+
+
 @pytest.mark.slow
 def test_the_recall_objective_ranks_by_accuracy(tmp_path):
     state = Search(tmp_path / "r", settings("256", objective="recall"), say=quiet).run()

@@ -146,7 +146,8 @@ def run_recall(
         checked = load_resized(spec, size, list(overrides))
         name = checked.name
         label = f"{name} {point_label(point)}"
-        outcome = train_point(checked, shape, settings, device, progress, label)
+        outcome = train_point(checked, shape, settings, device, progress, label,
+                              on_record=lambda entry, label=label: _report(label, entry))
         results.append({**point, **outcome})
         if progress:
             tqdm.write(f"{label}: accuracy {outcome['accuracy']:.3f}", file=sys.stderr)
@@ -158,6 +159,13 @@ def run_recall(
         "settings": {**asdict(settings), "overrides": list(overrides), "device": str(device)},
         "points": results,
     }
+
+
+def _report(label: str, entry: dict) -> None:
+    """One line per curve record on stderr, so an hour-long point shows how it is going."""
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                      for k, v in entry.items() if v is not None)  # fmt: skip
+    tqdm.write(f"{label}: {shown}", file=sys.stderr)
 
 
 # `nestdsl eval --task recall` (nestdsl/commands/eval.py reads these three names).

@@ -30,8 +30,10 @@ def test_recall_grid_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert [(p["L"], p["N"]) for p in result["points"]] == [(16, 2), (16, 4)]
     assert result["settings"]["vocab"] == 32 and result["settings"]["steps"] == 2
-    printed = capsys.readouterr().out
-    assert "MQAR recall, 2 steps" in printed and f"result: {out}" in printed
+    printed = capsys.readouterr()
+    assert "MQAR recall, 2 steps" in printed.out and f"result: {out}" in printed.out
+    # every curve record is reported as it is made, progress bars or not
+    assert "L=16,N=4,d_model=16: step 2  loss" in printed.err, printed.err
 
 
 def test_bpb_of_a_trained_run(tmp_path, capsys):

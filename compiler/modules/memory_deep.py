@@ -150,7 +150,7 @@ class DeepMemory(WeightsMemory):
                 ns_steps=o.ns_steps, ns_kind=o.ns_kind, retention=o.retention or "l2",
                 retention_mode=o.retention_mode, q_norm=o.q_norm, kl_scale=o.kl_scale,
                 lag_token=o.lag_token, chunk_size=plan.chunk, window=o.window,
-                recompute=1 if o.rule == "muon" else RECOMPUTE)  # fmt: skip
+                anchored=o.anchored, recompute=1 if o.rule == "muon" else RECOMPUTE)  # fmt: skip
         except ValueError as err:
             raise AssertionError(f"`lower_memories` let memory `{plan.decl}` through, but the "
                                  f"kernel rejects it (a bug in nestdsl): {err}") from None
@@ -216,8 +216,11 @@ class DeepMemory(WeightsMemory):
                                       output_final_state=True)  # fmt: skip
             return o, ([S.transpose(-1, -2)], [M.transpose(-1, -2)])
         if self.plan.memory.window is None:
+            # retention toward the initial state (`toward: init`) decays toward M_0
+            anchor = self.initial_weights(q.shape[0], q) if options.anchored else None
             return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,
-                               momentum=momentum, output_final_state=True, delta=delta)  # fmt: skip
+                               momentum=momentum, output_final_state=True, delta=delta,
+                               anchor=anchor)  # fmt: skip
         # An Omega window: its token weights and earlier tokens; over more than one token the
         # Huber threshold is the constant options.delta.
         return deep_memory(q, k, v, theta, eta, alpha, weights, options, read=order,

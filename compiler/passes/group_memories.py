@@ -72,6 +72,9 @@ def signature(layer: LayerPlan, m: MemoryPlan) -> dict[str, object]:
 def _group(layer: LayerPlan, deep: list[MemoryPlan]) -> None:
     classes: list[list[MemoryPlan]] = []
     for m in deep:
+        if m.options.anchored:  # each call decays toward its own initial state: not joined
+            layer.ungrouped[m.decl] = "retention toward the initial state runs alone"
+            continue
         same = next((c for c in classes if signature(layer, c[0]) == signature(layer, m)), None)
         if same is None:
             classes.append([m])

@@ -43,6 +43,7 @@ class MemoryOptions:
     ns_kind: str = "quintic"
     retention: str | None = None  # l2 | kl | lq
     retention_mode: str = "global"
+    anchored: bool = False  # l2 retention decays toward the initial state, not toward zero
     q_norm: float = 4.0
     kl_scale: float = 1.0
     lag_token: bool = False  # Memora's lag token (Miras eq. 30): kl retention without a window
@@ -70,6 +71,7 @@ class MemoryOptions:
             parts.append(self.rule + (f" ({self.dgd_step})" if self.rule.startswith("dgd") else ""))
         if self.retention:
             parts.append(f"retention {self.retention} {self.retention_mode}"
+                         + (" toward the initial state" if self.anchored else "")
                          + (" + lag token" if self.lag_token else ""))  # fmt: skip
         if self.window > 1:
             parts.append(f"window {self.window}")
@@ -156,6 +158,7 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> Memo
         ns_kind=getattr(rule, "ns_kind", "quintic"),
         retention=None if ret is None else ret.kind,
         retention_mode=getattr(ret, "mode", "global"),
+        anchored=getattr(ret, "toward", "zero") == "init",
         q_norm=ret.q if isinstance(ret, LqRetention) else 4.0,
         kl_scale=ret.scale if isinstance(ret, KLRetention) else 1.0,
         lag_token=isinstance(ret, KLRetention) and window == 1,
@@ -202,6 +205,7 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
             "not-lowered", f"`{fm.kind}` of degree {fm.degree} on keys of width {m.key_dim} has "
             f"{m.options.key_dim} features (C(d + p, p)); nestdsl lowers at most {MAX_FEATURES}",
             plan.at(*where, "feature_map", "degree"), "lower `degree` or the key width"))  # fmt: skip
+    errors += _anchored_unlowerable(plan, m)
     if m.options.init_every is not None and not task:
         errors.append(Diagnostic(
             "not-lowered", f"`{m.decl}` takes its initial state from the in-context level "
@@ -209,6 +213,25 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
             "memories, whose state learns from the loss the slower level sees",
             plan.at(*where, "init", "by"), "name an `every: step` level in `by:`"))  # fmt: skip
     return errors
+
+
+def _anchored_unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
+    """`retention.toward: init` is lowered on the deep-memory kernel for the gd and momentum
+    rules, global mode, one-token objective, one gate per head (kernels/deep_memory/chunk.py)."""
+    o = m.options
+    if not o.anchored:
+        return []
+    why = ((o.objective == "task", "a task-loss memory (its state is its own level's weights)"),
+           (o.rule not in ("gd", "momentum"), f"the `{o.rule}` rule"),
+           (o.retention_mode == "local", "local retention"),
+           (o.window > 1 or o.window_weighted, "an Omega window"),
+           (bool(o.channel_gates), "per-channel gates"))  # fmt: skip
+    return [Diagnostic(
+        "not-lowered", f"memory `{m.decl}`: retention toward the initial state is lowered for "
+        f"gd or momentum memories with global retention, one token per update and per-head gates, "
+        f"not with {what}", plan.at("memories", m.decl, "retention", "toward"),
+        "remove `toward: init`, or use a gd or momentum rule")  # fmt: skip
+        for bad, what in why if bad]
 
 
 # Per-channel gates are exact when every row of the state (one value channel) follows its own

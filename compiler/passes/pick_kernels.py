@@ -67,7 +67,7 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
     if (matrix and per_token and o.rule == "gd" and o.objective == "l2"
             and o.retention == "l2" and o.retention_mode == "local"):  # fmt: skip
         return "gated_delta_rule", "matrix + l2 + gd + local decay, every token"
-    if (matrix and o.objective == "l2" and o.rule == "momentum"
+    if (matrix and o.objective == "l2" and o.rule == "momentum" and not o.anchored
             and o.retention in (None, "l2") and o.retention_mode == "global"
             and orders == {"write_then_read"}):  # fmt: skip
         return "titans_linear", "matrix + l2 + momentum + weight decay"
@@ -120,6 +120,7 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
+        (o.anchored, "retention toward the initial state"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
         (_pow2(hidden) * _pow2(o.key_dim) > TRITON_TILE_BUDGET,
          f"weight tile {hidden} x {o.key_dim} over {TRITON_TILE_BUDGET} elements"),

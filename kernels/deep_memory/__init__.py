@@ -59,12 +59,15 @@ def deep_memory(
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
     omega: torch.Tensor | None = None,
+    anchor: Sequence[torch.Tensor] | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor] | None] | None]:
     """Run a deep in-context memory over a sequence (see the module doc for the contract)."""
     check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
-                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega)  # fmt: skip
-    extra = {} if omega is None else {"omega": omega}  # backends without it never see it
+                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega,
+                 anchor=anchor)  # fmt: skip
+    # backends without these never see them
+    extra = {k: x for k, x in (("omega", omega), ("anchor", anchor)) if x is not None}
     return resolve("deep_memory", q.device, backend)(
         q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
         output_final_state=output_final_state, delta=delta, gamma=gamma,

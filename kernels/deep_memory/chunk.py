@@ -65,7 +65,8 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                       momentum: Tensors | None = None, output_final_state: bool = False,
                       delta: Tensor | None = None, gamma: Tensor | None = None,
                       window_prefix: Tensors | None = None,
-                      omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
+                      omega: Tensor | None = None,
+                      anchor: Tensors | None = None) -> MemoryResult:  # fmt: skip
     """The chunk-parallel form of :func:`deep_memory` (the package doc gives the contract;
     the public function has checked the arguments)."""
     o = options
@@ -163,7 +164,8 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
             else:
                 coef = None if coef_all is None else coef_all[n]
                 apply, state_e, mom = _linear_layers(coef, gates_s, o.dgd_step, state, frozen,
-                                                     mom, inputs, errors, rule, read, row)  # fmt: skip
+                                                     mom, inputs, errors, rule, read, row,
+                                                     anchor)  # fmt: skip
             state = state_e
 
             # 3. reads.
@@ -225,12 +227,23 @@ def _scaled(weights, scale, i: int, a: torch.Tensor) -> torch.Tensor:
     return z if scale is None else scale * z
 
 
-def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors, rule, read, row):
+def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors, rule, read, row,
+                   anchor=None):  # fmt: skip
     """Rules whose updates are rank one (gd, momentum, dgd and with momentum): the dual-form
     per-token read (from ``read_from``, the visible chunk-start weights) and the states after
     token ``row`` (README eqs. D1-D5), without forming per-token weights. Without shared
     coefficients ``coef`` they come from the span's ``gates`` (theta, eta, alpha); dgd's
-    proximal step has a step size per layer (README eq. D6)."""
+    proximal step has a step size per layer (README eq. D6). With an ``anchor`` A (l2, gd or
+    momentum) the recurrence runs on ``W - A``, which decays toward 0, and A is added back."""
+    if anchor is not None:
+        shifted = [W - A for W, A in zip(state, anchor, strict=True)]
+        apply, ends, mom = _linear_layers(coef, gates, dgd_step, shifted, shifted, mom, inputs,
+                                          errors, rule, read, row)  # fmt: skip
+
+        def anchored(i: int, r: torch.Tensor) -> torch.Tensor:  # (A + D_t) r_t
+            return r @ anchor[i].transpose(-1, -2) + apply(i, r)
+
+        return anchored, [A + D for A, D in zip(anchor, ends, strict=True)], mom
     C = gates[0].shape[-1]
     if dgd_step == "proximal":
         theta, eta, alpha = gates

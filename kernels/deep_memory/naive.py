@@ -40,7 +40,8 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                       momentum: Tensors | None = None, output_final_state: bool = False,
                       delta: Tensor | None = None, gamma: Tensor | None = None,
                       window_prefix: Tensors | None = None,
-                      omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
+                      omega: Tensor | None = None,
+                      anchor: Tensors | None = None) -> MemoryResult:  # fmt: skip
     """The loop form of :func:`deep_memory`: the oracle (arguments checked by the caller)."""
     o = options
     structure, rule, window, chunk_size, retention = (
@@ -112,11 +113,14 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
             mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]
             state = [keep * W - th * newton_schulz(S, o.ns_steps, o.ns_kind)
                      for W, S in zip(state, mom, strict=True)]  # fmt: skip
-        elif rule == "momentum":
-            mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]
-            state = [keep * W + S for W, S in zip(state, mom, strict=True)]
-        else:
-            state = [keep * W - th * G for W, G in zip(state, grads, strict=True)]
+        else:  # gd, momentum: M_t = A + keep (M_{t-1} - A) + update, A = 0 unless anchored
+            A = anchor if anchor is not None else [0.0] * len(state)
+            if rule == "momentum":
+                mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]
+                updates = mom
+            else:
+                updates = [-th * G for G in grads]
+            state = [a + keep * (W - a) + U for W, a, U in zip(state, A, updates, strict=True)]
 
         offset = [keep * d for d in offset]
         if read == "write_then_read":

@@ -66,6 +66,13 @@ class DeepMemoryOptions:
                     their gradients at the state after it (README §4)
     chunk_size      tokens per chunk, >= 1 (1 = the exact per-token recurrence)
     window          Omega window length c >= 1 (Atlas eq. 9; 1 = the online objective)
+    anchored        l2 retention toward the initial weights instead of toward zero:
+                    ``W_t = A + r_t (W_{t-1} - A) + update`` with ``A`` the call's ``anchor``
+                    (the memory's meta-learned initial state). Weight decay toward zero shrinks
+                    a memory whose output is normalized without forgetting anything, and its
+                    effective step grows as the weights shrink (docs/architectures.md, "The
+                    norm's floor"); toward ``A`` the scale stays. Global mode, gd or momentum
+                    rule, window 1 only
     recompute       chunk form, under autograd only: 0 keeps every chunk's intermediates for
                     backward; g >= 1 keeps the state at every g-th chunk boundary and
                     recomputes the g chunks in between during backward (activation memory
@@ -88,6 +95,7 @@ class DeepMemoryOptions:
     lag_token: bool = False
     chunk_size: int = 16
     window: int = 1
+    anchored: bool = False
     recompute: int = 0
 
     def __post_init__(self) -> None:
@@ -148,6 +156,16 @@ def _problems(o: DeepMemoryOptions):
             yield f"retention_mode='local' is lowered for gd, momentum and muon, not {o.rule!r}"
         if _is_int(o.window) and o.window > 1:
             yield "retention_mode='local' is not lowered together with an Omega window"
+    if not isinstance(o.anchored, bool):
+        yield f"anchored must be a bool, got {o.anchored!r}"
+    elif o.anchored:
+        if o.retention != "l2" or o.retention_mode != "global":
+            yield (f"anchored is lowered for l2 retention in the global mode, not "
+                   f"{o.retention!r} / {o.retention_mode!r}")  # fmt: skip
+        if o.rule not in ("gd", "momentum"):
+            yield f"anchored is lowered for the gd and momentum rules, not {o.rule!r}"
+        if _is_int(o.window) and o.window > 1:
+            yield "anchored is not lowered together with an Omega window (window > 1)"
     if not isinstance(o.lag_token, bool):
         yield f"lag_token must be a bool, got {o.lag_token!r}"
     elif o.lag_token and o.retention != "kl":
@@ -170,6 +188,7 @@ def check_inputs(
     gamma: torch.Tensor | None = None,
     window_prefix: Sequence[torch.Tensor] | None = None,
     omega: torch.Tensor | None = None,
+    anchor: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """The tensors of one call checked against the options (shared by the loop and chunk forms)."""
     if not isinstance(options, DeepMemoryOptions):
@@ -187,7 +206,9 @@ def check_inputs(
         if tuple(gate.shape) != (B, T, H):
             raise ValueError(f"gates must be [B, T, H] = {(B, T, H)}, got {tuple(gate.shape)}")
     shapes = [(B, H, o, i) for o, i in structure.shapes()]
-    for name, states in (("weights", weights), ("momentum", momentum)):
+    if (anchor is not None) != options.anchored:
+        raise ValueError("an anchor is given exactly when the options are anchored")
+    for name, states in (("weights", weights), ("momentum", momentum), ("anchor", anchor)):
         if states is None:
             continue
         got = [tuple(w.shape) for w in states]

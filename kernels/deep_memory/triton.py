@@ -231,6 +231,7 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
         (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
+        (o.anchored, "retention toward the initial weights (anchored)"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
         (ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET,
          f"weight tile {st.hidden} x {st.d_in} over {TILE_BUDGET} elements"),
@@ -344,13 +345,15 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
                        output_final_state: bool = False, delta: Tensor | None = None,
                        gamma: Tensor | None = None,
                        window_prefix: Tensors | None = None,
-                       omega: Tensor | None = None) -> MemoryResult:  # fmt: skip
+                       omega: Tensor | None = None,
+                       anchor: Tensors | None = None) -> MemoryResult:  # fmt: skip
     """The Triton form of :func:`deep_memory` (same contract), differentiable w.r.t. every
     input, the initial weights and the initial momentum. Memories the kernel does not cover
     (:func:`unsupported`) run :func:`deep_memory_chunk`, with a warning that says why.
     ``delta`` (a Huber threshold) has no effect on the l2 objective the kernel covers."""
     check_inputs(options, q, k, v, (theta, eta, alpha), weights, momentum, read=read,
-                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega)  # fmt: skip
+                 delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega,
+                 anchor=anchor)  # fmt: skip
     reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix, omega=omega)
     if reason is not None:
         warnings.warn(f"deep_memory: the triton backend runs the torch chunk form for {reason}",
@@ -358,7 +361,7 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
         return deep_memory_chunk(
             q, k, v, theta, eta, alpha, weights, options, read=read, momentum=momentum,
             output_final_state=output_final_state, delta=delta, gamma=gamma,
-            window_prefix=window_prefix, omega=omega,
+            window_prefix=window_prefix, omega=omega, anchor=anchor,
         )  # fmt: skip
     s1, s2 = (None, None) if momentum is None else momentum
     ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2)

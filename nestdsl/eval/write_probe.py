@@ -82,6 +82,8 @@ def probe_memory(memory, nodes: dict, pairs: int = 8, batch: int = 64, seed: int
     if decl.window is not None and isinstance(decl.window.weight, str):
         extra["gamma"] = gate(decl.window.weight, 1.0, writes_only=False)
     W = memory.initial_weights(batch, k)
+    if o.anchored:  # retention toward the initial state: here the state it starts from
+        extra["anchor"] = W
     with torch.no_grad():
         before, _ = deep_memory(k, k, v, theta * 0, eta, forget * 0, W, o, **extra)
     after, _ = deep_memory(k, k, v, theta, eta, forget, W, o, **extra)

@@ -197,6 +197,11 @@ class L2Retention(Node):
     mode: Literal["global", "local"] = "global"
     forget: Param | None = Field(None, description="forget gate in [0, 1] (Titans α_t)")
     log_decay: Param | None = Field(None, description="log of the decay factor, <= 0 (GDN g_t)")
+    # `init`: decay toward the memory's initial state M_0 instead of toward zero,
+    # `M_t = M_0 + r_t (M_{t-1} - M_0) + update` (the regularizer ||M - M_0||^2 in Miras's
+    # terms). Behind an output norm, decay toward zero shrinks the weights without forgetting
+    # and lets the inner step grow without bound (docs/architectures.md, "The norm's floor").
+    toward: Literal["zero", "init"] = Field("zero", description="what the state decays toward")
 
     @model_validator(mode="after")
     def _one_gate(self) -> L2Retention:

@@ -458,6 +458,9 @@ CASES: dict[str, Case] = {
     # Local retention is defined for a per-token gd memory: the matrix base.
     **enum_cases("L2Retention.mode", "matrix", f"{MEM}.retention.mode", ["global", "local"],
                  before=(f"{MEM}.retention={{kind: l2, forget: 0.2}}",)),
+    # Toward the (learned) initial state or toward zero: the deep base starts away from zero.
+    **enum_cases("L2Retention.toward", "deep", f"{MEM}.retention.toward", ["zero", "init"],
+                 before=(f"{MEM}.retention={{kind: l2, forget: fg}}",)),
     "L2Retention.forget": case("deep", f"{MEM}.retention.forget=0.5",
                                before=(f"{MEM}.retention={{kind: l2, forget: fg}}",)),
     "L2Retention.log_decay": case("deep", f"{MEM}.retention.log_decay=-0.5",
@@ -612,6 +615,7 @@ CONSTRUCTS = {  # name -> overrides ({m}: the memory's path), and whether it sho
     "window": (("{m}.window={{tokens: 2}}",), "differs"),
     "retention=l2": (("{m}.retention={{kind: l2, forget: 0.2}}",), "differs"),
     "retention=kl": (("{m}.retention={{kind: kl, forget: 0.2}}",), "differs"),
+    "retention toward init": (("{m}.retention={{kind: l2, forget: 0.2, toward: init}}",), "differs"),
     "rule=dgd": (("{m}.rule={{kind: dgd, lr: 0.3}}",), "differs"),
     "objective=dot": (("{m}.objective=dot",), "differs"),
     "init=identity": (("{m}.init=identity",), "differs"),

@@ -75,6 +75,22 @@ def test_unlowerable_normalize_is_a_positioned_error():
     assert "normalize" in text.splitlines()[diag.pos.line - 1]
 
 
+def test_retention_toward_the_initial_state_is_lowered_or_a_positioned_error():
+    text = nestdsl.load("titans-lmm").text.replace(
+        "retention: {kind: l2, forget: alpha}", "retention: {kind: l2, forget: alpha, toward: init}")
+    plan = nestdsl.check_text(text, "lmm.yaml").plan
+    assert "toward the initial state" in plan.describe()
+    hope = nestdsl.load("hope").text
+    memory = hope.index("  M_memory:")
+    hope = hope[:memory] + hope[memory:].replace("retention: {kind: l2, forget: forget}",
+                                                 "retention: {kind: l2, forget: forget, toward: init}", 1)
+    with pytest.raises(SpecError) as err:
+        nestdsl.check_text(hope, "hope.yaml")
+    diag = next(d for d in err.value.errors if d.code == "not-lowered")
+    assert "the `dgd` rule" in diag.message and diag.pos.file == "hope.yaml"
+    assert "toward: init" in hope.splitlines()[diag.pos.line - 1]
+
+
 def test_describe_is_readable():
     text = nestdsl.load("gated-deltanet").plan.describe()
     assert "layer.0-1" in text and "layer.1:" not in text  # identical layers printed once

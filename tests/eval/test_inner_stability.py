@@ -92,3 +92,11 @@ def test_outer_gradient_stays_bounded_over_long_sequences(spec):
 
 def test_with_layernorms_usual_floor_the_outer_gradient_explodes():
     assert outer_gradient_norm("titans-mac", 512, ["memories.M.structure.norm_eps=1e-5"]) > 1e4
+
+
+def test_decay_toward_the_initial_state_keeps_the_usual_floor_stable():
+    # `toward: init` keeps the weights at their scale, so at LayerNorm's floor the same memory
+    # whose decay toward zero explodes (above) stays bounded at its initial weights.
+    usual = ["memories.M.structure.norm_eps=1e-5"]
+    assert outer_gradient_norm("titans-mac", 512, [*usual, "memories.M.retention.toward=init"]) < 100
+

@@ -4,8 +4,8 @@
 sizes, ``scale=1``, read-before-write shifts, the normalized linear attention's extra value
 channel, learned initial states); logits and every parameter gradient must agree. The shipped
 specs at reduced width, in the Triton interpreter. Deep memories (hope's five dgd memories
-with the proximal step, titans-lmm with and without its memory norm, which both fused kernels
-run) take one AdamW step and the updated parameters
+with the proximal step, titans-lmm with and without its memory norm decaying toward zero, which
+both fused kernels run) take one AdamW step and the updated parameters
 must agree too; a memory the kernel does not cover falls back and says why.
 """
 
@@ -61,9 +61,12 @@ def test_compiled_spec_on_triton_equals_chunk(spec, monkeypatch):
 DEEP = [
     # shipped hope: dgd with the proximal step, 5 memories, 8-token segments (~18 s interpreted)
     pytest.param("hope", [], "fused", id="hope", marks=pytest.mark.slow),
-    pytest.param("titans-lmm", ["memories.M.structure.norm=none"], "fused", id="titans-lmm-no-norm"),
-    # shipped titans-lmm: its memory's layer norm in both fused kernels
-    pytest.param("titans-lmm", [], "fused", id="titans-lmm"),
+    pytest.param("titans-lmm", ["memories.M.structure.norm=none", "memories.M.structure.norm_eps=null",
+                               "memories.M.retention.toward=zero"], "fused", id="titans-lmm-no-norm"),
+    # titans-lmm's memory with its layer norm, decaying toward zero: both fused kernels
+    pytest.param("titans-lmm", ["memories.M.retention.toward=zero"], "fused", id="titans-lmm-decay-to-zero"),
+    # shipped titans-lmm decays toward its initial state, which the kernel does not have
+    pytest.param("titans-lmm", [], "toward the initial state", id="titans-lmm"),
     # a memory the kernel does not cover (depth 3) falls back and says why
     pytest.param("titans-lmm", ["memories.M.structure.depth=3"], "depth 3", id="titans-lmm-depth3",
                  marks=pytest.mark.slow),

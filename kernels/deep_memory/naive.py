@@ -49,6 +49,7 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
     T = q.shape[1]
     k_ext, v_ext, g_ext = extend(k, v, gamma, window, window_prefix)  # token t at t + window - 1
     state = list(weights)  # L x [B, H, out, in]
+    toward = list(anchor) if anchor is not None else [0.0] * len(state)  # what retention decays toward
     mom = None
     if o.has_momentum:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
@@ -114,13 +115,12 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
             state = [keep * W - th * newton_schulz(S, o.ns_steps, o.ns_kind)
                      for W, S in zip(state, mom, strict=True)]  # fmt: skip
         else:  # gd, momentum: M_t = A + keep (M_{t-1} - A) + update, A = 0 unless anchored
-            A = anchor if anchor is not None else [0.0] * len(state)
             if rule == "momentum":
                 mom = [eta[:, t, :, None, None] * S - th * G for S, G in zip(mom, grads, strict=True)]
                 updates = mom
             else:
                 updates = [-th * G for G in grads]
-            state = [a + keep * (W - a) + U for W, a, U in zip(state, A, updates, strict=True)]
+            state = [a + keep * (W - a) + U for W, a, U in zip(state, toward, updates, strict=True)]
 
         offset = [keep * d for d in offset]
         if read == "write_then_read":

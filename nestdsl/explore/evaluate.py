@@ -82,13 +82,13 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
         if not fired.is_set():
             raise KeyboardInterrupt from None  # the user's Ctrl-C stops the search
         return over_time
-    # A failure seen after the limit passed is reported as the limit, which came first (the
-    # loop notices the interrupt only at a step boundary, after that step's own checks).
-    except (UserError, SpecError) as err:
-        return over_time if fired.is_set() else {"error": str(err).splitlines()[0][:240], "steps": steps}
-    except Exception as err:  # noqa: BLE001 - a candidate that crashes fails, not the search
+    except Exception as err:  # noqa: BLE001 - a failing candidate fails, not the search
+        # A failure seen after the limit passed is reported as the limit, which came first (the
+        # loop notices the interrupt only at a step boundary, after that step's own checks).
         if fired.is_set():
             return over_time
+        if isinstance(err, (UserError, SpecError)):
+            return {"error": str(err).splitlines()[0][:240], "steps": steps}
         first = (str(err).splitlines() or [""])[0][:200]
         return {"error": f"crash {type(err).__name__}: {first}", "steps": steps}
     finally:

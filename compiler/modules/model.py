@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nestdsl.compiler.modules.layer import Layer
+from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
 
@@ -51,6 +52,16 @@ class CompiledModel(nn.Module):
             nn.init.normal_(self.head.weight, std=0.02)
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
         self._levels = _owning_levels(self, plan)
+
+    def undecayed_parameters(self) -> set[str]:
+        """Parameters the outer optimizer's weight decay must leave alone: the learned initial
+        states of memories with an output norm. The norm makes the loss (nearly) blind to their
+        scale, so decay shrinks them unopposed, and an inner step of fixed size is relatively
+        larger the smaller they are: decayed as 30,000 AdamW updates at weight decay 0.1 would,
+        titans-lmm's outer gradient went from 12 to 9e16 (docs/training.md, "Weight decay")."""
+        return {f"{path}.{name}" for path, module in self.named_modules()
+                if isinstance(module, WeightsMemory) and module.structure.norm != "none"
+                for name, _ in module.named_parameters() if name.startswith("initial.")}  # fmt: skip
 
     @property
     def continual(self) -> bool:

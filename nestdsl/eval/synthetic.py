@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nestdsl.eval.mqar import IGNORE
-from nestdsl.optim import build_optimizer
+from nestdsl.optim import build_optimizer, undecayed_of
 
 Rows = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (inputs, labels) [B, L]
 
@@ -77,6 +77,7 @@ def train_on_rows(
     optimizer = build_optimizer(
         model.named_parameters(),
         {"kind": "adamw", "lr": settings.lr, "weight_decay": settings.weight_decay},
+        undecayed_of(model),
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)

@@ -11,7 +11,9 @@ one implementation). `build_optimizer(params, config)` takes the dict of one tra
 them with the level options `period` and `schedule`.
 `build_level_optimizers` (levels.py) makes one such optimizer per `every: step` level.
 Weight decay applies to parameters with two or more dimensions only: decaying biases and norm
-gains pulls them towards zero for no benefit, so they go in a group without decay.
+gains pulls them towards zero for no benefit, so they go in a group without decay, with the
+parameters a compiled model names in `undecayed_parameters()` (the initial states of memories
+with an output norm: compiler/modules/model.py says why).
 
 AdamW at period 1 without its own schedule is built as `torch.optim.AdamW`: the declaration
 computes the same steps (tests/optim/test_torch_equal.py), torch's fused loop is faster, as
@@ -20,7 +22,7 @@ computes the same steps (tests/optim/test_torch_equal.py), torch's fused loop is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from pydantic import ValidationError
@@ -86,23 +88,31 @@ def _settings(config: dict) -> tuple[str, dict, dict]:
     return kind, settings, options
 
 
-def _param_groups(params: Iterable, weight_decay: float) -> list[dict]:
-    tensors = [p[1] if isinstance(p, tuple) else p for p in params]
-    tensors = [p for p in tensors if p.requires_grad]
-    if not tensors:
+def undecayed_of(model: torch.nn.Module) -> set[str]:
+    """Names of `model`'s parameters that weight decay leaves alone (besides vectors)."""
+    return set(getattr(model, "undecayed_parameters", set)())
+
+
+def _param_groups(params: Iterable, weight_decay: float, undecayed: Collection[str]) -> list[dict]:
+    named = [p if isinstance(p, tuple) else (None, p) for p in params]
+    named = [(n, p) for n, p in named if p.requires_grad]
+    if not named:
         raise UserError("the model has no trainable parameters")
-    matrices = [p for p in tensors if p.ndim >= 2]
-    others = [p for p in tensors if p.ndim < 2]
+    matrices = [p for n, p in named if p.ndim >= 2 and n not in undecayed]
+    others = [p for n, p in named if p.ndim < 2 or n in undecayed]
     groups = [{"params": matrices, "weight_decay": weight_decay}]
     if others:
         groups.append({"params": others, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(params: Iterable, config: dict) -> torch.optim.Optimizer:
-    """An optimizer for `params` (tensors or (name, tensor) pairs) from a spec's config dict."""
+def build_optimizer(
+    params: Iterable, config: dict, undecayed: Collection[str] = ()
+) -> torch.optim.Optimizer:
+    """An optimizer for `params` (tensors or (name, tensor) pairs) from a spec's config dict;
+    the parameters named in `undecayed` get no weight decay."""
     kind, settings, options = _settings(config)
-    groups = _param_groups(params, float(settings.get("weight_decay", 0.0)))
+    groups = _param_groups(params, float(settings.get("weight_decay", 0.0)), set(undecayed))
     try:
         if kind == "memories":
             body = {k: settings.pop(k) for k in ("settings", "decoupled", "memories", "update")
@@ -176,6 +186,7 @@ __all__ = [
     "optimizer",
     "optimizer_settings",
     "shipped_optimizers",
+    "undecayed_of",
 ]
 
 

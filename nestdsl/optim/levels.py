@@ -94,17 +94,20 @@ def build_level_optimizers(
 ) -> LevelOptimizers:
     """One optimizer per level of `configs` (level -> optimizer config dict) over its parameters.
 
-    `build(named_params, config)` makes one torch optimizer (nestdsl.optim.build_optimizer).
+    `build(named_params, config, undecayed)` makes one torch optimizer
+    (nestdsl.optim.build_optimizer).
     A level that owns no trainable parameter gets no optimizer.
     """
-    from nestdsl.optim import optimizer_settings
+    from nestdsl.optim import optimizer_settings, undecayed_of
 
     owners = owners_of(model, configs)
+    undecayed = undecayed_of(model)
     mine: dict[str, list] = {level: [] for level in configs}
     for name, param in model.named_parameters():
         level = owners[name]
         if level in mine and param.requires_grad:
             mine[level].append((name, param))
-    optimizers = {level: build(params, configs[level]) for level, params in mine.items() if params}
+    optimizers = {level: build(params, configs[level], undecayed)
+                  for level, params in mine.items() if params}  # fmt: skip
     peaks = {level: optimizer_settings(configs[level])["lr"] for level in optimizers}
     return LevelOptimizers(optimizers, peaks)

@@ -100,15 +100,16 @@ def init_params(
     num_heads: int,
     *,
     std: float | None = None,
+    gain: float = 1.0,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> list[torch.Tensor]:
     """Per-head initial weights [H, out, in] (what the outer level learns); ``std`` None means
-    ``1 / sqrt(in)`` (variance-preserving)."""
+    ``gain / sqrt(in)`` (variance-preserving at gain 1)."""
     params = []
     for out, inp in structure.shapes():
-        s = 1.0 / math.sqrt(inp) if std is None else std
+        s = gain / math.sqrt(inp) if std is None else std
         w = torch.randn(num_heads, out, inp, generator=generator, dtype=dtype, device=device)
         params.append(w * s)
     return params

@@ -19,6 +19,7 @@ from nestdsl.spec.common import Learned
 from nestdsl.spec.memory import (
     CacheStructure,
     IdentityInit,
+    LearnedInit,
     MatrixStructure,
     SoftmaxObjective,
     TaskObjective,
@@ -119,6 +120,13 @@ def check_memories(ctx: CheckContext) -> Iterator[Diagnostic]:
             yield ctx.error("objective-structure",
                             f"memory `{name}` on the outer level is updated by its optimizer",
                             path + ("rule",), "remove `rule`")  # fmt: skip
+        if isinstance(m.init, LearnedInit) and m.init.gain != 1.0 and (
+                isinstance(m.structure, (MatrixStructure, CacheStructure))):  # fmt: skip
+            yield ctx.error("objective-structure",
+                            f"memory `{name}`: `gain` scales an MLP memory's random initial "
+                            f"weights; a {m.structure.kind} memory has none (a learned matrix "
+                            "starts at zero)",
+                            path + ("init", "gain"), "remove `gain`")  # fmt: skip
         if isinstance(m.init, IdentityInit) and isinstance(m.structure, MatrixStructure):
             if m.structure.key_dim != m.structure.value_dim:
                 yield ctx.error("objective-structure",

@@ -260,6 +260,11 @@ class LearnedInit(Node):
 
     kind: Literal["learned"]
     by: Name | None = Field(None, description="the owning level; default: the outermost")
+    gain: PositiveFloat = Field(
+        1.0,
+        description="an MLP memory's initial weights are drawn with std gain / sqrt(fan_in); "
+        "1 is variance-preserving (kl retention's logits need more spread: memora)",
+    )
 
 
 Init = Annotated[

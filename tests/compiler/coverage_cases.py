@@ -493,6 +493,7 @@ CASES: dict[str, Case] = {
     "LearnedInit.kind": trains("matrix", f"{MEM}.init={{kind: learned}}"),
     "LearnedInit.by": trains("matrix", f"{MEM}.init.by=extra",
                              before=("levels.extra={every: never}", f"{MEM}.init={{kind: learned}}")),
+    "LearnedInit.gain": case("deep", f"{MEM}.init.gain=3.0", outcome="init"),
     # `never` keeps the state across sequences, `sequence` starts each one afresh. See
     # KNOWN_IGNORED in test_coverage.py: nothing downstream of the schema tells them apart.
     # These cases compare one forward pass; once a consumer exists (the module told of a new
@@ -621,6 +622,7 @@ CONSTRUCTS = {  # name -> overrides ({m}: the memory's path), and whether it sho
     "init=identity": (("{m}.init=identity",), "differs"),
     "init=learned": (("{m}.init={{kind: learned}}",), "trains"),
     "init=zeros": (("{m}.init=zeros",), "differs"),
+    "init gain": (("{m}.init={{kind: learned, gain: 3.0}}",), "init"),
     "reset=level": (
         ("levels.slow={{every: 16}}", "{m}.reset={{kind: level, level: slow}}"),
         "differs",

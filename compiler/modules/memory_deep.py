@@ -93,7 +93,7 @@ class WeightsMemory(MemoryModule):
             start = [torch.eye(o, i).expand(plan.heads, o, i).clone()
                      for o, i in self.structure.shapes()]  # fmt: skip
         else:
-            start = init_params(self.structure, plan.heads, gain=getattr(init, "gain", 1.0))
+            start = init_params(self.structure, plan.heads, gain=self.lowered.init_gain)
         if isinstance(init, LearnedInit) or not isinstance(plan.every, int):
             frozen = plan.every == "never"
             self.initial = nn.ParameterList(nn.Parameter(w, requires_grad=not frozen)

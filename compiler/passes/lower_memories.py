@@ -58,6 +58,7 @@ class MemoryOptions:
     normalize: bool = False
     stop_gradient: bool = False
     init: str = "zeros"  # zeros | identity | learned
+    init_gain: float = 1.0  # random initial weights at std init_gain / sqrt(fan_in)
     init_level: str | None = None  # the level that trains (or, in context, updates) the start
     init_every: int | None = None  # the period of `init_level` when it is in context (nested CMS)
     gates: tuple[tuple[str, str], ...] = ()  # (role, source) for every step size and gate
@@ -87,7 +88,8 @@ class MemoryOptions:
             parts.append("normalized")
         if self.stop_gradient:
             parts.append("stop-gradient writes")
-        parts.append(f"init {self.init}" + (f" by `{self.init_level}`" if self.init_level else ""))
+        parts.append(f"init {self.init}" + (f" by `{self.init_level}`" if self.init_level else "")
+                     + (f" (gain {self.init_gain:g})" if self.init_gain != 1.0 else ""))  # fmt: skip
         parts += [f"{role}={source}" + (" per channel" if role in self.channel_gates else "")
                   for role, source in self.gates]  # fmt: skip
         return ", ".join(parts)
@@ -172,6 +174,7 @@ def lower(plan: Plan, m: MemoryPlan, shapes: dict[str, tuple[int, ...]]) -> Memo
         normalize=mem.normalize,
         stop_gradient=mem.write == "stop_gradient",
         init=mem.init.kind,
+        init_gain=getattr(mem.init, "gain", 1.0),
         init_level=init_level,
         init_every=init_every if isinstance(init_every, int) else None,
         gates=tuple((p.role, _source(p.value)) for p in memory_params(mem)),

@@ -67,6 +67,11 @@ class LevelOptimizers:
     def __len__(self) -> int:
         return len(self.optimizers)
 
+    def group_sizes(self) -> dict[str, list[int]]:
+        """Level -> the number of parameters in each of its optimizer's groups."""
+        return {level: [len(g["params"]) for g in opt.param_groups]
+                for level, opt in self.optimizers.items()}  # fmt: skip
+
 
 def owners_of(model: torch.nn.Module, levels: Iterable[str]) -> dict[str, str]:
     """Parameter name -> owning level: the model's `parameter_levels()`, or all to one level."""
@@ -90,18 +95,18 @@ def owners_of(model: torch.nn.Module, levels: Iterable[str]) -> dict[str, str]:
 
 
 def build_level_optimizers(
-    model: torch.nn.Module, configs: dict[str, dict], build
+    model: torch.nn.Module, configs: dict[str, dict], build, undecayed: set[str] | None = None
 ) -> LevelOptimizers:
     """One optimizer per level of `configs` (level -> optimizer config dict) over its parameters.
 
     `build(named_params, config, undecayed)` makes one torch optimizer
-    (nestdsl.optim.build_optimizer).
+    (nestdsl.optim.build_optimizer); `undecayed` defaults to the model's own list.
     A level that owns no trainable parameter gets no optimizer.
     """
     from nestdsl.optim import optimizer_settings, undecayed_of
 
     owners = owners_of(model, configs)
-    undecayed = undecayed_of(model)
+    undecayed = undecayed_of(model) if undecayed is None else undecayed
     mine: dict[str, list] = {level: [] for level in configs}
     for name, param in model.named_parameters():
         level = owners[name]

@@ -37,7 +37,12 @@ from nestdsl.data.tokenizer import BYTES, Tokenizer, train_tokenizer, vocab_of
 from nestdsl.errors import UserError
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
 from nestdsl.train import distributed
-from nestdsl.train.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
+from nestdsl.train.checkpoint import (
+    load_checkpoint,
+    read_meta,
+    remove_leftovers,
+    save_checkpoint,
+)
 from nestdsl.train.config import ModelSource, TrainConfig, TrainingInterrupted, TrainResult
 from nestdsl.train.counters import LoopCounters
 from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
@@ -191,6 +196,7 @@ class _Trainer:
         path = self.folder.latest_checkpoint()
         if path is None:
             raise UserError(f"nothing to resume: {self.folder.root} has no checkpoint")
+        self._keep_saved_grouping(path)
         loaded = load_checkpoint(path, self.model, self.optimizer)
         spec = loaded.meta.get("spec", {})
         if spec != self.source.identity():
@@ -212,6 +218,19 @@ class _Trainer:
         if loaded.memory_states is not None and self._carries():
             self.memory = {k: v.to(self.device) for k, v in loaded.memory_states[rank].items()}
         self._say(f"resuming {self.folder.root} from step {loaded.step}")
+
+    def _keep_saved_grouping(self, path: Path) -> None:
+        """A run checkpointed before normed memories' initial states left weight decay
+        (session 9, nestdsl.optim) resumes as it was trained: with them decayed."""
+        saved = {level: [len(g["params"]) for g in info["param_groups"]]
+                 for level, info in read_meta(path).get("optimizers", {}).items()}  # fmt: skip
+        if not saved or saved == self.optimizer.group_sizes():
+            return
+        before = build_level_optimizers(self.model, self.optimizer_configs, build_optimizer, set())
+        if saved == before.group_sizes():
+            self.optimizer = before
+            self._say(f"{path} predates the undecayed initial states of normed memories: the run "
+                      "keeps decaying them (start a new run with --init-from to change that)")  # fmt: skip
 
     def _init_from(self) -> None:
         """Step 0's weights from another run (NL §7.3, init_from.py); recorded in config.json."""

@@ -61,3 +61,4 @@ def test_a_decay_step_shrinks_the_weights_but_not_the_normed_initial_state():
     weight = "layers.0.ops.q.proj.weight"
     assert torch.equal(after[state], before[state])
     torch.testing.assert_close(after[weight], before[weight] * 0.5)
+

@@ -9,8 +9,10 @@ import pytest
 
 from nestdsl.eval.write_probe import initial_gate, write_probe
 
+MEMORA_WEAK = pytest.mark.xfail(strict=True, reason="known, docs/evaluation.md: Memora's "
+                                "multiplicative write moves a read 0.6% of the way at its cap")
 DEEP = ["titans-lmm", "titans-mac", "titans-mag", "titans-mal", "yaad", "moneta", "hope", "atlas",
-        "memora"]  # fmt: skip
+        pytest.param("memora", marks=MEMORA_WEAK)]  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", DEEP)
@@ -39,13 +41,14 @@ def test_yaad_with_its_threshold_below_the_error_stores_only_signs():
     assert write_probe("yaad")["M"]["differentiable"] == 1.0
 
 
-def test_memora_needs_its_mass_and_its_spread_logits():
-    # As shipped before: c = 1 and a cap of 0.02; then the logits at the default spread.
-    before = write_probe("memora", ["memories.M.retention.scale=1.0", "blocks.0.nodes.eta.by=0.02"])
-    assert before["M"]["gain"] < 0.01
-    uniform_rows = write_probe("memora", ["memories.M.init={kind: learned}"])["M"]
-    assert uniform_rows["nearest"] < 0.8  # the rows barely differ: writes blur across keys
-    assert write_probe("memora")["M"]["nearest"] > 0.95
+def test_memora_recall_variant_needs_its_mass_and_its_spread_logits():
+    # The variant of docs/evaluation.md (mass 32, logits at gain 5, cap 0.2) stores pairs; each
+    # of its three changes put back, the probe sees the failure.
+    variant = ["memories.M.retention.scale=32.0", "blocks.0.nodes.eta.by=0.2",
+               "memories.M.init={kind: learned, gain: 5.0}"]  # fmt: skip
+    assert write_probe("memora", variant)["M"]["nearest"] > 0.95
+    assert write_probe("memora", variant[:2])["M"]["nearest"] < 0.8  # nearly uniform rows
+    assert write_probe("memora", variant[2:])["M"]["gain"] < 0.01  # mass 1, cap 0.02
 
 
 def test_initial_gate_follows_caps_and_activations():

@@ -263,7 +263,7 @@ class LearnedInit(Node):
     gain: PositiveFloat = Field(
         1.0,
         description="an MLP memory's initial weights are drawn with std gain / sqrt(fan_in); "
-        "1 is variance-preserving (kl retention's logits need more spread: memora)",
+        "1 is variance-preserving (kl logits need more spread: docs/evaluation.md, memora)",
     )
 
 

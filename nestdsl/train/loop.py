@@ -56,6 +56,7 @@ from nestdsl.train.metrics import (
     language_model_loss,
     plot_losses,
 )
+from nestdsl.train.optimizer_state import saved_group_sizes
 from nestdsl.train.schedule import WarmupCosine
 from nestdsl.train.signals import StopRequest, stop_on_signals
 
@@ -222,8 +223,7 @@ class _Trainer:
     def _keep_saved_grouping(self, path: Path) -> None:
         """A run checkpointed before normed memories' initial states left weight decay
         (session 9, nestdsl.optim) resumes as it was trained: with them decayed."""
-        saved = {level: [len(g["params"]) for g in info["param_groups"]]
-                 for level, info in read_meta(path).get("optimizers", {}).items()}  # fmt: skip
+        saved = saved_group_sizes(read_meta(path))
         if not saved or saved == self.optimizer.group_sizes():
             return
         before = build_level_optimizers(self.model, self.optimizer_configs, build_optimizer, set())

@@ -64,6 +64,12 @@ def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, dict]
     return tensors, infos
 
 
+def saved_group_sizes(meta: dict) -> dict[str, list[int]]:
+    """Level -> the number of parameters in each optimizer group a checkpoint's meta records."""
+    return {level: [len(g["params"]) for g in info["param_groups"]]
+            for level, info in meta.get("optimizers", {}).items()}  # fmt: skip
+
+
 def load_optimizer_state(path: Path, optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     levels = _levels(optimizer)
     if "optimizers" in meta:

@@ -120,7 +120,6 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
-        (o.anchored, "retention toward the initial state"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
         (_pow2(hidden) * _pow2(o.key_dim) > TRITON_TILE_BUDGET,
          f"weight tile {hidden} x {o.key_dim} over {TRITON_TILE_BUDGET} elements"),

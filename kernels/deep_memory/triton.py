@@ -5,7 +5,8 @@ mini-batch gradient form), Nested Learning §4.1 / eqs. 57, 88 (dgd). Covered: t
 residual MLP ``M(x) = x + W_2 s(W_1 x)`` or ``x + LN(W_2 s(W_1 x))`` (any activation, with or
 without the non-affine layer norm, not gated), the l2
 objective, the gd / momentum / dgd / dgd_momentum rules with the explicit or the proximal
-step (NL eq. 57), l2 retention in the global (Titans) mode, window 1, every read order. That is the LMM of Titans, the memories
+step (NL eq. 57), l2 retention in the global (Titans) mode, toward zero or (gd, momentum)
+toward the initial state, window 1, every read order. That is the LMM of Titans, the memories
 of Hope (eqs. 83-89, dgd, self-generated values: the caller passes ``v = M_{t0}(v)`` read at
 the chunk start) and the l2 variants of Miras and Atlas. Everything else runs
 :func:`deep_memory_chunk`, with the reason in a warning (:func:`unsupported`).
@@ -21,7 +22,8 @@ One program per (batch, head) walks the chunks in order with both weight matrice
    exact at ``alpha = 1`` / ``eta = 0``; momentum composes them with one [C, C] product, D3);
 3. dgd's drives by the UT transform (eq. D5): one unit-lower inverse per layer;
 4. reads by the dual form (eq. D2) layer by layer, and the chunk end by row ``C`` (or the last
-   real token's row, D4) of eq. D1.
+   real token's row, D4) of eq. D1; decaying toward an anchor A adds ``(1 - b_t) A`` to the
+   weights each read and the chunk end see (``W_t - A`` follows the unanchored recurrence).
 
 The forward also writes every chunk-start state; the backward kernel (triton_backward.py)
 walks the chunks in reverse from them. Under ``create_graph`` (second-order training) the
@@ -87,12 +89,13 @@ def _dgd_drive(bp, dp, wp, W0, S0, A, E, strict, MOM: tl.constexpr, PREC: tl.con
 
 
 @triton.jit
-def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s1_out, s2_out,
-                ws1, ws2, ss1, ss2, T, N, EPS: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
+def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2, o, w1_out, w2_out, s1_out,
+                s2_out, ws1, ws2, ss1, ss2, T, N, EPS: tl.constexpr, H: tl.constexpr,
+                D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
                 MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
                 NORM: tl.constexpr, USE_S0: tl.constexpr, SAVE: tl.constexpr,
-                PREC: tl.constexpr):  # fmt: skip
+                ANCHOR: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     bh = i_bh.to(tl.int64)
@@ -115,6 +118,9 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
     else:
         S1 = tl.zeros([BH, BD], dtype=tl.float32)
         S2 = tl.zeros([BD, BH], dtype=tl.float32)
+    if ANCHOR:  # retention decays toward A: W_t = b_t W0 + (1 - b_t) A + (the unanchored rest)
+        AN1 = tl.load(a1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
+        AN2 = tl.load(a2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)  # [BD, BH]
     for n in range(0, N):
         if SAVE:  # the chunk-start states the backward kernel restarts every chunk from
             off = (bh * N + n) * HD * D
@@ -184,8 +190,13 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
                 rb, rd, rw1, rw2 = b, d, w1c, w2c
             else:
                 rb, rd, rw1, rw2 = bp, dp, wp1, wp2
-            Hr = _act(_dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC), ACT)  # [BT, BH]
+            U = _dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC)  # [BT, BH]
+            if ANCHOR:
+                U += (1.0 - rb)[:, None] * tl.dot(Q, tl.trans(AN1), input_precision=PREC)
+            Hr = _act(U, ACT)  # [BT, BH]
             Yr = _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+            if ANCHOR:
+                Yr += (1.0 - rb)[:, None] * tl.dot(Hr, tl.trans(AN2), input_precision=PREC)
         if NORM:  # each token's read through the norm, at its own weights
             Yr = _layer_norm(Yr, cols, D, EPS)[0]
         out = Q + Yr  # [BT, BD]
@@ -199,6 +210,9 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, o, w1_out, w2_out, s
         be = _entry(b, idx, last)
         W1n = be * W1 + G1
         W2n = be * W2 + G2
+        if ANCHOR:
+            W1n += (1.0 - be) * AN1
+            W2n += (1.0 - be) * AN2
         if MOM:
             de, sbe = _entry(d, idx, last), _entry(sb, idx, last)
             swe1, swe2 = _row(sw1, idx, last), _row(sw2, idx, last)
@@ -231,7 +245,6 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
         (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
-        (o.anchored, "retention toward the initial state (anchored)"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
         (ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET,
          f"weight tile {st.hidden} x {st.d_in} over {TILE_BUDGET} elements"),
@@ -250,7 +263,7 @@ def _backward_fused(options: DeepMemoryOptions) -> bool:
 
 class _DeepMemory(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, options, read, q, k, v, theta, eta, alpha, w1, w2, s1, s2):
+    def forward(ctx, options, read, q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2):
         st = options.structure
         B, T, H, D = q.shape
         HD, C = st.hidden, options.chunk_size
@@ -259,6 +272,7 @@ class _DeepMemory(torch.autograd.Function):
         dev, f32 = q.device, torch.float32
         args = [x.contiguous() for x in (q, k, v, theta, eta, alpha, w1, w2)]
         s0 = [x.contiguous() for x in (s1, s2)] if s1 is not None else [w1, w2]
+        anchor = [x.contiguous() for x in (a1, a2)] if a1 is not None else [w1, w2]
         o = ts.new_output((B, T, H, D), q.dtype, dev)
         finals = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)]
         moms = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if mom else finals
@@ -270,13 +284,14 @@ class _DeepMemory(torch.autograd.Function):
         starts = [torch.empty(sh, dtype=f32, device=dev) for sh in shapes * (2 if mom else 1)]
         slots = starts if mom else starts * 2
         _fwd_kernel[(B * H,)](
-            *args, *s0, o, *finals, *moms, *(slots or [o] * 4), T, N, EPS=st.norm_eps, H=H, D=D, HD=HD, C=C,
-            BT=BT, BD=BD, BH=BH, ACT=ACTIVATIONS.index(st.activation), MOM=mom,
-            DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
-            READ=READ_CODES[read], NORM=st.norm == "layernorm", USE_S0=s1 is not None, SAVE=save,
-            PREC=ts.dot_precision(q.dtype, _fwd_kernel), num_warps=num_warps(BH, BD),
+            *args, *s0, *anchor, o, *finals, *moms, *(slots or [o] * 4), T, N, EPS=st.norm_eps,
+            H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH, ACT=ACTIVATIONS.index(st.activation),
+            MOM=mom, DGD=options.rule.startswith("dgd"), PROX=options.dgd_step == "proximal",
+            READ=READ_CODES[read], NORM=st.norm == "layernorm", USE_S0=s1 is not None,
+            SAVE=save, ANCHOR=a1 is not None, PREC=ts.dot_precision(q.dtype, _fwd_kernel),
+            num_warps=num_warps(BH, BD),
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2, *starts)
+        ctx.save_for_backward(q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2, *starts)
         ctx.n_starts = len(starts)
         ctx.options, ctx.read = options, read
         ctx.set_materialize_grads(False)
@@ -298,9 +313,9 @@ class _DeepMemory(torch.autograd.Function):
         if not create and fused.unfused(ctx.options) is None:
             # The fused kernel (triton_backward.py): a reverse chunk walk from the saved
             # chunk-start states, every chunk's forward recomputed on chip.
-            seq, w0, s0 = fused.backward(ctx.options, ctx.read, list(saved), list(starts),
-                                         list(ups))  # fmt: skip
-            got = [*seq, *w0, *(s0 if s0 is not None else (None, None))]
+            seq, w0, s0, a0 = fused.backward(ctx.options, ctx.read, list(saved), list(starts),
+                                             list(ups))  # fmt: skip
+            got = [*seq, *w0, *(s0 or (None, None)), *(a0 or (None, None))]
             return None, None, *(None if g is None or not need else g.to(x.dtype)
                                  for g, x, need in zip(got, saved, needs, strict=True))  # fmt: skip
         # Under create_graph (second-order training: grad mode is on here) the fused kernel's
@@ -320,11 +335,12 @@ class _DeepMemory(torch.autograd.Function):
 
         leaves = [prepared(x, need) for x, need in zip(saved, needs, strict=True)]
         wanted = [x for x, need in zip(leaves, needs, strict=True) if x is not None and need]
-        q, k, v, theta, eta, alpha, w1, w2, s1, s2 = leaves
+        q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2 = leaves
         with torch.enable_grad():
             o, (W, S) = deep_memory_chunk(
                 q, k, v, theta, eta, alpha, [w1, w2], ctx.options, read=ctx.read,
                 momentum=None if s1 is None else [s1, s2], output_final_state=True,
+                anchor=None if a1 is None else [a1, a2],
             )  # fmt: skip
             outs = [o, *W, *(S if S is not None else (None, None))]
             pairs = [(y, u.float()) for y, u in zip(outs, ups, strict=True)
@@ -364,9 +380,11 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
             window_prefix=window_prefix, omega=omega, anchor=anchor,
         )  # fmt: skip
     s1, s2 = (None, None) if momentum is None else momentum
-    ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2)
+    a1, a2 = (None, None) if anchor is None else anchor
+    ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2,
+                    a1, a2)  # fmt: skip
     o, w1, w2, m1, m2 = _DeepMemory.apply(options, read, q, k, v, theta, eta, alpha,
-                                          weights[0], weights[1], s1, s2)  # fmt: skip
+                                          weights[0], weights[1], s1, s2, a1, a2)  # fmt: skip
     if not output_final_state:
         return o, None
     return o, ([w1, w2], [m1, m2] if options.has_momentum else None)

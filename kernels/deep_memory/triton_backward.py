@@ -3,7 +3,7 @@
 README.md §8 ("Backward kernel"), the adjoint of §5.3 / eqs. B1-B3, D1-D5 for the variant the
 forward kernel covers (triton.py: the 2-layer residual MLP with or without its layer norm, l2,
 gd / momentum / dgd / dgd_momentum with the explicit or the proximal step, global l2
-retention, every read order).
+retention toward zero or toward an anchor, every read order).
 
 The forward saves the state at every chunk start. One program per (batch, head) walks the
 chunks from last to first holding the gradient of the state at the current chunk's end
@@ -23,7 +23,7 @@ and runs its adjoint in reverse order:
 
 Per-token gradients, like the forward's per-token updates, exist only as [C, width] factors.
 The result is the gradient of q, k, v, theta, eta, alpha and of the chunk-start state of chunk
-0, i.e. of the initial weights and momentum.
+0, i.e. of the initial weights and momentum, and of the anchor (summed over every chunk).
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ def unfused(options) -> str | None:
 
 
 @triton.jit
-def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds1, ds2,
-                dq, dk, dv, dtheta, deta, dalpha, dw1_0, dw2_0, ds1_0, ds2_0,
+def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, a1, a2, do, dw1, dw2, ds1, ds2,
+                dq, dk, dv, dtheta, deta, dalpha, dw1_0, dw2_0, ds1_0, ds2_0, da1, da2,
                 T, N, H: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, C: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, ACT: tl.constexpr,
                 MOM: tl.constexpr, DGD: tl.constexpr, PROX: tl.constexpr, READ: tl.constexpr,
                 NORM: tl.constexpr, EPS: tl.constexpr, HAS_DO: tl.constexpr,
-                HAS_DW: tl.constexpr, HAS_DS: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                HAS_DW: tl.constexpr, HAS_DS: tl.constexpr, ANCHOR: tl.constexpr,
+                PREC: tl.constexpr):  # fmt: skip
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     bh = i_bh.to(tl.int64)
@@ -101,6 +102,11 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
     else:
         GS1 = tl.zeros([BH, BD], dtype=tl.float32)
         GS2 = tl.zeros([BD, BH], dtype=tl.float32)
+    if ANCHOR:  # the anchor A of the forward's (1 - b) A terms, and its gradient over all chunks
+        AN1 = tl.load(a1 + bh * HD * D + p1, mask=m1, other=0.0).to(tl.float32)  # [BH, BD]
+        AN2 = tl.load(a2 + bh * D * HD + p2, mask=m2, other=0.0).to(tl.float32)  # [BD, BH]
+    dAN1 = tl.zeros([BH, BD], dtype=tl.float32)
+    dAN2 = tl.zeros([BD, BH], dtype=tl.float32)
     for nn in range(0, N):
         n = N - 1 - nn
         # ---- the chunk's forward again, from its saved start state (triton.py, steps 1-4)
@@ -180,6 +186,11 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
             dS2n += sbe * GS2
         dW1n = be * GW1  # gradients of the chunk-start state, accumulated below
         dW2n = be * GW2
+        if ANCHOR:  # the end state's (1 - be) A
+            dAN1 += (1.0 - be) * GW1
+            dAN2 += (1.0 - be) * GW2
+            ga = tl.sum(tl.sum(GW1 * AN1, axis=1), axis=0) + tl.sum(tl.sum(GW2 * AN2, axis=1), axis=0)
+            db -= tl.where(idx == last, ga, 0.0)
         dbp = tl.zeros([BT], dtype=tl.float32)
         ddp = tl.zeros([BT], dtype=tl.float32)
         dwp1 = tl.zeros([BT, BT], dtype=tl.float32)
@@ -208,14 +219,25 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
             else:
                 rb, rd, rw1, rw2 = bp, dp, wp1, wp2
             U = _dual(rb, rd, rw1, W1, S1, K, X1, Q, MOM, PREC)  # [BT, BH]
+            if ANCHOR:  # reads at b W0 + (1 - b) A + ...: the (1 - b) A r terms
+                cb = 1.0 - rb
+                QA = tl.dot(Q, tl.trans(AN1), input_precision=PREC)  # [BT, BH]
+                U += cb[:, None] * QA
             Hr = _act(U, ACT)
             dY = dO
             if NORM:
                 Yr = _dual(rb, rd, rw2, W2, S2, A2, X2, Hr, MOM, PREC)  # [BT, BD]
+                if ANCHOR:
+                    Yr += cb[:, None] * tl.dot(Hr, tl.trans(AN2), input_precision=PREC)
                 Nr, rr = _layer_norm(Yr, cols, D, EPS)
                 dY = _layer_norm_back(dO, Nr, rr, cols, D)
             dHr, gW, gS, gX, gA, gw, gb, gd = _dual_bwd(rb, rd, rw2, W2, S2, A2, X2, Hr, dY,
                                                         MOM, PREC)  # fmt: skip
+            if ANCHOR:
+                gY = cb[:, None] * dY  # [BT, BD]
+                dHr += tl.dot(gY, AN2, input_precision=PREC)
+                dAN2 += tl.dot(tl.trans(gY), Hr, input_precision=PREC)
+                gb -= tl.sum(dY * tl.dot(Hr, tl.trans(AN2), input_precision=PREC), axis=1)
             dW2n += gW
             dS2n += gS
             dX2 += gX
@@ -223,6 +245,11 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
             dU = dHr * _act_grad(U, ACT)  # [BT, BH]
             dQ1, gW1, gS1, gX1, gA1, gw1, gb1, gd1 = _dual_bwd(rb, rd, rw1, W1, S1, K, X1, Q, dU,
                                                                MOM, PREC)  # fmt: skip
+            if ANCHOR:
+                gU = cb[:, None] * dU  # [BT, BH]
+                dQ1 += tl.dot(gU, AN1, input_precision=PREC)
+                dAN1 += tl.dot(tl.trans(gU), Q, input_precision=PREC)
+                gb1 -= tl.sum(dU * QA, axis=1)
             dQ += dQ1
             dW1n += gW1
             dS1n += gS1
@@ -336,19 +363,23 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, do, dw1, dw2, ds
     if MOM:
         tl.store(ds1_0 + bh * HD * D + p1, GS1, mask=m1)
         tl.store(ds2_0 + bh * D * HD + p2, GS2, mask=m2)
+    if ANCHOR:
+        tl.store(da1 + bh * HD * D + p1, dAN1, mask=m1)
+        tl.store(da2 + bh * D * HD + p2, dAN2, mask=m2)
 
 
 def backward(options, read: str, saved: list, starts: list, ups: list):
-    """Gradients of q, k, v, theta, eta, alpha, the initial weights and momentum (float32).
+    """Gradients of q, k, v, theta, eta, alpha, the initial weights and momentum, and the
+    anchor (float32; None for a momentum or anchor the call did not have).
 
-    saved: the forward's inputs (q, k, v, theta, eta, alpha, w1, w2, s1, s2); starts: the
+    saved: the forward's inputs (q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2); starts: the
     chunk-start states the forward wrote, [B, H, N, out, in] each (momentum ones with a
     momentum rule); ups: the upstream gradients (do, dw1, dw2, ds1, ds2), None where absent.
     """
     from .structure import ACTIVATIONS
     from .triton import READ_CODES, num_warps
 
-    q, k, v, theta, eta, alpha, w1, w2, s1, s2 = saved
+    q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2 = saved
     do, dw1, dw2, ds1, ds2 = ups
     st = options.structure
     B, T, H, D = q.shape
@@ -360,6 +391,8 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
     grads = [ts.new_output(x.shape, f32, dev) for x in (q, k, v, theta, eta, alpha)]
     g0 = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)]
     gs0 = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if mom else g0
+    anchored = a1 is not None
+    ga0 = [ts.new_output((B, H, *w.shape[-2:]), f32, dev) for w in (w1, w2)] if anchored else g0
     # One of a pair of upstream state gradients may be None (the other output unused).
     if dw1 is not None or dw2 is not None:
         dw1, dw2 = (torch.zeros_like(w1) if g is None else g for g in (dw1, dw2))
@@ -374,12 +407,12 @@ def backward(options, read: str, saved: list, starts: list, ups: list):
     ins = [x.contiguous() for x in (q, k, v, theta, eta, alpha)]
     ss = starts[2:] if mom else starts[:2]
     _bwd_kernel[(B * H,)](
-        *ins, starts[0], starts[1], *ss, arg(do), arg(dw1), arg(dw2), arg(ds1), arg(ds2),
-        *grads, *g0, *gs0, T, N, H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH,
+        *ins, starts[0], starts[1], *ss, arg(a1), arg(a2), arg(do), arg(dw1), arg(dw2), arg(ds1),
+        arg(ds2), *grads, *g0, *gs0, *ga0, T, N, H=H, D=D, HD=HD, C=C, BT=BT, BD=BD, BH=BH,
         ACT=ACTIVATIONS.index(st.activation), MOM=mom, DGD=options.rule.startswith("dgd"),
         PROX=options.dgd_step == "proximal", READ=READ_CODES[read],
         NORM=st.norm == "layernorm", EPS=st.norm_eps, HAS_DO=do is not None,
-        HAS_DW=dw1 is not None, HAS_DS=mom and ds1 is not None,
+        HAS_DW=dw1 is not None, HAS_DS=mom and ds1 is not None, ANCHOR=anchored,
         PREC=ts.dot_precision(q.dtype, _bwd_kernel), num_warps=num_warps(BH, BD),
     )  # fmt: skip
-    return grads, g0, (gs0 if mom and s1 is not None else None)
+    return grads, g0, (gs0 if mom and s1 is not None else None), (ga0 if anchored else None)

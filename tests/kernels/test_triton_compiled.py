@@ -65,8 +65,8 @@ DEEP = [
                                "memories.M.retention.toward=zero"], "fused", id="titans-lmm-no-norm"),
     # titans-lmm's memory with its layer norm, decaying toward zero: both fused kernels
     pytest.param("titans-lmm", ["memories.M.retention.toward=zero"], "fused", id="titans-lmm-decay-to-zero"),
-    # shipped titans-lmm decays toward its initial state, which the kernel does not have
-    pytest.param("titans-lmm", [], "toward the initial state", id="titans-lmm"),
+    # shipped titans-lmm: its layer norm and decay toward its initial state, both fused
+    pytest.param("titans-lmm", [], "fused", id="titans-lmm"),
     # a memory the kernel does not cover (depth 3) falls back and says why
     pytest.param("titans-lmm", ["memories.M.structure.depth=3"], "depth 3", id="titans-lmm-depth3",
                  marks=pytest.mark.slow),

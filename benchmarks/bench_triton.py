@@ -48,6 +48,7 @@ catches errors that the interpreter forgives, on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 
@@ -365,12 +366,18 @@ def compile_only(args) -> None:
     BT, BD, BH = ts.block(C), ts.block(d), ts.block(h)
     prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
     common = {"H": 4, "D": d, "HD": h, "C": C, "BT": BT, "BD": BD, "BH": BH, "ACT": 0,
-              "MOM": True, "DGD": True, "PROX": True, "READ": 1, "PREC": prec}  # fmt: skip
+              "MOM": True, "READ": 1, "NORM": True, "EPS": 1e-5, "PREC": prec}  # fmt: skip
+    # Hope's memories (dgd with the proximal step), the Titans LMM decaying toward zero, and
+    # shipped Titans' (decay toward the initial state).
+    rules = {"dgd_momentum, proximal": {"DGD": True, "PROX": True, "ANCHOR": False},
+             "momentum": {"DGD": False, "PROX": False, "ANCHOR": False},
+             "momentum, anchored": {"DGD": False, "PROX": False, "ANCHOR": True}}  # fmt: skip
     seq = {"q", "k", "v", "theta", "eta", "alpha", "o", "do"}  # in the input dtype; rest fp32
-    for kernel, switches in ((deep_memory._fwd_kernel, {"USE_S0": True, "SAVE": True}),
-                             (triton_backward._bwd_kernel,
-                              {"HAS_DO": True, "HAS_DW": True, "HAS_DS": True})):  # fmt: skip
-        consts = {**common, **switches}
+    for (kernel, switches), (rule, rule_switches) in itertools.product(
+            ((deep_memory._fwd_kernel, {"USE_S0": True, "SAVE": True}),
+             (triton_backward._bwd_kernel, {"HAS_DO": True, "HAS_DW": True, "HAS_DS": True})),
+            rules.items()):  # fmt: skip
+        consts = {**common, **switches, **rule_switches}
         sig = {n: scalars.get(n, f"*{elt}" if n in seq else "*fp32") for n in kernel.arg_names}
         sig.update({n: "constexpr" for n in consts})
         t0 = time.perf_counter()
@@ -384,7 +391,7 @@ def compile_only(args) -> None:
             out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
                                  capture_output=True, text=True).stdout  # fmt: skip
             usage = " ".join(line.strip() for line in out.splitlines() if "REG:" in line)
-        print(f"deep_memory.{kernel.fn.__name__} d={d} h={h} BT={BT} (dgd_momentum, proximal): "
+        print(f"deep_memory.{kernel.fn.__name__} d={d} h={h} BT={BT} ({rule}, layer norm): "
               f"{time.perf_counter() - t0:.1f} s, shared {compiled.metadata.shared} B, {usage}",
               flush=True)  # fmt: skip
 

@@ -75,12 +75,20 @@ def choose(m: MemoryPlan, orders: set[str]) -> tuple[str, str]:
 
 
 # The fused deep-memory kernels' limits (kernels/deep_memory/triton.py: MAX_CHUNK,
-# TILE_BUDGET; triton_backward.py: TILE_BUDGET; triton_support.MAX_HEAD_DIM), repeated here so
-# that validating a spec never imports torch or triton.
+# tile_budget; triton_backward.py: tile_budget; triton_support.MAX_HEAD_DIM), repeated here so
+# that validating a spec never imports torch or triton (a test holds the two to one answer).
 TRITON_MAX_CHUNK = 64
-TRITON_TILE_BUDGET = 128 * 128
-TRITON_BACKWARD_TILE_BUDGET = 64 * 128
 TRITON_MAX_HEAD_DIM = 256
+
+
+def triton_tile_budget(o) -> int:
+    """The forward kernel's largest weight tile for lowered options ``o`` (half if anchored)."""
+    return 128 * 128 // 2 if o.anchored else 128 * 128
+
+
+def triton_backward_tile_budget(o) -> int:
+    """The backward kernel's largest weight tile (half for the rules other than dgd)."""
+    return 64 * 128 if o.rule.startswith("dgd") else 64 * 128 // 2
 
 
 def triton_verdict(m: MemoryPlan) -> str:
@@ -91,9 +99,9 @@ def triton_verdict(m: MemoryPlan) -> str:
         return f"triton runs the torch chunk form: {reason}"
     o = m.options
     hidden = o.hidden_dim or o.key_dim
-    if _pow2(hidden) * _pow2(o.key_dim) > TRITON_BACKWARD_TILE_BUDGET:
+    if _pow2(hidden) * _pow2(o.key_dim) > triton_backward_tile_budget(o):
         return (f"triton: fused forward, chunk-form backward (weight tile {hidden} x "
-                f"{o.key_dim} over the backward's {TRITON_BACKWARD_TILE_BUDGET} elements)")
+                f"{o.key_dim} over the backward's {triton_backward_tile_budget(o)} elements)")
     return "triton: fused forward and backward"
 
 
@@ -121,8 +129,8 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
-        (_pow2(hidden) * _pow2(o.key_dim) > TRITON_TILE_BUDGET,
-         f"weight tile {hidden} x {o.key_dim} over {TRITON_TILE_BUDGET} elements"),
+        (_pow2(hidden) * _pow2(o.key_dim) > triton_tile_budget(o),
+         f"weight tile {hidden} x {o.key_dim} over {triton_tile_budget(o)} elements"),
         (max(hidden, o.key_dim) > TRITON_MAX_HEAD_DIM,
          f"head size {max(hidden, o.key_dim)} > {TRITON_MAX_HEAD_DIM}"),
     )  # fmt: skip

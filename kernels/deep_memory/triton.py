@@ -38,6 +38,7 @@ import warnings
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from .. import triton_support as ts
 from ..triton_support import unit_lower_inverse
@@ -63,9 +64,17 @@ RULES = ("gd", "momentum", "dgd", "dgd_momentum")  # the rules the kernel covers
 READ_CODES = {"write_then_read": 0, "read_then_write": 1, "chunk_start": 2}
 # Largest chunk tile and largest weight tile [block(h), block(d)] a program holds. Chosen
 # without a GPU (the four weight / momentum tiles plus the [BT, h] activations must stay in
-# registers); to be tuned on one.
+# registers); to be tuned on one. Offline ptxas for sm_90 (bench_triton.py --compile-only,
+# bf16, chunk tile 16, layer norm on; docs/triton.md) gives the forward 101 KB of shared memory
+# at a 256 x 64 tile; the anchor's two more dot operands take it to 59 / 117 / 229 KB at 4096 /
+# 8192 / 16384 elements, past the 227 KB an sm_90 block may use, hence half the budget.
 MAX_CHUNK = 64
 TILE_BUDGET = 128 * 128
+
+
+def tile_budget(options: DeepMemoryOptions) -> int:
+    """The largest weight tile (elements) the forward kernel takes for this memory."""
+    return TILE_BUDGET // 2 if options.anchored else TILE_BUDGET
 
 
 def num_warps(BH: int, BD: int) -> int:
@@ -246,8 +255,8 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
-        (ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET,
-         f"weight tile {st.hidden} x {st.d_in} over {TILE_BUDGET} elements"),
+        (ts.block(st.hidden) * ts.block(st.d_in) > tile_budget(o),
+         f"weight tile {st.hidden} x {st.d_in} over {tile_budget(o)} elements"),
     )  # fmt: skip
     for bad, why in checks:
         if bad:
@@ -313,11 +322,16 @@ class _DeepMemory(torch.autograd.Function):
         if not create and fused.unfused(ctx.options) is None:
             # The fused kernel (triton_backward.py): a reverse chunk walk from the saved
             # chunk-start states, every chunk's forward recomputed on chip.
-            seq, w0, s0, a0 = fused.backward(ctx.options, ctx.read, list(saved), list(starts),
-                                             list(ups))  # fmt: skip
-            got = [*seq, *w0, *(s0 or (None, None)), *(a0 or (None, None))]
-            return None, None, *(None if g is None or not need else g.to(x.dtype)
-                                 for g, x, need in zip(got, saved, needs, strict=True))  # fmt: skip
+            try:
+                seq, w0, s0, a0 = fused.backward(ctx.options, ctx.read, list(saved),
+                                                 list(starts), list(ups))  # fmt: skip
+            except OutOfResources as err:  # a GPU with less shared memory than the budget's
+                warnings.warn(f"deep_memory: the triton backward runs the torch chunk form: {err}",
+                              stacklevel=2)  # fmt: skip
+            else:
+                got = [*seq, *w0, *(s0 or (None, None)), *(a0 or (None, None))]
+                return None, None, *(None if g is None or not need else g.to(x.dtype)
+                                     for g, x, need in zip(got, saved, needs, strict=True))  # fmt: skip
         # Under create_graph (second-order training: grad mode is on here) the fused kernel's
         # gradients would not be differentiable again, and memories over the backward kernel's
         # tile budget would not fit its shared memory: the chunk form is recomputed (float32)
@@ -371,6 +385,16 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
                  delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega,
                  anchor=anchor)  # fmt: skip
     reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix, omega=omega)
+    s1, s2 = (None, None) if momentum is None else momentum
+    a1, a2 = (None, None) if anchor is None else anchor
+    if reason is None:
+        ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2,
+                        a1, a2)  # fmt: skip
+        try:
+            o, w1, w2, m1, m2 = _DeepMemory.apply(options, read, q, k, v, theta, eta, alpha,
+                                                  weights[0], weights[1], s1, s2, a1, a2)  # fmt: skip
+        except OutOfResources as err:  # at launch, before any work: this GPU has less
+            reason = str(err)  # shared memory than the tile budget assumes (sm_90's 227 KB)
     if reason is not None:
         warnings.warn(f"deep_memory: the triton backend runs the torch chunk form for {reason}",
                       stacklevel=2)  # fmt: skip
@@ -379,12 +403,6 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
             output_final_state=output_final_state, delta=delta, gamma=gamma,
             window_prefix=window_prefix, omega=omega, anchor=anchor,
         )  # fmt: skip
-    s1, s2 = (None, None) if momentum is None else momentum
-    a1, a2 = (None, None) if anchor is None else anchor
-    ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2,
-                    a1, a2)  # fmt: skip
-    o, w1, w2, m1, m2 = _DeepMemory.apply(options, read, q, k, v, theta, eta, alpha,
-                                          weights[0], weights[1], s1, s2, a1, a2)  # fmt: skip
     if not output_final_state:
         return o, None
     return o, ([w1, w2], [m1, m2] if options.has_momentum else None)

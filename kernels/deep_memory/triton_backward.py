@@ -51,18 +51,25 @@ from .triton_parts import (
 )
 
 # Largest weight tile [block(h), block(d)] the backward kernel takes. Offline ptxas for sm_90
-# (bench_triton.py --compile-only, bf16 inputs, chunk tile 16, every switch on) put its shared
-# memory at 20 / 60 / 104 / 198 / 374 KB for tiles of 512 / 2048 / 4096 / 8192 / 16384
-# elements; an sm_90 block may use 227 KB. Larger memories (the Titans-sized d = 64, h = 256)
-# take the chunk form's backward after the fused forward.
+# (bench_triton.py --compile-only, bf16 inputs, chunk tile 16; docs/triton.md) put its shared
+# memory, with dgd (Hope's rule), at 20 / 60 / 104 / 198 / 374 KB for tiles of 512 / 2048 /
+# 4096 / 8192 / 16384 elements; an sm_90 block may use 227 KB. Momentum without dgd holds more
+# (132 / 241 KB at 4096 / 8192, with the layer norm), and with the anchor 196 / 369 KB, so the
+# other rules get half the budget. Larger memories (the Titans-sized d = 64, h = 256) take the
+# chunk form's backward after the fused forward.
 TILE_BUDGET = 64 * 128
+
+
+def tile_budget(options) -> int:
+    """The largest weight tile (elements) the backward kernel takes for this memory."""
+    return TILE_BUDGET if options.rule.startswith("dgd") else TILE_BUDGET // 2
 
 
 def unfused(options) -> str | None:
     """Why the backward kernel does not run a memory the forward kernel covers, or None."""
     st = options.structure
-    if ts.block(st.hidden) * ts.block(st.d_in) > TILE_BUDGET:
-        return (f"weight tile {st.hidden} x {st.d_in} over the backward's {TILE_BUDGET} "
+    if ts.block(st.hidden) * ts.block(st.d_in) > tile_budget(options):
+        return (f"weight tile {st.hidden} x {st.d_in} over the backward's {tile_budget(options)} "
                 "elements (shared memory)")  # fmt: skip
     return None
 

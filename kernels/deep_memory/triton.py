@@ -385,9 +385,9 @@ def deep_memory_triton(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
                  delta=delta, gamma=gamma, window_prefix=window_prefix, omega=omega,
                  anchor=anchor)  # fmt: skip
     reason = unsupported(options, q.dtype, gamma=gamma, window_prefix=window_prefix, omega=omega)
-    s1, s2 = (None, None) if momentum is None else momentum
-    a1, a2 = (None, None) if anchor is None else anchor
-    if reason is None:
+    if reason is None:  # a memory the kernel covers has two layers: two weights, momenta, anchors
+        s1, s2 = (None, None) if momentum is None else momentum
+        a1, a2 = (None, None) if anchor is None else anchor
         ts.check_launch("deep_memory", _fwd_kernel, q, k, v, theta, eta, alpha, *weights, s1, s2,
                         a1, a2)  # fmt: skip
         try:

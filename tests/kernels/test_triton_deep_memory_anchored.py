@@ -114,3 +114,26 @@ def test_anchor_changes_the_kernel_output():
     z = _run(tr.deep_memory_triton, x, off, "write_then_read", torch.float32)
     for n in ("o", "W0_T", "W1_T"):
         assert (a[n] - z[n]).abs().max() > 1e-2, n
+
+
+def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor():
+    """Depth 3 (three weights, momenta and anchors) is not the kernel's: the chunk form runs it,
+    anchor and momentum included, and says why."""
+    from nestdsl.kernels.deep_memory import deep_memory_chunk
+
+    tr = load("deep_memory.triton")
+    deep = MemoryStructure(D, D, depth=3, expansion=2, activation="gelu", residual=True)
+    options = DeepMemoryOptions(deep, rule="momentum", chunk_size=4, anchored=True)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
+    gates = (0.3 * torch.rand(B, T, H, generator=gen), torch.rand(B, T, H, generator=gen),
+             0.2 * torch.rand(B, T, H, generator=gen))  # fmt: skip
+    anchor = initial_weights(init_params(deep, H, generator=gen), B)
+    W = [a + 0.1 for a in anchor]
+    S = [0.1 * torch.ones_like(a) for a in anchor]
+    with pytest.warns(UserWarning, match="depth 3"):
+        got, (Wg, _) = tr.deep_memory_triton(q, k, v, *gates, W, options, momentum=S,
+                                             anchor=anchor, output_final_state=True)  # fmt: skip
+    ref, (Wr, _) = deep_memory_chunk(q, k, v, *gates, W, options, momentum=S, anchor=anchor,
+                                     output_final_state=True)  # fmt: skip
+    assert torch.equal(got, ref) and all(torch.equal(a, b) for a, b in zip(Wg, Wr, strict=True))

@@ -25,7 +25,9 @@ A child whose resident set passes ``--max-gb`` is killed and its row says so.
         --size d_model=64,n_heads=2,d_head=32,n_layers=2 --batch 2 --seq-lens 64,128 --ops --repeat 5
 
 A spec written ``NAME:VAR=VALUE`` runs NAME with that environment variable in its child (the
-ungrouped reference path above). ``--ops`` adds one profiled step per row and reports its op
+ungrouped reference path above); ``NAME+compile`` runs NAME's model under ``torch.compile``
+(the first warm-up step compiles; give ``--warmup`` 2 or more), e.g. ``--specs
+hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process. ``--ops`` adds one profiled step per row and reports its op
 calls per token (torch.profiler events, nested ones included): a count the machine's load does
 not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
 hand-written row of the same repetition, and prints medians.
@@ -51,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 HAND = "hand"  # the hand-written Transformer++ row
+COMPILE = "+compile"  # a spec name ending so runs its model under torch.compile
 SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_head": 64, "d_ff": 704}
 
 
@@ -110,14 +113,16 @@ def make_step(name: str, args, T: int):
     """A training step of spec ``name`` at T tokens, returning its wall time."""
     torch.manual_seed(0)
     device = args.device
-    model, stateful = build_here(name, device)
+    base = name.removesuffix(COMPILE)
+    model, stateful = build_here(base, device)
+    forward = torch.compile(model) if base != name else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> float:
         t0 = time.perf_counter()
-        out = model(x)
+        out = forward(x)
         logits = out[0] if stateful else out
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         loss.backward()
@@ -225,8 +230,8 @@ def child_command(args, spec: str, T: int) -> tuple[list[str], dict]:
            str(args.threads), "--device", args.device, "--profile", str(args.profile),
            "--size", args.size] + (["--ops"] if args.ops else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if ":" in spec:  # NAME:VAR=VALUE
-        var, value = spec.split(":", 1)[1].split("=", 1)
+    if ":" in spec:  # NAME:VAR=VALUE (+compile)
+        var, value = spec.removesuffix(COMPILE).split(":", 1)[1].split("=", 1)
         env[var] = value
     if args.mmap_threshold:  # glibc: blocks this large are mmap-ed and returned when freed
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)

@@ -55,9 +55,8 @@ def _inputs(structure, *, seed=0):
 
 def _run(fn, x, options, read, dtype):
     """Outputs, final states and the gradients of a fixed random functional of them."""
-    leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items()}
-    if not options.has_momentum:
-        leaves = {n: t for n, t in leaves.items() if not n.startswith("S")}
+    unused = ("" if options.has_momentum else "S") + ("" if options.anchored else "A")
+    leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items() if n[0] not in unused}
     anchor = initial_weights([leaves["A0"], leaves["A1"]], B) if options.anchored else None
     mom = [leaves["S0"], leaves["S1"]] if options.has_momentum else None
     o, (W, S) = fn(*(leaves[n] for n in SEQ), [leaves["W0"], leaves["W1"]], options, read=read,
@@ -66,8 +65,6 @@ def _run(fn, x, options, read, dtype):
     gen = torch.Generator().manual_seed(1)
     loss = sum((y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)).sum()
                for y in outs.values())  # fmt: skip
-    if not options.anchored:
-        leaves = {n: t for n, t in leaves.items() if not n.startswith("A")}
     names = list(leaves)
     got = torch.autograd.grad(loss, [leaves[n] for n in names], materialize_grads=True)
     return {**outs, **{f"d{n}": g for n, g in zip(names, got, strict=True)}}

@@ -219,21 +219,22 @@ def _unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
 
 
 def _anchored_unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
-    """`retention.toward: init` is lowered on the deep-memory kernel for the gd and momentum
+    """`retention.toward: init` is lowered on the deep-memory kernel for the gd, momentum and dgd
     rules, global mode, one-token objective, one gate per head (kernels/deep_memory/chunk.py)."""
     o = m.options
     if not o.anchored:
         return []
     why = ((o.objective == "task", "a task-loss memory (its state is its own level's weights)"),
-           (o.rule not in ("gd", "momentum"), f"the `{o.rule}` rule"),
+           (o.rule == "muon", "the `muon` rule"),
            (o.retention_mode == "local", "local retention"),
            (o.window > 1 or o.window_weighted, "an Omega window"),
            (bool(o.channel_gates), "per-channel gates"))  # fmt: skip
     return [Diagnostic(
         "not-lowered", f"memory `{m.decl}`: retention toward the initial state is lowered for "
-        f"gd or momentum memories with global retention, one token per update and per-head gates, "
+        f"gd, momentum or dgd memories with global retention, one token per update and per-head "
+        f"gates, "
         f"not with {what}", plan.at("memories", m.decl, "retention", "toward"),
-        "remove `toward: init`, or use a gd or momentum rule")  # fmt: skip
+        "remove `toward: init`, or use a gd, momentum or dgd rule")  # fmt: skip
         for bad, what in why if bad]
 
 

@@ -128,6 +128,7 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
+        (o.anchored and o.rule.startswith("dgd"), "retention toward the initial state with dgd"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
         (_pow2(hidden) * _pow2(o.key_dim) > triton_tile_budget(o),
          f"weight tile {hidden} x {o.key_dim} over {triton_tile_budget(o)} elements"),

@@ -233,10 +233,12 @@ def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors,
     per-token read (from ``read_from``, the visible chunk-start weights) and the states after
     token ``row`` (README eqs. D1-D5), without forming per-token weights. Without shared
     coefficients ``coef`` they come from the span's ``gates`` (theta, eta, alpha); dgd's
-    proximal step has a step size per layer (README eq. D6). With an ``anchor`` A (l2, gd or
-    momentum) the recurrence runs on ``W - A``, which decays toward 0, and A is added back."""
+    proximal step has a step size per layer (README eq. D6). With an ``anchor`` A (l2 retention)
+    the recurrence runs on ``W - A``, which decays toward 0, and A is added back."""
     if anchor is not None:
         shifted = [W - A for W, A in zip(state, anchor, strict=True)]
+        if rule.startswith("dgd"):  # its drive W_{t-1} a_t + delta_t = D_{t-1} a_t + (A a_t + delta_t)
+            errors = [e + a @ A.transpose(-1, -2) for e, a, A in zip(errors, inputs, anchor, strict=True)]
         apply, ends, mom = _linear_layers(coef, gates, dgd_step, shifted, shifted, mom, inputs,
                                           errors, rule, read, row)  # fmt: skip
 

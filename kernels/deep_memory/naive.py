@@ -102,13 +102,15 @@ def deep_memory_naive(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
                 if o.dgd_step == "proximal":
                     step = th / (1.0 + th * a.square().sum(-1, keepdim=True))
                 a_col = a.transpose(-1, -2)  # [B, H, in, 1]
+                A = toward[i]  # retention keeps r W + (1 - r) A: toward A, 0 unless anchored
                 if rule == "dgd":
                     eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
-                    new_state.append(W @ (keep * eye - step * (a_col @ a)) - step * G)
+                    new_state.append(W @ (keep * eye - step * (a_col @ a)) + (1.0 - keep) * A
+                                     - step * G)  # fmt: skip
                 else:  # dgd_momentum
                     S = eta[:, t, :, None, None] * mom[i] - step * (W @ a_col @ a + G)
                     new_mom.append(S)
-                    new_state.append(keep * W + S)
+                    new_state.append(A + keep * (W - A) + S)
             state, mom = new_state, (new_mom or mom)
         elif rule == "muon":
             mom = [eta[:, t, :, None, None] * S + G for S, G in zip(mom, grads, strict=True)]

@@ -71,8 +71,9 @@ class DeepMemoryOptions:
                     (the memory's meta-learned initial state). Weight decay toward zero shrinks
                     a memory whose output is normalized without forgetting anything, and its
                     effective step grows as the weights shrink (docs/architectures.md, "The
-                    norm's floor"); toward ``A`` the scale stays. Global mode, gd or momentum
-                    rule, window 1 only
+                    norm's floor"); toward ``A`` the scale stays. For dgd only the retention
+                    term moves: ``W_t = W_{t-1} (r_t I - lr_t a a^T) + (1 - r_t) A - lr_t G``.
+                    Global mode, any rule but muon, window 1 only
     recompute       chunk form, under autograd only: 0 keeps every chunk's intermediates for
                     backward; g >= 1 keeps the state at every g-th chunk boundary and
                     recomputes the g chunks in between during backward (activation memory
@@ -162,8 +163,8 @@ def _problems(o: DeepMemoryOptions):
         if o.retention != "l2" or o.retention_mode != "global":
             yield (f"anchored is lowered for l2 retention in the global mode, not "
                    f"{o.retention!r} / {o.retention_mode!r}")  # fmt: skip
-        if o.rule not in ("gd", "momentum"):
-            yield f"anchored is lowered for the gd and momentum rules, not {o.rule!r}"
+        if o.rule == "muon":
+            yield "anchored is lowered for the gd, momentum and dgd rules, not 'muon'"
         if _is_int(o.window) and o.window > 1:
             yield "anchored is not lowered together with an Omega window (window > 1)"
     if not isinstance(o.lag_token, bool):

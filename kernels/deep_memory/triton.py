@@ -254,6 +254,7 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
         (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
+        (o.anchored and o.rule.startswith("dgd"), "retention toward the initial state with dgd"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
         (ts.block(st.hidden) * ts.block(st.d_in) > tile_budget(o),
          f"weight tile {st.hidden} x {st.d_in} over {tile_budget(o)} elements"),

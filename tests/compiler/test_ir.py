@@ -84,11 +84,14 @@ def test_retention_toward_the_initial_state_is_lowered_or_a_positioned_error():
     memory = hope.index("  M_memory:")
     hope = hope[:memory] + hope[memory:].replace("retention: {kind: l2, forget: forget}",
                                                  "retention: {kind: l2, forget: forget, toward: init}", 1)
+    assert "toward the initial state" in nestdsl.check_text(hope, "hope.yaml").plan.describe()
+    atlas = nestdsl.load("atlas").text.replace(
+        "retention: {kind: l2, forget: alpha}", "retention: {kind: l2, forget: alpha, toward: init}")
     with pytest.raises(SpecError) as err:
-        nestdsl.check_text(hope, "hope.yaml")
-    diag = next(d for d in err.value.errors if d.code == "not-lowered")
-    assert "the `dgd` rule" in diag.message and diag.pos.file == "hope.yaml"
-    assert "toward: init" in hope.splitlines()[diag.pos.line - 1]
+        nestdsl.check_text(atlas, "atlas.yaml")
+    diag = next(d for d in err.value.errors if "the `muon` rule" in d.message)
+    assert diag.code == "not-lowered" and diag.pos.file == "atlas.yaml"
+    assert "toward: init" in atlas.splitlines()[diag.pos.line - 1]
 
 
 def test_describe_is_readable():

@@ -1,4 +1,5 @@
-"""Retention toward the initial weights (`anchored`): `W_t = A + r_t (W_{t-1} - A) + update`.
+"""Retention toward the initial weights (`anchored`): `W_t = A + r_t (W_{t-1} - A) + update`
+(for dgd: `W_t = W_{t-1} (r_t I - lr_t a_t a_t^T) + (1 - r_t) A - lr_t G_t`).
 
 The chunk form against the per-token loop in float64 (outputs, final states, every gradient,
 the anchor's included), from a state that is not the anchor; with no writes the state decays
@@ -38,25 +39,28 @@ def leaves(structure, B=2, T=13, H=2, seed=0):
     return {n: t.requires_grad_() for n, t in x.items()}
 
 
-def run(x, structure, backend, *, rule, read, anchored=True, chunk=4):
+def run(x, structure, backend, *, rule, read, anchored=True, chunk=4, step="explicit"):
     L = len(structure.shapes())
-    options = DeepMemoryOptions(structure, rule=rule, chunk_size=chunk, anchored=anchored)
+    options = DeepMemoryOptions(structure, rule=rule, chunk_size=chunk, anchored=anchored,
+                                dgd_step=step)  # fmt: skip
     o, (Ws, Ss) = deep_memory(
         *(x[n] for n in ("q", "k", "v", "theta", "eta", "alpha")), [x[f"W{i}"] for i in range(L)],
         options, read=read, output_final_state=True, backend=backend,
-        momentum=[x[f"S{i}"] for i in range(L)] if rule == "momentum" else None,
+        momentum=[x[f"S{i}"] for i in range(L)] if "momentum" in rule else None,
         anchor=[x[f"A{i}"] for i in range(L)] if anchored else None,
     )  # fmt: skip
     return [o, *Ws, *(Ss or [])]
 
 
 @pytest.mark.parametrize("structure", [LN, DEEP], ids=["layernorm", "depth3"])
-@pytest.mark.parametrize("rule", ["gd", "momentum"])
+@pytest.mark.parametrize("rule,step", [("gd", "explicit"), ("momentum", "explicit"),
+                                       ("dgd", "explicit"), ("dgd", "proximal"),
+                                       ("dgd_momentum", "proximal")])  # fmt: skip
 @pytest.mark.parametrize("read", ["write_then_read", "read_then_write", "chunk_start"])
-def test_chunk_form_matches_the_loop(structure, rule, read):
+def test_chunk_form_matches_the_loop(structure, rule, step, read):
     x = leaves(structure)
-    ref = run(x, structure, "naive", rule=rule, read=read)
-    got = run(x, structure, "chunk", rule=rule, read=read)
+    ref = run(x, structure, "naive", rule=rule, read=read, step=step)
+    got = run(x, structure, "chunk", rule=rule, read=read, step=step)
     gen = torch.Generator().manual_seed(1)
     ups = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in ref]
     names = list(x)
@@ -70,30 +74,31 @@ def test_chunk_form_matches_the_loop(structure, rule, read):
     assert grads[1][names.index("A0")].abs().max() > 1e-3  # the anchor is learned through
 
 
-def test_without_writes_the_state_decays_to_the_anchor():
+@pytest.mark.parametrize("rule", ["gd", "dgd"])
+def test_without_writes_the_state_decays_to_the_anchor(rule):
     x = leaves(LN, T=7)
     with torch.no_grad():
         x["theta"].zero_()
     for backend in ("naive", "chunk"):
-        _, W0, W1 = run(x, LN, backend, rule="gd", read="write_then_read", chunk=3)
+        _, W0, W1 = run(x, LN, backend, rule=rule, read="write_then_read", chunk=3)
         keep = (1.0 - x["alpha"]).prod(dim=1)[..., None, None]  # [B, H, 1, 1]
         for i, W in enumerate((W0, W1)):
             want = x[f"A{i}"] + keep * (x[f"W{i}"] - x[f"A{i}"])
             assert_close(f"{backend} decayed state {i}", want, W, 1e-12)
 
 
-def test_anchored_differs_from_decay_toward_zero():
+@pytest.mark.parametrize("rule", ["momentum", "dgd"])
+def test_anchored_differs_from_decay_toward_zero(rule):
     x = leaves(LN)
-    a = run(x, LN, "chunk", rule="momentum", read="write_then_read")
-    z = run(x, LN, "chunk", rule="momentum", read="write_then_read", anchored=False)
+    a = run(x, LN, "chunk", rule=rule, read="write_then_read")
+    z = run(x, LN, "chunk", rule=rule, read="write_then_read", anchored=False)
     assert (a[0] - z[0]).abs().max() > 1e-2 and (a[1] - z[1]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("fields,message", [
     (dict(retention="kl"), "l2 retention in the global mode"),
     (dict(retention_mode="local"), "l2 retention in the global mode"),
-    (dict(rule="dgd"), "gd and momentum rules"),
-    (dict(rule="muon"), "gd and momentum rules"),
+    (dict(rule="muon"), "gd, momentum and dgd rules"),
     (dict(window=3), "Omega window"),
 ])  # fmt: skip
 def test_what_is_not_lowered_is_refused(fields, message):

@@ -113,14 +113,16 @@ def test_anchor_changes_the_kernel_output():
         assert (a[n] - z[n]).abs().max() > 1e-2, n
 
 
-def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor():
-    """Depth 3 (three weights, momenta and anchors) is not the kernel's: the chunk form runs it,
-    anchor and momentum included, and says why."""
+@pytest.mark.parametrize(("depth", "rule", "reason"), [(3, "momentum", "depth 3"),
+                                                      (2, "dgd_momentum", "with dgd")])  # fmt: skip
+def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor(depth, rule, reason):
+    """Depth 3 (three weights, momenta and anchors) and an anchored dgd memory are not the
+    kernel's: the chunk form runs them, anchor and momentum included, and says why."""
     from nestdsl.kernels.deep_memory import deep_memory_chunk
 
     tr = load("deep_memory.triton")
-    deep = MemoryStructure(D, D, depth=3, expansion=2, activation="gelu", residual=True)
-    options = DeepMemoryOptions(deep, rule="momentum", chunk_size=4, anchored=True)
+    deep = MemoryStructure(D, D, depth=depth, expansion=2, activation="gelu", residual=True)
+    options = DeepMemoryOptions(deep, rule=rule, chunk_size=4, anchored=True)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     gates = (0.3 * torch.rand(B, T, H, generator=gen), torch.rand(B, T, H, generator=gen),
@@ -128,7 +130,7 @@ def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor():
     anchor = initial_weights(init_params(deep, H, generator=gen), B)
     W = [a + 0.1 for a in anchor]
     S = [0.1 * torch.ones_like(a) for a in anchor]
-    with pytest.warns(UserWarning, match="depth 3"):
+    with pytest.warns(UserWarning, match=reason):
         got, (Wg, _) = tr.deep_memory_triton(q, k, v, *gates, W, options, momentum=S,
                                              anchor=anchor, output_final_state=True)  # fmt: skip
     ref, (Wr, _) = deep_memory_chunk(q, k, v, *gates, W, options, momentum=S, anchor=anchor,

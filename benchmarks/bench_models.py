@@ -27,7 +27,8 @@ A child whose resident set passes ``--max-gb`` is killed and its row says so.
 A spec written ``NAME:VAR=VALUE`` runs NAME with that environment variable in its child (the
 ungrouped reference path above); ``NAME+compile`` runs NAME's model under ``torch.compile``
 (the first warm-up step compiles; give ``--warmup`` 2 or more), e.g. ``--specs
-hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process. ``--ops`` adds one profiled step per row and reports its op
+hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process;
+``NAME+spans`` trains it in recomputed spans (``nestdsl train --recompute spans``). ``--ops`` adds one profiled step per row and reports its op
 calls per token (torch.profiler events, nested ones included): a count the machine's load does
 not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
 hand-written row of the same repetition, and prints medians.
@@ -53,7 +54,18 @@ import torch
 import torch.nn.functional as F
 
 HAND = "hand"  # the hand-written Transformer++ row
-COMPILE = "+compile"  # a spec name ending so runs its model under torch.compile
+# Spec-name suffixes: `+compile` runs the model under torch.compile, `+spans` trains it in
+# recomputed spans (`nestdsl train --recompute spans`); they combine, e.g. `titans-lmm+spans`.
+MODES = ("compile", "spans")
+
+
+def split_modes(name: str) -> tuple[str, set[str]]:
+    """`NAME[:VAR=VALUE][+mode...]` -> (NAME[:VAR=VALUE], {mode, ...})."""
+    base, *modes = name.split("+")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans)")
+    return base, set(modes)
 SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_head": 64, "d_ff": 704}
 
 
@@ -113,9 +125,11 @@ def make_step(name: str, args, T: int):
     """A training step of spec ``name`` at T tokens, returning its wall time."""
     torch.manual_seed(0)
     device = args.device
-    base = name.removesuffix(COMPILE)
+    base, modes = split_modes(name)
     model, stateful = build_here(base, device)
-    forward = torch.compile(model) if base != name else model
+    if "spans" in modes:
+        model.recompute = "spans"
+    forward = torch.compile(model) if "compile" in modes else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -231,7 +245,7 @@ def child_command(args, spec: str, T: int) -> tuple[list[str], dict]:
            "--size", args.size] + (["--ops"] if args.ops else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if ":" in spec:  # NAME:VAR=VALUE (+compile)
-        var, value = spec.removesuffix(COMPILE).split(":", 1)[1].split("=", 1)
+        var, value = split_modes(spec)[0].split(":", 1)[1].split("=", 1)
         env[var] = value
     if args.mmap_threshold:  # glibc: blocks this large are mmap-ed and returned when freed
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)

@@ -17,6 +17,9 @@ from nestdsl.errors import Position
 from nestdsl.spec.memory import Memory
 from nestdsl.spec.schema import Block
 
+# Which models train in recomputed spans (model.py): auto = those with sequential segments.
+RECOMPUTE_MODES = ("auto", "spans", "off")
+
 
 @dataclass
 class MemoryPlan:
@@ -91,6 +94,9 @@ class Plan:
     # The lcm of the segments and in-context chunks of a model with sequential segments and no
     # task-loss window (training recomputes spans of its multiples, model.py), else None.
     recompute_unit: int | None = None
+    # The lcm of the segments and in-context chunks of any model without a task-loss window:
+    # what training recomputes spans of when asked to (`recompute: spans`), else None.
+    span_unit: int | None = None
     done: list[str] = field(default_factory=list)  # passes run so far
 
     @property

@@ -13,7 +13,8 @@ replays them, so streaming stays exact.
 
 A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
 each span be a checkpoint of the state it starts from, so backward keeps the states between
-spans and one span's intermediates, not every segment's.
+spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any
+model without task-loss windows so (less memory for one more forward pass), `"off"` none.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
+from nestdsl.compiler.plan import RECOMPUTE_MODES
 
 REPLAY = "replay."
 
@@ -40,6 +42,8 @@ class CompiledModel(nn.Module):
         self.vocab, self.d_model = plan.vocab, plan.d_model
         self.task_window = plan.task_window
         self.recompute_unit = plan.recompute_unit
+        self.span_unit = plan.span_unit
+        self._recompute = "auto"
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -98,11 +102,28 @@ class CompiledModel(nn.Module):
             return self._recomputed(tokens, state, span)
         return self._plain(tokens, state)
 
+    @property
+    def recompute(self) -> str:
+        """Which models train in recomputed spans: `auto` (those with sequential segments),
+        `spans` (any model without task-loss windows) or `off`."""
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, mode: str) -> None:
+        if mode not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {mode!r}")
+        if mode == "spans" and self.span_unit is None:
+            raise ValueError(
+                f"`{self.spec_name}` runs in task-loss windows (CMS), whose gradient inside a "
+                "span makes a recomputed span rerun the span so far at every window: it cannot "
+                "train in recomputed spans")
+        self._recompute = mode
+
     def _recomputed_span(self, T: int) -> int | None:
         """Tokens per recomputed span when training on T tokens, or None. About sqrt(T / unit)
         spans of about sqrt(T / unit) units each: the states kept between spans and one span's
         intermediates then grow alike, as sqrt(T)."""
-        unit = self.recompute_unit
+        unit = {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
         if not unit or not torch.is_grad_enabled() or T <= unit:
             return None
         return unit * max(1, round(math.sqrt(T / unit)))

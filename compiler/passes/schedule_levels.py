@@ -50,23 +50,33 @@ def schedule_levels(plan: Plan) -> Plan:
     for c in task_chunks:
         window = gcd(window, c)
     plan.task_window = window or None
+    plan.span_unit = _span_unit(plan)
     plan.recompute_unit = _recompute_unit(plan)
     plan.done.append("schedule_levels")
     return plan
 
 
-def _recompute_unit(plan: Plan) -> int | None:
-    """The lcm of every segment and every in-context chunk, for a model that runs in sequential
-    segments (its backward would otherwise keep every segment's intermediates); None for the
-    others: the chunked kernels recompute chunk groups themselves, and a model in task-loss
-    windows differentiates each window's loss inside the span, which makes a checkpoint rerun
-    the span so far at every window (hope at d_model 256, T = 512: 5.5x slower and 5x the
-    memory, docs/benchmarks.md)."""
-    segments = [layer.segment for layer in plan.layers if layer.segment]
-    if not segments or plan.task_window or os.environ.get(RECOMPUTE_ENV, "1") == "0":
+def _span_unit(plan: Plan) -> int | None:
+    """The lcm of every segment and every in-context chunk (so no span ends inside one), for
+    any model that training can run in recomputed spans; None for a model in task-loss
+    windows: it differentiates each window's loss inside the span, which makes a checkpoint
+    rerun the span so far at every window (hope at d_model 256, T = 512: 5.5x slower and 5x
+    the memory, docs/benchmarks.md)."""
+    if plan.task_window:
         return None
+    segments = [layer.segment for layer in plan.layers if layer.segment]
     chunks = [m.chunk for m in plan.memories() if isinstance(m.every, int)]
     return lcm(*segments, *chunks)
+
+
+def _recompute_unit(plan: Plan) -> int | None:
+    """The span unit of a model that runs in sequential segments (its backward would otherwise
+    keep every segment's intermediates), which trains in spans unless told otherwise; None for
+    the others (the chunked kernels recompute chunk groups themselves)."""
+    segments = [layer.segment for layer in plan.layers if layer.segment]
+    if not segments or os.environ.get(RECOMPUTE_ENV, "1") == "0":
+        return None
+    return plan.span_unit
 
 
 def data_graph(block) -> nx.DiGraph:

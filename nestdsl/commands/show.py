@@ -80,6 +80,9 @@ def notes(checked) -> list[str]:
     if plan.recompute_unit:
         out.append(f"training recomputes spans of a multiple of {plan.recompute_unit} tokens in "
                    "backward, so activation memory grows with the span, not the sequence")  # fmt: skip
+    elif plan.span_unit:
+        out.append(f"`nestdsl train --recompute spans` recomputes spans of a multiple of "
+                   f"{plan.span_unit} tokens in backward (less memory, one more forward pass)")  # fmt: skip
     return out
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from nestdsl.commands.show import summary
+from nestdsl.compiler.plan import RECOMPUTE_MODES
 from nestdsl.data.corpus import corpus_argument
 from nestdsl.data.tokenizer import BYTES
 from nestdsl.errors import UserError
@@ -46,6 +47,7 @@ SETTINGS = {
     "seed": "seed",
     "device": "device",
     "carry_state": "carry_state",
+    "recompute": "recompute",
     "data": "data",
     "log": "log",
     "tokenizer": "tokenizer",
@@ -152,6 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="read the text as streams and carry in-context memory from step to step",
+    )
+    parser.add_argument(
+        "--recompute",
+        choices=RECOMPUTE_MODES,
+        help="train in recomputed spans, keeping only the state between spans for backward: "
+        "auto (models with sequential segments; default), spans (any model without CMS "
+        "windows: less memory for one more forward pass) or off",
     )
     parser.add_argument(
         "--log",

@@ -34,7 +34,10 @@ RUN_FILES = {
 # Settings a resumed run may change: they do not alter the trajectory of the weights. A larger
 # `steps` extends the run past its schedule (`schedule_steps`, fixed at the start) at the floor
 # rate: the learning rate never jumps on resume.
-CHANGEABLE_ON_RESUME = ("steps", "device", "eval_every", "ckpt_every", "keep_checkpoints", "log")
+# Settings a resumed run may change: none of them changes the trajectory (recomputation gives
+# the same numbers).
+CHANGEABLE_ON_RESUME = ("steps", "device", "eval_every", "ckpt_every", "keep_checkpoints", "log",
+                        "recompute")  # fmt: skip
 # Settings that runs written before the setting existed had at this value.
 IMPLICIT_SETTINGS = {"tokenizer": BYTES}
 
@@ -203,7 +206,7 @@ class RunFolder:
             raise UserError(
                 f"{self.root} was started with {flag_name(name)} {then.get(name)}, now {value}; a resumed "
                 "run keeps its settings (only --steps, --device, --eval-every, --ckpt-every, "
-                "--keep-checkpoints and --log may change)"
+                "--keep-checkpoints, --log and --recompute may change)"
             )
         if config.carry_state and saved.get("world_size") != record.get("world_size"):
             raise UserError(
@@ -278,7 +281,7 @@ def resume_config(run_dir: str | Path, given: dict) -> TrainConfig:
             raise UserError(
                 f"{folder.root} was started with {flag_name(name)} {saved[name]}, not {value}; a resumed "
                 "run keeps its settings (only --steps, --device, --eval-every, --ckpt-every, "
-                "--keep-checkpoints and --log may change)"
+                "--keep-checkpoints, --log and --recompute may change)"
             )
         saved[name] = value
     return TrainConfig.from_dict(saved)

@@ -188,6 +188,11 @@ class _Trainer:
             )
         self.model = model.to(self.device)
         self.model.train()
+        if hasattr(self.model, "recompute"):  # a compiled spec (a user's module need not be)
+            try:
+                self.model.recompute = self.config.recompute
+            except ValueError as err:
+                raise UserError(f"--recompute {self.config.recompute}: {err}") from None
         self.optimizer = build_level_optimizers(self.model, self.optimizer_configs, build_optimizer)
         if self.context.rank > 0:
             # Ranks share the initial weights but should not share dropout masks.

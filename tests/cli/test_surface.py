@@ -17,7 +17,7 @@ SURFACE = {
     "train": (["spec"], ["--batch-size", "--carry-state", "--ckpt-every", "--data", "--device",
                          "--eval-every", "--grad-clip", "--init-from", "--init-map",
                          "--keep-checkpoints", "--log", "--lr",
-                         "--no-progress", "--out", "--resume", "--seed", "--seq-len", "--set",
+                         "--no-progress", "--out", "--recompute", "--resume", "--seed", "--seq-len", "--set",
                          "--steps", "--tokenizer", "--warmup"]),  # fmt: skip
     "generate": (["run_dir"], ["--device", "--prompt", "--repetition-penalty", "--seed",
                                "--temperature", "--tokens", "--top-k", "--top-p"]),  # fmt: skip

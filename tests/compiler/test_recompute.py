@@ -3,7 +3,8 @@ with less kept for backward.
 
 A model that runs in sequential segments (Titans MAC) trains in spans of a multiple of
 `plan.recompute_unit`; `NESTDSL_RECOMPUTE=0` compiles the
-reference that keeps every intermediate. Float64, several spans per call, and a call that
+reference that keeps every intermediate. `model.recompute = "spans"` runs any model without
+task-loss windows in spans of `plan.span_unit` (`nestdsl train --recompute spans`). Float64, several spans per call, and a call that
 starts mid-span (a carried state) so the spans' alignment to the sequence is exercised too.
 """
 
@@ -64,6 +65,46 @@ def test_recomputed_spans_equal_one_pass(name, extra, monkeypatch):
             torch.testing.assert_close(a[2][n], b[2][n], rtol=1e-8, atol=1e-10, msg=n)
 
 
+# Models without segments: chunked deep memory, a matrix memory, attention with its cache.
+OPT_IN = ["titans-lmm", "gated-deltanet", "transformer"]
+
+
+@pytest.mark.parametrize("name", OPT_IN)
+def test_spans_on_request_equal_one_pass(name):
+    torch.manual_seed(0)
+    recomputed = nestdsl.compile(nestdsl.load(name, small_overrides(name))).double()
+    reference = nestdsl.compile(nestdsl.load(name, small_overrides(name))).double()
+    reference.load_state_dict(recomputed.state_dict())
+    recomputed.recompute, reference.recompute = "spans", "off"
+    unit = recomputed.span_unit
+    T = 4 * max(unit, 8) + 5
+    assert recomputed._recomputed_span(T) < T and reference._recomputed_span(T) is None
+    tokens = torch.randint(0, 256, (2, T + 1), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # a carried state that ends mid-chunk
+        _, carried = reference(tokens[:, :7])
+    for state in (None, carried):
+        a, b = _step(recomputed, tokens, state), _step(reference, tokens, state)
+        torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
+        assert a[1].keys() == b[1].keys()
+        for k in a[1]:
+            torch.testing.assert_close(a[1][k], b[1][k], rtol=1e-10, atol=1e-10, msg=k)
+        assert a[2].keys() == b[2].keys() and a[2]
+        for n in a[2]:
+            torch.testing.assert_close(a[2][n], b[2][n], rtol=1e-8, atol=1e-10, msg=n)
+    assert _layer_calls_in_backward(recomputed, tokens[:, :T]) > 1
+    assert _layer_calls_in_backward(reference, tokens[:, :T]) == 0
+
+
+def test_models_in_task_windows_refuse_spans():
+    model = nestdsl.compile(nestdsl.load("hope", small_overrides("hope")))
+    assert model.span_unit is None and model._recomputed_span(1024) is None
+    with pytest.raises(ValueError, match="task-loss windows"):
+        model.recompute = "spans"
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        model.recompute = "sometimes"
+    model.recompute = "off"  # always allowed
+
+
 def _layer_calls_in_backward(model, tokens) -> int:
     """How many times the first layer runs during backward (a recomputed span reruns it)."""
     calls, in_backward = [0], [False]
@@ -93,3 +134,27 @@ def test_no_recomputation_without_segments_or_gradients():
     with torch.no_grad():
         assert mac._recomputed_span(1024) is None
     assert mac._recomputed_span(1024) == 16 * 8
+
+
+def test_training_with_recomputed_spans_follows_the_same_trajectory(tmp_path):
+    """`nestdsl train --recompute spans`: the same losses as training without recomputation
+    (float32, so up to rounding); a model in task-loss windows is refused with the reason."""
+    from nestdsl.errors import UserError
+    from nestdsl.train import TrainConfig, spec_source, train
+    from nestdsl.train.metrics import read_metrics
+
+    losses = {}
+    for mode in ("spans", "off"):
+        config = TrainConfig(steps=3, batch_size=2, seq_len=64, eval_every=3, eval_batches=1,
+                             ckpt_every=3, log_every=1, device="cpu", recompute=mode)  # fmt: skip
+        result = train(spec_source("titans-lmm", small_overrides("titans-lmm")), config,
+                       tmp_path / mode, progress=False)  # fmt: skip
+        records = read_metrics(result.run_dir / "metrics.jsonl")
+        losses[mode] = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses["spans"]) == 3
+    assert losses["spans"] == pytest.approx(losses["off"], rel=1e-5)
+    config = TrainConfig(steps=1, device="cpu", recompute="spans")
+    with pytest.raises(UserError, match="--recompute spans: .*task-loss windows"):
+        train(spec_source("hope", small_overrides("hope")), config, tmp_path / "hope", progress=False)
+    with pytest.raises(UserError, match="--recompute must be one of"):
+        TrainConfig(recompute="always")

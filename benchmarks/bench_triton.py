@@ -368,9 +368,10 @@ def compile_only(args) -> None:
     prec = {"auto": "ieee" if elt == "fp32" else "tf32"}.get(args.dot, args.dot)
     common = {"H": 4, "D": d, "HD": h, "C": C, "BT": BT, "BD": BD, "BH": BH, "ACT": 0,
               "MOM": True, "READ": 1, "NORM": True, "EPS": 1e-5, "PREC": prec}  # fmt: skip
-    # Hope's memories (dgd with the proximal step), the Titans LMM decaying toward zero, and
-    # shipped Titans' (decay toward the initial state).
+    # Hope's memories (dgd with the proximal step; decaying toward the initial state too), the
+    # Titans LMM decaying toward zero, and shipped Titans' (decay toward the initial state).
     rules = {"dgd_momentum, proximal": {"DGD": True, "PROX": True, "ANCHOR": False},
+             "dgd_momentum, proximal, anchored": {"DGD": True, "PROX": True, "ANCHOR": True},
              "momentum": {"DGD": False, "PROX": False, "ANCHOR": False},
              "momentum, anchored": {"DGD": False, "PROX": False, "ANCHOR": True}}  # fmt: skip
     seq = {"q", "k", "v", "theta", "eta", "alpha", "o", "do"}  # in the input dtype; rest fp32

@@ -87,8 +87,8 @@ def triton_tile_budget(o) -> int:
 
 
 def triton_backward_tile_budget(o) -> int:
-    """The backward kernel's largest weight tile (half for the rules other than dgd)."""
-    return 64 * 128 if o.rule.startswith("dgd") else 64 * 128 // 2
+    """The backward kernel's largest weight tile (half for the other rules and when anchored)."""
+    return 64 * 128 if o.rule.startswith("dgd") and not o.anchored else 64 * 128 // 2
 
 
 def triton_verdict(m: MemoryPlan) -> str:
@@ -128,7 +128,6 @@ def triton_fallback(m: MemoryPlan) -> str | None:
         (o.retention_mode != "global", f"retention_mode={o.retention_mode!r}"),
         (o.window != 1 or o.window_weighted, "an Omega window"),
         (o.lag_token, "the lag token"),
-        (o.anchored and o.rule.startswith("dgd"), "retention toward the initial state with dgd"),
         (m.chunk > TRITON_MAX_CHUNK, f"chunk_size {m.chunk} > {TRITON_MAX_CHUNK}"),
         (_pow2(hidden) * _pow2(o.key_dim) > triton_tile_budget(o),
          f"weight tile {hidden} x {o.key_dim} over {triton_tile_budget(o)} elements"),

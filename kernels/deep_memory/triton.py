@@ -48,6 +48,7 @@ from .structure import ACTIVATIONS
 from .triton_parts import (
     _act,
     _act_grad,
+    _anchor_term,
     _chunk_inputs,
     _dual,
     _entry,
@@ -184,8 +185,14 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2, o, w1_out, w
 
         # 3. Drives: the local errors, or dgd's x_t = W_{t-1} a_t + delta_t (eq. D5).
         if DGD:
-            X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
-            X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
+            if ANCHOR:  # W_{t-1} a_t holds (1 - b_{t-1}) A a_t too: add it to the drives' rhs
+                X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1 + _anchor_term(bp, K, AN1, PREC),
+                                strict, MOM, PREC, BT)  # fmt: skip
+                X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E + _anchor_term(bp, A2, AN2, PREC),
+                                strict, MOM, PREC, BT)  # fmt: skip
+            else:
+                X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
+                X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
         else:
             X1 = E1
             X2 = E
@@ -254,7 +261,6 @@ def unsupported(options: DeepMemoryOptions, dtype: torch.dtype, *, gamma: Tensor
         (o.window != 1 or gamma is not None or window_prefix is not None, "an Omega window"),
         (omega is not None, "Omega window weights that depend on t"),
         (o.lag_token, "the lag token"),
-        (o.anchored and o.rule.startswith("dgd"), "retention toward the initial state with dgd"),
         (o.chunk_size > MAX_CHUNK, f"chunk_size {o.chunk_size} > {MAX_CHUNK}"),
         (ts.block(st.hidden) * ts.block(st.d_in) > tile_budget(o),
          f"weight tile {st.hidden} x {st.d_in} over {tile_budget(o)} elements"),

@@ -36,6 +36,7 @@ from .. import triton_support as ts
 from .triton_adjoints import _drive_parts, _dual_bwd, _end_bwd, _norm_error_bwd, _segments_bwd
 from .triton_parts import (
     _act,
+    _anchor_term,
     _act_grad,
     _act_grad2,
     _chunk_inputs,
@@ -62,7 +63,7 @@ TILE_BUDGET = 64 * 128
 
 def tile_budget(options) -> int:
     """The largest weight tile (elements) the backward kernel takes for this memory."""
-    return TILE_BUDGET if options.rule.startswith("dgd") else TILE_BUDGET // 2
+    return TILE_BUDGET if options.rule.startswith("dgd") and not options.anchored else TILE_BUDGET // 2
 
 
 def unfused(options) -> str | None:
@@ -162,8 +163,14 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, a1, a2, do, dw1,
         w1c, sw1, wp1 = _steps(th1, Mw, Pe, lower, shift)
         w2c, sw2, wp2 = _steps(th2, Mw, Pe, lower, shift)
         if DGD:
-            X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)
-            X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)
+            if ANCHOR:
+                X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1 + _anchor_term(bp, K, AN1, PREC),
+                                       strict, MOM, PREC, BT)  # fmt: skip
+                X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E + _anchor_term(bp, A2, AN2, PREC),
+                                       strict, MOM, PREC, BT)  # fmt: skip
+            else:
+                X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)
+                X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)
         else:
             X1 = E1
             X2 = E
@@ -294,6 +301,14 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, a1, a2, do, dw1,
             dW2n += tl.dot(tl.trans(bR2), A2, input_precision=PREC)
             dbp += tl.sum(R1 * tl.dot(K, tl.trans(W1), input_precision=PREC), axis=1)
             dbp += tl.sum(R2 * tl.dot(A2, tl.trans(W2), input_precision=PREC), axis=1)
+            if ANCHOR:  # the rhs's (1 - b') A_in AN^T
+                aR1, aR2 = (1.0 - bp)[:, None] * R1, (1.0 - bp)[:, None] * R2
+                dK += tl.dot(aR1, AN1, input_precision=PREC)
+                dA2 += tl.dot(aR2, AN2, input_precision=PREC)
+                dAN1 += tl.dot(tl.trans(aR1), K, input_precision=PREC)
+                dAN2 += tl.dot(tl.trans(aR2), A2, input_precision=PREC)
+                dbp -= tl.sum(R1 * tl.dot(K, tl.trans(AN1), input_precision=PREC), axis=1)
+                dbp -= tl.sum(R2 * tl.dot(A2, tl.trans(AN2), input_precision=PREC), axis=1)
             if MOM:
                 dR1, dR2 = dp[:, None] * R1, dp[:, None] * R2
                 dK += tl.dot(dR1, S1, input_precision=PREC)

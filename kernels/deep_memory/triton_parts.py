@@ -157,3 +157,9 @@ def _layer_norm_back(g, n, rho, cols, D: tl.constexpr):
     gm = tl.sum(g, axis=1) / D  # [BT]
     gn = tl.sum(g * n, axis=1) / D  # [BT]
     return tl.where(cols[None, :], rho[:, None] * (g - gm[:, None] - n * gn[:, None]), 0.0)
+
+
+@triton.jit
+def _anchor_term(bp, A, AN, PREC: tl.constexpr):
+    """``(1 - b_{t-1}) A_in AN^T``: what an anchored state adds to ``W_{t-1} a_t`` (dgd's drive)."""
+    return (1.0 - bp)[:, None] * tl.dot(A, tl.trans(AN), input_precision=PREC)

@@ -73,10 +73,12 @@ def _run(fn, x, options, read, dtype):
 # Each rule, read order and structure runs once; the other crossings are slow (the
 # interpreter takes a few seconds per forward + backward here).
 FAST = {("gd", "write_then_read", "normed"), ("momentum", "read_then_write", "normed"),
-        ("momentum", "chunk_start", "plain"), ("momentum", "write_then_read", "plain")}  # fmt: skip
+        ("momentum", "chunk_start", "plain"), ("momentum", "write_then_read", "plain"),
+        ("dgd", "read_then_write", "normed"), ("dgd_momentum", "write_then_read", "plain")}  # fmt: skip
 CASES = [pytest.param(rule, read, name, id=f"{rule}-{read}-{name}",
                       marks=() if (rule, read, name) in FAST else pytest.mark.slow)
-         for rule in ("gd", "momentum") for read in ("write_then_read", "read_then_write", "chunk_start")
+         for rule in ("gd", "momentum", "dgd", "dgd_momentum")
+         for read in ("write_then_read", "read_then_write", "chunk_start")
          for name in ("plain", "normed")]  # fmt: skip
 
 
@@ -84,7 +86,8 @@ CASES = [pytest.param(rule, read, name, id=f"{rule}-{read}-{name}",
 def test_fused_kernels_match_the_loop(rule, read, name, monkeypatch):
     tr = load("deep_memory.triton")
     structure = {"plain": PLAIN, "normed": NORMED}[name]
-    options = DeepMemoryOptions(structure, rule=rule, chunk_size=4, anchored=True)
+    step = "proximal" if rule.startswith("dgd") else "explicit"  # Hope's memories: the proximal step
+    options = DeepMemoryOptions(structure, rule=rule, chunk_size=4, anchored=True, dgd_step=step)
     assert tr.unsupported(options, torch.float32) is None
     walks = []
     bwd = load("deep_memory.triton_backward")
@@ -113,16 +116,14 @@ def test_anchor_changes_the_kernel_output():
         assert (a[n] - z[n]).abs().max() > 1e-2, n
 
 
-@pytest.mark.parametrize(("depth", "rule", "reason"), [(3, "momentum", "depth 3"),
-                                                      (2, "dgd_momentum", "with dgd")])  # fmt: skip
-def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor(depth, rule, reason):
-    """Depth 3 (three weights, momenta and anchors) and an anchored dgd memory are not the
-    kernel's: the chunk form runs them, anchor and momentum included, and says why."""
+def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor():
+    """Depth 3 (three weights, momenta and anchors) is not the kernel's: the chunk form runs it,
+    anchor and momentum included, and says why."""
     from nestdsl.kernels.deep_memory import deep_memory_chunk
 
     tr = load("deep_memory.triton")
-    deep = MemoryStructure(D, D, depth=depth, expansion=2, activation="gelu", residual=True)
-    options = DeepMemoryOptions(deep, rule=rule, chunk_size=4, anchored=True)
+    deep = MemoryStructure(D, D, depth=3, expansion=2, activation="gelu", residual=True)
+    options = DeepMemoryOptions(deep, rule="momentum", chunk_size=4, anchored=True)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, T, H, D, generator=gen) for _ in range(3))
     gates = (0.3 * torch.rand(B, T, H, generator=gen), torch.rand(B, T, H, generator=gen),
@@ -130,7 +131,7 @@ def test_uncovered_anchored_memory_runs_the_chunk_form_with_its_anchor(depth, ru
     anchor = initial_weights(init_params(deep, H, generator=gen), B)
     W = [a + 0.1 for a in anchor]
     S = [0.1 * torch.ones_like(a) for a in anchor]
-    with pytest.warns(UserWarning, match=reason):
+    with pytest.warns(UserWarning, match="depth 3"):
         got, (Wg, _) = tr.deep_memory_triton(q, k, v, *gates, W, options, momentum=S,
                                              anchor=anchor, output_final_state=True)  # fmt: skip
     ref, (Wr, _) = deep_memory_chunk(q, k, v, *gates, W, options, momentum=S, anchor=anchor,

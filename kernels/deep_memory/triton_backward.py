@@ -36,9 +36,9 @@ from .. import triton_support as ts
 from .triton_adjoints import _drive_parts, _dual_bwd, _end_bwd, _norm_error_bwd, _segments_bwd
 from .triton_parts import (
     _act,
-    _anchor_term,
     _act_grad,
     _act_grad2,
+    _anchor_term,
     _chunk_inputs,
     _dual,
     _entry,

@@ -94,6 +94,24 @@ def test_retention_toward_the_initial_state_is_lowered_or_a_positioned_error():
     assert "toward: init" in atlas.splitlines()[diag.pos.line - 1]
 
 
+def test_hope_main_memory_decaying_toward_its_initial_state_streams_and_differs():
+    """A dgd memory with `toward: init` compiles to a model that streams exactly (pieces equal
+    one pass) and differs from the same model decaying toward zero."""
+    anchored = [*small_overrides("hope"), "memories.M_memory.retention.toward=init"]
+    torch.manual_seed(0)
+    model = nestdsl.compile(nestdsl.load("hope", anchored)).double()
+    plain = nestdsl.compile(nestdsl.load("hope", small_overrides("hope"))).double()
+    plain.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        first, state = model(tokens[:, :13])
+        rest, _ = model(tokens[:, 13:], state)
+        other, _ = plain(tokens)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, rtol=1e-10, atol=1e-10)
+    assert (whole - other).abs().max() > 1e-6
+
+
 def test_describe_is_readable():
     text = nestdsl.load("gated-deltanet").plan.describe()
     assert "layer.0-1" in text and "layer.1:" not in text  # identical layers printed once

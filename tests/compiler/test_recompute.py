@@ -44,6 +44,17 @@ def _step(model, tokens, state=None):
     return logits.detach(), {k: v.detach() for k, v in new.items()}, grads
 
 
+def _assert_same(a, b):
+    """Two `_step` results agree: logits, every state entry, every parameter's gradient."""
+    torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        torch.testing.assert_close(a[1][k], b[1][k], rtol=1e-10, atol=1e-10, msg=k)
+    assert a[2].keys() == b[2].keys() and a[2]
+    for n in a[2]:
+        torch.testing.assert_close(a[2][n], b[2][n], rtol=1e-8, atol=1e-10, msg=n)
+
+
 @pytest.mark.parametrize(("name", "extra"), SPECS)
 def test_recomputed_spans_equal_one_pass(name, extra, monkeypatch):
     recomputed, reference = _pair(name, monkeypatch, extra)
@@ -55,14 +66,7 @@ def test_recomputed_spans_equal_one_pass(name, extra, monkeypatch):
     with torch.no_grad():  # a carried state that ends mid-window and mid-segment
         _, carried = reference(tokens[:, :7])
     for state in (None, carried):
-        a, b = _step(recomputed, tokens, state), _step(reference, tokens, state)
-        torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
-        assert a[1].keys() == b[1].keys()
-        for k in a[1]:
-            torch.testing.assert_close(a[1][k], b[1][k], rtol=1e-10, atol=1e-10, msg=k)
-        assert a[2].keys() == b[2].keys() and a[2]
-        for n in a[2]:
-            torch.testing.assert_close(a[2][n], b[2][n], rtol=1e-8, atol=1e-10, msg=n)
+        _assert_same(_step(recomputed, tokens, state), _step(reference, tokens, state))
 
 
 # Models without segments: chunked deep memory, a matrix memory, attention with its cache.
@@ -83,14 +87,7 @@ def test_spans_on_request_equal_one_pass(name):
     with torch.no_grad():  # a carried state that ends mid-chunk
         _, carried = reference(tokens[:, :7])
     for state in (None, carried):
-        a, b = _step(recomputed, tokens, state), _step(reference, tokens, state)
-        torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
-        assert a[1].keys() == b[1].keys()
-        for k in a[1]:
-            torch.testing.assert_close(a[1][k], b[1][k], rtol=1e-10, atol=1e-10, msg=k)
-        assert a[2].keys() == b[2].keys() and a[2]
-        for n in a[2]:
-            torch.testing.assert_close(a[2][n], b[2][n], rtol=1e-8, atol=1e-10, msg=n)
+        _assert_same(_step(recomputed, tokens, state), _step(reference, tokens, state))
     assert _layer_calls_in_backward(recomputed, tokens[:, :T]) > 1
     assert _layer_calls_in_backward(reference, tokens[:, :T]) == 0
 

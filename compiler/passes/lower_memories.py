@@ -232,8 +232,7 @@ def _anchored_unlowerable(plan: Plan, m: MemoryPlan) -> list[Diagnostic]:
     return [Diagnostic(
         "not-lowered", f"memory `{m.decl}`: retention toward the initial state is lowered for "
         f"gd, momentum or dgd memories with global retention, one token per update and per-head "
-        f"gates, "
-        f"not with {what}", plan.at("memories", m.decl, "retention", "toward"),
+        f"gates, not with {what}", plan.at("memories", m.decl, "retention", "toward"),
         "remove `toward: init`, or use a gd, momentum or dgd rule")  # fmt: skip
         for bad, what in why if bad]
 

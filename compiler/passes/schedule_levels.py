@@ -73,8 +73,7 @@ def _recompute_unit(plan: Plan) -> int | None:
     """The span unit of a model that runs in sequential segments (its backward would otherwise
     keep every segment's intermediates), which trains in spans unless told otherwise; None for
     the others (the chunked kernels recompute chunk groups themselves)."""
-    segments = [layer.segment for layer in plan.layers if layer.segment]
-    if not segments or os.environ.get(RECOMPUTE_ENV, "1") == "0":
+    if not any(layer.segment for layer in plan.layers) or os.environ.get(RECOMPUTE_ENV, "1") == "0":
         return None
     return plan.span_unit
 

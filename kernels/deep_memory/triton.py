@@ -185,14 +185,12 @@ def _fwd_kernel(q, k, v, theta, eta, alpha, w1, w2, s1, s2, a1, a2, o, w1_out, w
 
         # 3. Drives: the local errors, or dgd's x_t = W_{t-1} a_t + delta_t (eq. D5).
         if DGD:
-            if ANCHOR:  # W_{t-1} a_t holds (1 - b_{t-1}) A a_t too: add it to the drives' rhs
-                X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1 + _anchor_term(bp, K, AN1, PREC),
-                                strict, MOM, PREC, BT)  # fmt: skip
-                X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E + _anchor_term(bp, A2, AN2, PREC),
-                                strict, MOM, PREC, BT)  # fmt: skip
-            else:
-                X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)  # [BT, BH]
-                X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)  # [BT, BD]
+            F1, F2 = E1, E  # the drives' rhs beyond b' W0 a (and d' S0 a)
+            if ANCHOR:  # W_{t-1} a_t holds (1 - b_{t-1}) A a_t too
+                F1 = F1 + _anchor_term(bp, K, AN1, PREC)
+                F2 = F2 + _anchor_term(bp, A2, AN2, PREC)
+            X1 = _dgd_drive(bp, dp, wp1, W1, S1, K, F1, strict, MOM, PREC, BT)  # [BT, BH]
+            X2 = _dgd_drive(bp, dp, wp2, W2, S2, A2, F2, strict, MOM, PREC, BT)  # [BT, BD]
         else:
             X1 = E1
             X2 = E

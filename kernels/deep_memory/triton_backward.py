@@ -163,14 +163,12 @@ def _bwd_kernel(q, k, v, theta, eta, alpha, ws1, ws2, ss1, ss2, a1, a2, do, dw1,
         w1c, sw1, wp1 = _steps(th1, Mw, Pe, lower, shift)
         w2c, sw2, wp2 = _steps(th2, Mw, Pe, lower, shift)
         if DGD:
+            F1, F2 = E1, E  # the drives' rhs beyond b' W0 a (E1, E stay for the write pass)
             if ANCHOR:
-                X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1 + _anchor_term(bp, K, AN1, PREC),
-                                       strict, MOM, PREC, BT)  # fmt: skip
-                X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E + _anchor_term(bp, A2, AN2, PREC),
-                                       strict, MOM, PREC, BT)  # fmt: skip
-            else:
-                X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, E1, strict, MOM, PREC, BT)
-                X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, E, strict, MOM, PREC, BT)
+                F1 = F1 + _anchor_term(bp, K, AN1, PREC)
+                F2 = F2 + _anchor_term(bp, A2, AN2, PREC)
+            X1, Mi1 = _drive_parts(bp, dp, wp1, W1, S1, K, F1, strict, MOM, PREC, BT)
+            X2, Mi2 = _drive_parts(bp, dp, wp2, W2, S2, A2, F2, strict, MOM, PREC, BT)
         else:
             X1 = E1
             X2 = E

@@ -14,7 +14,7 @@ replays them, so streaming stays exact.
 A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
 each span be a checkpoint of the state it starts from, so backward keeps the states between
 spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any
-model without task-loss windows so (less memory for one more forward pass), `"off"` none.
+model so (less memory for one more forward pass), `"off"` none.
 """
 
 from __future__ import annotations
@@ -105,25 +105,30 @@ class CompiledModel(nn.Module):
     @property
     def recompute(self) -> str:
         """Which models train in recomputed spans: `auto` (those with sequential segments),
-        `spans` (any model without task-loss windows) or `off`."""
+        `spans` (any model) or `off`."""
         return self._recompute
 
     @recompute.setter
     def recompute(self, mode: str) -> None:
         if mode not in RECOMPUTE_MODES:
             raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {mode!r}")
-        if mode == "spans" and self.span_unit is None:
-            raise ValueError(
-                f"`{self.spec_name}` runs in task-loss windows (CMS), whose gradient inside a "
-                "span makes a recomputed span rerun the span so far at every window: it cannot "
-                "train in recomputed spans")
         self._recompute = mode
+
+    @property
+    def reenters_backward(self) -> bool:
+        """Whether training may run reentrant checkpoints (the spans of a model in task-loss
+        windows, `_recomputed`): each span's backward then marks the parameters it used once
+        more, which DistributedDataParallel accepts only with `static_graph`."""
+        return bool(self.task_window and self._span_unit())
+
+    def _span_unit(self) -> int | None:
+        return {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
 
     def _recomputed_span(self, T: int) -> int | None:
         """Tokens per recomputed span when training on T tokens, or None. About sqrt(T / unit)
         spans of about sqrt(T / unit) units each: the states kept between spans and one span's
         intermediates then grow alike, as sqrt(T)."""
-        unit = {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
+        unit = self._span_unit()
         if not unit or not torch.is_grad_enabled() or T <= unit:
             return None
         return unit * max(1, round(math.sqrt(T / unit)))
@@ -132,33 +137,47 @@ class CompiledModel(nn.Module):
         """Training in spans, each a checkpoint: forward keeps only the state between spans,
         backward reruns a span to rebuild its intermediates. A span continues the sequence
         from the state as a streamed call does, so the logits and gradients are exactly those
-        of one pass (tests/compiler/test_recompute.py)."""
+        of one pass (tests/compiler/test_recompute.py).
+
+        A model in task-loss windows differentiates each window's loss inside the span. The
+        default checkpoint would answer that by rerunning the span so far at every window, so
+        its spans are reentrant checkpoints: forward runs without a graph (each window still
+        takes its first-order gradient), backward reruns the span with its second-order graph.
+        `anchor` gives such a span an input that needs a gradient, so backward reaches it
+        even when no state entry does (the first span's state is empty). A span is also
+        handed the token after it, so a window that ends with the span learns there and the
+        next span need not replay it."""
         pos = int(state.get("pos", torch.tensor(0)).item())
         outs, start, T = [], 0, tokens.shape[1]
+        reentrant = bool(self.task_window)
+        anchor = torch.ones((), requires_grad=True)
         while start < T:
             end = min(T, start + span - (pos + start) % span)
             keys, out_keys = sorted(state), []
 
-            def run(piece, *values, keys=keys, out_keys=out_keys):
-                logits, new = self._plain(piece, dict(zip(keys, values, strict=True)))
+            def run(_anchor, piece, after, *values, keys=keys, out_keys=out_keys):
+                logits, new = self._plain(piece, dict(zip(keys, values, strict=True)), after)
                 out_keys[:] = sorted(new)  # the same keys when backward reruns the span
                 return (logits, *[new[k] for k in out_keys])
 
-            out = checkpoint(run, tokens[:, start:end], *[state[k] for k in keys],
-                             use_reentrant=False)  # fmt: skip
+            after = tokens[:, end : end + 1] if end < T else None
+            out = checkpoint(run, anchor, tokens[:, start:end], after, *[state[k] for k in keys],
+                             use_reentrant=reentrant)  # fmt: skip
             outs.append(out[0])
             state = dict(zip(out_keys, out[1:], strict=True))
             start = end
         return torch.cat(outs, dim=1), state
 
-    def _plain(self, tokens, state):
+    def _plain(self, tokens, state, after=None):
+        """One pass over `tokens`; `after` (`[B, 1]` or None) is the token that follows them,
+        the target a task-loss window ending with them learns from."""
         state = dict(state)
         pos = int(state.pop("pos", torch.tensor(0)).item())
         if not self.task_window:
             logits, state, _ = self._span(tokens, state, pos)
             state["pos"] = torch.tensor(pos + tokens.shape[1])
             return logits, state
-        return self._windows(tokens, state, pos)
+        return self._windows(tokens, state, pos, after)
 
     def _span(self, tokens, state, pos, second_order: bool = False):
         stream = Stream(pos, state, second_order=second_order)
@@ -169,7 +188,7 @@ class CompiledModel(nn.Module):
         logits = x @ self.embed.weight.T if self.tied else self.head(x)  # [B, T, V]
         return logits, _merged(state, stream), stream
 
-    def _windows(self, tokens, state, pos):
+    def _windows(self, tokens, state, pos, after=None):
         W = self.task_window
         grad_mode = torch.is_grad_enabled()
         replayed = state.pop(REPLAY + "tokens", None)
@@ -184,6 +203,7 @@ class CompiledModel(nn.Module):
         outs = []
         start = 0
         T = tokens.shape[1]
+        known = tokens if after is None else torch.cat([tokens, after], dim=1)  # the targets
         second_order = grad_mode and any(not m.stop_gradient for m in self.task_memories.values())
         with torch.enable_grad():
             while start < T:
@@ -193,8 +213,8 @@ class CompiledModel(nn.Module):
                 logits, state, stream = self._span(piece, state, pos + start, second_order)
                 # A window learns once the target of its last position (the next token) is
                 # here: the update feeds positions from that token on, so it stays causal.
-                if (pos + end) % W == 0 and end < T:
-                    targets = tokens[:, start + 1 : end + 1]  # [B, W]
+                if (pos + end) % W == 0 and end < known.shape[1]:
+                    targets = known[:, start + 1 : end + 1]  # [B, W]
                     self._learn(logits, targets, stream, pos + end, grad_mode)
                     state = _merged(state, stream)
                 else:

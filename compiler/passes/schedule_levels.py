@@ -10,8 +10,8 @@
   those memories' chunks (1 for `read_then_write`);
 - memories that learn from the task loss (CMS) make the whole model run in windows of the gcd
   of their chunks, each window's loss feeding their updates (NL eq. 71);
-- a model with sequential segments (and no task-loss windows) trains in recomputed spans
-  (model.py), each a multiple of every segment and chunk, so no span ends inside one.
+- a model with sequential segments trains in recomputed spans (model.py), each a multiple of
+  every segment and chunk, so no span ends inside one; any model can be asked to.
 The layer's step order is decided here and nowhere else (the module runs `LayerPlan.steps`).
 """
 
@@ -56,14 +56,9 @@ def schedule_levels(plan: Plan) -> Plan:
     return plan
 
 
-def _span_unit(plan: Plan) -> int | None:
-    """The lcm of every segment and every in-context chunk (so no span ends inside one), for
-    any model that training can run in recomputed spans; None for a model in task-loss
-    windows: it differentiates each window's loss inside the span, which makes a checkpoint
-    rerun the span so far at every window (hope at d_model 256, T = 512: 5.5x slower and 5x
-    the memory, docs/benchmarks.md)."""
-    if plan.task_window:
-        return None
+def _span_unit(plan: Plan) -> int:
+    """The lcm of every segment and every in-context chunk (the task-loss windows' among
+    them), so no span ends inside one: what training recomputes spans of when asked to."""
     segments = [layer.segment for layer in plan.layers if layer.segment]
     chunks = [m.chunk for m in plan.memories() if isinstance(m.every, int)]
     return lcm(*segments, *chunks)
@@ -72,8 +67,12 @@ def _span_unit(plan: Plan) -> int | None:
 def _recompute_unit(plan: Plan) -> int | None:
     """The span unit of a model that runs in sequential segments (its backward would otherwise
     keep every segment's intermediates), which trains in spans unless told otherwise; None for
-    the others (the chunked kernels recompute chunk groups themselves)."""
-    if not any(layer.segment for layer in plan.layers) or os.environ.get(RECOMPUTE_ENV, "1") == "0":
+    the others: the chunked kernels recompute chunk groups themselves, and a model in task-loss
+    windows pays for its spans with a forward pass that differentiates every window (hope at
+    d_model 256, T = 512: half the memory at 1.8x the step time, docs/benchmarks.md)."""
+    if plan.task_window or not any(layer.segment for layer in plan.layers):
+        return None
+    if os.environ.get(RECOMPUTE_ENV, "1") == "0":
         return None
     return plan.span_unit
 

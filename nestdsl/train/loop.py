@@ -365,8 +365,8 @@ class _Trainer:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> TrainResult:
+        self._build()  # a model or optimizer that cannot be built leaves no run folder behind
         self._prepare_folder()
-        self._build()
         if self.resume:
             self._restore()  # a run started --init-from resumes its own weights, never RUN's
         elif self.config.init_from is not None:
@@ -397,7 +397,10 @@ class _Trainer:
         model = self.model
         if context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            static = getattr(self.model, "reenters_backward", False)  # see CompiledModel
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids, static_graph=static
+            )
         if self.step >= cfg.steps:
             self._say(
                 f"{self.folder.root} already reached step {self.step}; pass a larger --steps to continue"

@@ -3,9 +3,10 @@ with less kept for backward.
 
 A model that runs in sequential segments (Titans MAC) trains in spans of a multiple of
 `plan.recompute_unit`; `NESTDSL_RECOMPUTE=0` compiles the
-reference that keeps every intermediate. `model.recompute = "spans"` runs any model without
-task-loss windows in spans of `plan.span_unit` (`nestdsl train --recompute spans`). Float64, several spans per call, and a call that
-starts mid-span (a carried state) so the spans' alignment to the sequence is exercised too.
+reference that keeps every intermediate. `model.recompute = "spans"` runs any model in spans of
+`plan.span_unit` (`nestdsl train --recompute spans`); a model in task-loss windows (Hope's CMS)
+in reentrant ones. Float64, several spans per call, and a call that starts mid-span (a carried
+state) so the spans' alignment to the sequence is exercised too.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def test_recomputed_spans_equal_one_pass(name, extra, monkeypatch):
         _assert_same(_step(recomputed, tokens, state), _step(reference, tokens, state))
 
 
-# Models without segments: chunked deep memory, a matrix memory, attention with its cache.
-OPT_IN = ["titans-lmm", "gated-deltanet", "transformer"]
+# Models without segments: chunked deep memory, a matrix memory, attention with its cache;
+# and models in task-loss windows (CMS), whose spans are reentrant checkpoints.
+OPT_IN = ["titans-lmm", "gated-deltanet", "transformer", "hope", "hope-attention"]
 
 
 @pytest.mark.parametrize("name", OPT_IN)
@@ -81,10 +83,10 @@ def test_spans_on_request_equal_one_pass(name):
     reference.load_state_dict(recomputed.state_dict())
     recomputed.recompute, reference.recompute = "spans", "off"
     unit = recomputed.span_unit
-    T = 4 * max(unit, 8) + 5
+    T = (2 if recomputed.task_window else 4) * max(unit, 8) + 5
     assert recomputed._recomputed_span(T) < T and reference._recomputed_span(T) is None
     tokens = torch.randint(0, 256, (2, T + 1), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():  # a carried state that ends mid-chunk
+    with torch.no_grad():  # a carried state that ends mid-chunk (and mid-window)
         _, carried = reference(tokens[:, :7])
     for state in (None, carried):
         _assert_same(_step(recomputed, tokens, state), _step(reference, tokens, state))
@@ -92,14 +94,37 @@ def test_spans_on_request_equal_one_pass(name):
     assert _layer_calls_in_backward(reference, tokens[:, :T]) == 0
 
 
-def test_models_in_task_windows_refuse_spans():
+def test_span_units_cover_the_task_windows():
+    plan = nestdsl.load("hope").plan
+    assert plan.task_window == 16 and plan.span_unit == 64  # CMS chunks 16, 32, 64
     model = nestdsl.compile(nestdsl.load("hope", small_overrides("hope")))
-    assert model.span_unit is None and model._recomputed_span(1024) is None
-    with pytest.raises(ValueError, match="task-loss windows"):
-        model.recompute = "spans"
+    model.recompute = "off"
+    assert not model.reenters_backward and model._recomputed_span(1024) is None
+    model.recompute = "spans"
+    assert model.reenters_backward and model._recomputed_span(1024) == 64 * 4
+    lmm = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm")))
+    lmm.recompute = "spans"
+    assert not lmm.reenters_backward  # no task-loss windows: the default checkpoint
     with pytest.raises(ValueError, match="recompute must be one of"):
         model.recompute = "sometimes"
-    model.recompute = "off"  # always allowed
+
+
+def test_spans_in_task_windows_replay_no_window(monkeypatch):
+    """Each span is handed the token after it, so the window it ends with learns at once: the
+    spans' forward runs as many windows as one pass (a replayed window would add one per span)."""
+    from nestdsl.compiler.modules.model import CompiledModel
+
+    passes = []
+    original = CompiledModel._span
+    monkeypatch.setattr(CompiledModel, "_span", lambda *a, **k: passes.append(1) or original(*a, **k))
+    counts = {}
+    for mode in ("spans", "off"):
+        model = nestdsl.compile(nestdsl.load("hope", small_overrides("hope")))
+        model.recompute = mode
+        passes.clear()
+        model(torch.randint(0, 256, (1, 4 * 64)))
+        counts[mode] = len(passes)
+    assert counts["spans"] == counts["off"] == 4 * 64 // 16
 
 
 def _layer_calls_in_backward(model, tokens) -> int:
@@ -133,25 +158,23 @@ def test_no_recomputation_without_segments_or_gradients():
     assert mac._recomputed_span(1024) == 16 * 8
 
 
-def test_training_with_recomputed_spans_follows_the_same_trajectory(tmp_path):
+@pytest.mark.parametrize(("name", "seq_len"), [("titans-lmm", 64), ("hope", 128)])
+def test_training_with_recomputed_spans_follows_the_same_trajectory(name, seq_len, tmp_path):
     """`nestdsl train --recompute spans`: the same losses as training without recomputation
-    (float32, so up to rounding); a model in task-loss windows is refused with the reason."""
+    (float32, so up to rounding)."""
     from nestdsl.errors import UserError
     from nestdsl.train import TrainConfig, spec_source, train
     from nestdsl.train.metrics import read_metrics
 
     losses = {}
     for mode in ("spans", "off"):
-        config = TrainConfig(steps=3, batch_size=2, seq_len=64, eval_every=3, eval_batches=1,
+        config = TrainConfig(steps=3, batch_size=2, seq_len=seq_len, eval_every=3, eval_batches=1,
                              ckpt_every=3, log_every=1, device="cpu", recompute=mode)  # fmt: skip
-        result = train(spec_source("titans-lmm", small_overrides("titans-lmm")), config,
-                       tmp_path / mode, progress=False)  # fmt: skip
+        result = train(spec_source(name, small_overrides(name)), config, tmp_path / mode,
+                       progress=False)  # fmt: skip
         records = read_metrics(result.run_dir / "metrics.jsonl")
         losses[mode] = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses["spans"]) == 3
     assert losses["spans"] == pytest.approx(losses["off"], rel=1e-5)
-    config = TrainConfig(steps=1, device="cpu", recompute="spans")
-    with pytest.raises(UserError, match="--recompute spans: .*task-loss windows"):
-        train(spec_source("hope", small_overrides("hope")), config, tmp_path / "hope", progress=False)
     with pytest.raises(UserError, match="--recompute must be one of"):
         TrainConfig(recompute="always")

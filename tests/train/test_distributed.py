@@ -52,3 +52,26 @@ def test_two_process_ddp_matches_one_process(tmp_path, corpus_file):
     longer = tiny_config(steps=10, data=str(corpus_file))
     resumed = train(toy_source(), longer, ddp_run, resume=True, progress=False)
     assert resumed.step == 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
+def test_hope_in_reentrant_spans_trains_under_ddp(tmp_path, corpus_file):
+    """Hope's recomputed spans are reentrant checkpoints, whose backward passes each mark the
+    parameters ready again: DDP runs them as a static graph and follows one process without
+    recomputation."""
+    small = ["dims.d_model=32", "dims.n_heads=2", "dims.d_head=16", "dims.n_layers=1"]
+    flags = ["--data", str(corpus_file), "--steps", "2", "--seq-len", "128", "--batch-size", "4",
+             "--eval-every", "2", "--no-progress", *[a for s in small for a in ("--set", s)]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nestdsl", "train", "hope", "--out", str(tmp_path / "ddp"), "--recompute", "spans"]  # fmt: skip
+    single = [sys.executable, "-m", "nestdsl", "train", "hope", "--out", str(tmp_path / "single"),
+              "--recompute", "off"]  # fmt: skip
+    for command in (ddp, single):
+        done = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=400, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ddp_records, single_records = comparable_metrics(tmp_path / "ddp"), comparable_metrics(tmp_path / "single")
+    assert [r["kind"] for r in ddp_records] == [r["kind"] for r in single_records]
+    for a, b in zip(ddp_records, single_records, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)

@@ -117,6 +117,12 @@ def test_bad_settings_are_user_errors(tmp_path, corpus):
             tmp_path / "r",
             corpus=corpus,
         )
+    assert not (tmp_path / "r").exists()  # built before the folder is written: nothing to undo
+    source = toy_source()
+    source.build = lambda: "not a module"
+    with pytest.raises(UserError, match="gave str, not a torch module"):
+        train(source, tiny_config(), tmp_path / "r", corpus=corpus, progress=False)
+    assert not (tmp_path / "r").exists()
     with pytest.raises(UserError, match="fewer than seq_len"):
         train(
             toy_source(),

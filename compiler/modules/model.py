@@ -150,7 +150,7 @@ class CompiledModel(nn.Module):
         pos = int(state.get("pos", torch.tensor(0)).item())
         outs, start, T = [], 0, tokens.shape[1]
         reentrant = bool(self.task_window)
-        anchor = torch.ones((), requires_grad=True)
+        anchor = torch.ones((), device=tokens.device, requires_grad=True)
         while start < T:
             end = min(T, start + span - (pos + start) % span)
             keys, out_keys = sorted(state), []

@@ -28,7 +28,8 @@ A spec written ``NAME:VAR=VALUE`` runs NAME with that environment variable in it
 ungrouped reference path above); ``NAME+compile`` runs NAME's model under ``torch.compile``
 (the first warm-up step compiles; give ``--warmup`` 2 or more), e.g. ``--specs
 hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process;
-``NAME+spans`` trains it in recomputed spans (``nestdsl train --recompute spans``). ``--ops`` adds one profiled step per row and reports its op
+``NAME+spans`` trains it in recomputed spans (``nestdsl train --recompute spans``),
+``NAME+spans128`` in spans of 128 tokens (``--recompute 128``). ``--ops`` adds one profiled step per row and reports its op
 calls per token (torch.profiler events, nested ones included): a count the machine's load does
 not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
 hand-written row of the same repetition, and prints medians.
@@ -43,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -55,14 +57,15 @@ import torch.nn.functional as F
 
 HAND = "hand"  # the hand-written Transformer++ row
 # Spec-name suffixes: `+compile` runs the model under torch.compile, `+spans` trains it in
-# recomputed spans (`nestdsl train --recompute spans`); they combine, e.g. `titans-lmm+spans`.
+# recomputed spans (`nestdsl train --recompute spans`), `+spans128` in spans of 128 tokens
+# (`--recompute 128`); they combine, e.g. `titans-lmm+spans`.
 MODES = ("compile", "spans")
 
 
 def split_modes(name: str) -> tuple[str, set[str]]:
     """`NAME[:VAR=VALUE][+mode...]` -> (NAME[:VAR=VALUE], {mode, ...})."""
     base, *modes = name.split("+")
-    unknown = set(modes) - set(MODES)
+    unknown = {m for m in modes if m not in MODES and not re.fullmatch(r"spans\d+", m)}
     if unknown:
         raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans)")
     return base, set(modes)
@@ -127,8 +130,9 @@ def make_step(name: str, args, T: int):
     device = args.device
     base, modes = split_modes(name)
     model, stateful = build_here(base, device)
-    if "spans" in modes:
-        model.recompute = "spans"
+    for mode in modes:
+        if mode.startswith("spans"):
+            model.recompute = mode.removeprefix("spans") or "spans"
     forward = torch.compile(model) if "compile" in modes else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)

@@ -17,8 +17,18 @@ from nestdsl.errors import Position
 from nestdsl.spec.memory import Memory
 from nestdsl.spec.schema import Block
 
-# Which models train in recomputed spans (model.py): auto = those with sequential segments.
+# Which models train in recomputed spans (model.py): auto = those with sequential segments and
+# no task-loss windows; or a number of tokens per span.
 RECOMPUTE_MODES = ("auto", "spans", "off")
+
+
+def check_recompute(value: str) -> str:
+    """`value` if it is a recompute mode or a positive number of tokens per span, else
+    ValueError (whether the number suits a model is the model's to say)."""
+    if value in RECOMPUTE_MODES or (value.isdigit() and int(value) > 0):
+        return value
+    raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)} or a number of "
+                     f"tokens per span, got {value!r}")  # fmt: skip
 
 
 @dataclass

@@ -14,7 +14,7 @@ replays them, so streaming stays exact.
 A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
 each span be a checkpoint of the state it starts from, so backward keeps the states between
 spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any
-model so (less memory for one more forward pass), `"off"` none.
+model so (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"` none.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
-from nestdsl.compiler.plan import RECOMPUTE_MODES
+from nestdsl.compiler.plan import check_recompute
 
 REPLAY = "replay."
 
@@ -104,14 +104,18 @@ class CompiledModel(nn.Module):
 
     @property
     def recompute(self) -> str:
-        """Which models train in recomputed spans: `auto` (those with sequential segments),
-        `spans` (any model) or `off`."""
+        """Which models train in recomputed spans: `auto` (those with sequential segments and
+        no task-loss windows), `spans` (any model, spans of the rule below), a number of tokens
+        per span (any model; a multiple of `span_unit`) or `off`."""
         return self._recompute
 
     @recompute.setter
     def recompute(self, mode: str) -> None:
-        if mode not in RECOMPUTE_MODES:
-            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {mode!r}")
+        mode = check_recompute(str(mode))
+        if mode.isdigit() and int(mode) % self.span_unit:
+            raise ValueError(
+                f"spans of {mode} tokens: a span must be a multiple of {self.span_unit} tokens "
+                f"(the lcm of `{self.spec_name}`'s segments and chunks, so none ends inside one)")
         self._recompute = mode
 
     @property
@@ -122,15 +126,21 @@ class CompiledModel(nn.Module):
         return bool(self.task_window and self._span_unit())
 
     def _span_unit(self) -> int | None:
+        if self.recompute.isdigit():
+            return int(self.recompute)
         return {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
 
     def _recomputed_span(self, T: int) -> int | None:
         """Tokens per recomputed span when training on T tokens, or None. About sqrt(T / unit)
         spans of about sqrt(T / unit) units each: the states kept between spans and one span's
-        intermediates then grow alike, as sqrt(T)."""
+        intermediates then grow alike, as sqrt(T). A number of tokens given as the mode is
+        the span itself (where the state is large beside one unit's intermediates, as Hope's,
+        shorter spans keep less: docs/benchmarks.md)."""
         unit = self._span_unit()
         if not unit or not torch.is_grad_enabled() or T <= unit:
             return None
+        if self.recompute.isdigit():
+            return unit
         return unit * max(1, round(math.sqrt(T / unit)))
 
     def _recomputed(self, tokens, state, span: int):

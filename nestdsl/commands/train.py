@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from nestdsl.commands.show import summary
-from nestdsl.compiler.plan import RECOMPUTE_MODES
 from nestdsl.data.corpus import corpus_argument
 from nestdsl.data.tokenizer import BYTES
 from nestdsl.errors import UserError
@@ -157,10 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--recompute",
-        choices=RECOMPUTE_MODES,
+        metavar="{auto,spans,off,N}",
         help="train in recomputed spans, keeping only the state between spans for backward: "
-        "auto (models with sequential segments; default), spans (any model without CMS "
-        "windows: less memory for one more forward pass) or off",
+        "auto (models with sequential segments and no CMS; default), spans (any model: "
+        "less memory for one more forward pass), N (spans of N tokens, a multiple of the "
+        "model's span unit, which `nestdsl show` prints) or off",
     )
     parser.add_argument(
         "--log",

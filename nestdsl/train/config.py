@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nestdsl.compiler.plan import RECOMPUTE_MODES
+from nestdsl.compiler.plan import check_recompute
 from nestdsl.data.tokenizer import BYTES, check_name, vocab_of
 from nestdsl.errors import Diagnostic, Position, SpecError, UserError
 from nestdsl.optim.levels import SINGLE_LEVEL
@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     carry_state: bool = False  # stream the corpus and carry in-context memory across steps
-    recompute: str = "auto"  # recomputed spans: auto (segmented models), spans (any) or off
+    recompute: str = "auto"  # recomputed spans: auto, spans, N tokens per span or off
     val_fraction: float = 0.05
     data: str | None = None  # corpus file; None: the embedded Shakespeare
     log: str = "jsonl"  # also "tensorboard": event files beside metrics.jsonl
@@ -86,10 +86,10 @@ class TrainConfig:
             )
         if self.log not in LOG_CHOICES:
             raise UserError(f"--log must be one of {', '.join(LOG_CHOICES)}, got {self.log!r}")
-        if self.recompute not in RECOMPUTE_MODES:
-            raise UserError(
-                f"--recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}"
-            )
+        try:
+            check_recompute(self.recompute)
+        except ValueError as err:
+            raise UserError(f"--{err}") from None
         if self.grad_clip < 0:
             raise UserError(f"--grad-clip must be non-negative, got {self.grad_clip}")
         check_name(self.tokenizer)

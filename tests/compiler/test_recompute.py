@@ -102,11 +102,32 @@ def test_span_units_cover_the_task_windows():
     assert not model.reenters_backward and model._recomputed_span(1024) is None
     model.recompute = "spans"
     assert model.reenters_backward and model._recomputed_span(1024) == 64 * 4
+    model.recompute = "128"  # a span given in tokens
+    assert model.reenters_backward and model._recomputed_span(1024) == 128
+    assert model._recomputed_span(128) is None
     lmm = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm")))
     lmm.recompute = "spans"
     assert not lmm.reenters_backward  # no task-loss windows: the default checkpoint
     with pytest.raises(ValueError, match="recompute must be one of"):
         model.recompute = "sometimes"
+    for bad in ("0", "-64"):
+        with pytest.raises(ValueError, match="or a number of tokens per span"):
+            model.recompute = bad
+    with pytest.raises(ValueError, match="spans of 96 tokens: a span must be a multiple of 64"):
+        model.recompute = "96"
+    assert model.recompute == "128"  # a refused value changes nothing
+
+
+def test_spans_of_a_given_length_equal_one_pass():
+    torch.manual_seed(0)
+    recomputed = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm"))).double()
+    reference = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm"))).double()
+    reference.load_state_dict(recomputed.state_dict())
+    recomputed.recompute, reference.recompute = "32", "off"  # the rule would pick 48 here
+    tokens = torch.randint(0, 256, (2, 4 * 32 + 6), generator=torch.Generator().manual_seed(1))
+    assert recomputed._recomputed_span(4 * 32 + 5) == 32
+    _assert_same(_step(recomputed, tokens), _step(reference, tokens))
+    assert _layer_calls_in_backward(recomputed, tokens[:, :-1]) == 5  # 4 full spans, 1 partial
 
 
 def test_spans_in_task_windows_replay_no_window(monkeypatch):
@@ -176,5 +197,11 @@ def test_training_with_recomputed_spans_follows_the_same_trajectory(name, seq_le
         losses[mode] = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses["spans"]) == 3
     assert losses["spans"] == pytest.approx(losses["off"], rel=1e-5)
-    with pytest.raises(UserError, match="--recompute must be one of"):
-        TrainConfig(recompute="always")
+    for bad in ("always", "0"):
+        with pytest.raises(UserError, match="--recompute must be one of .* or a number of tokens"):
+            TrainConfig(recompute=bad)
+    config = TrainConfig(steps=1, device="cpu", recompute="24")  # titans-lmm's unit is 16
+    with pytest.raises(UserError, match="--recompute 24: spans of 24 tokens: .*multiple of 16"):
+        train(spec_source("titans-lmm", small_overrides("titans-lmm")), config, tmp_path / "bad",
+              progress=False)  # fmt: skip
+    assert not (tmp_path / "bad").exists()

@@ -104,8 +104,8 @@ class Plan:
     # The lcm of the segments and in-context chunks of a model with sequential segments and no
     # task-loss window (training recomputes spans of its multiples, model.py), else None.
     recompute_unit: int | None = None
-    # The lcm of the segments and in-context chunks of any model without a task-loss window:
-    # what training recomputes spans of when asked to (`recompute: spans`), else None.
+    # The lcm of the segments and in-context chunks (CMS windows included) of any model: what
+    # training recomputes spans of when asked to (`recompute: spans` or a number of tokens).
     span_unit: int | None = None
     done: list[str] = field(default_factory=list)  # passes run so far
 

@@ -68,8 +68,8 @@ def _recompute_unit(plan: Plan) -> int | None:
     """The span unit of a model that runs in sequential segments (its backward would otherwise
     keep every segment's intermediates), which trains in spans unless told otherwise; None for
     the others: the chunked kernels recompute chunk groups themselves, and a model in task-loss
-    windows pays for its spans with a forward pass that differentiates every window (hope at
-    d_model 256, T = 512: half the memory at 1.8x the step time, docs/benchmarks.md)."""
+    windows pays for its spans with a forward pass that differentiates every window (hope: about
+    1.35x the step time, for half the memory at T = 512, docs/benchmarks.md)."""
     if plan.task_window or not any(layer.segment for layer in plan.layers):
         return None
     if os.environ.get(RECOMPUTE_ENV, "1") == "0":

@@ -56,6 +56,10 @@ class CompiledModel(nn.Module):
             nn.init.normal_(self.head.weight, std=0.02)
         self.task_memories = {m.key: m for m in self.modules() if isinstance(m, TaskMemory)}
         self._levels = _owning_levels(self, plan)
+        # Tokens per state that backward keeps: the memories' chunks weighted by state size.
+        sized = [(m.state_size(), m.plan.chunk) for layer in self.layers
+                 for m in layer.memories.values() if m.state_size()]  # fmt: skip
+        self._state_every = sum(s for s, _ in sized) / sum(s / c for s, c in sized) if sized else None
 
     def undecayed_parameters(self) -> set[str]:
         """Parameters the outer optimizer's weight decay must leave alone: the learned initial
@@ -131,17 +135,19 @@ class CompiledModel(nn.Module):
         return {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
 
     def _recomputed_span(self, T: int) -> int | None:
-        """Tokens per recomputed span when training on T tokens, or None. About sqrt(T / unit)
-        spans of about sqrt(T / unit) units each: the states kept between spans and one span's
-        intermediates then grow alike, as sqrt(T). A number of tokens given as the mode is
-        the span itself (where the state is large beside one unit's intermediates, as Hope's,
-        shorter spans keep less: docs/benchmarks.md)."""
+        """Tokens per recomputed span when training on T tokens, or None: a number of tokens
+        given as the mode, else about sqrt(T C) tokens (a multiple of the unit), C the tokens
+        per state kept inside a span (`_state_every`; the unit for a model without one). A
+        boundary keeps one state and a span about one per C tokens, so both grow as sqrt(T):
+        Hope (C = 19, unit 64) keeps 3.0 GB at T = 2,048 in spans of 192 tokens where spans of
+        sqrt(T / unit) units kept 5.6 (docs/benchmarks.md)."""
         unit = self._span_unit()
         if not unit or not torch.is_grad_enabled() or T <= unit:
             return None
         if self.recompute.isdigit():
             return unit
-        return unit * max(1, round(math.sqrt(T / unit)))
+        per_state = self._state_every or unit
+        return unit * max(1, round(math.sqrt(T * per_state) / unit))
 
     def _recomputed(self, tokens, state, span: int):
         """Training in spans, each a checkpoint: forward keeps only the state between spans,

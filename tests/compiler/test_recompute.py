@@ -101,7 +101,14 @@ def test_span_units_cover_the_task_windows():
     model.recompute = "off"
     assert not model.reenters_backward and model._recomputed_span(1024) is None
     model.recompute = "spans"
-    assert model.reenters_backward and model._recomputed_span(1024) == 64 * 4
+    assert model.reenters_backward and model._recomputed_span(1024) == 128
+    # Shipped hope keeps one state per C tokens: per layer M_memory 4 x 32 x 128 x 2 = 32,768
+    # numbers every 8 tokens, M_k..M_alpha 4 x 16,384 every 16, C_1..C_3 65,536 each every 16,
+    # 32, 64: C = 294,912 / (4,096 + 4,096 + 4,096 + 2,048 + 1,024) = 19.2; its spans at
+    # T = 2,048 are sqrt(2,048 x 19.2) = 198 -> 192 tokens (3 units of 64).
+    shipped = nestdsl.compile(nestdsl.load("hope"))
+    shipped.recompute = "spans"
+    assert shipped._state_every == pytest.approx(19.2) and shipped._recomputed_span(2048) == 192
     model.recompute = "128"  # a span given in tokens
     assert model.reenters_backward and model._recomputed_span(1024) == 128
     assert model._recomputed_span(128) is None

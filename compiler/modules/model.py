@@ -138,9 +138,9 @@ class CompiledModel(nn.Module):
         """Tokens per recomputed span when training on T tokens, or None: a number of tokens
         given as the mode, else about sqrt(T C) tokens (a multiple of the unit), C the tokens
         per state kept inside a span (`_state_every`; the unit for a model without one). A
-        boundary keeps one state and a span about one per C tokens, so both grow as sqrt(T):
-        Hope (C = 19, unit 64) keeps 3.0 GB at T = 2,048 in spans of 192 tokens where spans of
-        sqrt(T / unit) units kept 5.6 (docs/benchmarks.md)."""
+        boundary keeps one state and a span about one per C tokens, so both grow as sqrt(T).
+        Hope (C = 19.2, unit 64) peaks at 4.1 GB at B = 4, T = 2,048, d_model 256 in spans of
+        192 tokens, where sqrt(T / unit) units (384 tokens) took 6.0 (docs/benchmarks.md)."""
         unit = self._span_unit()
         if not unit or not torch.is_grad_enabled() or T <= unit:
             return None

@@ -190,7 +190,6 @@ def test_no_recomputation_without_segments_or_gradients():
 def test_training_with_recomputed_spans_follows_the_same_trajectory(name, seq_len, tmp_path):
     """`nestdsl train --recompute spans`: the same losses as training without recomputation
     (float32, so up to rounding)."""
-    from nestdsl.errors import UserError
     from nestdsl.train import TrainConfig, spec_source, train
     from nestdsl.train.metrics import read_metrics
 
@@ -204,6 +203,12 @@ def test_training_with_recomputed_spans_follows_the_same_trajectory(name, seq_le
         losses[mode] = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses["spans"]) == 3
     assert losses["spans"] == pytest.approx(losses["off"], rel=1e-5)
+
+
+def test_bad_recompute_values_are_user_errors(tmp_path):
+    from nestdsl.errors import UserError
+    from nestdsl.train import TrainConfig, spec_source, train
+
     for bad in ("always", "0"):
         with pytest.raises(UserError, match="--recompute must be one of .* or a number of tokens"):
             TrainConfig(recompute=bad)

@@ -67,7 +67,7 @@ def split_modes(name: str) -> tuple[str, set[str]]:
     base, *modes = name.split("+")
     unknown = {m for m in modes if m not in MODES and not re.fullmatch(r"spans\d+", m)}
     if unknown:
-        raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans)")
+        raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans, +spansN)")
     return base, set(modes)
 SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_head": 64, "d_ff": 704}
 

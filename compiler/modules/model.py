@@ -130,8 +130,9 @@ class CompiledModel(nn.Module):
         return bool(self.task_window and self._span_unit())
 
     def _span_unit(self) -> int | None:
+        """What spans are a multiple of under the current mode, or None: no spans."""
         if self.recompute.isdigit():
-            return int(self.recompute)
+            return self.span_unit
         return {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
 
     def _recomputed_span(self, T: int) -> int | None:
@@ -142,12 +143,13 @@ class CompiledModel(nn.Module):
         Hope (C = 19.2, unit 64) peaks at 4.1 GB at B = 4, T = 2,048, d_model 256 in spans of
         192 tokens, where sqrt(T / unit) units (384 tokens) took 6.0 (docs/benchmarks.md)."""
         unit = self._span_unit()
-        if not unit or not torch.is_grad_enabled() or T <= unit:
+        if not unit or not torch.is_grad_enabled():
             return None
         if self.recompute.isdigit():
-            return unit
-        per_state = self._state_every or unit
-        return unit * max(1, round(math.sqrt(T * per_state) / unit))
+            span = int(self.recompute)
+        else:
+            span = unit * max(1, round(math.sqrt(T * (self._state_every or unit)) / unit))
+        return span if T > span else None
 
     def _recomputed(self, tokens, state, span: int):
         """Training in spans, each a checkpoint: forward keeps only the state between spans,

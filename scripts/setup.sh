@@ -21,4 +21,4 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==${NESTDSL_TORCH:-2.13.0}"
 fi
 .venv/bin/pip install -q -e ".[dev]"
-echo "setup: ready (.venv/bin/nestdsl, .venv/bin/python -m pytest)"
+echo "setup: ready (.venv/bin/nestdsl, .venv/bin/python -m pytest -n auto)"

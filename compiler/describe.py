@@ -58,8 +58,14 @@ def _layer(plan, names, layer, done) -> list[str]:
                        f"{layer.segment_why}")  # fmt: skip
         else:
             out.append("    runs the whole span at once (no memory feeds its own writes)")
-        steps = [_step(layer, kind, name) for kind, name in layer.steps]
+        steps = [_step(layer, kind, name) for kind, name in layer.steps
+                 if (kind, name) not in layer.after_segments]  # fmt: skip
         out.append("    steps: " + ", ".join(steps))
+        after = [_step(layer, kind, name) for kind, name in layer.steps
+                 if (kind, name) in layer.after_segments]  # fmt: skip
+        if after:
+            out.append("    then once over the whole span (no segment needs them): "
+                       + ", ".join(after))
     if "expand_blocks" in done:
         shapes = ", ".join(f"{t} {list(s)}" + _rank(layer, t) for t, s in layer.shapes.items())
         out.append(f"    tensors (per position): {shapes}")

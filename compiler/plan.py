@@ -86,6 +86,11 @@ class LayerPlan:
     steps: list[tuple[str, str]] = field(default_factory=list)  # ("op"|"feedback"|"memory", name)
     segment: int | None = None  # tokens per sequential step when memories feed back; None: all
     segment_why: str = ""
+    # Steps of a segmented layer that run once over the whole span after its segments,
+    # needed by no step inside them (e.g. Titans MAC's feed-forward), and the values kept from
+    # the segments for them and for the block's output.
+    after_segments: frozenset[tuple[str, str]] = frozenset()
+    kept_from_segments: tuple[str, ...] = ()  # empty when nothing runs after: the output
     # group_memories (steps then name ("group", name) and ("feedback_group", "r1+r2+..."))
     groups: dict[str, GroupPlan] = field(default_factory=dict)
     ungrouped: dict[str, str] = field(default_factory=dict)  # deep memory -> why it runs alone

@@ -62,6 +62,11 @@ class Layer(nn.Module):
         for decl, memory in self.memories.items():
             memory.in_region = self.axis[f"memory:{decl}"] is not None
         self.steps = layer.steps
+        # A segmented layer: the steps inside its segments, and those run once after them
+        # over the whole span (schedule_levels decides which) with the values they need.
+        self.in_segments = [s for s in self.steps if s not in layer.after_segments]
+        self.after_segments = [s for s in self.steps if s in layer.after_segments]
+        self.kept = layer.kept_from_segments or (self.out,)
         self.joint = {decl: list(m.reads) for decl, m in layer.memories.items()}
         # Memories `group_memories` runs as one call (a plain dict: the members hold the
         # parameters), and each grouped feedback read's group and read nodes.
@@ -113,7 +118,7 @@ class Layer(nn.Module):
 
     def _pieces(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
         if not self.segment:
-            return self._piece(x, stream, stream.pos)
+            return self._piece(x, stream, stream.pos, self.steps)[self.out]
         base, T, sizes, start = stream.pos, x.shape[1], [], 0
         while start < T:
             end = min(T, start + self.segment - (base + start) % self.segment)
@@ -121,18 +126,23 @@ class Layer(nn.Module):
             start = end
         # One split, not a slice per segment: each slice's backward would build a zero tensor
         # of the whole span (O(T^2 / segment) in backward); split's backward is one cat.
-        outs, start = [], 0
+        outs, start = {n: [] for n in self.kept}, 0
         for piece in x.split(sizes, dim=1):  # [B, segment, D] each
-            outs.append(self._piece(piece, stream, base + start))
+            env = self._piece(piece, stream, base + start, self.in_segments)
+            for n in self.kept:
+                outs[n].append(env[n])
             start += piece.shape[1]
         stream.pos = base
-        return torch.cat(outs, dim=1)
+        env = {n: torch.cat(pieces, dim=1) for n, pieces in outs.items()}
+        return self._piece(x, stream, base, self.after_segments, env)[self.out]
 
-    def _piece(self, x: torch.Tensor, stream: Stream, base_pos: int) -> torch.Tensor:
-        env = {self.input: x, **dict(self.persistent.items())}
+    def _piece(self, x, stream: Stream, base_pos: int, steps, env=None) -> dict:
+        """Run `steps` on the tokens `x` from `base_pos`, with `env` the values computed before
+        them (None: only the layer input): every value by name."""
+        env = {self.input: x, **dict(self.persistent.items()), **(env or {})}
         stream.base_pos = base_pos
         T = x.shape[1]
-        for kind, name in self.steps:
+        for kind, name in steps:
             axis = self.axis.get(name if kind != "memory" else f"memory:{name}")
             stream.pos = self.regions[axis].position(base_pos) if axis else base_pos
             if kind == "op":
@@ -161,7 +171,7 @@ class Layer(nn.Module):
                 outs = self.memories[name].run(env, reads, stream, length)
                 env.update(zip(names, outs))
         stream.pos = base_pos
-        return env[self.out]
+        return env
 
     def _run_op(self, name: str, op, env: dict, stream: Stream, T: int) -> torch.Tensor:
         ins = [env[i] for i in inputs_of(op)]

@@ -66,6 +66,7 @@ def signature(layer: LayerPlan, m: MemoryPlan) -> dict[str, object]:
         "time axis": layer.axis.get(f"memory:{m.decl}"),
         "feedback read orders": tuple(nodes[r].order for r in m.feedback),
         "read orders": tuple(nodes[r].order for r in m.reads),
+        "after the segments": ("memory", m.decl) in layer.after_segments,
     }
 
 
@@ -98,6 +99,9 @@ def _group(layer: LayerPlan, deep: list[MemoryPlan]) -> None:
             continue
         layer.groups[group.name] = group
         layer.steps = steps
+        if ("memory", members[0].decl) in layer.after_segments:  # all of them (signature)
+            gone = {("memory", m.decl) for m in members}
+            layer.after_segments = (layer.after_segments - gone) | {("group", group.name)}
 
 
 def _deferrable(layer: LayerPlan, m: MemoryPlan) -> bool:

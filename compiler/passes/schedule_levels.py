@@ -10,6 +10,8 @@
   those memories' chunks (1 for `read_then_write`);
 - memories that learn from the task loss (CMS) make the whole model run in windows of the gcd
   of their chunks, each window's loss feeding their updates (NL eq. 71);
+- a segmented layer's per-position ops and memories without feedback that no step inside
+  the segments needs run once over the whole span after them (`LayerPlan.after_segments`);
 - a model with sequential segments trains in recomputed spans (model.py), each a multiple of
   every segment and chunk, so no span ends inside one; any model can be asked to.
 The layer's step order is decided here and nowhere else (the module runs `LayerPlan.steps`).
@@ -25,9 +27,10 @@ import networkx as nx
 from nestdsl.compiler.plan import LayerPlan, Plan
 from nestdsl.errors import Diagnostic, SpecError
 from nestdsl.spec.memory import CacheStructure, LevelReset, TaskObjective
-from nestdsl.spec.ops import DropPrefix, Read, WithPrefix, inputs_of
+from nestdsl.spec.ops import DropPrefix, Persistent, Read, WithPrefix, inputs_of, per_position
 
 RECOMPUTE_ENV = "NESTDSL_RECOMPUTE"  # "0": keep every span's intermediates (the reference path)
+AFTER_ENV = "NESTDSL_AFTER_SEGMENTS"  # "0": every step inside the segments (the reference path)
 
 
 def schedule_levels(plan: Plan) -> Plan:
@@ -44,6 +47,8 @@ def schedule_levels(plan: Plan) -> Plan:
         errors += _axes(plan, layer)
         errors += _steps(plan, layer)
         layer.segment, layer.segment_why = _segment(plan, layer)
+        if layer.segment and os.environ.get(AFTER_ENV, "1") != "0":
+            layer.after_segments, layer.kept_from_segments = _after_segments(layer)
     if errors:
         raise SpecError(errors)
     window = 0
@@ -176,6 +181,39 @@ def sort_steps(order: nx.DiGraph, layer: LayerPlan, rank: dict | None = None) ->
     rank = rank or {}
     return list(nx.lexicographical_topological_sort(
         order, key=lambda s: (rank.get(s, index.get(s[1], -1)), s[0])))  # fmt: skip
+
+
+def _after_segments(layer: LayerPlan) -> tuple[frozenset, tuple[str, ...]]:
+    """The steps a segmented layer runs once over the whole span after its sequential
+    segments, and the values it keeps from the segments for them (and the block's output).
+    A step goes after when it is on the time axis, no step inside the segments needs it, and
+    it is a per-position op or a memory without feedback reads (a memory gives the same
+    numbers on a span as on its pieces: streaming). Fewer and larger operations for the same
+    numbers: Titans MAC's output gate and feed-forward (10 of its 34 steps per segment),
+    Hope's output projection and continuum memory (14 of 41)."""
+    order = step_graph(layer)
+    nodes = layer.block.nodes
+
+    def movable(kind: str, name: str) -> bool:
+        if kind == "memory":
+            return not layer.memories[name].feedback and layer.axis.get(f"memory:{name}") is None
+        return kind == "op" and per_position(nodes[name]) and layer.axis.get(name) is None
+
+    def inputs(kind: str, name: str) -> list[str]:
+        if kind == "memory":
+            m = layer.memories[name]
+            return [*m.writes, *(nodes[r].query for r in m.reads)]
+        return inputs_of(nodes[name])
+
+    after: set[tuple[str, str]] = set()
+    for step in reversed(list(nx.topological_sort(order))):
+        if movable(*step) and all(s in after for s in order.successors(step)):
+            after.add(step)
+    made_after = {n for kind, name in after
+                  for n in ([name] if kind == "op" else layer.memories[name].reads)}  # fmt: skip
+    kept = {n for step in after for n in inputs(*step)} | {layer.block.out}
+    persistent = {n for n, op in nodes.items() if isinstance(op, Persistent)}
+    return frozenset(after), tuple(sorted(kept - made_after - persistent))
 
 
 def _segment(plan: Plan, layer: LayerPlan) -> tuple[int | None, str]:

@@ -163,6 +163,15 @@ Op = Annotated[
 ]
 
 
+def per_position(op: Node) -> bool:
+    """Whether an op computes each position from that position's inputs alone (no time
+    mixing, no position, no carried state): it gives the same numbers on a whole span as on
+    its pieces."""
+    if isinstance(op, Linear):
+        return "short_conv" not in op.then
+    return isinstance(op, Norm | Unary | Scale | Mul | Add | Aggregate)
+
+
 def inputs_of(op: Node) -> list[str]:
     """The tensor names an op reads (not memories or levels)."""
     if isinstance(op, Read):

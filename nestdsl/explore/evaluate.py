@@ -18,9 +18,7 @@ trained at its own size and the leaderboard says it is unmatched.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import threading
 from pathlib import Path
 
@@ -58,6 +56,7 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
     seconds): a failed candidate ranks last.
     """
     from nestdsl.train import TrainConfig, TrainingInterrupted, spec_source, train
+    from nestdsl.train.signals import StopRequest
 
     if settings.objective == "recall":
         return _recall(path, settings, steps)
@@ -68,16 +67,17 @@ def train_and_score(path: Path, run_dir: Path, settings, overrides: list[str], *
         eval_every=steps, eval_batches=2, ckpt_every=steps, keep_checkpoints=1,
         log_every=max(1, min(10, steps)), data=settings.data, schedule_steps=schedule_steps,
     )  # fmt: skip
-    fired = threading.Event()
+    fired, stop = threading.Event(), StopRequest()
     timer = None
     if time_limit:  # Ctrl-C's path: the loop checkpoints and stops at the next step boundary
-        timer = threading.Timer(time_limit, lambda: (fired.set(), os.kill(os.getpid(), signal.SIGINT)))
+        timer = threading.Timer(time_limit, lambda: (fired.set(), stop.time_up()))
         timer.daemon = True
         timer.start()
     over_time = {"error": f"over the time limit ({time_limit or 0:g} s per candidate)", "steps": steps}
     try:
         source = spec_source(str(path), overrides)
-        train(source, config, run_dir, resume=resume and run_dir.exists(), progress=False)
+        train(source, config, run_dir, resume=resume and run_dir.exists(), progress=False,
+              stop=stop)
     except (TrainingInterrupted, KeyboardInterrupt):
         if not fired.is_set():
             raise KeyboardInterrupt from None  # the user's Ctrl-C stops the search

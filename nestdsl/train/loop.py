@@ -69,15 +69,19 @@ def train(
     resume: bool = False,
     corpus: bytes | None = None,
     progress: bool = True,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train `source` with `config`, writing the run folder `out_dir`; see the module docstring.
 
-    `corpus` overrides `config.data` (tests pass small texts). Under torchrun every rank calls
-    this; the returned result is complete on every rank. Raises UserError for user-caused
-    problems and TrainingInterrupted on Ctrl-C.
+    `corpus` overrides `config.data` (tests pass small texts). `stop` lets the caller stop the
+    run from another thread (`stop.time_up()`, a time limit): the loop checkpoints the step it
+    is in and raises TrainingInterrupted, as on Ctrl-C. Under torchrun every rank calls this;
+    the returned result is complete on every rank. Raises UserError for user-caused problems
+    and TrainingInterrupted on Ctrl-C.
     """
     context = distributed.setup(config.device)
-    result = _Trainer(source, config, Path(out_dir), context, resume, corpus, progress).run()
+    trainer = _Trainer(source, config, Path(out_dir), context, resume, corpus, progress)
+    result = trainer.run(stop)
     distributed.teardown(context)
     return result
 
@@ -364,7 +368,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------ the run
 
-    def run(self) -> TrainResult:
+    def run(self, stop: StopRequest | None = None) -> TrainResult:
+        """Train to `config.steps`; `stop` (see `train`) is also set by SIGINT and SIGTERM."""
         self._build()  # a model or optimizer that cannot be built leaves no run folder behind
         self._prepare_folder()
         if self.resume:
@@ -432,7 +437,7 @@ class _Trainer:
         first_step = self.step
         started = window_started = time.perf_counter()
         try:
-            with stop_on_signals() as stop:
+            with stop_on_signals(stop) as stop:
                 if self.step == 0:
                     self.counters.set_validation(*self.evaluate(val_batches))
                     record0 = self._val_record(0)

@@ -27,19 +27,28 @@ class StopRequest:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signal = signum
 
+    def time_up(self) -> None:
+        """A caller's time limit (any thread): stop at the next step boundary, as SIGINT would.
+        Not a signal sent to the process: one that lands before the loop's handlers are in
+        place (while the model builds) would raise KeyboardInterrupt wherever the main thread
+        is, even in a finalizer that swallows it, and the limit would be lost."""
+        if self.signal is None:
+            self.signal = signal.SIGALRM
+
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Record SIGINT/SIGTERM in a StopRequest while the block runs; restore the old handlers.
+def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
+    """Record SIGINT/SIGTERM in `request` (a new one by default) while the block runs; restore
+    the old handlers.
 
     Outside the main thread (handlers cannot be installed there) nothing is caught and Ctrl-C
     behaves as before.
     """
-    request = StopRequest()
+    request = request or StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return

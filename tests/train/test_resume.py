@@ -178,6 +178,22 @@ def test_a_resumed_run_is_marked_and_its_clock_continues(tmp_path, monkeypatch, 
     assert [r for r in records if r["kind"] == "train" and r["step"] <= 4] == before[:2]
 
 
+def test_a_time_limit_set_before_the_loop_stops_it_at_the_first_step(tmp_path, corpus):
+    """`stop.time_up()` from the caller (explore's per-candidate limit) is no signal: set while
+    the model is still being built, it stops the run at its first step boundary, checkpointed,
+    and leaves the process's handlers alone."""
+    from nestdsl.train.signals import StopRequest
+
+    stop = StopRequest()
+    stop.time_up()
+    with pytest.raises(TrainingInterrupted, match="stopped at step 1 and saved it") as caught:
+        train(toy_source(), tiny_config(), tmp_path / "run", corpus=corpus, progress=False,
+              stop=stop)  # fmt: skip
+    assert caught.value.signal == signal.SIGALRM
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-00000001"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_checkpoints_the_step_it_interrupts(tmp_path, monkeypatch, corpus, signum):
     """The update in flight finishes, its step is saved, and resuming equals never stopping."""

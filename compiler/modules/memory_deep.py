@@ -24,7 +24,6 @@ from nestdsl.kernels.deep_memory import (
     init_params,
     initial_weights,
     memory_forward,
-    state_for,
     visible_weights,
 )
 from nestdsl.kernels.titans_linear import titans_linear
@@ -94,9 +93,7 @@ class WeightsMemory(MemoryModule):
             start = [torch.eye(o, i).expand(plan.heads, o, i).clone()
                      for o, i in self.structure.shapes()]  # fmt: skip
         else:
-            # drawn as the weights the memory computes with, then mapped to its state
-            weights = init_params(self.structure, plan.heads, gain=self.lowered.init_gain)
-            start = [state_for(w, self.lowered.retention, self.lowered.q_norm) for w in weights]
+            start = init_params(self.structure, plan.heads, gain=self.lowered.init_gain)
         if isinstance(init, LearnedInit) or not isinstance(plan.every, int):
             frozen = plan.every == "never"
             self.initial = nn.ParameterList(nn.Parameter(w, requires_grad=not frozen)

@@ -30,7 +30,7 @@ from .chunk import deep_memory_chunk
 from .naive import deep_memory_naive
 from .objectives import OBJECTIVES
 from .options import MOMENTUM_RULES, READS, RULES, DeepMemoryOptions, check_inputs
-from .retention import RETENTIONS, state_for, visible_weights
+from .retention import RETENTIONS, visible_weights
 from .structure import (
     ACTIVATIONS,
     NORMS,
@@ -92,6 +92,5 @@ __all__ = [
     "initial_weights",
     "matrix_memory",
     "memory_forward",
-    "state_for",
     "visible_weights",
 ]

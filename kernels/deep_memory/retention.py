@@ -7,8 +7,7 @@
         mirror-descent / multiplicative update of a KL-regularized memory).
 ``lq``  (Moneta, Miras eqs. 24-25): the state A follows the linear recurrence; the visible
         weights are ``A / ||A||_q^(q-2)`` with the entrywise q-norm of the whole matrix,
-        computed as ``(sum |A|^q + eps)^((q-2)/q)`` so that A = 0 is safe. ``state_for``
-        maps visible weights back to a state (random initial states are drawn as weights).
+        computed as ``(sum |A|^q + eps)^((q-2)/q)`` so that A = 0 is safe.
 
 kl and lq are nonlinear in the state, so the chunk form re-normalizes only at chunk
 boundaries (Miras §5); README.md §4 gives the exact read rule.
@@ -34,17 +33,3 @@ def visible_weights(
         power = state.abs().pow(q_norm).sum(dim=(-2, -1), keepdim=True)  # ||A||_q^q
         return state / (power + LQ_EPS).pow((q_norm - 2.0) / q_norm)
     raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
-
-
-def state_for(weights: torch.Tensor, retention: str, q_norm: float = 4.0) -> torch.Tensor:
-    """A layer state whose visible weights are ``weights`` [..., out, in], where one exists:
-    lq's map is homogeneous, ``visible(c A) = c^(3-q) visible(A)``, so ``c W`` with
-    ``c = ||W||_q^((q-2)/(3-q))`` maps back to W (q = 3 normalizes every state to a unit q-norm,
-    and no scale maps back: W itself). Random initial states are drawn as visible weights and
-    mapped here, so an lq memory starts at the same weights as an l2 one (drawn as states,
-    Moneta's first layer computed with weights at 0.29x that scale: docs/evaluation.md). l2:
-    W itself; kl's visible weights all have one sign, so its state is drawn as logits: W."""
-    if retention != "lq" or q_norm == 3.0:
-        return weights
-    norm = weights.abs().pow(q_norm).sum(dim=(-2, -1), keepdim=True).pow(1.0 / q_norm)
-    return weights * norm.pow((q_norm - 2.0) / (3.0 - q_norm))

@@ -263,9 +263,7 @@ class LearnedInit(Node):
     gain: PositiveFloat = Field(
         1.0,
         description="an MLP memory's initial weights are drawn with std gain / sqrt(fan_in); "
-        "1 is variance-preserving. These are the visible weights: an lq state is drawn so that "
-        "`A / ‖A‖_q^(q−2)` has this scale; kl logits need more spread (docs/evaluation.md, "
-        "memora)",
+        "1 is variance-preserving (kl logits need more spread: docs/evaluation.md, memora)",
     )
 
 

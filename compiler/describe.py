@@ -58,11 +58,11 @@ def _layer(plan, names, layer, done) -> list[str]:
                        f"{layer.segment_why}")  # fmt: skip
         else:
             out.append("    runs the whole span at once (no memory feeds its own writes)")
-        steps = [_step(layer, kind, name) for kind, name in layer.steps
-                 if (kind, name) not in layer.after_segments]  # fmt: skip
+        steps, after = [], []
+        for kind, name in layer.steps:
+            (after if (kind, name) in layer.after_segments else steps).append(
+                _step(layer, kind, name))
         out.append("    steps: " + ", ".join(steps))
-        after = [_step(layer, kind, name) for kind, name in layer.steps
-                 if (kind, name) in layer.after_segments]  # fmt: skip
         if after:
             out.append("    then once over the whole span (no segment needs them): "
                        + ", ".join(after))

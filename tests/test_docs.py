@@ -173,6 +173,50 @@ def test_yaml_blocks_parse(path, language, line, body):
     assert yaml.safe_load("\n".join(parents + lines)) is not None
 
 
+def _agrees(excerpt, shipped) -> bool:
+    """Every key and value an excerpt shows is the shipped spec's (lists of nodes may stop early)."""
+    if isinstance(excerpt, dict):
+        return isinstance(shipped, dict) and all(
+            k in shipped and _agrees(v, shipped[k]) for k, v in excerpt.items()
+        )
+    if isinstance(excerpt, list) and excerpt and all(isinstance(e, dict) for e in excerpt):
+        return (
+            isinstance(shipped, list)
+            and len(excerpt) <= len(shipped)
+            and all(_agrees(e, s) for e, s in zip(excerpt, shipped))
+        )
+    return excerpt == shipped
+
+
+def _shipped_name(body: str) -> str | None:
+    from nestdsl.spec.shipped import shipped_names
+
+    named = re.search(r"^name: ([\w-]+)", body, re.M)
+    return named.group(1) if named and named.group(1) in shipped_names() else None
+
+
+SPEC_EXCERPTS = [
+    pytest.param(path, line, body, id=f"{path.relative_to(ROOT)}:{line}")
+    for path, language, line, body in ALL_BLOCKS
+    if language == "yaml" and _shipped_name(body)
+]
+
+
+@pytest.mark.parametrize("path,line,body", SPEC_EXCERPTS)
+def test_a_shipped_spec_shown_in_the_docs_is_the_shipped_spec(path, line, body):
+    """A whole spec in the docs that bears a shipped spec's name shows that spec's values, so an
+    example cannot keep a gate or an initialization the spec has since dropped."""
+    import yaml
+
+    from nestdsl.spec.shipped import read_spec
+
+    name = _shipped_name(body)
+    shipped = yaml.safe_load(read_spec(name)[0])
+    assert _agrees(yaml.safe_load(body), shipped), (
+        f"{path.name}:{line} differs from specs/{name}.yaml"
+    )
+
+
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory):
     """A scratch folder with the runs the python blocks load, trained for a few updates."""

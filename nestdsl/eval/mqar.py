@@ -100,3 +100,16 @@ def row_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     asked = labels != IGNORE  # [rows, L]
     right = (logits.argmax(dim=-1) == labels) & asked  # [rows, L]
     return right.sum(dim=1).double() / asked.sum(dim=1).clamp(min=1).double()
+
+
+def query_distances(inputs: torch.Tensor, labels: torch.Tensor, pairs: int) -> torch.Tensor:
+    """Per position, how many tokens after its key a query comes (0 off queries): `[rows, L]`.
+
+    A query at position q for the pair stored at positions 2i, 2i+1 has distance q - 2i: an
+    attention window of w tokens at q still holds the pair when the distance is at most w.
+    """
+    asked = labels != IGNORE  # [rows, L]
+    keys = inputs[:, 0 : 2 * pairs : 2]  # [rows, N]
+    index = (inputs.unsqueeze(-1) == keys.unsqueeze(1)).int().argmax(dim=-1)  # [rows, L]
+    positions = torch.arange(inputs.shape[1])
+    return torch.where(asked, positions - 2 * index, 0)

@@ -12,7 +12,9 @@ Protocol (Zoology, Arora et al. 2023, §3 and its MQAR configs; settings of nest
   the query positions only;
 * the score is recall accuracy: per held-out row the fraction of its N queries whose argmax
   next-token prediction is the right value, averaged over rows (every row has N queries, so it
-  equals the accuracy over all queries); `rows_all_correct` is the fraction of perfect rows.
+  equals the accuracy over all queries); `rows_all_correct` is the fraction of perfect rows;
+  `by_distance` splits the queries by how far back their key was (1-8, 9-16, 17-32, ...
+  tokens), which shows what a hybrid answers with its window and what with its memory.
 
 A step whose loss is not finite stops that point's training (`diverged_at` records the step);
 so does a step whose gradient norm is not finite (before its update; `diverged_in` says which).
@@ -37,7 +39,7 @@ import nestdsl
 from nestdsl.data.batches import step_seed
 from nestdsl.errors import UserError
 from nestdsl.eval.grid import point_label
-from nestdsl.eval.mqar import MQARShape, mqar_rows, row_accuracy
+from nestdsl.eval.mqar import MQARShape, mqar_rows, query_distances, row_accuracy
 from nestdsl.eval.subject import Resize, load_resized
 from nestdsl.eval.synthetic import train_on_rows
 
@@ -81,17 +83,38 @@ def evaluate_recall(model, shape: MQARShape, settings: RecallSettings, device) -
     """Held-out accuracy of `model` on `eval_rows` MQAR rows (fresh memory per row)."""
     model.eval()
     inputs, labels = mqar_rows(shape, settings.eval_rows, step_seed(settings.seed, HELDOUT, 0))
-    scores = []
+    scores, predicted = [], []
     for start in range(0, settings.eval_rows, settings.batch_size):
         x = inputs[start : start + settings.batch_size].to(device)  # [b, L]
         logits, _ = model(x)  # [b, L, vocab]
         scores.append(row_accuracy(logits.cpu(), labels[start : start + settings.batch_size]))
+        predicted.append(logits.argmax(dim=-1).cpu())
     model.train()
     per_row = torch.cat(scores)  # [eval_rows]
+    right = torch.cat(predicted) == labels  # [eval_rows, L]
     return {
         "accuracy": round(per_row.mean().item(), 6),
         "rows_all_correct": round((per_row == 1).double().mean().item(), 6),
+        "by_distance": by_distance(right, query_distances(inputs, labels, shape.pairs)),
     }
+
+
+def by_distance(right: torch.Tensor, distance: torch.Tensor) -> list[dict]:
+    """Accuracy of the queries whose key came 1-8, 9-16, 17-32, ... tokens before them.
+
+    What a hybrid answers with which part: a sliding window of w tokens sees the pairs up to
+    distance w, the memory must carry the rest. `right`, `distance`: `[rows, L]` (distance 0
+    off queries, as `mqar.query_distances`).
+    """
+    bins, low, high = [], 0, 8
+    while low < int(distance.max()):
+        inside = (distance > low) & (distance <= high)
+        count = int(inside.sum())
+        if count:
+            bins.append({"distances": f"{low + 1}-{high}", "queries": count,
+                         "accuracy": round(right[inside].double().mean().item(), 6)})  # fmt: skip
+        low, high = high, 2 * high
+    return bins
 
 
 def train_point(
@@ -146,8 +169,15 @@ def run_recall(
         checked = load_resized(spec, size, list(overrides))
         name = checked.name
         label = f"{name} {point_label(point)}"
-        outcome = train_point(checked, shape, settings, device, progress, label,
-                              on_record=lambda entry, label=label: _report(label, entry))
+        outcome = train_point(
+            checked,
+            shape,
+            settings,
+            device,
+            progress,
+            label,
+            on_record=lambda entry, label=label: _report(label, entry),
+        )
         results.append({**point, **outcome})
         if progress:
             tqdm.write(f"{label}: accuracy {outcome['accuracy']:.3f}", file=sys.stderr)
@@ -205,4 +235,8 @@ def summary(result: dict) -> str:
             f"{p['L']:>5} {p['N']:>4} {p['d_model']:>8} {p['accuracy']:>9.3f} "
             f"{p['rows_all_correct']:>8.3f}  {note}"
         )
+        if p.get("by_distance"):  # results written before it existed have none
+            shown = ", ".join(f"{b['distances']}: {b['accuracy']:.3f} ({b['queries']})"
+                              for b in p["by_distance"])  # fmt: skip
+            lines.append(f"{'':>19} by key-to-query distance: {shown}")
     return "\n".join(lines)

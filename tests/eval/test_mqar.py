@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from nestdsl.errors import UserError
-from nestdsl.eval.mqar import IGNORE, MQARShape, gap_probabilities, mqar_rows, row_accuracy
+from nestdsl.eval.mqar import (
+    IGNORE,
+    MQARShape,
+    gap_probabilities,
+    mqar_rows,
+    query_distances,
+    row_accuracy,
+)
 
 
 def test_pairs_keys_values_and_labels_follow_zoology():
@@ -34,6 +41,23 @@ def test_full_query_zone_uses_every_slot():
     inputs, labels = mqar_rows(MQARShape(seq_len=16, pairs=4, vocab=32), rows=5, seed=0)
     asked = (labels != IGNORE).nonzero()[:, 1].view(5, 4)
     assert asked.tolist() == [[8, 10, 12, 14]] * 5
+
+
+def test_query_distances_by_hand():
+    # N = 2 pairs (3 -> 40) (5 -> 41); queries: key 5 at position 6 (distance 4), key 3 at 10
+    inputs = torch.tensor([[3, 40, 5, 41, 9, 9, 5, 9, 9, 9, 3, 9]])
+    labels = torch.full_like(inputs, IGNORE)
+    labels[0, 6], labels[0, 10] = 41, 40
+    assert query_distances(inputs, labels, pairs=2).tolist() == [[0] * 6 + [4, 0, 0, 0, 10, 0]]
+
+
+def test_query_distances_point_back_at_the_key():
+    inputs, labels = mqar_rows(MQARShape(seq_len=64, pairs=8, vocab=256), rows=20, seed=5)
+    d = query_distances(inputs, labels, pairs=8)
+    rows, q = (labels != IGNORE).nonzero(as_tuple=True)
+    assert torch.equal(inputs[rows, q - d[rows, q]], inputs[rows, q])  # the key itself
+    assert torch.equal(inputs[rows, q - d[rows, q] + 1], labels[rows, q])  # then its value
+    assert (d[labels == IGNORE] == 0).all() and (d[rows, q] >= 2).all()
 
 
 def test_rows_are_a_function_of_the_seed():

@@ -31,21 +31,24 @@ def test_tiny_recall_end_to_end():
 
 
 class Oracle(torch.nn.Module):
-    """Answers every query by looking its key up in the context: recall accuracy 1."""
+    """Answers every query whose key came at most `window` tokens before it by looking the key
+    up in the context of N pairs (every query when the window is the row): accuracy 1."""
 
-    vocab = 64
+    def __init__(self, pairs=2, vocab=64, window=None):
+        super().__init__()
+        self.pairs, self.vocab, self.window = pairs, vocab, window
 
     def forward(self, tokens, state=None):
         B, T = tokens.shape
         logits = torch.zeros(B, T, self.vocab)
         for b in range(B):
-            pairs = {}
+            where = {}
             for t in range(0, T - 1):
                 key = int(tokens[b, t])
-                if key in pairs:
-                    logits[b, t, pairs[key]] = 1.0
-                if t < 4 and t % 2 == 0:  # N = 2: the context is the first 2N tokens
-                    pairs[key] = int(tokens[b, t + 1])
+                if key in where and (self.window is None or t - where[key] <= self.window):
+                    logits[b, t, int(tokens[b, where[key] + 1])] = 1.0
+                if t < 2 * self.pairs and t % 2 == 0:  # the context is the first 2N tokens
+                    where[key] = t
         return logits, {}
 
 
@@ -58,7 +61,22 @@ def test_held_out_metric_scores_an_oracle_and_a_constant():
     inputs, labels = mqar_rows(shape, 10, seed=0)
     assert (labels != IGNORE).sum() == 20
     scores = evaluate_recall(const, shape, settings, "cpu")  # argmax of zeros is token 0
-    assert scores == {"accuracy": 0.0, "rows_all_correct": 0.0}  # values are >= 32, never 0
+    assert (scores["accuracy"], scores["rows_all_correct"]) == (0.0, 0.0)  # values are >= 32
+    assert {b["accuracy"] for b in scores["by_distance"]} == {0.0}
+
+
+def test_accuracy_by_distance_shows_what_a_window_answers():
+    """A lookup that sees 16 tokens back answers exactly the queries of the bins up to 16."""
+    shape = MQARShape(64, 8, 128)
+    settings = RecallSettings(eval_rows=64, batch_size=16, vocab=128)
+    scores = evaluate_recall(Oracle(pairs=8, vocab=128, window=16), shape, settings, "cpu")
+    bins = {b["distances"]: b for b in scores["by_distance"]}
+    assert list(bins) == ["1-8", "9-16", "17-32", "33-64"]
+    assert sum(b["queries"] for b in bins.values()) == 64 * 8  # every query in one bin
+    assert bins["1-8"]["accuracy"] == bins["9-16"]["accuracy"] == 1.0
+    assert bins["17-32"]["accuracy"] == bins["33-64"]["accuracy"] == 0.0
+    near = (bins["1-8"]["queries"] + bins["9-16"]["queries"]) / (64 * 8)
+    assert scores["accuracy"] == pytest.approx(near, abs=1e-6)  # rows of N queries each
 
 
 @pytest.mark.parametrize(

@@ -169,15 +169,8 @@ def run_recall(
         checked = load_resized(spec, size, list(overrides))
         name = checked.name
         label = f"{name} {point_label(point)}"
-        outcome = train_point(
-            checked,
-            shape,
-            settings,
-            device,
-            progress,
-            label,
-            on_record=lambda entry, label=label: _report(label, entry),
-        )
+        outcome = train_point(checked, shape, settings, device, progress, label,
+                              on_record=lambda entry, label=label: _report(label, entry))
         results.append({**point, **outcome})
         if progress:
             tqdm.write(f"{label}: accuracy {outcome['accuracy']:.3f}", file=sys.stderr)

@@ -53,11 +53,12 @@ def _dual_read(
     moms: list[torch.Tensor | None],
     inputs: list[torch.Tensor],
     drives: list[torch.Tensor],
+    anchors: list[torch.Tensor | None],
     i: int,
     r: torch.Tensor,
 ) -> torch.Tensor:
     """Layer i applied with its per-token weights: ``W_{i,t} r_t`` for the chosen rows."""
-    return apply_rows(coefs[i], rows, states[i], moms[i], inputs[i], drives[i], r)
+    return apply_rows(coefs[i], rows, states[i], moms[i], inputs[i], drives[i], r, anchors[i])
 
 
 def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
@@ -181,6 +182,8 @@ def deep_memory_chunk(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tenso
         return outs, state, mom
 
     state = list(weights)  # L x [B, H, out, in]
+    if anchor is not None:  # often the initial weights expanded over the batch: every chunk's
+        anchor = [A.contiguous() for A in anchor]  # reads would copy it for their matmuls
     mom: list[torch.Tensor] | None = None
     if o.has_momentum:
         mom = [torch.zeros_like(w) for w in state] if momentum is None else list(momentum)
@@ -234,18 +237,8 @@ def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors,
     token ``row`` (README eqs. D1-D5), without forming per-token weights. Without shared
     coefficients ``coef`` they come from the span's ``gates`` (theta, eta, alpha); dgd's
     proximal step has a step size per layer (README eq. D6). With an ``anchor`` A (l2 retention)
-    the recurrence runs on ``W - A``, which decays toward 0, and A is added back."""
-    if anchor is not None:
-        shifted = [W - A for W, A in zip(state, anchor, strict=True)]
-        if rule.startswith("dgd"):  # its drive W_{t-1} a_t + delta_t = D_{t-1} a_t + (A a_t + delta_t)
-            errors = [e + a @ A.transpose(-1, -2) for e, a, A in zip(errors, inputs, anchor, strict=True)]
-        apply, ends, mom = _linear_layers(coef, gates, dgd_step, shifted, shifted, mom, inputs,
-                                          errors, rule, read, row)  # fmt: skip
-
-        def anchored(i: int, r: torch.Tensor) -> torch.Tensor:  # (A + D_t) r_t
-            return r @ anchor[i].transpose(-1, -2) + apply(i, r)
-
-        return anchored, [A + D for A, D in zip(anchor, ends, strict=True)], mom
+    ``W - A`` follows the recurrence, which decays toward 0: every row's chunk-start weights
+    are ``b_t W_0 + (1 - b_t) A`` (recurrence.py)."""
     C = gates[0].shape[-1]
     if dgd_step == "proximal":
         theta, eta, alpha = gates
@@ -254,15 +247,17 @@ def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors,
     else:
         coefs = [coef if coef is not None else chunk_coefficients(*gates, rule)] * len(state)
     moms = [None] * len(state) if mom is None else mom
+    anchors = [None] * len(state) if anchor is None else list(anchor)
     if rule.startswith("dgd"):  # drives x_t = W_{t-1} a_t + delta_t (eq. D5)
-        drives = [dgd_drive(c, W, a, e, S)
-                  for c, W, a, e, S in zip(coefs, state, inputs, errors, moms, strict=True)]  # fmt: skip
+        drives = [dgd_drive(c, W, a, e, S, A)
+                  for c, W, a, e, S, A in zip(coefs, state, inputs, errors, moms, anchors,
+                                              strict=True)]  # fmt: skip
     else:
         drives = errors
     rows = read_rows(read, C) if read != "chunk_start" else None
-    apply = partial(_dual_read, coefs, rows, read_from, moms, inputs, drives)
-    ends = [chunk_end(c, row, W, S, a, x)
-            for c, W, S, a, x in zip(coefs, state, moms, inputs, drives, strict=True)]  # fmt: skip
+    apply = partial(_dual_read, coefs, rows, read_from, moms, inputs, drives, anchors)
+    ends = [chunk_end(c, row, W, S, a, x, A)
+            for c, W, S, a, x, A in zip(coefs, state, moms, inputs, drives, anchors, strict=True)]  # fmt: skip
     return apply, [W for W, _ in ends], None if mom is None else [S for _, S in ends]
 
 

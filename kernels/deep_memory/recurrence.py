@@ -115,6 +115,7 @@ def dgd_drive(
     a: torch.Tensor,
     delta: torch.Tensor,
     S0: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drive ``x_t = W_{t-1} a_t + delta_t`` of delta gradient descent (README eq. D5).
 
@@ -126,11 +127,11 @@ def dgd_drive(
     momentum (dgd_momentum) the same drive feeds the momentum, and ``S_0`` enters through d.
 
     W0, S0: [..., out, in]; a: [..., C, in]; delta: [..., C, out]; coefficients for one chunk
-    (b [..., C+1], w [..., C+1, C]). Returns x [..., C, out].
+    (b [..., C+1], w [..., C+1, C]); ``anchor`` A: see :func:`apply_rows`. Returns x [..., C, out].
     """
     L = coef.w[..., :-1, :] * (a @ a.transpose(-1, -2))  # [..., C, C], strictly lower
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
-    rhs = coef.b[..., :-1, None] * (a @ W0.transpose(-1, -2)) + delta  # [..., C, out]
+    rhs = _start_read(coef.b[..., :-1, None], W0, anchor, a) + delta  # [..., C, out]
     if coef.d is not None and S0 is not None:
         rhs = rhs + coef.d[..., :-1, None] * (a @ S0.transpose(-1, -2))
     return torch.linalg.solve_triangular(eye - L, rhs, upper=False, unitriangular=True)
@@ -145,6 +146,14 @@ def read_rows(read: str, C: int) -> slice:
     raise ValueError(f"read {read!r} has no per-token rows")
 
 
+def _start_read(b: torch.Tensor, W0: torch.Tensor, anchor: torch.Tensor | None,
+                r: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``(b_t W0 + (1 - b_t) A) r_t`` [..., C, out]: the chunk-start part of eq. D1's rows, with
+    the anchor's share read by a matmul of its own (no weight-sized ``W0 - A`` is formed)."""
+    z = b * (r @ W0.transpose(-1, -2))
+    return z if anchor is None else z + (1.0 - b) * (r @ anchor.transpose(-1, -2))
+
+
 def apply_rows(
     coef: ChunkCoefficients,
     rows: slice,
@@ -153,13 +162,16 @@ def apply_rows(
     a: torch.Tensor,
     x: torch.Tensor,
     r: torch.Tensor,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token read ``W_t r_t`` of eq. D1 without forming any ``W_t`` (dual form, eq. D2).
 
     W0, S0: [..., out, in]; a: [..., C, in] drive inputs; x: [..., C, out] drives;
-    r: [..., C, in] read inputs (one per row). Returns [..., C, out].
+    r: [..., C, in] read inputs (one per row). Returns [..., C, out]. An ``anchor`` A
+    [..., out, in] (retention toward A: ``W_t - A`` follows eq. D1) adds ``(1 - b_t) A`` to
+    every row's chunk-start weights.
     """
-    z = coef.b[..., rows, None] * (r @ W0.transpose(-1, -2))  # [..., C, out]
+    z = _start_read(coef.b[..., rows, None], W0, anchor, r)  # [..., C, out]
     if coef.d is not None and S0 is not None:
         z = z + coef.d[..., rows, None] * (r @ S0.transpose(-1, -2))
     scores = (r @ a.transpose(-1, -2)) * coef.w[..., rows, :]  # [..., C, C], causal via w
@@ -173,20 +185,39 @@ def chunk_end(
     S0: torch.Tensor | None,
     a: torch.Tensor,
     x: torch.Tensor,
+    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weights and momentum after token ``row`` of the chunk (row of eq. D1), [..., out, in].
 
     ``row`` is C except in a padded last chunk: padding is neutral for ``S`` (eta = 1,
     theta = 0) but not for ``W`` under momentum (``W_t = W_{t-1} + S_t`` keeps adding ``S``),
     so the final state is read at the last real token instead of the padded chunk end.
+    An ``anchor`` A gives ``A + b (W0 - A)`` (one ``lerp``) in the place of ``b W0``.
+
+    These are the only weight-sized ops of a chunk, so each term is one fused op (``lerp``,
+    ``addcmul``, a matmul that adds): elementwise passes over the weights cost as much as the
+    chunk's matmuls on a CPU.
     """
-    W = coef.b[..., row, None, None] * W0
-    W = W + (x * coef.w[..., row, :, None]).transpose(-1, -2) @ a
+    b = coef.b[..., row, None, None]
+    W = b * W0 if anchor is None else torch.lerp(anchor, W0, b)
+    if coef.d is not None and S0 is not None:
+        W = torch.addcmul(W, coef.d[..., row, None, None], S0)
+    W = _add_outer(W, x * coef.w[..., row, :, None], a)
     if coef.d is None:
         return W, None
-    if S0 is not None:
-        W = W + coef.d[..., row, None, None] * S0
-    S = (x * coef.s_w[..., row, :, None]).transpose(-1, -2) @ a  # [..., out, in]
-    if S0 is not None:
-        S = S + coef.s_b[..., row, None, None] * S0
-    return W, S
+    xs = x * coef.s_w[..., row, :, None]
+    if S0 is None:
+        return W, xs.transpose(-1, -2) @ a  # [..., out, in]
+    return W, _add_outer(coef.s_b[..., row, None, None] * S0, xs, a)
+
+
+def _add_outer(W: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``W + x^T a`` as one batched matmul that adds: W [..., out, in], x [..., C, out],
+    a [..., C, in]. In W's dtype: autocast would run ``baddbmm`` and so keep the state in
+    bfloat16, where ``W + x^T @ a`` promoted the sum back to float32."""
+    lead, (out, inp) = x.shape[:-2], W.shape[-2:]
+    W = W.expand(*lead, out, inp).reshape(-1, out, inp)
+    xt = x.transpose(-1, -2).reshape(-1, out, x.shape[-2]).to(W.dtype)  # [N, out, C]
+    with torch.autocast(W.device.type, enabled=False):
+        flat = torch.baddbmm(W, xt, a.reshape(-1, *a.shape[-2:]).to(W.dtype))
+    return flat.view(*lead, out, inp)

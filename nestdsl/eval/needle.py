@@ -32,6 +32,7 @@ retrieve at L scores near 0 everywhere: raise `--steps` first.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,11 +42,11 @@ from tqdm import tqdm
 
 import nestdsl
 from nestdsl.data.batches import step_seed
-from nestdsl.data.corpus import load_corpus, split_corpus
+from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
 from nestdsl.errors import UserError
 from nestdsl.eval.haystack import KINDS, answer_scores, longest_overhead, needle_batch
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.eval.synthetic import train_on_rows
+from nestdsl.eval.synthetic import WORK_DIR_FLAG, Checkpoints, default_work_dir, train_on_rows
 
 VOCAB = 256  # bytes
 
@@ -94,8 +95,10 @@ class NeedleSettings:
             )
 
 
-def train_model(checked, train_text: bytes, settings: NeedleSettings, device, progress: bool):
-    """A fresh model trained on needle rows of `train_length`; (model, training record)."""
+def train_model(checked, train_text: bytes, settings: NeedleSettings, device, progress: bool,
+                checkpoints: Checkpoints | None = None):  # fmt: skip
+    """A fresh model trained on needle rows of `train_length`; (model, training record).
+    `checkpoints` (optional) saves the training at every record and resumes from the latest."""
     torch.manual_seed(settings.seed)
     model = nestdsl.compile(checked).to(device)
 
@@ -104,7 +107,8 @@ def train_model(checked, train_text: bytes, settings: NeedleSettings, device, pr
                             step_seed(settings.seed, "needle-train", step), settings.kinds)  # fmt: skip
 
     trained = train_on_rows(model, rows, settings, device, memories=set(checked.spec.memories),
-                            desc=f"needle {checked.name}", progress=progress)  # fmt: skip
+                            desc=f"needle {checked.name}", progress=progress,
+                            checkpoints=checkpoints)  # fmt: skip
     return model, trained
 
 
@@ -149,15 +153,26 @@ def run_needle(
     device: torch.device | str = "cpu",
     overrides: list[str] = (),
     progress: bool = True,
+    work_dir: str | Path | None = None,
 ) -> dict:
-    """Train `spec` on needle rows and test it over depths and lengths; a JSON-able result."""
+    """Train `spec` on needle rows and test it over depths and lengths; a JSON-able result.
+
+    With a `work_dir` the training is checkpointed there at every curve record, and the same
+    call again resumes at the last one; the checkpoints are removed once the model is scored.
+    """
     settings.check()
     device = torch.device(device)
     split = split_corpus(load_corpus(settings.data))
     size = Resize(settings.d_model, settings.heads, settings.layers, VOCAB)
     checked = load_resized(spec, size, list(overrides))
-    model, training = train_model(checked, split.train, settings, device, progress)
+    saves = None if work_dir is None else Path(work_dir) / "checkpoints"
+    identity = {"spec": checked.spec.model_dump(mode="json"), "settings": asdict(settings),
+                "text": corpus_fingerprint(split.train)}  # fmt: skip
+    checkpoints = None if saves is None else Checkpoints(saves, identity)
+    model, training = train_model(checked, split.train, settings, device, progress, checkpoints)
     cells = score_cells(model, split.validation, settings, device, progress)
+    if saves is not None:
+        shutil.rmtree(saves, ignore_errors=True)
     return {
         "task": "needle",
         "spec": checked.name,
@@ -168,6 +183,7 @@ def run_needle(
         "accuracy_by_length": by_length(cells, settings.lengths),
         "byte_accuracy_by_length": by_length(cells, settings.lengths, "byte_accuracy"),
         "cells": cells,
+        **({} if work_dir is None else {"work_dir": str(work_dir)}),
     }
 
 
@@ -204,6 +220,7 @@ FLAGS = {
         "help": f"needle kinds of {','.join(KINDS)} (default {','.join(NeedleSettings.kinds)})",
     },
     "data": {"metavar": "FILE", "help": "corpus whose held-out tail is scored"},
+    "work_dir": WORK_DIR_FLAG,
 }  # fmt: skip
 
 
@@ -226,8 +243,12 @@ def run_cli(subject: str, given: dict, context) -> dict:
     for name, kind in _LISTS.items():
         if name in given:
             given[name] = _parse_list(name, given[name], kind)
+    work_dir = given.pop("work_dir", None)
     settings = NeedleSettings(**given, seed=context.seed)
-    result = run_needle(subject, settings, context.device, context.overrides, context.progress)
+    if work_dir is None:
+        work_dir = default_work_dir("needle", subject, settings, context)
+    result = run_needle(subject, settings, context.device, context.overrides, context.progress,
+                        work_dir)  # fmt: skip
     # The heat map goes beside the JSON file: `context.out` when the command passes `--out`.
     out = getattr(context, "out", None) or default_result_path(
         subject, "needle", result["spec"], False

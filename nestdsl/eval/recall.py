@@ -16,6 +16,12 @@ Protocol (Zoology, Arora et al. 2023, §3 and its MQAR configs; settings of nest
   `by_distance` splits the queries by how far back their key was (1-8, 9-16, 17-32, ...
   tokens), which shows what a hybrid answers with its window and what with its memory.
 
+Every point trains in its own folder under `work_dir` (the CLI's `--work-dir`, by default
+`<spec>-recall-<hash of spec, settings and overrides>` beside `--out`, or in runs/eval): a
+checkpoint at every curve
+record, then `point.json` once it is scored. The same command again skips the scored points and
+resumes the others at their last record, with the numbers an uninterrupted run gives.
+
 A step whose loss is not finite stops that point's training (`diverged_at` records the step);
 so does a step whose gradient norm is not finite (before its update; `diverged_in` says which).
 The point is still evaluated, so a diverged model scores what it scores. Every `log_every`
@@ -27,10 +33,13 @@ up shows there before the loss does.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -40,8 +49,15 @@ from nestdsl.data.batches import step_seed
 from nestdsl.errors import UserError
 from nestdsl.eval.grid import point_label
 from nestdsl.eval.mqar import MQARShape, mqar_rows, query_distances, row_accuracy
+from nestdsl.eval.report import write_result
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.eval.synthetic import train_on_rows
+from nestdsl.eval.synthetic import (
+    WORK_DIR_FLAG,
+    Checkpoints,
+    as_json,
+    default_work_dir,
+    train_on_rows,
+)
 
 GRID_KEYS = {"L": 64, "N": 8, "d_model": 64}  # the issue's setting
 HELDOUT = "mqar-heldout"  # the split name of the held-out seed; training uses "mqar-train"
@@ -125,10 +141,12 @@ def train_point(
     progress: bool = True,
     label: str = "",
     on_record: Callable[[dict], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
     """Train one fresh model on MQAR at `shape`; its accuracy, curve and divergence step.
 
-    `on_record` (optional) sees every curve record as it is made, e.g. to watch a long run.
+    `on_record` (optional) sees every curve record as it is made, e.g. to watch a long run;
+    `checkpoints` (optional) saves the training at every record and resumes from the latest.
     """
     torch.manual_seed(settings.seed)
     model = nestdsl.compile(checked).to(device)
@@ -139,7 +157,8 @@ def train_point(
         return mqar_rows(shape, settings.batch_size, step_seed(settings.seed, "mqar-train", step))
 
     trained = train_on_rows(model, rows, settings, device, memories=set(checked.spec.memories),
-                            desc=f"recall {label}", progress=progress, on_record=on_record)  # fmt: skip
+                            desc=f"recall {label}", progress=progress, on_record=on_record,
+                            checkpoints=checkpoints)  # fmt: skip
     return {**evaluate_recall(model, shape, settings, device), **trained}
 
 
@@ -150,8 +169,12 @@ def run_recall(
     device: torch.device | str = "cpu",
     overrides: list[str] = (),
     progress: bool = True,
+    work_dir: str | Path | None = None,
 ) -> dict:
-    """Train and score `spec` at every grid point (`{"L", "N", "d_model"}`); a JSON-able result."""
+    """Train and score `spec` at every grid point (`{"L", "N", "d_model"}`); a JSON-able result.
+
+    With a `work_dir` every point is checkpointed there and a rerun resumes (module docstring).
+    """
     settings.check()
     device = torch.device(device)
     results = []
@@ -169,8 +192,18 @@ def run_recall(
         checked = load_resized(spec, size, list(overrides))
         name = checked.name
         label = f"{name} {point_label(point)}"
-        outcome = train_point(checked, shape, settings, device, progress, label,
-                              on_record=lambda entry, label=label: _report(label, entry))
+        folder = None if work_dir is None else Path(work_dir) / point_folder(point)
+        identity = {"spec": checked.spec.model_dump(mode="json"), "settings": asdict(settings),
+                    "point": point}  # fmt: skip
+        outcome = _scored_earlier(folder, identity, label)
+        if outcome is None:
+            checkpoints = None if folder is None else Checkpoints(folder / "checkpoints", identity)
+            outcome = train_point(checked, shape, settings, device, progress, label,
+                                  on_record=lambda entry, label=label: _report(label, entry),
+                                  checkpoints=checkpoints)  # fmt: skip
+            if folder is not None:  # scored: the point's result replaces its checkpoints
+                write_result({"identity": identity, "outcome": outcome}, folder / "point.json")
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         results.append({**point, **outcome})
         if progress:
             tqdm.write(f"{label}: accuracy {outcome['accuracy']:.3f}", file=sys.stderr)
@@ -181,7 +214,31 @@ def run_recall(
         "power-law query gaps (a=0.01), labels at queries only; per-row accuracy",
         "settings": {**asdict(settings), "overrides": list(overrides), "device": str(device)},
         "points": results,
+        **({} if work_dir is None else {"work_dir": str(work_dir)}),
     }
+
+
+def point_folder(point: dict[str, int]) -> str:
+    """`L64-N8-d_model64`: a grid point as a folder name."""
+    return "-".join(f"{k}{v}" for k, v in point.items())
+
+
+def _scored_earlier(folder: Path | None, identity: dict, label: str) -> dict | None:
+    """The outcome a finished point left in `folder`, or None; UserError for another run's."""
+    path = None if folder is None else folder / "point.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # half-written or damaged: train the point again
+    if not isinstance(saved, dict) or saved.get("identity") != as_json(identity):
+        raise UserError(
+            f"{folder} holds the recall of another spec or other settings; give another "
+            "--work-dir or delete that folder"
+        )
+    tqdm.write(f"{label}: scored earlier in {folder}", file=sys.stderr)  # as records are shown
+    return saved["outcome"]
 
 
 def _report(label: str, entry: dict) -> None:
@@ -200,6 +257,7 @@ FLAGS = {
         "help": f"grid points, keys {', '.join(GRID_KEYS)}; '/' lists values (default "
         f"{','.join(f'{k}={v}' for k, v in GRID_KEYS.items())}), repeatable",
     },
+    "work_dir": WORK_DIR_FLAG,
     **{
         name: {"type": kind, "metavar": "X", "help": f"default {getattr(RecallSettings(), name)}"}
         for name, kind in _NUMBERS.items()
@@ -213,9 +271,12 @@ def run_cli(subject: str, given: dict, context) -> dict:
     if context.run_folder:
         raise UserError("recall trains from scratch: give a spec (name or file), not a run folder")
     points = parse_grid(given.pop("grid", None) or [], GRID_KEYS)
+    work_dir = given.pop("work_dir", None)
     settings = RecallSettings(**given, seed=context.seed)
+    if work_dir is None:
+        work_dir = default_work_dir("recall", subject, settings, context)
     return run_recall(
-        subject, points, settings, context.device, context.overrides, context.progress
+        subject, points, settings, context.device, context.overrides, context.progress, work_dir
     )
 
 

@@ -7,20 +7,32 @@ first non-finite loss or gradient norm, before an update that would spoil the we
 model that is scored is the last finite one. Beside the loss, each curve record keeps the
 largest gradient norm and the largest entry of the in-context memory state since the previous
 record: a memory that blows up shows there long before the loss does (docs/evaluation.md).
+
+Given `Checkpoints`, the loop saves its whole state at every curve record (weights, optimizer,
+schedule, curve, random state; nestdsl.train.checkpoint's safetensors format, which loads
+without running code) and starts from the latest one it finds, so an interrupted run resumes
+at its last record and ends with the numbers an uninterrupted one would have had.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nestdsl.errors import UserError
 from nestdsl.eval.mqar import IGNORE
 from nestdsl.optim import build_optimizer, undecayed_of
+from nestdsl.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from nestdsl.train.distributed import capture_rng, restore_rng
 
 Rows = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (inputs, labels) [B, L]
 
@@ -57,6 +69,62 @@ def state_max(state: dict, memories: set[str]) -> float:
     return max(peaks, default=0.0)
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a training loop keeps its state, and what a saved state must match to be resumed
+    (a JSON-able `identity`: the spec, the settings and the data's shape)."""
+
+    root: Path
+    identity: dict
+
+    def resume(self, model: torch.nn.Module, optimizer, schedule) -> tuple[int, list]:
+        """Load the latest saved state into the three; (the step to go on from, the curve so
+        far), or (0, []) when nothing was saved. UserError if the folder holds another run."""
+        found = latest_checkpoint(self.root) if Path(self.root).is_dir() else None
+        if found is None:
+            return 0, []
+        saved = read_meta(found).get("synthetic", {})
+        if saved.get("identity") != as_json(self.identity):
+            raise UserError(
+                f"{self.root} holds the checkpoints of another spec or other settings; "
+                "give another --work-dir or delete that folder"
+            )
+        loaded = load_checkpoint(found, model, optimizer)
+        schedule.load_state_dict(saved["schedule"])
+        restore_rng(loaded.rng_states[0])
+        return loaded.step, saved["curve"]
+
+    def save(self, step: int, model: torch.nn.Module, optimizer, schedule, curve: list) -> None:
+        state = {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
+        save_checkpoint(
+            self.root, step=step, model=model, optimizer=optimizer, rng_states=[capture_rng()],
+            memory_states=None, keep=1,
+            extra={"synthetic": {"identity": self.identity, "curve": curve,
+                                 "schedule": {**state, "lr_lambdas": [None]}}},
+        )  # fmt: skip
+
+
+def as_json(value):
+    """`value` as it reads back from JSON (tuples become lists), for comparing with a saved one."""
+    return json.loads(json.dumps(value))
+
+
+def default_work_dir(task: str, subject: str, settings, context) -> Path:
+    """`<spec>-<task>-<hash>` beside `--out` (or in runs/eval): one folder per spec, settings and
+    overrides, so the same command finds its own checkpoints and another never reads them."""
+    key = {"spec": subject, "settings": asdict(settings), "overrides": list(context.overrides)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    parent = Path(context.out).parent if context.out else Path("runs/eval")
+    return parent / f"{Path(subject).stem}-{task}-{digest}"
+
+
+WORK_DIR_FLAG = {
+    "metavar": "DIR",
+    "help": "checkpoints (default <spec>-<task>-<hash> beside --out, or in runs/eval); the same "
+    "command again resumes there",
+}
+
+
 def train_on_rows(
     model: torch.nn.Module,
     rows: Rows,
@@ -67,11 +135,13 @@ def train_on_rows(
     desc: str,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
     """Train `model` for `settings.steps` updates on `rows(step)`; its training record.
 
     `settings` has steps, lr, weight_decay, warmup_fraction, grad_clip (0: off) and log_every.
     `on_record` (optional) sees every curve record as it is made, e.g. to watch a long run.
+    `checkpoints` (optional): save at every record and resume from the latest save.
     """
     model.train()
     optimizer = build_optimizer(
@@ -83,7 +153,8 @@ def train_on_rows(
         optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
     )
     clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
-    curve, window, diverged, last_loss = [], [], None, float("nan")
+    start, curve = (0, []) if checkpoints is None else checkpoints.resume(model, optimizer, schedule)
+    window, diverged, last_loss = [], None, float("nan")
     peak_grad = peak_state = 0.0  # the largest gradient norm and state entry since the last record
 
     def record(entry: dict) -> None:
@@ -91,8 +162,8 @@ def train_on_rows(
         if on_record is not None:
             on_record(entry)
 
-    bar = tqdm(range(settings.steps), desc=desc, disable=not progress, file=sys.stderr,
-               leave=False, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True, initial=start, total=settings.steps)  # fmt: skip
     for step in bar:
         inputs, labels = rows(step)
         logits, state = model(inputs.to(device))  # [B, L, vocab]
@@ -125,6 +196,8 @@ def train_on_rows(
             bar.set_postfix(loss=f"{last_loss:.3f}")
             window, peak_grad, peak_state = [], 0.0, 0.0
         schedule.step()
+        if checkpoints is not None and not window and step + 1 < settings.steps:
+            checkpoints.save(step + 1, model, optimizer, schedule, curve)  # a record was just made
     bar.close()
     return {
         "final_train_loss": None if diverged is not None else round(last_loss, 5),

@@ -34,6 +34,13 @@ def test_recall_grid_writes_json(tmp_path, capsys):
     assert "MQAR recall, 2 steps" in printed.out and f"result: {out}" in printed.out
     # every curve record is reported as it is made, progress bars or not
     assert "L=16,N=4,d_model=16: step 2  loss" in printed.err, printed.err
+    # each point was scored in its own folder beside the result, and the command again reuses them
+    (work,) = tmp_path.glob("transformer-recall-*")
+    assert result["work_dir"] == str(work)
+    assert sorted(p.name for p in work.glob("*/point.json")) == ["point.json"] * 2
+    assert run_eval(argv) == 0
+    assert "L=16,N=4,d_model=16: scored earlier in" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == result
 
 
 def test_bpb_of_a_trained_run(tmp_path, capsys):

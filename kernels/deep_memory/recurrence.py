@@ -198,26 +198,31 @@ def chunk_end(
     ``addcmul``, a matmul that adds): elementwise passes over the weights cost as much as the
     chunk's matmuls on a CPU.
     """
-    b = coef.b[..., row, None, None]
-    W = b * W0 if anchor is None else torch.lerp(anchor, W0, b)
+    lead, (out, inp) = x.shape[:-2], W0.shape[-2:]
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # [..., out, in] or [..., 1, 1] -> [N, ., .]
+        return t.expand(*lead, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
+
+    b = flat(coef.b[..., row, None, None])
+    W = b * flat(W0) if anchor is None else torch.lerp(flat(anchor), flat(W0), b)
     if coef.d is not None and S0 is not None:
-        W = torch.addcmul(W, coef.d[..., row, None, None], S0)
-    W = _add_outer(W, x * coef.w[..., row, :, None], a)
+        W.addcmul_(flat(coef.d[..., row, None, None]), flat(S0))
+    _add_outer_(W, x * coef.w[..., row, :, None], a)
     if coef.d is None:
-        return W, None
+        return W.view(*lead, out, inp), None
     xs = x * coef.s_w[..., row, :, None]
     if S0 is None:
-        return W, xs.transpose(-1, -2) @ a  # [..., out, in]
-    return W, _add_outer(coef.s_b[..., row, None, None] * S0, xs, a)
+        S = xs.transpose(-1, -2) @ a  # [..., out, in]
+    else:
+        S = flat(coef.s_b[..., row, None, None]) * flat(S0)
+        _add_outer_(S, xs, a)
+    return W.view(*lead, out, inp), S.view(*lead, out, inp)
 
 
-def _add_outer(W: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``W + x^T a`` as one batched matmul that adds: W [..., out, in], x [..., C, out],
-    a [..., C, in]. In W's dtype: autocast would run ``baddbmm`` and so keep the state in
-    bfloat16, where ``W + x^T @ a`` promoted the sum back to float32."""
-    lead, (out, inp) = x.shape[:-2], W.shape[-2:]
-    W = W.expand(*lead, out, inp).reshape(-1, out, inp)
-    xt = x.transpose(-1, -2).reshape(-1, out, x.shape[-2]).to(W.dtype)  # [N, out, C]
+def _add_outer_(W: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> None:
+    """``W += x^T a`` in place, one batched matmul: W [N, out, in] (a tensor of its own, which no
+    backward reads), x [..., C, out], a [..., C, in] with N the product of ``...``. In W's
+    dtype: under autocast the state stays float32."""
+    xt = x.transpose(-1, -2).reshape(W.shape[0], W.shape[1], x.shape[-2]).to(W.dtype)
     with torch.autocast(W.device.type, enabled=False):
-        flat = torch.baddbmm(W, xt, a.reshape(-1, *a.shape[-2:]).to(W.dtype))
-    return flat.view(*lead, out, inp)
+        W.baddbmm_(xt, a.reshape(W.shape[0], *a.shape[-2:]).to(W.dtype))

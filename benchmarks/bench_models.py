@@ -30,8 +30,9 @@ ungrouped reference path above); ``NAME+compile`` runs NAME's model under ``torc
 hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process;
 ``NAME+spans`` trains it in recomputed spans (``nestdsl train --recompute spans``),
 ``NAME+spans128`` in spans of 128 tokens (``--recompute 128``). ``--ops`` adds one profiled step per row and reports its op
-calls per token (torch.profiler events, nested ones included): a count the machine's load does
-not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
+calls per token (torch.profiler events, nested ones included) and the KB its ops write per token
+(the bytes of every op output that is not a view of an input: the memory traffic a step makes,
+which on a CPU costs as much as its arithmetic): counts the machine's load does not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
 hand-written row of the same repetition, and prints medians.
 
 Threads: 1 by default (``--threads``), so other processes on a shared 2-core machine disturb
@@ -183,7 +184,7 @@ def child(args) -> None:
         "params": step.params,
     }
     if args.ops:
-        row["ops_per_token"] = count_ops(step) / (args.batch * args.seq)
+        row.update(op_counts(step, args.batch * args.seq))
     print(json.dumps(row))
 
 
@@ -207,9 +208,39 @@ def interleaved(args, names: list[str], T: int) -> list[dict]:
         row = {"spec": name, "T": T, "s_per_step": t, "tok_s": args.batch * T / t,
                "ratio": statistics.median(ratios)}  # fmt: skip
         if args.ops:
-            row["ops_per_token"] = count_ops(steps[name]) / (args.batch * T)
+            row.update(op_counts(steps[name], args.batch * T))
         rows.append(row)
     return rows
+
+
+def op_counts(step, tokens: int) -> dict:
+    """Op calls and KB written per token of one step each (`count_ops`, `count_written`)."""
+    return {"ops_per_token": count_ops(step) / tokens,
+            "kb_per_token": count_written(step) / tokens / 1024}  # fmt: skip
+
+
+def count_written(step) -> int:
+    """Bytes written by one step's ops: every output tensor that is not a view of an input."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    def storages(tree) -> set[int]:
+        return {t.untyped_storage().data_ptr() for t in tree_flatten(tree)[0]
+                if isinstance(t, torch.Tensor)}  # fmt: skip
+
+    class Written(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = storages((args, kwargs))
+            Written.total += sum(t.nbytes for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)
+                                 and t.untyped_storage().data_ptr() not in inputs)  # fmt: skip
+            return out
+
+    with Written():
+        step()
+    return Written.total
 
 
 def count_ops(step) -> int:
@@ -290,15 +321,15 @@ def table(rows: list[dict], seq_lens: list[int]) -> str:
     hand = {(r["T"], r.get("rep", 0)): r["tok_s"] for r in rows
             if r["spec"] == HAND and "tok_s" in r}  # fmt: skip
     ops = any("ops_per_token" in r for r in rows)
-    cols = " tok/s T={} | x hand |" + (" ops/token |" if ops else "") + " peak RSS | delta |"
+    cols = " tok/s T={} | x hand |" + (" ops/token | KB/token |" if ops else "") + " peak RSS | delta |"
     head = "| spec |" + "".join(cols.format(T) for T in seq_lens)
-    lines = [head, "|---|" + ("---:|" * (5 if ops else 4)) * len(seq_lens)]
+    lines = [head, "|---|" + ("---:|" * (6 if ops else 4)) * len(seq_lens)]
     for spec in dict.fromkeys(r["spec"] for r in rows):
         cells = []
         for T in seq_lens:
             mine = [r for r in rows if r["spec"] == spec and r["T"] == T]
             good = [r for r in mine if "error" not in r]
-            blank = " |" * (5 if ops else 4)
+            blank = " |" * (6 if ops else 4)
             if not mine:
                 cells.append(blank)
             elif not good:
@@ -308,7 +339,8 @@ def table(rows: list[dict], seq_lens: list[int]) -> str:
                 ratios = [r["ratio"] if "ratio" in r else r["tok_s"] / hand[T, r.get("rep", 0)]
                           for r in good if "ratio" in r or (T, r.get("rep", 0)) in hand]  # fmt: skip
                 ratio = f"{med(ratios):.3f}" if ratios else ""
-                count = f" {med(r['ops_per_token'] for r in good):,.0f} |" if ops else ""
+                count = (f" {med(r['ops_per_token'] for r in good):,.0f} |"
+                         f" {med(r['kb_per_token'] for r in good):,.0f} |") if ops else ""  # fmt: skip
                 memory = " | |" if "peak" not in good[0] else (
                     f" {med(r['peak'] for r in good) / 2**30:.2f} GB"
                     f" | {med(r['delta'] for r in good) / 2**30:.2f} GB |")  # fmt: skip
@@ -353,7 +385,7 @@ def main() -> None:
     )
     ap.add_argument("--size", default=",".join(f"{k}={v}" for k, v in SIZE.items()),
                     help="the sizes every spec is resized to, as KEY=VALUE,...")  # fmt: skip
-    ap.add_argument("--ops", action="store_true", help="also count op calls per token (one "
+    ap.add_argument("--ops", action="store_true", help="also count op calls and KB written per token (one "
                     "profiled step per row)")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1, help="run the table N times; medians")
     ap.add_argument("--interleave", action="store_true", help="run every spec in one process, "

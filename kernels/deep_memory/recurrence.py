@@ -194,9 +194,9 @@ def chunk_end(
     so the final state is read at the last real token instead of the padded chunk end.
     An ``anchor`` A gives ``A + b (W0 - A)`` (one ``lerp``) in the place of ``b W0``.
 
-    These are the only weight-sized ops of a chunk, so each term is one fused op (``lerp``,
-    ``addcmul``, a matmul that adds): elementwise passes over the weights cost as much as the
-    chunk's matmuls on a CPU.
+    Each term is one fused op on a tensor of the chunk end's own (``lerp`` or a product, then
+    ``addcmul_`` and ``baddbmm_`` in place): on a CPU a pass over weight-sized tensors costs as
+    much as the chunk's matmuls on its 16 tokens (docs/benchmarks.md, session 15).
     """
     lead, (out, inp) = x.shape[:-2], W0.shape[-2:]
 

@@ -18,9 +18,9 @@ Protocol (Zoology, Arora et al. 2023, §3 and its MQAR configs; settings of nest
 
 Every point trains in its own folder under `work_dir` (the CLI's `--work-dir`, by default
 `<spec>-recall-<hash of spec, settings and overrides>` beside `--out`, or in runs/eval): a
-checkpoint at every curve
-record, then `point.json` once it is scored. The same command again skips the scored points and
-resumes the others at their last record, with the numbers an uninterrupted run gives.
+checkpoint at every curve record, then `point.json` once it is scored. The same command again
+skips the scored points and resumes the others at their last record, with the numbers an
+uninterrupted run gives.
 
 A step whose loss is not finite stops that point's training (`diverged_at` records the step);
 so does a step whose gradient norm is not finite (before its update; `diverged_in` says which).

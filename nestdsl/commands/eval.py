@@ -37,12 +37,12 @@ def task_flags() -> dict[str, dict]:
 
 
 def shared_help(helps: dict[str, str]) -> str:
-    """One help line for a flag: `[a, b] text` when its tasks say the same, else each its own
-    (a shared flag such as --batch-size has each task's own default)."""
-    texts = set(helps.values())
-    if len(texts) == 1:
-        return f"[{', '.join(helps)}] {texts.pop()}".rstrip()
-    return "; ".join(f"[{task}] {text}".rstrip() for task, text in helps.items())
+    """One help line for a flag: `[a, b] text` for the tasks that say the same, each other text
+    with its own tasks (a shared flag such as --batch-size has each task's own default)."""
+    tasks_of: dict[str, list[str]] = {}
+    for task, text in helps.items():
+        tasks_of.setdefault(text, []).append(task)
+    return "; ".join(f"[{', '.join(tasks)}] {text}".rstrip() for text, tasks in tasks_of.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -74,3 +74,9 @@ def test_bpb_of_a_trained_run(tmp_path, capsys):
 def test_user_mistakes_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
         run_eval(argv)
+
+
+def test_a_flag_shared_by_tasks_is_helped_once_per_meaning():
+    shared_help = eval_command.shared_help
+    assert shared_help({"recall": "x", "continual": "y", "needle": "x"}) == "[recall, needle] x; [continual] y"
+    assert shared_help({"recall": "default 3 ", "needle": "default 3 "}) == "[recall, needle] default 3"

@@ -154,6 +154,8 @@ def train_on_rows(
     )
     clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
     start, curve = (0, []) if checkpoints is None else checkpoints.resume(model, optimizer, schedule)
+    if start:  # said as records are, with or without progress bars
+        tqdm.write(f"{desc}: resuming at step {start} from {checkpoints.root}", file=sys.stderr)
     window, diverged, last_loss = [], None, float("nan")
     peak_grad = peak_state = 0.0  # the largest gradient norm and state entry since the last record
 

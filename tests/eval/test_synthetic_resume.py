@@ -48,7 +48,8 @@ def interrupt_at(patch, stop: int) -> None:
     patch.setattr(Checkpoints, "save", save_then_stop)
 
 
-def test_an_interrupted_point_resumes_where_it_stopped_with_the_same_numbers(tmp_path, monkeypatch):
+def test_an_interrupted_point_resumes_where_it_stopped_with_the_same_numbers(tmp_path, monkeypatch,
+                                                                            capsys):  # fmt: skip
     straight = run_recall("deltanet", [POINT], SETTINGS, progress=False)
     with monkeypatch.context() as patch:
         interrupt_at(patch, 4)
@@ -60,6 +61,7 @@ def test_an_interrupted_point_resumes_where_it_stopped_with_the_same_numbers(tmp
     steps = trained_steps(monkeypatch)
     resumed = run_recall("deltanet", [POINT], SETTINGS, progress=False, work_dir=tmp_path)
     assert steps == [4, 5, 6]  # from the last record on, not from the start
+    assert "resuming at step 4 from" in capsys.readouterr().err
     assert resumed["points"] == straight["points"]  # weights, optimizer and schedule restored
     assert resumed["work_dir"] == str(tmp_path)
     # scored: the result replaced the checkpoints, and the same command trains nothing

@@ -237,3 +237,35 @@ def trained_runs(tmp_path_factory):
 def test_python_blocks_run(path, language, line, body, trained_runs, monkeypatch, capsys):
     monkeypatch.chdir(trained_runs)
     exec(compile(body, f"{path.name}:{line}", "exec"), {"__name__": "__docs__"})  # noqa: S102
+
+
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_spec_compiles_and_runs(path):
+    import torch
+
+    import nestdsl
+
+    model = nestdsl.compile(nestdsl.load(path))
+    out = model(torch.randint(0, 256, (1, 32)))
+    logits = out[0] if isinstance(out, tuple) else out
+    assert logits.shape[:2] == (1, 32) and torch.isfinite(logits).all()
+
+
+def test_the_mac_example_changes_only_what_its_writes_read():
+    import nestdsl
+
+    def nodes(spec):
+        return spec.model_dump(mode="json")["blocks"][0]["nodes"]
+
+    shipped = nestdsl.load("titans-mac").spec
+    example = nestdsl.load(ROOT / "docs" / "examples" / "titans-mac-input-write.yaml").spec
+    a, b = nodes(shipped), nodes(example)
+    changed = {n for n in a if a[n] != b[n]}
+    assert changed == {"km", "vm"} and set(a) == set(b)
+    assert [(a[n]["in_"], b[n]["in_"]) for n in ("km", "vm")] == [("y", "h")] * 2
+    rest = {k: v for k, v in shipped.model_dump(mode="json").items() if k not in ("blocks", "name", "description")}
+    assert rest == {k: v for k, v in example.model_dump(mode="json").items()
+                    if k not in ("blocks", "name", "description")}

@@ -288,6 +288,7 @@ def run_continual(
             memory_states=[{k: v.cpu() for k, v in learner.memory.items()}]
             if learner.memory else None,
             extra={"continual": {"identity": identity, **done}}, keep=len(domains),
+            resume_hint="run the same command again",
         )  # fmt: skip
         if progress:
             shown = ", ".join(f"{d.label} {b:.3f}" for d, b in zip(domains, row, strict=True))

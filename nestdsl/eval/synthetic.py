@@ -99,6 +99,7 @@ class Checkpoints:
         save_checkpoint(
             self.root, step=step, model=model, optimizer=optimizer, rng_states=[capture_rng()],
             memory_states=None, keep=1,
+            resume_hint="run the same command again",
             extra={"synthetic": {"identity": self.identity, "curve": curve,
                                  "schedule": {**state, "lr_lambdas": [None]}}},
         )  # fmt: skip

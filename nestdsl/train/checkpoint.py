@@ -150,12 +150,14 @@ def save_checkpoint(
     memory_states: list[dict[str, torch.Tensor]] | None,
     extra: dict,
     keep: int,
+    resume_hint: str = "rerun with --resume",
 ) -> Path:
     """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the last `keep`.
 
     `optimizer` is a torch optimizer or a LevelOptimizers (one per trained level).
     `rng_states` and `memory_states` hold one entry per rank. `extra` is stored in meta.json
-    (spec identity, loop counters). Raises CheckpointWriteError on OSError (disk full...).
+    (spec identity, loop counters). Raises CheckpointWriteError on OSError (disk full...), whose
+    message ends with `resume_hint`: how the command that saved resumes.
     """
     root = Path(root)
     weights, aliases = model_tensors(model)
@@ -217,7 +219,7 @@ def save_checkpoint(
             "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
         )
         raise CheckpointWriteError(
-            f"could not write checkpoint {final} ({reason}); {kept}; fix this and rerun with --resume"
+            f"could not write checkpoint {final} ({reason}); {kept}; fix this and {resume_hint}"
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

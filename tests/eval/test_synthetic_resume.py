@@ -103,3 +103,10 @@ def test_an_interrupted_needle_run_resumes_with_the_same_numbers(tmp_path, monke
     assert steps == [2, 3, 4]
     assert {k: v for k, v in resumed.items() if k != "work_dir"} == straight
     assert not (tmp_path / "checkpoints").exists()  # scored: the checkpoints are gone
+
+
+def test_a_work_dir_that_cannot_be_written_says_how_to_go_on(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=r"could not write checkpoint .*fix this and run the same command again"):
+        run_recall("deltanet", [POINT], SETTINGS, progress=False, work_dir=blocker)

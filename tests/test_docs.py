@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
+import nestdsl
 from nestdsl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +246,6 @@ EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_every_example_spec_compiles_and_runs(path):
-    import torch
-
-    import nestdsl
-
     model = nestdsl.compile(nestdsl.load(path))
     out = model(torch.randint(0, 256, (1, 32)))
     logits = out[0] if isinstance(out, tuple) else out
@@ -255,8 +253,6 @@ def test_every_example_spec_compiles_and_runs(path):
 
 
 def test_the_mac_example_changes_only_what_its_writes_read():
-    import nestdsl
-
     def nodes(spec):
         return spec.model_dump(mode="json")["blocks"][0]["nodes"]
 

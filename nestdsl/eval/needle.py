@@ -165,14 +165,15 @@ def run_needle(
     split = split_corpus(load_corpus(settings.data))
     size = Resize(settings.d_model, settings.heads, settings.layers, VOCAB)
     checked = load_resized(spec, size, list(overrides))
-    saves = None if work_dir is None else Path(work_dir) / "checkpoints"
-    identity = {"spec": checked.spec.model_dump(mode="json"), "settings": asdict(settings),
-                "text": corpus_fingerprint(split.train)}  # fmt: skip
-    checkpoints = None if saves is None else Checkpoints(saves, identity)
+    checkpoints = None
+    if work_dir is not None:
+        identity = {"spec": checked.spec.model_dump(mode="json"), "settings": asdict(settings),
+                    "text": corpus_fingerprint(split.train)}  # fmt: skip
+        checkpoints = Checkpoints(Path(work_dir) / "checkpoints", identity)
     model, training = train_model(checked, split.train, settings, device, progress, checkpoints)
     cells = score_cells(model, split.validation, settings, device, progress)
-    if saves is not None:
-        shutil.rmtree(saves, ignore_errors=True)
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints.root, ignore_errors=True)
     return {
         "task": "needle",
         "spec": checked.name,

@@ -203,7 +203,7 @@ def run_recall(
                                   checkpoints=checkpoints)  # fmt: skip
             if folder is not None:  # scored: the point's result replaces its checkpoints
                 write_result({"identity": identity, "outcome": outcome}, folder / "point.json")
-                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+                shutil.rmtree(checkpoints.root, ignore_errors=True)
         results.append({**point, **outcome})
         if progress:
             tqdm.write(f"{label}: accuracy {outcome['accuracy']:.3f}", file=sys.stderr)

@@ -95,13 +95,13 @@ class Checkpoints:
         return loaded.step, saved["curve"]
 
     def save(self, step: int, model: torch.nn.Module, optimizer, schedule, curve: list) -> None:
-        state = {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
         save_checkpoint(
             self.root, step=step, model=model, optimizer=optimizer, rng_states=[capture_rng()],
             memory_states=None, keep=1,
             resume_hint="run the same command again",
+            # LambdaLR keeps None for a plain function's lambda: its state is JSON as it is
             extra={"synthetic": {"identity": self.identity, "curve": curve,
-                                 "schedule": {**state, "lr_lambdas": [None]}}},
+                                 "schedule": schedule.state_dict()}},
         )  # fmt: skip
 
 
@@ -190,7 +190,8 @@ def train_on_rows(
         peak_grad = max(peak_grad, grad_norm)
         optimizer.step()
         window.append(loss.item())
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+        recorded = (step + 1) % settings.log_every == 0 or step + 1 == settings.steps
+        if recorded:
             last_loss = sum(window) / len(window)
             record({
                 "step": step + 1, "loss": round(last_loss, 5), "lr": schedule.get_last_lr()[0],
@@ -199,8 +200,8 @@ def train_on_rows(
             bar.set_postfix(loss=f"{last_loss:.3f}")
             window, peak_grad, peak_state = [], 0.0, 0.0
         schedule.step()
-        if checkpoints is not None and not window and step + 1 < settings.steps:
-            checkpoints.save(step + 1, model, optimizer, schedule, curve)  # a record was just made
+        if checkpoints is not None and recorded and step + 1 < settings.steps:
+            checkpoints.save(step + 1, model, optimizer, schedule, curve)
     bar.close()
     return {
         "final_train_loss": None if diverged is not None else round(last_loss, 5),

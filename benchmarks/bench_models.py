@@ -32,7 +32,9 @@ hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one proc
 ``NAME+spans128`` in spans of 128 tokens (``--recompute 128``). ``--ops`` adds one profiled step per row and reports its op
 calls per token (torch.profiler events, nested ones included) and the KB its ops write per token
 (the bytes of every op output that is not a view of an input: the memory traffic a step makes,
-which on a CPU costs as much as its arithmetic): counts the machine's load does not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
+which on a CPU costs as much as its arithmetic) and the MFLOP of its matrix products per token,
+with the ``x hand`` that FLOP count allows at the Transformer's FLOP rate (the hand-written
+row's MFLOP over the spec's): counts the machine's load does not change. ``--repeat N`` runs the whole table N times, each spec's ratio taken against the
 hand-written row of the same repetition, and prints medians.
 
 Threads: 1 by default (``--threads``), so other processes on a shared 2-core machine disturb
@@ -214,9 +216,32 @@ def interleaved(args, names: list[str], T: int) -> list[dict]:
 
 
 def op_counts(step, tokens: int) -> dict:
-    """Op calls and KB written per token of one step each (`count_ops`, `count_written`)."""
+    """Op calls, KB written and MFLOP per token of one step each (`count_ops`, `count_written`,
+    `count_flops`)."""
     return {"ops_per_token": count_ops(step) / tokens,
-            "kb_per_token": count_written(step) / tokens / 1024}  # fmt: skip
+            "kb_per_token": count_written(step) / tokens / 1024,
+            "mflop_per_token": count_flops(step) / tokens / 1e6}  # fmt: skip
+
+
+def count_flops(step) -> int:
+    """FLOPs of one step's matrix products (torch's FlopCounterMode: mm, bmm, their fused adds,
+    convolutions and attention, forward and backward, attention counted without its causal
+    mask as torch does; elementwise ops and triangular solves are not counted). Divided into
+    the hand-written row's count it is the ``x hand`` a spec would reach if its products ran at
+    the Transformer's FLOP rate."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    # torch counts the CUDA attention kernels only; the CPU's flash attention has the same count
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v),
+    }  # fmt: skip
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def count_written(step) -> int:
@@ -321,15 +346,18 @@ def table(rows: list[dict], seq_lens: list[int]) -> str:
     hand = {(r["T"], r.get("rep", 0)): r["tok_s"] for r in rows
             if r["spec"] == HAND and "tok_s" in r}  # fmt: skip
     ops = any("ops_per_token" in r for r in rows)
-    cols = " tok/s T={} | x hand |" + (" ops/token | KB/token |" if ops else "") + " peak RSS | delta |"
+    flops = {r["T"]: r["mflop_per_token"] for r in rows if r["spec"] == HAND and "mflop_per_token" in r}
+    width = 8 if ops else 4
+    cols = (" tok/s T={} | x hand |" + (" ops/token | KB/token | MFLOP/token | x hand at its FLOP rate |"
+            if ops else "") + " peak RSS | delta |")  # fmt: skip
     head = "| spec |" + "".join(cols.format(T) for T in seq_lens)
-    lines = [head, "|---|" + ("---:|" * (6 if ops else 4)) * len(seq_lens)]
+    lines = [head, "|---|" + ("---:|" * width) * len(seq_lens)]
     for spec in dict.fromkeys(r["spec"] for r in rows):
         cells = []
         for T in seq_lens:
             mine = [r for r in rows if r["spec"] == spec and r["T"] == T]
             good = [r for r in mine if "error" not in r]
-            blank = " |" * (6 if ops else 4)
+            blank = " |" * width
             if not mine:
                 cells.append(blank)
             elif not good:
@@ -339,8 +367,12 @@ def table(rows: list[dict], seq_lens: list[int]) -> str:
                 ratios = [r["ratio"] if "ratio" in r else r["tok_s"] / hand[T, r.get("rep", 0)]
                           for r in good if "ratio" in r or (T, r.get("rep", 0)) in hand]  # fmt: skip
                 ratio = f"{med(ratios):.3f}" if ratios else ""
-                count = (f" {med(r['ops_per_token'] for r in good):,.0f} |"
-                         f" {med(r['kb_per_token'] for r in good):,.0f} |") if ops else ""  # fmt: skip
+                count = ""
+                if ops:
+                    mflop = med(r["mflop_per_token"] for r in good)
+                    bound = f"{flops[T] / mflop:.3f}" if T in flops else ""
+                    count = (f" {med(r['ops_per_token'] for r in good):,.0f} |"
+                             f" {med(r['kb_per_token'] for r in good):,.0f} | {mflop:,.1f} | {bound} |")
                 memory = " | |" if "peak" not in good[0] else (
                     f" {med(r['peak'] for r in good) / 2**30:.2f} GB"
                     f" | {med(r['delta'] for r in good) / 2**30:.2f} GB |")  # fmt: skip
@@ -385,8 +417,8 @@ def main() -> None:
     )
     ap.add_argument("--size", default=",".join(f"{k}={v}" for k, v in SIZE.items()),
                     help="the sizes every spec is resized to, as KEY=VALUE,...")  # fmt: skip
-    ap.add_argument("--ops", action="store_true", help="also count op calls and KB written per token (one "
-                    "profiled step per row)")  # fmt: skip
+    ap.add_argument("--ops", action="store_true", help="also count op calls, KB written and MFLOP per "
+                    "token (profiled steps per row)")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1, help="run the table N times; medians")
     ap.add_argument("--interleave", action="store_true", help="run every spec in one process, "
                     "their steps in turn; ratios per round (no memory columns)")  # fmt: skip

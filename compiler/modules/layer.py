@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from nestdsl.compiler.modules.memory_deep import DeepMemory
 from nestdsl.compiler.modules.memory_factory import build_memory
 from nestdsl.compiler.modules.memory_group import MemoryGroup
 from nestdsl.compiler.modules.ops import (
@@ -103,6 +104,12 @@ class Layer(nn.Module):
         n_persistent = sum(self.persistent[p].shape[0] for p in persistent)
         segment = plan.spec.levels[op.segment].every if op.segment else None
         return Region(n_persistent, len(op.prefix) - len(persistent), segment)
+
+    def keep_chunk_intermediates(self, keep: bool) -> None:
+        """Every deep memory of the layer, grouped calls included (model.recompute)."""
+        calls = [m for m in self.memories.values() if isinstance(m, DeepMemory)]
+        for memory in calls + [g.call for g in self.groups.values()]:
+            memory.keep_chunk_intermediates(keep)
 
     def extra_repr(self) -> str:
         seg = f", sequential every {self.segment} tokens" if self.segment else ""

@@ -169,6 +169,14 @@ class DeepMemory(WeightsMemory):
 
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
+    def keep_chunk_intermediates(self, keep: bool) -> None:
+        """`model.recompute = "off"` (model.py): backward keeps every chunk's intermediates
+        instead of recomputing groups of RECOMPUTE chunks (faster, more memory)."""
+        group = 0 if keep else (1 if self.rule == "muon" else RECOMPUTE)
+        self.options = replace(self.options, recompute=group)
+        if self.split_options is not None:
+            self.split_options = replace(self.split_options, recompute=group)
+
     def _gates(self, env, like):
         """Per-token `[B, T, H]` step size, momentum, forget gate, Huber threshold and the
         Omega window's token weight, and `[B, T, H, c]` its position weights when given."""

@@ -14,7 +14,8 @@ replays them, so streaming stays exact.
 A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
 each span be a checkpoint of the state it starts from, so backward keeps the states between
 spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any
-model so (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"` none.
+model so (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"` none,
+not even the deep memories' chunk groups (the fastest step, the most memory).
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class CompiledModel(nn.Module):
                 f"spans of {mode} tokens: a span must be a multiple of {self.span_unit} tokens "
                 f"(the lcm of `{self.spec_name}`'s segments and chunks, so none ends inside one)")
         self._recompute = mode
+        for layer in self.layers:
+            layer.keep_chunk_intermediates(mode == "off")
 
     @property
     def reenters_backward(self) -> bool:

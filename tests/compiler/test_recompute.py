@@ -217,3 +217,39 @@ def test_bad_recompute_values_are_user_errors(tmp_path):
         train(spec_source("titans-lmm", small_overrides("titans-lmm")), config, tmp_path / "bad",
               progress=False)  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def _product_flops(model, tokens) -> int:
+    """FLOPs of the matrix products of one forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        logits, _ = model(tokens)
+        logits.sum().backward()
+    return counter.get_total_flops()
+
+
+def test_off_keeps_every_chunk_of_the_deep_memories():
+    """`recompute off` also stops the deep memories' chunk groups (memory_deep.RECOMPUTE) from
+    rerunning in backward, grouped calls included: the same numbers, fewer products."""
+    from nestdsl.compiler.modules.memory_deep import RECOMPUTE, DeepMemory
+
+    torch.manual_seed(0)
+    auto = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm"))).double()
+    off = nestdsl.compile(nestdsl.load("titans-lmm", small_overrides("titans-lmm"))).double()
+    off.load_state_dict(auto.state_dict())
+    off.recompute = "off"
+    chunk = auto.layers[0].memories["M"].chunk
+    tokens = torch.randint(0, 256, (2, (RECOMPUTE + 2) * chunk + 4),
+                           generator=torch.Generator().manual_seed(1))  # fmt: skip
+    _assert_same(_step(auto, tokens), _step(off, tokens))
+    assert _product_flops(auto, tokens[:, :-1]) > _product_flops(off, tokens[:, :-1])
+
+    hope = nestdsl.compile(nestdsl.load("hope", small_overrides("hope")))
+    assert all(layer.groups for layer in hope.layers)  # M_k, M_v, M_eta, M_alpha: one call
+    calls = [c for layer in hope.layers
+             for c in [*layer.memories.values(), *(g.call for g in layer.groups.values())]
+             if isinstance(c, DeepMemory)]  # fmt: skip
+    for mode, group in (("off", 0), ("auto", RECOMPUTE), ("spans", RECOMPUTE)):
+        hope.recompute = mode
+        assert {c.options.recompute for c in calls} == {group}, mode

@@ -11,8 +11,13 @@ algorithm allows on this machine: elementwise ops, copies, autograd and Python o
 its step. The ``x hand`` targets of issue 13 above that bound cannot be met without changing
 what the spec computes (its chunk and segment sizes set the products' shapes).
 
-Also printed: MFLOP per token (bench_models.count_flops) and the rate the products reach
-alone. Best-of-N timings of single ops, taken in one process, move little with the load.
+A second figure adds the step's memory traffic: the bytes its ops write
+(bench_models.count_written) at the rate this CPU writes the output of a large ``torch.add``.
+It is an estimate, not a bound (outputs that stay in the caches are written faster), apt
+where the written tensors are larger than the L2 cache. Beside both, the spec's own step (best
+of ``--steps``) gives the measured ``x hand``; what neither accounts for is the cost of the
+step's many small ops (dispatch, autograd, Python). Also printed: MFLOP per token (bench_models.count_flops) and the rate the products
+reach alone. Best-of-N timings, taken in one process, move little with the load.
 
     python benchmarks/bench_bound.py --specs hand,titans-lmm,titans-mac,hope-attention,hope
     python benchmarks/bench_bound.py --specs hand,hope --size d_model=64,n_heads=2,d_head=32,n_layers=2 --seq-len 128
@@ -26,7 +31,7 @@ import time
 from collections import Counter
 
 import torch
-from bench_models import HAND, SIZE, count_flops, make_step
+from bench_models import HAND, SIZE, count_flops, count_written, make_step
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
@@ -114,6 +119,18 @@ def products_time(step, reps: int) -> tuple[float, int]:
     return total, sum(recorder.calls.values())
 
 
+def write_rate() -> float:
+    """Bytes per second this CPU writes as the output of an elementwise op on large tensors."""
+    x, y, out = (torch.randn(2**25) for _ in range(3))  # 128 MB each, far beyond the caches
+    return out.nbytes / min(_timed(lambda: torch.add(x, y, out=out)) for _ in range(5))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--specs", default="hand,titans-lmm,titans-mac,hope-attention,hope")
@@ -121,7 +138,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--size", default=",".join(f"{k}={v}" for k, v in SIZE.items()))
     ap.add_argument("--reps", type=int, default=5, help="timed calls per distinct product (best)")
-    ap.add_argument("--hand-steps", type=int, default=5, help="hand-written steps timed (best)")
+    ap.add_argument("--steps", type=int, default=2, help="steps of each spec timed (best; the "
+                    "hand-written model takes 2 more)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -132,30 +150,38 @@ def main() -> None:
     T, tokens = args.seq_len, args.batch * args.seq_len
     load = os.getloadavg()[0]
 
+    rate = write_rate()
     hand = make_step(HAND, args, T)
     hand()
-    hand_step = min(hand() for _ in range(args.hand_steps))
+    hand_step = min(hand() for _ in range(args.steps + 2))
     rows = []
     for name in names:
         step = hand if name == HAND else make_step(name, args, T)
         step()  # warm: lazy buffers and the optimizer's state
-        flops = count_flops(step)
+        own = hand_step if name == HAND else min(step() for _ in range(args.steps))
+        flops, written = count_flops(step), count_written(step)
         seconds, calls = products_time(step, args.reps)
-        rows.append((name, flops / tokens / 1e6, calls, seconds, flops / seconds / 1e9,
-                     hand_step / seconds))  # fmt: skip
-        print(f"{name}: {rows[-1][1]:.1f} MFLOP/token, products {seconds:.3f} s per step",
-              flush=True)  # fmt: skip
+        rows.append({"name": name, "mflop": flops / tokens / 1e6, "calls": calls,
+                     "products": seconds, "gflops": flops / seconds / 1e9,
+                     "bound": hand_step / seconds, "kb": written / tokens / 1024,
+                     "estimate": hand_step / (seconds + written / rate),
+                     "measured": hand_step / own})  # fmt: skip
+        print(f"{name}: {rows[-1]['mflop']:.1f} MFLOP/token, products {seconds:.3f} s, "
+              f"step {own:.3f} s", flush=True)  # fmt: skip
 
     sizes = ", ".join(f"{k} {v}" for k, v in SIZE.items())
     print(f"\nconfig: {sizes}; B={args.batch}, T={T}; {args.threads} thread(s); best of "
           f"{args.reps} per product; hand-written step {hand_step:.3f} s (best of "
-          f"{args.hand_steps}); load average {load:.2f} -> {os.getloadavg()[0]:.2f}\n")  # fmt: skip
-    print("| spec | MFLOP/token | product calls per step | products alone, s per step "
-          "| their GFLOP/s | bound on x hand |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, mflop, calls, seconds, rate, bound in rows:
-        label = "hand-written Transformer++" if name == HAND else f"`{name}`"
-        print(f"| {label} | {mflop:,.1f} | {calls:,} | {seconds:.3f} | {rate:.1f} | {bound:.3f} |")
+          f"{args.steps + 2}); writes at {rate / 1e9:.1f} GB/s; load average {load:.2f} -> "
+          f"{os.getloadavg()[0]:.2f}\n")  # fmt: skip
+    print("| spec | MFLOP/token | product calls | products alone, s | their GFLOP/s | KB written "
+          "per token | x hand, measured | bound: products | estimate: products + writes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        label = "hand-written Transformer++" if r["name"] == HAND else f"`{r['name']}`"
+        print(f"| {label} | {r['mflop']:,.1f} | {r['calls']:,} | {r['products']:.3f} | "
+              f"{r['gflops']:.1f} | {r['kb']:,.0f} | {r['measured']:.3f} | {r['bound']:.3f} | "
+              f"{r['estimate']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 PRODUCTS = {
-    aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten.convolution_backward,
+    aten.mm, aten.addmm, aten.addmm_, aten.bmm, aten.baddbmm, aten.baddbmm_, aten.convolution,
+    aten.convolution_backward,
     aten._scaled_dot_product_flash_attention_for_cpu,
     aten._scaled_dot_product_flash_attention_for_cpu_backward,
     aten.linalg_solve_triangular,
@@ -86,7 +87,7 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.overloadpacket in PRODUCTS or func in PRODUCTS:
+        if func.overloadpacket in PRODUCTS:
             args_t, kwargs_t = _template(args), {k: _template(v) for k, v in kwargs.items()}
             key = (str(func), repr(args_t), repr(sorted(kwargs_t.items())))
             self.calls[key] += 1

@@ -232,14 +232,17 @@ def count_flops(step) -> int:
     from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
     aten = torch.ops.aten
-    # torch counts the CUDA attention kernels only; the CPU's flash attention has the same count
-    cpu_attention = {
+    # torch counts the CUDA attention kernels only (the CPU's flash attention has the same
+    # count) and not the in-place products (the deep memory's chunk ends)
+    uncounted = {
+        aten.addmm_: lambda _, a, b, *__, out_shape=None, **___: 2 * a[0] * a[1] * b[1],
+        aten.baddbmm_: lambda _, a, b, *__, out_shape=None, **___: 2 * a[0] * a[1] * a[2] * b[2],
         aten._scaled_dot_product_flash_attention_for_cpu:
             lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
         aten._scaled_dot_product_flash_attention_for_cpu_backward:
             lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v),
     }  # fmt: skip
-    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+    with FlopCounterMode(display=False, custom_mapping=uncounted) as counter:
         step()
     return counter.get_total_flops()
 

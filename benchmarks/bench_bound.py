@@ -14,9 +14,11 @@ what the spec computes (its chunk and segment sizes set the products' shapes).
 A second figure adds the step's memory traffic: the bytes its ops write
 (bench_models.count_written) at the rate this CPU writes the output of a large ``torch.add``.
 It is an estimate, not a bound (outputs that stay in the caches are written faster), apt
-where the written tensors are larger than the L2 cache. Beside both, the spec's own step (best
-of ``--steps``) gives the measured ``x hand``; what neither accounts for is the cost of the
-step's many small ops (dispatch, autograd, Python). Also printed: MFLOP per token (bench_models.count_flops) and the rate the products
+where the written tensors are larger than the L2 cache. A third adds the step's op calls
+(bench_models.count_ops, torch.profiler events) at the cost of the cheapest op, an add of two
+16-number tensors: the floor of dispatch per call. Beside them, the spec's own step (best of
+``--steps``) gives the measured ``x hand``; what the estimates leave out is autograd's
+bookkeeping and Python between the ops. Also printed: MFLOP per token (bench_models.count_flops) and the rate the products
 reach alone. Best-of-N timings, taken in one process, move little with the load.
 
     python benchmarks/bench_bound.py --specs hand,titans-lmm,titans-mac,hope-attention,hope
@@ -31,7 +33,7 @@ import time
 from collections import Counter
 
 import torch
-from bench_models import HAND, SIZE, count_flops, count_written, make_step
+from bench_models import HAND, SIZE, count_flops, count_ops, count_written, make_step
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
@@ -126,6 +128,17 @@ def write_rate() -> float:
     return out.nbytes / min(_timed(lambda: torch.add(x, y, out=out)) for _ in range(5))
 
 
+def op_cost() -> float:
+    """Seconds of the cheapest op call: an add of two 16-number tensors (best of 5 x 1,000)."""
+    x, y = torch.randn(16), torch.randn(16)
+
+    def thousand():
+        for _ in range(1000):
+            torch.add(x, y)
+
+    return min(_timed(thousand) for _ in range(5)) / 1000
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -151,7 +164,7 @@ def main() -> None:
     T, tokens = args.seq_len, args.batch * args.seq_len
     load = os.getloadavg()[0]
 
-    rate = write_rate()
+    rate, per_op = write_rate(), op_cost()
     hand = make_step(HAND, args, T)
     hand()
     hand_step = min(hand() for _ in range(args.steps + 2))
@@ -160,12 +173,14 @@ def main() -> None:
         step = hand if name == HAND else make_step(name, args, T)
         step()  # warm: lazy buffers and the optimizer's state
         own = hand_step if name == HAND else min(step() for _ in range(args.steps))
-        flops, written = count_flops(step), count_written(step)
+        flops, written, ops = count_flops(step), count_written(step), count_ops(step)
         seconds, calls = products_time(step, args.reps)
         rows.append({"name": name, "mflop": flops / tokens / 1e6, "calls": calls,
                      "products": seconds, "gflops": flops / seconds / 1e9,
                      "bound": hand_step / seconds, "kb": written / tokens / 1024,
                      "estimate": hand_step / (seconds + written / rate),
+                     "ops": ops / tokens,
+                     "estimate_ops": hand_step / (seconds + written / rate + ops * per_op),
                      "measured": hand_step / own})  # fmt: skip
         print(f"{name}: {rows[-1]['mflop']:.1f} MFLOP/token, products {seconds:.3f} s, "
               f"step {own:.3f} s", flush=True)  # fmt: skip
@@ -173,16 +188,18 @@ def main() -> None:
     sizes = ", ".join(f"{k} {v}" for k, v in SIZE.items())
     print(f"\nconfig: {sizes}; B={args.batch}, T={T}; {args.threads} thread(s); best of "
           f"{args.reps} per product; hand-written step {hand_step:.3f} s (best of "
-          f"{args.steps + 2}); writes at {rate / 1e9:.1f} GB/s; load average {load:.2f} -> "
+          f"{args.steps + 2}); writes at {rate / 1e9:.1f} GB/s; the cheapest op "
+          f"{per_op * 1e6:.1f} us; load average {load:.2f} -> "
           f"{os.getloadavg()[0]:.2f}\n")  # fmt: skip
     print("| spec | MFLOP/token | product calls | products alone, s | their GFLOP/s | KB written "
-          "per token | x hand, measured | bound: products | estimate: products + writes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "per token | op calls per token | x hand, measured | bound: products | estimate: products + "
+          "writes | estimate: + op calls |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         label = "hand-written Transformer++" if r["name"] == HAND else f"`{r['name']}`"
         print(f"| {label} | {r['mflop']:,.1f} | {r['calls']:,} | {r['products']:.3f} | "
-              f"{r['gflops']:.1f} | {r['kb']:,.0f} | {r['measured']:.3f} | {r['bound']:.3f} | "
-              f"{r['estimate']:.3f} |")
+              f"{r['gflops']:.1f} | {r['kb']:,.0f} | {r['ops']:,.0f} | {r['measured']:.3f} | "
+              f"{r['bound']:.3f} | {r['estimate']:.3f} | {r['estimate_ops']:.3f} |")
 
 
 if __name__ == "__main__":

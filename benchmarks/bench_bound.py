@@ -102,12 +102,7 @@ def best_time(func, args_t, kwargs_t, reps: int) -> float:
     product adds into the same fresh tensor each time, the same work)."""
     args, kwargs = _fresh(args_t), {k: _fresh(v) for k, v in kwargs_t.items()}
     func(*args, **kwargs)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        func(*args, **kwargs)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(_timed(lambda: func(*args, **kwargs)) for _ in range(reps))
 
 
 def products_time(step, reps: int) -> tuple[float, int]:

@@ -18,7 +18,8 @@ with ``W_{t0}`` in the place of the raw state), and write_then_read at a chunk's
 reads the newly normalized weights. Memora's lag token (Miras eq. 30) makes every chunk two
 spans, its first token and the rest; local retention runs the write pass at the decayed
 chunk-start weights (README §3).
-The Muon rule is not rank one: its per-token weights are formed (muon.py) and read directly.
+The Muon rule is not rank one: its per-token momenta and their orthogonalizations are formed
+(muon.py), its per-token weights are not.
 Python loops run over chunks and layers, never over tokens.
 """
 
@@ -262,21 +263,13 @@ def _linear_layers(coef, gates, dgd_step, state, read_from, mom, inputs, errors,
 
 
 def _muon_layers(gates, state, read_from, mom, inputs, errors, read, row, ns_steps, ns_kind, band):
-    """The Muon rule (muon.py): reads with the formed per-token weights, shifted from the raw
-    chunk-start state to ``read_from`` (the visible one: ``+ b_t (W_{t0} - X_{t0})``, nothing
-    for l2), and the states after ``row``."""
+    """The Muon rule (muon.py): reads from each layer's chunk with the visible chunk-start
+    weights ``read_from`` in the place of the raw state, and the states after ``row``."""
     ends = [muon_chunk(*gates, W, S, a, x, ns_steps, ns_kind, band)
             for W, S, a, x in zip(state, mom, inputs, errors, strict=True)]  # fmt: skip
     rows = read_rows(read, gates[0].shape[-1]) if read != "chunk_start" else None
-    b = F.pad(torch.cumprod(1.0 - gates[2], -1), (1, 0), value=1.0)[..., rows, None, None]
-    shifts = [None if V is X else V - X for V, X in zip(read_from, state, strict=True)]
 
     def apply(i: int, r: torch.Tensor) -> torch.Tensor:
-        W = ends[i][0][..., rows, :, :]  # [B, H, C, out, in]
-        W = W if shifts[i] is None else W + b * shifts[i].unsqueeze(-3)
-        return (W @ r.unsqueeze(-1)).squeeze(-1)
+        return ends[i].read(rows, r, read_from[i])
 
-    # Copies, not views: a view would keep all C + 1 formed matrices alive as the next chunk's
-    # state (and as a recomputed group's output, defeating recomputation).
-    states = [W[..., row, :, :].clone() for W, _ in ends]  # L x [B, H, out, in]
-    return apply, states, [S[..., row, :, :].clone() for _, S in ends]
+    return apply, [m.weights(row) for m in ends], [m.momentum(row) for m in ends]

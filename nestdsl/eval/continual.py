@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import sys
 import time
@@ -58,13 +56,13 @@ from nestdsl.data.corpus import (
 )
 from nestdsl.errors import UserError
 from nestdsl.eval.bpb import bits_per_byte_of, heldout_windows
+from nestdsl.eval.checkpoints import Checkpoints, work_dir_for
 from nestdsl.eval.continual_plot import plot_continual
 from nestdsl.eval.forgetting import summarize
 from nestdsl.eval.subject import Resize, resize_overrides
 from nestdsl.optim import build_level_optimizers, build_optimizer, optimizer_settings
-from nestdsl.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from nestdsl.train.config import spec_source
-from nestdsl.train.distributed import capture_rng, restore_rng, seed_everything
+from nestdsl.train.distributed import seed_everything
 from nestdsl.train.metrics import call_model, language_model_loss
 
 DEFAULT_DOMAINS = tuple(EMBEDDED)
@@ -246,27 +244,16 @@ def run_continual(
     domains = load_domains(settings)
     learner, source, levels = build_learner(spec, settings, device, list(overrides))
     identity = _identity(source, settings, domains)
-    if work_dir is None:
-        # One folder per spec and settings, so other seeds or settings (as `nestdsl compare`
-        # runs them) never collide, and the same command finds its own folder to resume.
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-        work_dir = Path("runs/eval") / f"{source.name}-continual-{digest}"
-    root = Path(work_dir)
-    stages_dir = root / "stages"
+    # One folder per spec and settings, so other seeds or settings (as `nestdsl compare` runs
+    # them) never collide, and the same command finds its own folder to resume.
+    root = Path(work_dir or work_dir_for("continual", source.name, identity))
+    stages = Checkpoints(root / "stages", identity, "continual", keep=len(domains))
     done: dict = {"baseline": None, "R": [], "train_loss": [], "seconds": []}
-    found = latest_checkpoint(stages_dir) if stages_dir.exists() else None
-    if found is not None:
-        saved = read_meta(found).get("continual", {})
-        if saved.get("identity") != identity:
-            raise UserError(
-                f"continual: {root} holds stages of another spec or other settings; give "
-                "another --work-dir or delete that folder"
-            )
-        loaded = load_checkpoint(found, learner.model, learner.optimizer)
-        restore_rng(loaded.rng_states[0])
-        if loaded.memory_states:
-            learner.memory = {k: v.to(device) for k, v in loaded.memory_states[0].items()}
-        done = {k: saved[k] for k in done}
+    saved = stages.load(learner.model, learner.optimizer)
+    if saved is not None:
+        if saved.memory:
+            learner.memory = {k: v.to(device) for k, v in saved.memory.items()}
+        done = {k: saved.state[k] for k in done}
         if progress:
             tqdm.write(f"continual: resuming {root} after stage {len(done['R'])}", file=sys.stderr)
     if done["baseline"] is None:
@@ -282,14 +269,8 @@ def run_continual(
         done["R"].append(row)
         done["train_loss"].append(round(loss, 6))
         done["seconds"].append(round(time.perf_counter() - started, 2))
-        save_checkpoint(
-            stages_dir, step=(stage + 1) * settings.steps_per_stage, model=learner.model,
-            optimizer=learner.optimizer, rng_states=[capture_rng()],
-            memory_states=[{k: v.cpu() for k, v in learner.memory.items()}]
-            if learner.memory else None,
-            extra={"continual": {"identity": identity, **done}}, keep=len(domains),
-            resume_hint="run the same command again",
-        )  # fmt: skip
+        stages.save((stage + 1) * settings.steps_per_stage, learner.model, learner.optimizer,
+                    done, learner.memory or None)  # fmt: skip
         if progress:
             shown = ", ".join(f"{d.label} {b:.3f}" for d, b in zip(domains, row, strict=True))
             tqdm.write(f"{label}: bpb {shown}", file=sys.stderr)

@@ -44,9 +44,10 @@ import nestdsl
 from nestdsl.data.batches import step_seed
 from nestdsl.data.corpus import corpus_fingerprint, load_corpus, split_corpus
 from nestdsl.errors import UserError
+from nestdsl.eval.checkpoints import Checkpoints
 from nestdsl.eval.haystack import KINDS, answer_scores, longest_overhead, needle_batch
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.eval.synthetic import WORK_DIR_FLAG, Checkpoints, default_work_dir, train_on_rows
+from nestdsl.eval.synthetic import WORK_DIR_FLAG, default_work_dir, train_on_rows
 
 VOCAB = 256  # bytes
 
@@ -169,7 +170,7 @@ def run_needle(
     if work_dir is not None:
         identity = {"spec": checked.spec.model_dump(mode="json"), "settings": asdict(settings),
                     "text": corpus_fingerprint(split.train)}  # fmt: skip
-        checkpoints = Checkpoints(Path(work_dir) / "checkpoints", identity)
+        checkpoints = Checkpoints(Path(work_dir) / "checkpoints", identity, "synthetic")
     model, training = train_model(checked, split.train, settings, device, progress, checkpoints)
     cells = score_cells(model, split.validation, settings, device, progress)
     if checkpoints is not None:

@@ -47,17 +47,12 @@ from tqdm import tqdm
 import nestdsl
 from nestdsl.data.batches import step_seed
 from nestdsl.errors import UserError
+from nestdsl.eval.checkpoints import Checkpoints, as_json
 from nestdsl.eval.grid import point_label
 from nestdsl.eval.mqar import MQARShape, mqar_rows, query_distances, row_accuracy
 from nestdsl.eval.report import write_result
 from nestdsl.eval.subject import Resize, load_resized
-from nestdsl.eval.synthetic import (
-    WORK_DIR_FLAG,
-    Checkpoints,
-    as_json,
-    default_work_dir,
-    train_on_rows,
-)
+from nestdsl.eval.synthetic import WORK_DIR_FLAG, default_work_dir, train_on_rows
 
 GRID_KEYS = {"L": 64, "N": 8, "d_model": 64}  # the setting
 HELDOUT = "mqar-heldout"  # the split name of the held-out seed; training uses "mqar-train"
@@ -197,7 +192,8 @@ def run_recall(
                     "point": point}  # fmt: skip
         outcome = _scored_earlier(folder, identity, label)
         if outcome is None:
-            checkpoints = None if folder is None else Checkpoints(folder / "checkpoints", identity)
+            checkpoints = (None if folder is None
+                           else Checkpoints(folder / "checkpoints", identity, "synthetic"))
             outcome = train_point(checked, shape, settings, device, progress, label,
                                   on_record=lambda entry, label=label: _report(label, entry),
                                   checkpoints=checkpoints)  # fmt: skip

@@ -8,31 +8,27 @@ model that is scored is the last finite one. Beside the loss, each curve record 
 largest gradient norm and the largest entry of the in-context memory state since the previous
 record: a memory that blows up shows there long before the loss does (docs/evaluation.md).
 
-Given `Checkpoints`, the loop saves its whole state at every curve record (weights, optimizer,
-schedule, curve, random state; nestdsl.train.checkpoint's safetensors format, which loads
-without running code) and starts from the latest one it finds, so an interrupted run resumes
-at its last record and ends with the numbers an uninterrupted one would have had.
+Given `Checkpoints` (checkpoints.py), the loop saves its whole state at every curve record
+(weights, optimizer, schedule, curve, random state) and starts from the latest one it finds,
+so an interrupted run resumes at its last record and ends with the numbers an uninterrupted
+one would have had.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nestdsl.errors import UserError
+from nestdsl.eval.checkpoints import Checkpoints, work_dir_for
 from nestdsl.eval.mqar import IGNORE
 from nestdsl.optim import build_optimizer, undecayed_of
-from nestdsl.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
-from nestdsl.train.distributed import capture_rng, restore_rng
 
 Rows = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (inputs, labels) [B, L]
 
@@ -69,54 +65,12 @@ def state_max(state: dict, memories: set[str]) -> float:
     return max(peaks, default=0.0)
 
 
-@dataclass(frozen=True)
-class Checkpoints:
-    """Where a training loop keeps its state, and what a saved state must match to be resumed
-    (a JSON-able `identity`: the spec, the settings and the data's shape)."""
-
-    root: Path
-    identity: dict
-
-    def resume(self, model: torch.nn.Module, optimizer, schedule) -> tuple[int, list]:
-        """Load the latest saved state into the three; (the step to go on from, the curve so
-        far), or (0, []) when nothing was saved. UserError if the folder holds another run."""
-        found = latest_checkpoint(self.root) if Path(self.root).is_dir() else None
-        if found is None:
-            return 0, []
-        saved = read_meta(found).get("synthetic", {})
-        if saved.get("identity") != as_json(self.identity):
-            raise UserError(
-                f"{self.root} holds the checkpoints of another spec or other settings; "
-                "give another --work-dir or delete that folder"
-            )
-        loaded = load_checkpoint(found, model, optimizer)
-        schedule.load_state_dict(saved["schedule"])
-        restore_rng(loaded.rng_states[0])
-        return loaded.step, saved["curve"]
-
-    def save(self, step: int, model: torch.nn.Module, optimizer, schedule, curve: list) -> None:
-        save_checkpoint(
-            self.root, step=step, model=model, optimizer=optimizer, rng_states=[capture_rng()],
-            memory_states=None, keep=1,
-            resume_hint="run the same command again",
-            # LambdaLR keeps None for a plain function's lambda: its state is JSON as it is
-            extra={"synthetic": {"identity": self.identity, "curve": curve,
-                                 "schedule": schedule.state_dict()}},
-        )  # fmt: skip
-
-
-def as_json(value):
-    """`value` as it reads back from JSON (tuples become lists), for comparing with a saved one."""
-    return json.loads(json.dumps(value))
-
-
 def default_work_dir(task: str, subject: str, settings, context) -> Path:
-    """`<spec>-<task>-<hash>` beside `--out` (or in runs/eval): one folder per spec, settings and
-    overrides, so the same command finds its own checkpoints and another never reads them."""
+    """`<spec>-<task>-<hash>` beside `--out` (or in runs/eval), hashed over the spec, the
+    settings and the overrides."""
     key = {"spec": subject, "settings": asdict(settings), "overrides": list(context.overrides)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     parent = Path(context.out).parent if context.out else Path("runs/eval")
-    return parent / f"{Path(subject).stem}-{task}-{digest}"
+    return work_dir_for(task, Path(subject).stem, key, parent)
 
 
 WORK_DIR_FLAG = {
@@ -154,7 +108,11 @@ def train_on_rows(
         optimizer, lambda step: one_cycle(step, settings.steps, settings.warmup_fraction)
     )
     clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
-    start, curve = (0, []) if checkpoints is None else checkpoints.resume(model, optimizer, schedule)
+    saved = None if checkpoints is None else checkpoints.load(model, optimizer)
+    start, curve = 0, []
+    if saved is not None:
+        schedule.load_state_dict(saved.state["schedule"])
+        start, curve = saved.step, saved.state["curve"]
     if start:  # said as records are, with or without progress bars
         tqdm.write(f"{desc}: resuming at step {start} from {checkpoints.root}", file=sys.stderr)
     window, diverged, last_loss = [], None, float("nan")
@@ -201,7 +159,9 @@ def train_on_rows(
             window, peak_grad, peak_state = [], 0.0, 0.0
         schedule.step()
         if checkpoints is not None and recorded and step + 1 < settings.steps:
-            checkpoints.save(step + 1, model, optimizer, schedule, curve)
+            # LambdaLR keeps None for a plain function's lambda: its state is JSON as it is
+            checkpoints.save(step + 1, model, optimizer,
+                             {"curve": curve, "schedule": schedule.state_dict()})  # fmt: skip
     bar.close()
     return {
         "final_train_loss": None if diverged is not None else round(last_loss, 5),

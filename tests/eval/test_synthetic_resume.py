@@ -11,7 +11,7 @@ import nestdsl.eval.recall as recall
 from nestdsl.errors import UserError
 from nestdsl.eval.needle import NeedleSettings, run_needle
 from nestdsl.eval.recall import RecallSettings, point_folder, run_recall
-from nestdsl.eval.synthetic import Checkpoints
+from nestdsl.eval.checkpoints import Checkpoints
 
 SETTINGS = RecallSettings(steps=7, batch_size=4, eval_rows=6, heads=2, layers=1, vocab=64,
                           log_every=2)  # fmt: skip

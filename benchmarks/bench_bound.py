@@ -105,16 +105,27 @@ def best_time(func, args_t, kwargs_t, reps: int) -> float:
     return min(_timed(lambda: func(*args, **kwargs)) for _ in range(reps))
 
 
-def products_time(step, reps: int) -> tuple[float, int]:
-    """(seconds one step spends in its products, each timed alone; number of product calls)."""
-    recorder = Recorder()
-    with recorder:
-        step()
-    total = 0.0
+def recorded_step(step) -> tuple[Recorder, int, int]:
+    """One step under three dispatch modes at once: (its products recorded, FLOPs, bytes
+    written); a step of a deep spec takes minutes here, so it is not taken three times."""
+    recorder, written = Recorder(), {}
+
+    def products():
+        with recorder:
+            step()
+
+    def products_and_writes():
+        written["bytes"] = count_written(products)
+
+    flops = count_flops(products_and_writes)
+    return recorder, flops, written["bytes"]
+
+
+def products_time(recorder: Recorder, reps: int) -> float:
+    """Seconds the recorded step spends in its products, each timed alone."""
     with torch.no_grad():
-        for key, n in recorder.calls.items():
-            total += n * best_time(*recorder.templates[key], reps)
-    return total, sum(recorder.calls.values())
+        return sum(n * best_time(*recorder.templates[key], reps)
+                   for key, n in recorder.calls.items())  # fmt: skip
 
 
 def write_rate() -> float:
@@ -168,8 +179,9 @@ def main() -> None:
         step = hand if name == HAND else make_step(name, args, T)
         step()  # warm: lazy buffers and the optimizer's state
         own = hand_step if name == HAND else min(step() for _ in range(args.steps))
-        flops, written, ops = count_flops(step), count_written(step), count_ops(step)
-        seconds, calls = products_time(step, args.reps)
+        recorder, flops, written = recorded_step(step)
+        ops = count_ops(step)  # the profiler's events, apart from the modes above
+        seconds, calls = products_time(recorder, args.reps), sum(recorder.calls.values())
         rows.append({"name": name, "mflop": flops / tokens / 1e6, "calls": calls,
                      "products": seconds, "gflops": flops / seconds / 1e9,
                      "bound": hand_step / seconds, "kb": written / tokens / 1024,

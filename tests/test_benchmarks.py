@@ -36,5 +36,12 @@ def test_products_are_recorded_by_shape_and_counted():
         _step()
     assert sum(recorder.calls.values()) == 6  # bmm, baddbmm_, attention, twice each
     assert len(recorder.calls) == 3
-    seconds, calls = bench_bound.products_time(_step, reps=1)
-    assert calls == 3 and seconds > 0
+    assert bench_bound.products_time(recorder, reps=1) > 0
+
+
+def test_one_recorded_step_gives_the_products_flops_and_writes_of_separate_steps():
+    torch.manual_seed(0)
+    recorder, flops, written = bench_bound.recorded_step(_step)
+    assert sum(recorder.calls.values()) == 3 and len(recorder.calls) == 3
+    assert flops == bench_models.count_flops(_step)
+    assert written == bench_models.count_written(_step) > 0

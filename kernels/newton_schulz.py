@@ -18,6 +18,7 @@ Batched over leading dims, in the input's dtype, and plain torch ops, so it is d
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 KINDS = ("cubic", "quintic")
 QUINTIC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -36,17 +37,49 @@ def newton_schulz(x: torch.Tensor, steps: int, kind: str = "quintic") -> torch.T
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = x.transpose(-1, -2)  # iterate on the wide side: X X^T is the smaller Gram matrix
-    # Batched products with their scaled sums fused in (baddbmm): three products per quintic
-    # step and no elementwise pass over the matrices (Atlas runs this on every token's momentum).
     shape = x.shape
-    x = x.reshape(-1, *shape[-2:])
-    for _ in range(steps):
-        gram = x @ x.transpose(-1, -2)
-        if kind == "cubic":
-            x = torch.baddbmm(x, gram, x, beta=1.5, alpha=-0.5)  # 1.5 X - 0.5 A X
-        else:
-            a, b, c = QUINTIC_COEFFICIENTS
-            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-            x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    x = _Iterate.apply(x.reshape(-1, *shape[-2:]), steps, *_coefficients(kind))
     x = x.reshape(shape)
     return x.transpose(-1, -2) if tall else x
+
+
+def _coefficients(kind: str) -> tuple[float, float, float]:
+    """(a, b, c) of the step ``X <- a X + (b A + c A^2) X``, ``A = X X^T``."""
+    return QUINTIC_COEFFICIENTS if kind == "quintic" else (1.5, -0.5, 0.0)
+
+
+class _Iterate(torch.autograd.Function):
+    """The Newton-Schulz steps on a batch of wide matrices [N, m, n] (m <= n), with a backward
+    written out: per step four products where autograd's would take six and its scaled copies.
+    Per step, with ``P = b A + c A^2`` (symmetric) and G the gradient of the step's output:
+    ``dX = a G + P G + D X`` with ``Q = G X^T + X G^T`` and ``D = b Q + c (Q A + A Q)``.
+    Atlas runs it on every token's momentum, where it is most of the model's arithmetic."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, steps: int, a: float, b: float, c: float) -> torch.Tensor:
+        saved = []
+        for _ in range(steps):
+            gram = x @ x.transpose(-1, -2)
+            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c) if c else b * gram
+            saved += [x, gram, poly]
+            x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+        ctx.save_for_backward(*saved)
+        ctx.coefficients = a, b, c
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        a, b, c = ctx.coefficients
+        saved = ctx.saved_tensors
+        for i in range(len(saved) - 3, -1, -3):
+            x, gram, poly = saved[i : i + 3]
+            q = grad @ x.transpose(-1, -2)
+            q = q + q.transpose(-1, -2)
+            if c:
+                qa = q @ gram
+                d = torch.add(qa, qa.transpose(-1, -2)).mul_(c).add_(q, alpha=b)
+            else:
+                d = b * q
+            grad = torch.baddbmm(torch.baddbmm(grad, poly, grad, beta=a), d, x)
+        return grad, None, None, None, None

@@ -72,3 +72,31 @@ def test_bad_input_is_refused():
         newton_schulz(torch.ones(3), 2)
     with pytest.raises(ValueError, match="quintic"):
         newton_schulz(torch.ones(2, 2), 2, kind="septic")
+
+
+def reference(x: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
+    """The iteration as plain autograd ops, the reference for the written-out backward."""
+    x = x / x.square().sum(dim=(-2, -1), keepdim=True).add(1e-14).sqrt()
+    tall = x.shape[-2] > x.shape[-1]
+    x = x.transpose(-1, -2) if tall else x
+    a, b, c = (3.4445, -4.7750, 2.0315) if kind == "quintic" else (1.5, -0.5, 0.0)
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.transpose(-1, -2) if tall else x
+
+
+@pytest.mark.parametrize("kind", ["cubic", "quintic"])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 6, 4), (5, 5)])
+def test_gradient_is_autograd_of_the_plain_iteration(kind, shape):
+    gen = torch.Generator().manual_seed(len(shape) + shape[-1])
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    got = newton_schulz(x, 5, kind)
+    want = reference(x, 5, kind)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    (g_got,) = torch.autograd.grad((got * weight).sum(), x)
+    (g_want,) = torch.autograd.grad((want * weight).sum(), x)
+    assert g_want.abs().max() > 1e-3  # a gradient that could be wrong
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda t: newton_schulz(t, 3, kind), (x,))

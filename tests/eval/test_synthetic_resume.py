@@ -9,9 +9,9 @@ import pytest
 import nestdsl.eval.needle as needle
 import nestdsl.eval.recall as recall
 from nestdsl.errors import UserError
+from nestdsl.eval.checkpoints import Checkpoints
 from nestdsl.eval.needle import NeedleSettings, run_needle
 from nestdsl.eval.recall import RecallSettings, point_folder, run_recall
-from nestdsl.eval.checkpoints import Checkpoints
 
 SETTINGS = RecallSettings(steps=7, batch_size=4, eval_rows=6, heads=2, layers=1, vocab=64,
                           log_every=2)  # fmt: skip

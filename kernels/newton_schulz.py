@@ -11,8 +11,9 @@ which drives every singular value of X towards 1 (its polar factor U V^T) when t
 singular values end near, not at, 1). Both start from X divided by its Frobenius norm, so
 the singular values are at most 1.
 
-Batched over leading dims, in the input's dtype, and plain torch ops, so it is differentiable
-(the in-context Muon rule of a deep memory backpropagates through it).
+Batched over leading dims, in the input's dtype, and differentiable once: the iteration is an
+autograd Function with its backward written out (the in-context Muon rule of a deep memory
+backpropagates through it; a second derivative raises instead of coming out wrong).
 """
 
 from __future__ import annotations

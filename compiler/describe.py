@@ -6,6 +6,8 @@ says what the pass decided and, where it is not obvious, why.
 
 from __future__ import annotations
 
+from nestdsl.compiler.plan import AUTO_SPANS_FROM
+
 
 def describe(plan) -> str:
     done = plan.done
@@ -20,8 +22,9 @@ def describe(plan) -> str:
             lines.append(f"  task-loss window: {plan.task_window} tokens (the model runs window "
                          "by window; each window's loss updates the CMS memories)")  # fmt: skip
         if plan.recompute_unit:
-            lines.append(f"  recomputed spans: multiples of {plan.recompute_unit} tokens (training "
-                         "keeps the state between spans; backward reruns each span)")  # fmt: skip
+            lines.append(f"  recomputed spans: multiples of {plan.recompute_unit} tokens from "
+                         f"{AUTO_SPANS_FROM:,}-token sequences on (training keeps the state "
+                         "between spans; backward reruns each span)")  # fmt: skip
     for names, layer in _groups(plan):
         lines += _layer(plan, names, layer, done)
     return "\n".join(lines)

@@ -11,9 +11,10 @@ window's next-token loss by the weights those memories used in the window. A cal
 before that token keeps the window's tokens and the state at its start, and the next call
 replays them, so streaming stays exact.
 
-A model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
-each span be a checkpoint of the state it starts from, so backward keeps the states between
-spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any
+A model with sequential segments (Titans MAC) trains in recomputed spans once a sequence has
+AUTO_SPANS_FROM tokens: that exactness lets each span be a checkpoint of the state it starts
+from, so backward keeps the states between spans and one span's intermediates, not every
+segment's. `model.recompute = "spans"` trains any
 model so (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"` none,
 not even the deep memories' chunk groups (the fastest step, the most memory).
 """
@@ -31,7 +32,7 @@ from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
-from nestdsl.compiler.plan import check_recompute
+from nestdsl.compiler.plan import AUTO_SPANS_FROM, check_recompute
 
 REPLAY = "replay."
 
@@ -110,7 +111,7 @@ class CompiledModel(nn.Module):
     @property
     def recompute(self) -> str:
         """Which models train in recomputed spans: `auto` (those with sequential segments and
-        no task-loss windows), `spans` (any model, spans of the rule below), a number of tokens
+        no task-loss windows, on sequences of at least AUTO_SPANS_FROM tokens), `spans` (any model, spans of the rule below), a number of tokens
         per span (any model; a multiple of `span_unit`) or `off`."""
         return self._recompute
 
@@ -147,6 +148,8 @@ class CompiledModel(nn.Module):
         192 tokens, where sqrt(T / unit) units (384 tokens) took 6.0 (docs/benchmarks.md)."""
         unit = self._span_unit()
         if not unit or not torch.is_grad_enabled():
+            return None
+        if self.recompute == "auto" and T < AUTO_SPANS_FROM:
             return None
         if self.recompute.isdigit():
             span = int(self.recompute)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import nestdsl
 from nestdsl.compiler.passes.schedule_levels import RECOMPUTE_ENV
+from nestdsl.compiler.plan import AUTO_SPANS_FROM
 
 from .helpers import small_overrides
 
@@ -61,6 +62,7 @@ def test_recomputed_spans_equal_one_pass(name, extra, monkeypatch):
     recomputed, reference = _pair(name, monkeypatch, extra)
     unit = recomputed.recompute_unit
     assert unit and reference.recompute_unit is None
+    recomputed.recompute = "spans"  # `auto`'s spans, at a length `auto` leaves alone
     T = 4 * unit + 5  # several spans, the last one partial
     assert recomputed._recomputed_span(T) < T
     tokens = torch.randint(0, 256, (2, T + 1), generator=torch.Generator().manual_seed(1))
@@ -171,6 +173,7 @@ def test_backward_reruns_the_spans(monkeypatch):
     # reruns every span, without it nothing.
     recomputed, reference = _pair("titans-mac", monkeypatch)
     T = 16 * recomputed.recompute_unit
+    recomputed.recompute = "spans"
     tokens = torch.randint(0, 256, (2, T))
     spans = -(-T // recomputed._recomputed_span(T))
     assert _layer_calls_in_backward(recomputed, tokens) == spans > 1
@@ -184,6 +187,18 @@ def test_no_recomputation_without_segments_or_gradients():
     with torch.no_grad():
         assert mac._recomputed_span(1024) is None
     assert mac._recomputed_span(1024) == 16 * 8
+
+
+def test_auto_leaves_short_sequences_alone():
+    """`auto` recomputes a segmented model's sequences from AUTO_SPANS_FROM tokens on (below,
+    spans cost their extra forward pass for little memory); `spans` recomputes any length."""
+    mac = nestdsl.compile(nestdsl.load("titans-mac", small_overrides("titans-mac")))
+    assert mac.recompute == "auto" and AUTO_SPANS_FROM == 1024
+    assert mac._recomputed_span(AUTO_SPANS_FROM - 16) is None
+    assert mac._recomputed_span(AUTO_SPANS_FROM) == 16 * 8
+    mac.recompute = "spans"
+    assert mac._recomputed_span(AUTO_SPANS_FROM - 16) == 16 * 8
+    assert mac._recomputed_span(128) == 48  # sqrt(128 x 16) = 45 -> 3 units of 16
 
 
 @pytest.mark.parametrize(("name", "seq_len"), [("titans-lmm", 64), ("hope", 128)])

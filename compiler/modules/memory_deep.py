@@ -256,15 +256,32 @@ class DeepMemory(WeightsMemory):
         prefix = None
         if self.window > 1 and self.state_of(stream, "window.k") is not None:
             prefix = [self.state_of(stream, f"window.{n}") for n in ("k", "v", "gamma")]
+        # A span that ends inside a chunk also leaves the state at the last chunk end (`cut`),
+        # for the next call to replay from. Without an Omega window the call is split there, so
+        # that state comes out of the same pass (a second pass up to `cut` would redo, and keep
+        # for backward, all the memory's work: Titans MAG's 4 persistent tokens put every
+        # training sequence's end inside a chunk).
+        split = 0 < cut < n_all and self.window == 1
+        mid = None
+
+        def run(q, order):
+            nonlocal mid
+            if not split:
+                return self._run(q, k, v, gates, W, S, order, prefix)
+            head, tail = (tuple(g[:, :cut] for g in gates), tuple(g[:, cut:] for g in gates))
+            o_head, mid = self._run(q[:, :cut], k[:, :cut], v[:, :cut], head, W, S, order, None)
+            o_tail, end = self._run(q[:, cut:], k[:, cut:], v[:, cut:], tail, *mid, order, None)
+            return torch.cat([o_head, o_tail], 1), end
+
         outs, end_state = [], None
         for q, order in queries:
             q = torch.cat([q.new_zeros(B, r, *q.shape[2:]), q], 1) if r else q
-            o, end_state = self._run(q, k, v, gates, W, S, order, prefix)
+            o, end_state = run(q, order)
             outs.append(o[:, r:])
         # A write with no read to answer: the state does not depend on the read order, and the
         # chunk-start read is the cheapest (the answers are dropped).
         if end_state is None:
-            _, end_state = self._run(k, k, v, gates, W, S, "chunk_start", prefix)
+            _, end_state = run(k, "chunk_start")
         if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut` (gates[4]: γ)
             seen = (k, v, gates[4]) if prefix is None else [
                 torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
@@ -278,8 +295,8 @@ class DeepMemory(WeightsMemory):
         # far, for the next call to replay.
         tail = {"k": k, "v": v, **dict(zip(self.gate_names, gates, strict=True))}
         if cut < n_all:
-            anchor = (W, S)
-            if cut > 0:
+            anchor = mid or (W, S)
+            if cut > 0 and not split:
                 sub = tuple(g[:, :cut] for g in gates)
                 _, anchor = self._run(k[:, :cut], k[:, :cut], v[:, :cut], sub, W, S,
                                       "chunk_start", prefix)  # fmt: skip

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 import nestdsl
 from nestdsl.compiler import run_passes
 
+from .helpers import small_overrides
+
 SPECS = nestdsl.shipped_names()
 # Splits inside chunks (8, 16), segments and task-loss windows, and a one-token piece.
 SPLITS = [0, 5, 20, 21, 37, 45]
@@ -66,3 +68,23 @@ def test_plan_names_a_kernel_for_every_memory(compiled):
             assert memory.kernel, memory.name
     text = plan.describe()
     assert "kernel" in text and name in text
+
+
+def test_a_span_ending_inside_a_chunk_passes_each_token_once(monkeypatch):
+    """Titans MAG's memory reads its 4 persistent tokens and the sequence: 4 + 40 tokens end
+    inside a chunk of 16. The state at the last chunk end (what the next call replays from)
+    comes out of a call split there, not from a second pass up to it: the memory's calls see
+    32 + 12 tokens, not 44 + 32. `test_streaming_in_pieces_equals_one_pass` checks the values."""
+    import nestdsl.compiler.modules.memory_deep as memory_deep
+
+    calls, kernel = [], memory_deep.deep_memory
+    monkeypatch.setattr(memory_deep, "deep_memory",
+                        lambda *a, **k: calls.append(a[1].shape[1]) or kernel(*a, **k))  # fmt: skip
+    checked = nestdsl.load("titans-mag", small_overrides("titans-mag"))
+    assert checked.spec.dims["n_persist"] == 4 and checked.spec.dims["n_layers"] == 1
+    model = nestdsl.compile(checked)
+    tokens = torch.randint(0, 256, (1, 40))
+    logits, state = model(tokens)
+    assert calls == [32, 12]
+    assert state["layer.0.M.tail.k"].shape[1] == 12  # the tokens after the anchor, kept to replay
+    logits.sum().backward()  # the split call is differentiable end to end

@@ -256,12 +256,20 @@ class DeepMemory(WeightsMemory):
         prefix = None
         if self.window > 1 and self.state_of(stream, "window.k") is not None:
             prefix = [self.state_of(stream, f"window.{n}") for n in ("k", "v", "gamma")]
+        # The Omega window's tokens before `cut`: the prefix of whatever starts there (gates[4]: γ).
+        cut_prefix = None
+        if self.window > 1:
+            seen = (k, v, gates[4]) if prefix is None else [
+                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
+            end = cut + (0 if prefix is None else prefix[0].shape[1])
+            start = max(0, end - (self.window - 1))
+            cut_prefix = [x[:, start:end] for x in seen]
         # A span that ends inside a chunk also leaves the state at the last chunk end (`cut`),
-        # for the next call to replay from. Without an Omega window the call is split there, so
-        # that state comes out of the same pass (a second pass up to `cut` would redo, and keep
-        # for backward, all the memory's work: Titans MAG's 4 persistent tokens put every
-        # training sequence's end inside a chunk).
-        split = 0 < cut < n_all and self.window == 1
+        # for the next call to replay from: the call is split there, so that state comes out of
+        # the same pass (a second pass up to `cut` would redo, and keep for backward, all the
+        # memory's work: Titans MAG's 4 persistent tokens put every training sequence's end
+        # inside a chunk).
+        split = 0 < cut < n_all
         mid = None
 
         def run(q, order):
@@ -269,8 +277,9 @@ class DeepMemory(WeightsMemory):
             if not split:
                 return self._run(q, k, v, gates, W, S, order, prefix)
             head, tail = (tuple(g[:, :cut] for g in gates), tuple(g[:, cut:] for g in gates))
-            o_head, mid = self._run(q[:, :cut], k[:, :cut], v[:, :cut], head, W, S, order, None)
-            o_tail, end = self._run(q[:, cut:], k[:, cut:], v[:, cut:], tail, *mid, order, None)
+            o_head, mid = self._run(q[:, :cut], k[:, :cut], v[:, :cut], head, W, S, order, prefix)
+            o_tail, end = self._run(q[:, cut:], k[:, cut:], v[:, cut:], tail, *mid, order,
+                                    cut_prefix)  # fmt: skip
             return torch.cat([o_head, o_tail], 1), end
 
         outs, end_state = [], None
@@ -282,24 +291,16 @@ class DeepMemory(WeightsMemory):
         # chunk-start read is the cheapest (the answers are dropped).
         if end_state is None:
             _, end_state = run(k, "chunk_start")
-        if self.window > 1:  # the window - 1 tokens before the next anchor, at `cut` (gates[4]: γ)
-            seen = (k, v, gates[4]) if prefix is None else [
-                torch.cat([p, x], 1) for p, x in zip(prefix, (k, v, gates[4]))]  # fmt: skip
-            end = cut + (0 if prefix is None else prefix[0].shape[1])
-            start = max(0, end - (self.window - 1))
-            for n, x in zip(("k", "v", "gamma"), seen):
-                stream.put(f"{self.key}.window.{n}", x[:, start:end])
+        if cut_prefix is not None:  # the next anchor's window
+            for n, x in zip(("k", "v", "gamma"), cut_prefix):
+                stream.put(f"{self.key}.window.{n}", x)
         self._store(stream, "W", end_state[0])
         self._store(stream, "S", end_state[1])
         # A span ending inside a chunk leaves the chunk-start state and the chunk's tokens so
         # far, for the next call to replay.
         tail = {"k": k, "v": v, **dict(zip(self.gate_names, gates, strict=True))}
         if cut < n_all:
-            anchor = mid or (W, S)
-            if cut > 0 and not split:
-                sub = tuple(g[:, :cut] for g in gates)
-                _, anchor = self._run(k[:, :cut], k[:, :cut], v[:, :cut], sub, W, S,
-                                      "chunk_start", prefix)  # fmt: skip
+            anchor = mid or (W, S)  # (W, S): no chunk completed in this span
             self._store(stream, "anchor_W", anchor[0])
             self._store(stream, "anchor_S", anchor[1])
             for name, t in tail.items():

@@ -14,9 +14,9 @@ replays them, so streaming stays exact.
 A model with sequential segments (Titans MAC) trains in recomputed spans once a sequence has
 AUTO_SPANS_FROM tokens: that exactness lets each span be a checkpoint of the state it starts
 from, so backward keeps the states between spans and one span's intermediates, not every
-segment's. `model.recompute = "spans"` trains any
-model so (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"` none,
-not even the deep memories' chunk groups (the fastest step, the most memory).
+segment's. `model.recompute = "spans"` trains any model so (less memory for one more forward
+pass), `"256"` in spans of 256 tokens, `"off"` none, not even the deep memories' chunk groups
+(the fastest step, the most memory).
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ class CompiledModel(nn.Module):
     @property
     def recompute(self) -> str:
         """Which models train in recomputed spans: `auto` (those with sequential segments and
-        no task-loss windows, on sequences of at least AUTO_SPANS_FROM tokens), `spans` (any model, spans of the rule below), a number of tokens
-        per span (any model; a multiple of `span_unit`) or `off`."""
+        no task-loss windows, on sequences of at least AUTO_SPANS_FROM tokens), `spans` (any
+        model, spans of the rule below), a number of tokens per span (any model; a multiple of
+        `span_unit`) or `off`."""
         return self._recompute
 
     @recompute.setter

@@ -79,9 +79,9 @@ def notes(checked) -> list[str]:
         out.append(f"the model runs in task-loss windows of {plan.task_window} tokens: each "
                    "window's loss is differentiated to update the CMS memories")  # fmt: skip
     if plan.recompute_unit:
-        out.append(f"training on sequences of {AUTO_SPANS_FROM:,} tokens or more recomputes spans of a "
-                   f"multiple of {plan.recompute_unit} tokens in backward, so activation memory grows with "
-                   "the span, not the sequence")  # fmt: skip
+        out.append(f"training on sequences of {AUTO_SPANS_FROM:,} tokens or more recomputes "
+                   f"spans of a multiple of {plan.recompute_unit} tokens in backward, so "
+                   "activation memory grows with the span, not the sequence")  # fmt: skip
     elif plan.span_unit:
         out.append(f"`nestdsl train --recompute spans` recomputes spans of a multiple of "
                    f"{plan.span_unit} tokens in backward (less memory, one more forward pass)")  # fmt: skip

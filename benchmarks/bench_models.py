@@ -29,7 +29,8 @@ ungrouped reference path above); ``NAME+compile`` runs NAME's model under ``torc
 (the first warm-up step compiles; give ``--warmup`` 2 or more), e.g. ``--specs
 hand,titans-lmm,titans-lmm+compile --interleave`` prices compilation in one process;
 ``NAME+spans`` trains it in recomputed spans (``nestdsl train --recompute spans``),
-``NAME+spans128`` in spans of 128 tokens (``--recompute 128``). ``--ops`` adds one profiled step per row and reports its op
+``NAME+spans128`` in spans of 128 tokens (``--recompute 128``), ``NAME+off`` with no
+recomputation at all (``--recompute off``). ``--ops`` adds one profiled step per row and reports its op
 calls per token (torch.profiler events, nested ones included) and the KB its ops write per token
 (the bytes of every op output that is not a view of an input: the memory traffic a step makes,
 which on a CPU costs as much as its arithmetic) and the MFLOP of its matrix products per token,
@@ -61,8 +62,9 @@ import torch.nn.functional as F
 HAND = "hand"  # the hand-written Transformer++ row
 # Spec-name suffixes: `+compile` runs the model under torch.compile, `+spans` trains it in
 # recomputed spans (`nestdsl train --recompute spans`), `+spans128` in spans of 128 tokens
-# (`--recompute 128`); they combine, e.g. `titans-lmm+spans`.
-MODES = ("compile", "spans")
+# (`--recompute 128`), `+off` with no recomputation (`--recompute off`); they combine, e.g.
+# `titans-lmm+compile+off`.
+MODES = ("compile", "spans", "off")
 
 
 def split_modes(name: str) -> tuple[str, set[str]]:
@@ -70,7 +72,7 @@ def split_modes(name: str) -> tuple[str, set[str]]:
     base, *modes = name.split("+")
     unknown = {m for m in modes if m not in MODES and not re.fullmatch(r"spans\d+", m)}
     if unknown:
-        raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans, +spansN)")
+        raise SystemExit(f"unknown spec suffix +{', +'.join(sorted(unknown))} (known: +compile, +spans, +spansN, +off)")
     return base, set(modes)
 SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_head": 64, "d_ff": 704}
 
@@ -136,6 +138,8 @@ def make_step(name: str, args, T: int):
     for mode in modes:
         if mode.startswith("spans"):
             model.recompute = mode.removeprefix("spans") or "spans"
+        elif mode == "off":
+            model.recompute = "off"
     forward = torch.compile(model) if "compile" in modes else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, 256, (args.batch, T + 1), device=device)

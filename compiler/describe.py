@@ -6,7 +6,7 @@ says what the pass decided and, where it is not obvious, why.
 
 from __future__ import annotations
 
-from nestdsl.compiler.plan import AUTO_SPANS_FROM
+from nestdsl.compiler.plan import AUTO_RECOMPUTE_FROM
 
 
 def describe(plan) -> str:
@@ -23,7 +23,7 @@ def describe(plan) -> str:
                          "by window; each window's loss updates the CMS memories)")  # fmt: skip
         if plan.recompute_unit:
             lines.append(f"  recomputed spans: multiples of {plan.recompute_unit} tokens from "
-                         f"{AUTO_SPANS_FROM:,}-token sequences on (training keeps the state "
+                         f"{AUTO_RECOMPUTE_FROM:,}-token sequences on (training keeps the state "
                          "between spans; backward reruns each span)")  # fmt: skip
     for names, layer in _groups(plan):
         lines += _layer(plan, names, layer, done)

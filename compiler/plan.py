@@ -17,14 +17,17 @@ from nestdsl.errors import Position
 from nestdsl.spec.memory import Memory
 from nestdsl.spec.schema import Block
 
-# Which models train in recomputed spans (model.py): auto = those with sequential segments and
-# no task-loss windows, on sequences of at least AUTO_SPANS_FROM tokens; or a number of tokens
-# per span.
+# What training recomputes in backward (model.py): auto = sequences of at least
+# AUTO_RECOMPUTE_FROM tokens (the deep memories' chunk groups, and spans for models with sequential
+# segments and no task-loss windows); spans = any length, any model; or a number of tokens per
+# span; off = nothing.
 RECOMPUTE_MODES = ("auto", "spans", "off")
-# What spans save grows with T, what they cost does not (Titans MAC at B = 4, d_model 256: 1.2x
-# the step for 1.3 GB less at T = 512, 1.15x for 6.2 GB at T = 2,048; at its shipped size and
-# B = 8, 1.7x for 0.08 GB at T = 128), so `auto` leaves short sequences alone.
-AUTO_SPANS_FROM = 1024
+# What recomputation saves grows with T, what it costs does not, so `auto` leaves short
+# sequences alone. At B = 4, d_model 256: Titans MAC's spans cost 1.2x the step for 1.3 GB less
+# at T = 512, 1.15x for 6.2 GB at T = 2,048 (at its shipped size and B = 8, 1.7x for 0.08 GB at
+# T = 128); titans-lmm's chunk groups 1.32x for 0.8 GB at T = 512, and at T = 2,048 they keep
+# it at 2.1 GB instead of 5.7 (docs/benchmarks.md).
+AUTO_RECOMPUTE_FROM = 1024
 
 
 def check_recompute(value: str) -> str:

@@ -106,7 +106,7 @@ class Layer(nn.Module):
         return Region(n_persistent, len(op.prefix) - len(persistent), segment)
 
     def keep_chunk_intermediates(self, keep: bool) -> None:
-        """Every deep memory of the layer, grouped calls included (model.recompute)."""
+        """Every deep memory of the layer, grouped calls included (model.py `_recomputes`)."""
         calls = [m for m in self.memories.values() if isinstance(m, DeepMemory)]
         for memory in calls + [g.call for g in self.groups.values()]:
             memory.keep_chunk_intermediates(keep)

@@ -41,7 +41,8 @@ from nestdsl.spec.memory import (
 # B=4, d_model 256: 4x less kept for backward, docs/benchmarks.md, issue 13). Muon forms C
 # per-token weight matrices per layer and chunk and keeps every Newton-Schulz iterate, so it
 # recomputes chunk by chunk. Spans of at most that many chunks (Hope's and MAC's segments)
-# run the plain loop.
+# run the plain loop. The model turns the groups off for sequences it does not recompute
+# (`keep_chunk_intermediates`; model.py `_recomputes`).
 RECOMPUTE = 8
 
 
@@ -170,8 +171,9 @@ class DeepMemory(WeightsMemory):
     GATES = ("theta", "eta", "alpha", "delta", "gamma")
 
     def keep_chunk_intermediates(self, keep: bool) -> None:
-        """`model.recompute = "off"` (model.py): backward keeps every chunk's intermediates
-        instead of recomputing groups of RECOMPUTE chunks (faster, more memory)."""
+        """Whether backward keeps every chunk's intermediates instead of recomputing groups
+        of RECOMPUTE chunks (faster, more memory): the model's choice per sequence length
+        (model.py `_recomputes`)."""
         group = 0 if keep else (1 if self.rule == "muon" else RECOMPUTE)
         self.options = replace(self.options, recompute=group)
         if self.split_options is not None:

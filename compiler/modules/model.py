@@ -11,12 +11,13 @@ window's next-token loss by the weights those memories used in the window. A cal
 before that token keeps the window's tokens and the state at its start, and the next call
 replays them, so streaming stays exact.
 
-A model with sequential segments (Titans MAC) trains in recomputed spans once a sequence has
-AUTO_SPANS_FROM tokens: that exactness lets each span be a checkpoint of the state it starts
-from, so backward keeps the states between spans and one span's intermediates, not every
-segment's. `model.recompute = "spans"` trains any model so (less memory for one more forward
-pass), `"256"` in spans of 256 tokens, `"off"` none, not even the deep memories' chunk groups
-(the fastest step, the most memory).
+Training recomputes in backward only sequences of at least AUTO_RECOMPUTE_FROM tokens (`auto`):
+there the deep memories rerun their chunks in groups, and a model with sequential segments
+(Titans MAC) trains in recomputed spans: that exactness lets each span be a checkpoint of the
+state it starts from, so backward keeps the states between spans and one span's
+intermediates, not every segment's. `model.recompute = "spans"` trains any model so at any
+length (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"`
+recomputes nothing (the fastest step, the most memory).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nestdsl.compiler.modules.layer import Layer
 from nestdsl.compiler.modules.memory_deep import WeightsMemory
 from nestdsl.compiler.modules.memory_task import TaskMemory
 from nestdsl.compiler.modules.ops import LayerNorm, RMSNorm, Stream
-from nestdsl.compiler.plan import AUTO_SPANS_FROM, check_recompute
+from nestdsl.compiler.plan import AUTO_RECOMPUTE_FROM, check_recompute
 
 REPLAY = "replay."
 
@@ -46,6 +47,7 @@ class CompiledModel(nn.Module):
         self.recompute_unit = plan.recompute_unit
         self.span_unit = plan.span_unit
         self._recompute = "auto"
+        self._chunk_groups = True  # whether the deep memories recompute chunk groups (forward)
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -103,6 +105,11 @@ class CompiledModel(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         state = dict(state or {})
+        recompute = self._recomputes(tokens.shape[1])
+        if recompute != self._chunk_groups:  # the deep memories' groups of chunks
+            for layer in self.layers:
+                layer.keep_chunk_intermediates(not recompute)
+            self._chunk_groups = recompute
         span = self._recomputed_span(tokens.shape[1])
         if span:
             return self._recomputed(tokens, state, span)
@@ -111,7 +118,7 @@ class CompiledModel(nn.Module):
     @property
     def recompute(self) -> str:
         """Which models train in recomputed spans: `auto` (those with sequential segments and
-        no task-loss windows, on sequences of at least AUTO_SPANS_FROM tokens), `spans` (any
+        no task-loss windows, on sequences of at least AUTO_RECOMPUTE_FROM tokens), `spans` (any
         model, spans of the rule below), a number of tokens per span (any model; a multiple of
         `span_unit`) or `off`."""
         return self._recompute
@@ -124,8 +131,6 @@ class CompiledModel(nn.Module):
                 f"spans of {mode} tokens: a span must be a multiple of {self.span_unit} tokens "
                 f"(the lcm of `{self.spec_name}`'s segments and chunks, so none ends inside one)")
         self._recompute = mode
-        for layer in self.layers:
-            layer.keep_chunk_intermediates(mode == "off")
 
     @property
     def reenters_backward(self) -> bool:
@@ -140,6 +145,12 @@ class CompiledModel(nn.Module):
             return self.span_unit
         return {"auto": self.recompute_unit, "spans": self.span_unit, "off": None}[self.recompute]
 
+    def _recomputes(self, T: int) -> bool:
+        """Whether training on T tokens recomputes anything in backward (spans, the deep
+        memories' chunk groups): not under `off`, and under `auto` only from AUTO_RECOMPUTE_FROM
+        tokens on (what recomputation saves grows with T, what it costs does not)."""
+        return self.recompute != "off" and not (self.recompute == "auto" and T < AUTO_RECOMPUTE_FROM)
+
     def _recomputed_span(self, T: int) -> int | None:
         """Tokens per recomputed span when training on T tokens, or None: a number of tokens
         given as the mode, else about sqrt(T C) tokens (a multiple of the unit), C the tokens
@@ -148,9 +159,7 @@ class CompiledModel(nn.Module):
         Hope (C = 19.2, unit 64) peaks at 4.1 GB at B = 4, T = 2,048, d_model 256 in spans of
         192 tokens, where sqrt(T / unit) units (384 tokens) took 6.0 (docs/benchmarks.md)."""
         unit = self._span_unit()
-        if not unit or not torch.is_grad_enabled():
-            return None
-        if self.recompute == "auto" and T < AUTO_SPANS_FROM:
+        if not unit or not torch.is_grad_enabled() or not self._recomputes(T):
             return None
         if self.recompute.isdigit():
             span = int(self.recompute)

@@ -4,7 +4,7 @@ level's optimizer (its memories of the gradients, period and schedule: NL §4)."
 from __future__ import annotations
 
 from nestdsl.checks.levels import slowness
-from nestdsl.compiler.plan import AUTO_SPANS_FROM
+from nestdsl.compiler.plan import AUTO_RECOMPUTE_FROM
 from nestdsl.errors import UserError
 from nestdsl.spec.validate import load
 
@@ -79,7 +79,7 @@ def notes(checked) -> list[str]:
         out.append(f"the model runs in task-loss windows of {plan.task_window} tokens: each "
                    "window's loss is differentiated to update the CMS memories")  # fmt: skip
     if plan.recompute_unit:
-        out.append(f"training on sequences of {AUTO_SPANS_FROM:,} tokens or more recomputes "
+        out.append(f"training on sequences of {AUTO_RECOMPUTE_FROM:,} tokens or more recomputes "
                    f"spans of a multiple of {plan.recompute_unit} tokens in backward, so "
                    "activation memory grows with the span, not the sequence")  # fmt: skip
     elif plan.span_unit:

@@ -157,11 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recompute",
         metavar="{auto,spans,off,N}",
-        help="train in recomputed spans, keeping only the state between spans for backward: "
-        "auto (models with sequential segments and no CMS; default), spans (any model: "
-        "less memory for one more forward pass), N (spans of N tokens, a multiple of the "
-        "model's span unit, which `nestdsl show` prints) or off (no recomputation at all, not "
-        "even the deep memories' groups of 8 chunks: the fastest step, the most memory)",
+        help="what backward recomputes: auto (sequences of 1,024 tokens or more: the deep "
+        "memories rerun groups of 8 chunks, and models with sequential segments and no CMS "
+        "train in recomputed spans, keeping only the state between spans; default), spans "
+        "(spans at any length, any model: less memory for one more forward pass), N (spans "
+        "of N tokens, a multiple of the model's span unit, which `nestdsl show` prints) or "
+        "off (no recomputation at all: the fastest step, the most memory)",
     )
     parser.add_argument(
         "--log",

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from nestdsl import __version__
+from nestdsl.allocator import keep_freed_memory
 from nestdsl.errors import UserError
 
 COMMANDS = ["validate", "show", "schema", "train", "generate", "viz", "list", "eval", "explore", "compare"]
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every step reuses the last one's blocks (nestdsl/allocator.py)
     try:
         return args._run(args)
     except UserError as err:

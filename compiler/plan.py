@@ -26,7 +26,8 @@ RECOMPUTE_MODES = ("auto", "spans", "off")
 # sequences alone. At B = 4, d_model 256: Titans MAC's spans cost 1.2x the step for 1.3 GB less
 # at T = 512, 1.15x for 6.2 GB at T = 2,048 (at its shipped size and B = 8, 1.7x for 0.08 GB at
 # T = 128); titans-lmm's chunk groups 1.32x for 0.8 GB at T = 512, and at T = 2,048 they keep
-# it at 2.1 GB instead of 5.7 (docs/benchmarks.md).
+# it at 2.1 GB instead of 5.7 (docs/benchmarks.md). Muon's chunks recompute at any length
+# (memory_deep.RECOMPUTE).
 AUTO_RECOMPUTE_FROM = 1024
 
 

@@ -105,11 +105,11 @@ class Layer(nn.Module):
         segment = plan.spec.levels[op.segment].every if op.segment else None
         return Region(n_persistent, len(op.prefix) - len(persistent), segment)
 
-    def keep_chunk_intermediates(self, keep: bool) -> None:
-        """Every deep memory of the layer, grouped calls included (model.py `_recomputes`)."""
+    def recompute_chunks(self, which: str) -> None:
+        """Every deep memory of the layer, grouped calls included (model.py)."""
         calls = [m for m in self.memories.values() if isinstance(m, DeepMemory)]
         for memory in calls + [g.call for g in self.groups.values()]:
-            memory.keep_chunk_intermediates(keep)
+            memory.recompute_chunks(which)
 
     def extra_repr(self) -> str:
         seg = f", sequential every {self.segment} tokens" if self.segment else ""

@@ -12,7 +12,7 @@ before that token keeps the window's tokens and the state at its start, and the 
 replays them, so streaming stays exact.
 
 Training recomputes in backward only sequences of at least AUTO_RECOMPUTE_FROM tokens (`auto`):
-there the deep memories rerun their chunks in groups, and a model with sequential segments
+there the deep memories rerun their chunks in groups (Muon's at any length), and a model with sequential segments
 (Titans MAC) trains in recomputed spans: that exactness lets each span be a checkpoint of the
 state it starts from, so backward keeps the states between spans and one span's
 intermediates, not every segment's. `model.recompute = "spans"` trains any model so at any
@@ -47,7 +47,7 @@ class CompiledModel(nn.Module):
         self.recompute_unit = plan.recompute_unit
         self.span_unit = plan.span_unit
         self._recompute = "auto"
-        self._chunk_groups = True  # whether the deep memories recompute chunk groups (forward)
+        self._chunk_recompute = "all"  # which deep memories rerun chunks (`recompute_chunks`)
         self.embed = nn.Embedding(plan.vocab, plan.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.layers = nn.ModuleList(Layer(plan, layer) for layer in plan.layers)
@@ -105,11 +105,11 @@ class CompiledModel(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         state = dict(state or {})
-        recompute = self._recomputes(tokens.shape[1])
-        if recompute != self._chunk_groups:  # the deep memories' groups of chunks
+        which = self._chunk_recompute_for(tokens.shape[1])
+        if which != self._chunk_recompute:
             for layer in self.layers:
-                layer.keep_chunk_intermediates(not recompute)
-            self._chunk_groups = recompute
+                layer.recompute_chunks(which)
+            self._chunk_recompute = which
         span = self._recomputed_span(tokens.shape[1])
         if span:
             return self._recomputed(tokens, state, span)
@@ -150,6 +150,14 @@ class CompiledModel(nn.Module):
         memories' chunk groups): not under `off`, and under `auto` only from AUTO_RECOMPUTE_FROM
         tokens on (what recomputation saves grows with T, what it costs does not)."""
         return self.recompute != "off" and not (self.recompute == "auto" and T < AUTO_RECOMPUTE_FROM)
+
+    def _chunk_recompute_for(self, T: int) -> str:
+        """Which deep memories rerun their chunks in backward on T tokens (DeepMemory.
+        recompute_chunks): none under `off`, all when the model recomputes, and below that
+        only those whose kept chunks cost far more than rerunning them (Muon)."""
+        if self.recompute == "off":
+            return "none"
+        return "all" if self._recomputes(T) else "costly"
 
     def _recomputed_span(self, T: int) -> int | None:
         """Tokens per recomputed span when training on T tokens, or None: a number of tokens

@@ -159,7 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="{auto,spans,off,N}",
         help="what backward recomputes: auto (sequences of 1,024 tokens or more: the deep "
         "memories rerun groups of 8 chunks, and models with sequential segments and no CMS "
-        "train in recomputed spans, keeping only the state between spans; default), spans "
+        "train in recomputed spans, keeping only the state between spans; Muon memories "
+        "rerun their chunks at any length; default), spans "
         "(spans at any length, any model: less memory for one more forward pass), N (spans "
         "of N tokens, a multiple of the model's span unit, which `nestdsl show` prints) or "
         "off (no recomputation at all: the fastest step, the most memory)",

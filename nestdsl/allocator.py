@@ -6,8 +6,8 @@ come back as fresh pages that the kernel must fault in and zero: at B = 4, T = 2
 d_model 256, gated-deltanet takes 0.2 to 0.3 GiB of fresh pages per step that way. Every
 step allocates the same sizes again, so the `nestdsl` command keeps them instead: blocks up to
 32 MiB come from the heap, and the heap is trimmed only when 2 GiB at its top are free. The
-peak resident set does not grow (the steps reuse the same blocks); the deep and recurrent
-models train 5 to 13% faster (docs/benchmarks.md, "The allocator").
+steps then take (almost) no fresh pages, at the same peak resident set (they reuse the same
+blocks), and run 0 to 13% faster (docs/benchmarks.md, "The allocator and the T = 2,048 falls").
 """
 
 from __future__ import annotations

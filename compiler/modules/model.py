@@ -11,11 +11,11 @@ window's next-token loss by the weights those memories used in the window. A cal
 before that token keeps the window's tokens and the state at its start, and the next call
 replays them, so streaming stays exact.
 
-Training recomputes in backward only sequences of at least AUTO_RECOMPUTE_FROM tokens (`auto`):
-there the deep memories rerun their chunks in groups (Muon's at any length), and a model with sequential segments
-(Titans MAC) trains in recomputed spans: that exactness lets each span be a checkpoint of the
-state it starts from, so backward keeps the states between spans and one span's
-intermediates, not every segment's. `model.recompute = "spans"` trains any model so at any
+Training recomputes in backward only sequences of at least AUTO_RECOMPUTE_FROM tokens
+(`auto`): there the deep memories rerun their chunks in groups (Muon's at any length), and a
+model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
+each span be a checkpoint of the state it starts from, so backward keeps the states between
+spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any model so at any
 length (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"`
 recomputes nothing (the fastest step, the most memory).
 """

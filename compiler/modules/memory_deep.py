@@ -262,7 +262,8 @@ class DeepMemory(WeightsMemory):
         prefix = None
         if self.window > 1 and self.state_of(stream, "window.k") is not None:
             prefix = [self.state_of(stream, f"window.{n}") for n in ("k", "v", "gamma")]
-        # The Omega window's tokens before `cut`: the prefix of whatever starts there (gates[4]: γ).
+        # The Omega window's tokens before `cut`, the prefix of whatever starts there (gates[4]
+        # is γ).
         cut_prefix = None
         if self.window > 1:
             seen = (k, v, gates[4]) if prefix is None else [

@@ -15,9 +15,9 @@ Training recomputes in backward only sequences of at least AUTO_RECOMPUTE_FROM t
 (`auto`): there the deep memories rerun their chunks in groups (Muon's at any length), and a
 model with sequential segments (Titans MAC) trains in recomputed spans: that exactness lets
 each span be a checkpoint of the state it starts from, so backward keeps the states between
-spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains any model so at any
-length (less memory for one more forward pass), `"256"` in spans of 256 tokens, `"off"`
-recomputes nothing (the fastest step, the most memory).
+spans and one span's intermediates, not every segment's. `model.recompute = "spans"` trains
+any model so at any length (less memory for one more forward pass), `"256"` in spans of 256
+tokens, `"off"` recomputes nothing (the fastest step, the most memory).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ class CompiledModel(nn.Module):
         """Whether training on T tokens recomputes anything in backward (spans, the deep
         memories' chunk groups): not under `off`, and under `auto` only from AUTO_RECOMPUTE_FROM
         tokens on (what recomputation saves grows with T, what it costs does not)."""
-        return self.recompute != "off" and not (self.recompute == "auto" and T < AUTO_RECOMPUTE_FROM)
+        short = self.recompute == "auto" and T < AUTO_RECOMPUTE_FROM
+        return self.recompute != "off" and not short
 
     def _chunk_recompute_for(self, T: int) -> str:
         """Which deep memories rerun their chunks in backward on T tokens (DeepMemory.
